@@ -1,0 +1,40 @@
+# Entry points. Every target creates .venv on first use and installs the project into it.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: demo test lint dev bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+$(DAGSTER_HOME):
+	@mkdir -p $(DAGSTER_HOME)
+
+## The main job on the embedded default (SQLite registry, local model store, local Dagster instance).
+demo: $(STAMP) $(DAGSTER_HOME)
+	$(BIN)/aivo-fl demo
+
+## Every test (PostgreSQL tests skip locally without a server; CI makes them mandatory).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## The Dagster UI with this project's code location, on http://127.0.0.1:3000
+dev: $(STAMP) $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## Benchmarks: prints a table, writes benchmarks/results/*.json
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .dagster_home

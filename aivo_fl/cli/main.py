@@ -1,0 +1,51 @@
+"""`aivo-fl`: the operator's command line, mirroring the scripts of AIVO's activation guide."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aivo_fl.cli import demo_command, registry_commands
+from aivo_fl.config import ConfigError
+from aivo_fl.registry import DatabaseUnavailable, RegistryError
+
+# Each command module adds its sub-commands; `func` on the parsed namespace runs one.
+COMMAND_MODULES = [registry_commands, demo_command]
+
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+EXIT_REFUSED = 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aivo-fl",
+        description="Federated learning for AIVO: registry, main model, learner clones, aggregation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        print(f"✗ {exc}. Check DATABASE_URL and that the database is running.", file=sys.stderr)
+        return EXIT_DATABASE
+    except RegistryError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

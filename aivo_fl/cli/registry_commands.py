@@ -1,0 +1,138 @@
+"""Registry commands: migrate, stats, history, eligible."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from aivo_fl.cli.output import print_fields, print_json, print_table
+from aivo_fl.config import Settings, load_settings
+from aivo_fl.registry import ModelRegistry, migrate
+from aivo_fl.registry.database import describe_target
+
+
+def open_registry(settings: Settings, *, require_schema: bool = True) -> ModelRegistry:
+    registry = ModelRegistry(settings.database_url)
+    if require_schema:
+        registry.require_current_schema()
+    return registry
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("migrate", help="create or upgrade the registry schema (Alembic)")
+    p.add_argument("--revision", default="head", help="target revision: head (default), an id, or base")
+    p.set_defaults(func=cmd_migrate)
+
+    p = commands.add_parser("stats", help="registry statistics")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stats)
+
+    p = commands.add_parser("history", help="federated aggregation history")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_history)
+
+    p = commands.add_parser("eligible", help="learners whose latest training is inside the aggregation window")
+    p.add_argument("--days", type=_positive_int, default=7, help="window in days (default 7)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eligible)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    registry = open_registry(settings, require_schema=False)
+    print(f"Migrating registry at {describe_target(registry.engine.url)}...")
+    before, after = migrate(registry.engine, args.revision)
+    if before == after:
+        print(f"✓ Already at revision {after or 'base'}; nothing to do")
+    else:
+        print(f"✓ Migrated {before or 'base'} -> {after or 'base'}")
+    return 0
+
+
+def statistics_payload(registry: ModelRegistry) -> dict[str, Any]:
+    return registry.get_statistics()
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    registry = open_registry(load_settings())
+    stats = statistics_payload(registry)
+    if args.json:
+        print_json(stats)
+        return 0
+    active = registry.get_active_version()
+    print_fields(
+        "Registry statistics",
+        [
+            ("Main model versions", stats["totalMainVersions"]),
+            ("Active main version", active.version if active else None),
+            ("Learner models", stats["totalLearnerModels"]),
+            ("Active learner models", stats["activeLearnerModels"]),
+            ("Federated updates", stats["totalFederatedUpdates"]),
+            ("Training sessions", stats["totalTrainingSessions"]),
+        ],
+    )
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    updates = open_registry(load_settings()).get_federated_updates()
+    if args.json:
+        print_json(updates)
+        return 0
+    if not updates:
+        print("No federated updates yet.")
+        return 0
+    for update in updates:
+        improvement = update["performanceImprovement"]
+        print(f"Update {update['updateId']}:")
+        print(f"  - Date: {update['aggregatedAt']}")
+        print(f"  - Learners: {len(update['contributingLearners'])}")
+        print(f"  - Strategy: {update['aggregationStrategy']}")
+        print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f}'}%")
+        print(f"  - Result: {update['status']} {update['baseVersion']} -> {update['newVersion'] or '(kept)'}")
+        if update["rejectionReason"]:
+            print(f"  - Reason: {update['rejectionReason']}")
+    return 0
+
+
+def cmd_eligible(args: argparse.Namespace) -> int:
+    eligible = open_registry(load_settings()).get_eligible_for_aggregation(args.days)
+    if args.json:
+        print_json(
+            [
+                {
+                    "learnerId": e.learner_id,
+                    "sourceVersion": e.source_version,
+                    "samples": e.samples,
+                    "deltaNorm": e.delta_norm,
+                    "improvement": e.improvement,
+                    "completedAt": e.completed_at.isoformat(),
+                }
+                for e in eligible
+            ]
+        )
+        return 0
+    print(f"{len(eligible)} learners ready for aggregation (trained within {args.days} days)")
+    if eligible:
+        print_table(
+            ["learner", "source", "samples", "delta norm", "improvement", "trained at"],
+            [
+                (
+                    e.learner_id,
+                    e.source_version,
+                    e.samples,
+                    e.delta_norm,
+                    e.improvement,
+                    f"{e.completed_at:%Y-%m-%d %H:%M}",
+                )
+                for e in eligible
+            ],
+        )
+    return 0

@@ -1,0 +1,256 @@
+"""ModelRegistry on SQLite and PostgreSQL: shapes AIVO's dashboard reads, atomic promotion, queries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from aivo_fl.registry import AggregationInProgress, ModelRegistry, PromotionConflict, RegistryError
+from aivo_fl.registry.registry import ContributionInput, FederatedUpdateInput, TrainingSessionInput
+from aivo_fl.registry.schema import ModelVersionStatus
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _session(learner_id: str, completed_at: datetime, *, version: str = "1.0.0") -> TrainingSessionInput:
+    return TrainingSessionInput(
+        learner_id=learner_id,
+        source_version=version,
+        rebased_from=None,
+        samples=150,
+        epochs=5,
+        loss_before=1.2,
+        accuracy_before=0.5,
+        loss_after=0.9,
+        accuracy_after=0.62,
+        delta_norm=0.3,
+        delta_path=f"models/learners/{learner_id}/delta.safetensors",
+        started_at=completed_at - timedelta(seconds=2),
+        completed_at=completed_at,
+    )
+
+
+def _update(contributions: list[ContributionInput], **overrides: object) -> FederatedUpdateInput:
+    fields: dict[str, object] = dict(
+        base_version="1.0.0",
+        new_version="1.1.0",
+        status="PROMOTED",
+        strategy="fedavg",
+        learning_rate=1.0,
+        contributions=contributions,
+        performance_improvement=1.5,
+        accuracy_before=0.6,
+        accuracy_after=0.615,
+        dp_enabled=True,
+        noise_multiplier=0.1,
+        clip_norm=1.0,
+        sample_rate=1.0,
+        epsilon_round=500.0,
+        epsilon_total=500.0,
+        privacy_delta=1e-5,
+    )
+    fields.update(overrides)
+    return FederatedUpdateInput(**fields)  # type: ignore[arg-type]
+
+
+def test_empty_statistics_are_zeros(registry: ModelRegistry) -> None:
+    assert registry.get_statistics() == {
+        "totalMainVersions": 0,
+        "totalLearnerModels": 0,
+        "activeLearnerModels": 0,
+        "totalFederatedUpdates": 0,
+        "totalTrainingSessions": 0,
+    }
+    assert registry.get_federated_updates() == []
+    assert registry.get_active_version() is None
+
+
+def test_statistics_and_history_shapes(registry: ModelRegistry) -> None:
+    registry.register_main_version("1.0.0", "models/main-aivo/1.0.0", {"validationAccuracy": 0.8})
+    for i in range(3):
+        registry.add_learner(f"learner-{i}", baseline_completed_at=NOW)
+        registry.register_personalized_model(f"learner-{i}", {"federatedLearning": True, "sourceVersion": "1.0.0"})
+        registry.record_training_session(_session(f"learner-{i}", NOW))
+    registry.soft_delete_learner("learner-2")
+    update_id = registry.record_federated_update(
+        _update(
+            [
+                ContributionInput("learner-0", 1.0, 0.3, False, None),
+                ContributionInput("learner-1", 0.5, 1.7, True, None),
+                ContributionInput("learner-9", 0.0, None, False, "delta file missing"),
+            ]
+        )
+    )
+    assert registry.get_statistics() == {
+        "totalMainVersions": 1,
+        "totalLearnerModels": 3,
+        "activeLearnerModels": 2,
+        "totalFederatedUpdates": 1,
+        "totalTrainingSessions": 3,
+    }
+    [update] = registry.get_federated_updates()
+    assert update["updateId"] == update_id
+    assert update["contributingLearners"] == ["learner-0", "learner-1"]
+    assert update["aggregationStrategy"] == "fedavg"
+    assert update["performanceImprovement"] == pytest.approx(1.5)
+    assert datetime.fromisoformat(update["aggregatedAt"]).tzinfo is not None
+    reasons = {c.learner_id: c.excluded_reason for c in registry.get_contributions(update_id)}
+    assert reasons == {"learner-0": None, "learner-1": None, "learner-9": "delta file missing"}
+
+
+def test_promotion_deprecates_previous_and_checks_expected_active(registry: ModelRegistry) -> None:
+    registry.register_main_version("1.0.0", "p/1.0.0", {})
+    registry.register_main_version("1.1.0", "p/1.1.0", {}, parent_version="1.0.0")
+    statuses = {v.version: v.status for v in registry.list_main_versions()}
+    assert statuses == {"1.0.0": ModelVersionStatus.DEPRECATED, "1.1.0": ModelVersionStatus.ACTIVE}
+    # A candidate built on 1.0.0 is stale now: promoting it must not clobber 1.1.0.
+    registry.register_main_version("1.2.0", "p/1.2.0", {}, parent_version="1.0.0", activate=False)
+    with pytest.raises(PromotionConflict):
+        registry.promote("1.2.0", expected_active="1.0.0")
+    assert registry.get_active_version().version == "1.1.0"
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register_main_version("1.1.0", "p", {})
+
+
+def test_concurrent_promotions_leave_exactly_one_active(registry: ModelRegistry) -> None:
+    registry.register_main_version("1.0.0", "p/1.0.0", {})
+    candidates = [f"1.{i}.0" for i in range(1, 9)]
+    for version in candidates:
+        registry.register_main_version(version, f"p/{version}", {}, parent_version="1.0.0", activate=False)
+    barrier = threading.Barrier(len(candidates))
+    winners: list[str] = []
+    losers: list[str] = []
+
+    def race(version: str) -> None:
+        barrier.wait()
+        try:
+            registry.promote(version, expected_active="1.0.0")
+            winners.append(version)
+        except PromotionConflict:
+            losers.append(version)
+
+    threads = [threading.Thread(target=race, args=(v,)) for v in candidates]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1, (winners, losers)
+    assert len(losers) == len(candidates) - 1
+    active = [v for v in registry.list_main_versions() if v.status == ModelVersionStatus.ACTIVE]
+    assert [v.version for v in active] == winners
+
+
+def test_database_refuses_a_second_active_row(registry: ModelRegistry) -> None:
+    """The single-active index is the last line of defence, even against raw SQL."""
+    registry.register_main_version("1.0.0", "p", {})
+    with pytest.raises(sa.exc.IntegrityError), registry.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'INSERT INTO "MainModelVersion" (version, status, "modelPath", metrics, "createdAt") '
+                "VALUES ('9.9.9', 'ACTIVE', 'x', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+
+
+def test_activation_guide_sql_finds_the_personalized_model(registry: ModelRegistry) -> None:
+    metadata = {
+        "federatedLearning": True,
+        "clonedModelPath": "./models/learners/learner-abc",
+        "sourceVersion": "1.0.0",
+        "architecture": {"totalLayers": 9, "frozenLayers": 3, "trainableLayers": 6},
+    }
+    registry.register_personalized_model("learner-abc", metadata)
+    with registry.engine.connect() as conn:
+        # Verbatim from the activation guide (step 5), learner id filled in.
+        guide_sql = """SELECT * FROM "PersonalizedModel" WHERE "learnerId" = 'learner-abc';"""
+        rows = conn.execute(sa.text(guide_sql)).mappings().all()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["baseModel"] == "aivo-main"
+    assert row["status"] == "ACTIVE"
+    stored = row["metadata"] if isinstance(row["metadata"], dict) else json.loads(row["metadata"])
+    assert stored == metadata
+
+
+def test_eligibility_window_takes_each_learners_latest_session(registry: ModelRegistry) -> None:
+    for learner in ("a", "b", "c", "d"):
+        registry.add_learner(learner, baseline_completed_at=NOW)
+    registry.record_training_session(_session("a", NOW - timedelta(days=10)))
+    registry.record_training_session(_session("a", NOW - timedelta(days=1), version="1.1.0"))
+    registry.record_training_session(_session("b", NOW - timedelta(days=3)))
+    registry.record_training_session(_session("c", NOW - timedelta(days=8)))
+    registry.record_training_session(_session("d", NOW - timedelta(hours=1)))
+    registry.soft_delete_learner("d")
+    eligible = registry.get_eligible_for_aggregation(7, now=NOW)
+    assert [(e.learner_id, e.source_version) for e in eligible] == [("a", "1.1.0"), ("b", "1.0.0")]
+    assert eligible[0].improvement == pytest.approx(0.12)
+    assert [e.learner_id for e in registry.get_eligible_for_aggregation(14, now=NOW)] == ["a", "b", "c"]
+
+
+def test_learners_needing_a_model_page_with_a_cursor(registry: ModelRegistry) -> None:
+    for i in range(5):
+        registry.add_learner(f"l{i}", baseline_completed_at=NOW)
+    registry.add_learner("no-baseline", baseline_completed_at=None)
+    registry.register_personalized_model("l1", {})
+    registry.soft_delete_learner("l3")
+    assert registry.learners_needing_model() == ["l0", "l2", "l4"]
+    assert registry.learners_needing_model(limit=2) == ["l0", "l2"]
+    assert registry.learners_needing_model(after="l2") == ["l4"]
+    assert registry.deleted_learners_with_models() == []
+    registry.register_personalized_model("l3", {})
+    assert registry.deleted_learners_with_models() == ["l3"]
+
+
+def test_interactions_round_trip_exactly(registry: ModelRegistry) -> None:
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(40, 256)).astype(np.float32)
+    targets = {
+        "difficulty": rng.integers(0, 5, 40),
+        "modality": rng.integers(0, 4, 40),
+        "success": rng.integers(0, 2, 40),
+    }
+    registry.add_learner("l", baseline_completed_at=NOW)
+    assert registry.add_interactions("l", features, targets) == 40
+    loaded = registry.get_interactions("l")
+    np.testing.assert_array_equal(loaded.features, features)
+    for head, values in targets.items():
+        np.testing.assert_array_equal(loaded.targets[head], values)
+    with pytest.raises(RegistryError, match="Unknown learner"):
+        registry.add_interactions("ghost", features, targets)
+    with pytest.raises(RegistryError, match="shape"):
+        registry.add_interactions("l", features[:, :10], targets)
+
+
+def test_privacy_ledger_follows_participation(registry: ModelRegistry) -> None:
+    registry.record_federated_update(
+        _update([ContributionInput("a", 1, 0.1, False, None), ContributionInput("b", 0, None, False, "stale")])
+    )
+    registry.record_federated_update(_update([ContributionInput("a", 1, 0.1, False, None)], noise_multiplier=0.5))
+    registry.record_federated_update(_update([ContributionInput("b", 1, 0.1, False, None)], dp_enabled=False))
+    assert [e.noise_multiplier for e in registry.privacy_events()] == [0.1, 0.5]
+    ledger = registry.learner_privacy_events()
+    assert [e.noise_multiplier for e in ledger["a"]] == [0.1, 0.5]
+    assert "b" not in ledger  # excluded once, and the other round had no noise to account for
+
+
+def test_aggregation_lock_is_exclusive_and_released(registry: ModelRegistry) -> None:
+    with (
+        registry.aggregation_lock("run-1"),
+        pytest.raises(AggregationInProgress, match="run-1"),
+        registry.aggregation_lock("run-2"),
+    ):
+        pass
+    with registry.aggregation_lock("run-3"):
+        pass
+
+
+def test_expired_aggregation_lock_is_taken_over(registry: ModelRegistry) -> None:
+    lock = registry.aggregation_lock("crashed-run", ttl=timedelta(seconds=-1))
+    lock.__enter__()  # never exited: the holder "crashed"
+    with registry.aggregation_lock("next-run"):
+        pass
