@@ -107,6 +107,7 @@ class ContributionInput:
     update_norm: float | None
     clipped: bool
     excluded_reason: str | None
+    training_session_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class FederatedUpdateInput:
     rejection_reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     aggregated_at: datetime | None = None
+    # Where the candidate's weights were written (promoted rounds) and what it scored.
+    new_version_path: str | None = None
+    new_version_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -474,10 +478,32 @@ class ModelRegistry:
 
     # -- federated updates --------------------------------------------------------------------
     def record_federated_update(self, update: FederatedUpdateInput) -> str:
-        """Write the update and its contribution rows in one transaction; returns the updateId."""
+        """Write the round in one transaction and return its updateId.
+
+        A PROMOTED round registers `new_version` and promotes it over `base_version` (losing with
+        PromotionConflict if the active version moved meanwhile); a REJECTED round records its
+        candidate version as REJECTED. Either all of it is committed or none of it.
+        """
         aggregated_at = update.aggregated_at or utcnow()
         update_id = f"fu-{aggregated_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
         with self._session() as session:
+            if update.new_version is not None:
+                promoted = update.status == "PROMOTED"
+                version_row = MainModelVersion(
+                    version=update.new_version,
+                    status=ModelVersionStatus.CANDIDATE if promoted else ModelVersionStatus.REJECTED,
+                    modelPath=update.new_version_path or "",
+                    parentVersion=update.base_version,
+                    metrics={**update.new_version_metrics, "updateId": update_id}
+                    | ({} if promoted else {"rejectionReason": update.rejection_reason}),
+                )
+                session.add(version_row)
+                try:
+                    session.flush()
+                except IntegrityError as exc:
+                    raise RegistryError(f"Main model version {update.new_version} is already registered") from exc
+                if promoted:
+                    self._promote(session, version_row, expected_active=update.base_version)
             row = FederatedUpdate(
                 updateId=update_id,
                 aggregatedAt=aggregated_at,
@@ -509,6 +535,7 @@ class ModelRegistry:
                         {
                             "federatedUpdateId": row.id,
                             "learnerId": c.learner_id,
+                            "trainingSessionId": c.training_session_id,
                             "weight": c.weight,
                             "updateNorm": c.update_norm,
                             "clipped": c.clipped,
@@ -534,6 +561,24 @@ class ModelRegistry:
                 .order_by(FederatedUpdateContribution.id)
             ).all()
             return [ContributionInput(r.learnerId, r.weight, r.updateNorm, r.clipped, r.excludedReason) for r in rows]
+
+    def aggregated_session_ids(self, session_ids: Iterable[int]) -> set[int]:
+        """Which of these training sessions already went into a promoted version."""
+        wanted = list(session_ids)
+        if not wanted:
+            return set()
+        with self._session() as session:
+            return set(
+                session.scalars(
+                    sa.select(FederatedUpdateContribution.trainingSessionId)
+                    .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
+                    .where(
+                        FederatedUpdate.status == "PROMOTED",
+                        FederatedUpdateContribution.excludedReason.is_(None),
+                        FederatedUpdateContribution.trainingSessionId.in_(wanted),
+                    )
+                )
+            )
 
     def privacy_events(self) -> list[PrivacyEvent]:
         """Every noised round that ran (promoted or rejected: both released information)."""

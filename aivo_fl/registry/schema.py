@@ -192,6 +192,8 @@ class FederatedUpdateContribution(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     federatedUpdateId: Mapped[int] = mapped_column(sa.ForeignKey("FederatedUpdate.id", ondelete="CASCADE"))
     learnerId: Mapped[str] = mapped_column(sa.String(128))
+    # The session whose delta was offered; a delta already aggregated is never counted twice.
+    trainingSessionId: Mapped[int | None] = mapped_column(sa.Integer)
     weight: Mapped[float] = mapped_column(sa.Float)
     updateNorm: Mapped[float | None] = mapped_column(sa.Float)
     clipped: Mapped[bool] = mapped_column(sa.Boolean, default=False)
@@ -200,6 +202,7 @@ class FederatedUpdateContribution(Base):
     __table_args__ = (
         sa.Index("FederatedUpdateContribution_federatedUpdateId_idx", "federatedUpdateId"),
         sa.Index("FederatedUpdateContribution_learnerId_idx", "learnerId"),
+        sa.Index("FederatedUpdateContribution_trainingSessionId_idx", "trainingSessionId"),
     )
 
 

@@ -134,6 +134,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("federatedUpdateId", sa.Integer(), nullable=False),
         sa.Column("learnerId", sa.String(length=128), nullable=False),
+        sa.Column("trainingSessionId", sa.Integer(), nullable=True),
         sa.Column("weight", sa.Float(), nullable=False),
         sa.Column("updateNorm", sa.Float(), nullable=True),
         sa.Column("clipped", sa.Boolean(), nullable=False),
@@ -144,6 +145,9 @@ def upgrade() -> None:
     with op.batch_alter_table("FederatedUpdateContribution", schema=None) as batch_op:
         batch_op.create_index("FederatedUpdateContribution_federatedUpdateId_idx", ["federatedUpdateId"], unique=False)
         batch_op.create_index("FederatedUpdateContribution_learnerId_idx", ["learnerId"], unique=False)
+        batch_op.create_index(
+            "FederatedUpdateContribution_trainingSessionId_idx", ["trainingSessionId"], unique=False
+        )
 
     op.create_table(
         "LearnerInteraction",
@@ -167,6 +171,7 @@ def downgrade() -> None:
 
     op.drop_table("LearnerInteraction")
     with op.batch_alter_table("FederatedUpdateContribution", schema=None) as batch_op:
+        batch_op.drop_index("FederatedUpdateContribution_trainingSessionId_idx")
         batch_op.drop_index("FederatedUpdateContribution_learnerId_idx")
         batch_op.drop_index("FederatedUpdateContribution_federatedUpdateId_idx")
 

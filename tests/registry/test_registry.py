@@ -38,7 +38,7 @@ def _session(learner_id: str, completed_at: datetime, *, version: str = "1.0.0")
 def _update(contributions: list[ContributionInput], **overrides: object) -> FederatedUpdateInput:
     fields: dict[str, object] = dict(
         base_version="1.0.0",
-        new_version="1.1.0",
+        new_version=None,
         status="PROMOTED",
         strategy="fedavg",
         learning_rate=1.0,
@@ -115,6 +115,34 @@ def test_promotion_deprecates_previous_and_checks_expected_active(registry: Mode
     assert registry.get_active_version().version == "1.1.0"
     with pytest.raises(RegistryError, match="already registered"):
         registry.register_main_version("1.1.0", "p", {})
+
+
+def test_promoted_round_registers_and_promotes_in_one_transaction(registry: ModelRegistry) -> None:
+    registry.register_main_version("1.0.0", "p/1.0.0", {})
+    contributions = [ContributionInput("a", 1.0, 0.2, False, None, training_session_id=7)]
+    registry.record_federated_update(_update(contributions, new_version="1.1.0", new_version_path="p/1.1.0"))
+    assert registry.get_active_version().version == "1.1.0"
+    assert registry.aggregated_session_ids([7, 8]) == {7}
+
+    # A round built on 1.0.0 (no longer active) loses, and leaves no trace: no version, no update.
+    with pytest.raises(PromotionConflict):
+        registry.record_federated_update(_update(contributions, new_version="1.2.0", new_version_path="p"))
+    assert [v.version for v in registry.list_main_versions()] == ["1.0.0", "1.1.0"]
+    assert len(registry.get_federated_updates()) == 1
+
+    registry.record_federated_update(
+        _update(
+            contributions,
+            base_version="1.1.0",
+            new_version="1.2.0",
+            status="REJECTED",
+            rejection_reason="Performance degradation: -3.0 points",
+        )
+    )
+    statuses = {v.version: v.status for v in registry.list_main_versions()}
+    assert statuses["1.2.0"] == ModelVersionStatus.REJECTED
+    assert registry.get_active_version().version == "1.1.0"
+    assert registry.get_federated_updates()[-1]["rejectionReason"].startswith("Performance degradation")
 
 
 def test_concurrent_promotions_leave_exactly_one_active(registry: ModelRegistry) -> None:
