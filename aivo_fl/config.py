@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,7 +60,9 @@ class Settings(BaseSettings):
     clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0)
     privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
+    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
 
     @field_validator("database_url")
     @classmethod
@@ -67,7 +70,16 @@ class Settings(BaseSettings):
         normalize_database_url(value)
         return value
 
-    @field_validator("privacy_epsilon_budget", mode="before")
+    @field_validator("aggregation_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
+        return value
+
+    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", mode="before")
     @classmethod
     def _empty_budget_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -56,16 +56,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def statistics_payload(registry: ModelRegistry) -> dict[str, Any]:
-    return registry.get_statistics()
+def statistics_payload(registry: ModelRegistry, settings: Settings) -> dict[str, Any]:
+    # The accountant and the ML core are heavy imports: only `stats` needs them.
+    from aivo_fl.operations.aggregation import privacy_settings_from
+    from aivo_fl.operations.privacy_report import privacy_summary
+
+    return {**registry.get_statistics(), "privacy": privacy_summary(registry, privacy_settings_from(settings))}
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    registry = open_registry(load_settings())
-    stats = statistics_payload(registry)
+    settings = load_settings()
+    registry = open_registry(settings)
+    stats = statistics_payload(registry, settings)
     if args.json:
         print_json(stats)
         return 0
+    privacy = stats["privacy"]
     active = registry.get_active_version()
     print_fields(
         "Registry statistics",
@@ -78,6 +84,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
             ("Training sessions", stats["totalTrainingSessions"]),
         ],
     )
+    print()
+    print_fields(
+        "Differential privacy" + ("" if privacy["enabled"] else " (disabled)"),
+        [
+            ("Epsilon spent", f"{privacy['epsilonSpent']:.4g} at delta {privacy['delta']:g}"),
+            ("Epsilon budget", privacy["epsilonBudget"] or "none set"),
+            ("Noised rounds", privacy["rounds"]),
+            ("Noise multiplier", privacy["noiseMultiplier"]),
+            ("Clip norm", privacy["clipNorm"]),
+            ("Largest learner epsilon", f"{privacy['maxLearnerEpsilon']:.4g}"),
+            ("Accountant", privacy["accountant"]),
+        ],
+    )
+    if privacy["warning"]:
+        print(f"⚠ {privacy['warning']}")
     return 0
 
 

@@ -137,8 +137,8 @@ class FederatedUpdateInput:
 
 
 @dataclass(frozen=True)
-class PrivacyEvent:
-    """One noised round as the accountant needs it."""
+class RecordedNoise:
+    """The noise of one recorded round: what the privacy accountant recomposes."""
 
     noise_multiplier: float
     sample_rate: float
@@ -377,6 +377,39 @@ class ModelRegistry:
                 )
             )
 
+    def deleted_learner_ids(self) -> list[str]:
+        with self._session() as session:
+            return list(
+                session.scalars(sa.select(Learner.id).where(Learner.deletedAt.is_not(None)).order_by(Learner.id))
+            )
+
+    def learners_with_new_interactions(self, min_new: int) -> list[tuple[str, int, int]]:
+        """(learner, new interactions, newest interaction id) for learners with a model and at least
+        `min_new` interactions since their last training session (all of them if never trained)."""
+        last = (
+            sa.select(ModelTrainingSession.learnerId, sa.func.max(ModelTrainingSession.completedAt).label("last"))
+            .group_by(ModelTrainingSession.learnerId)
+            .subquery()
+        )
+        query = (
+            sa.select(LearnerInteraction.learnerId, sa.func.count(), sa.func.max(LearnerInteraction.id))
+            .join(PersonalizedModel, PersonalizedModel.learnerId == LearnerInteraction.learnerId)
+            .join(Learner, Learner.id == LearnerInteraction.learnerId)
+            .outerjoin(last, last.c.learnerId == LearnerInteraction.learnerId)
+            .where(
+                Learner.deletedAt.is_(None), sa.or_(last.c.last.is_(None), LearnerInteraction.createdAt > last.c.last)
+            )
+            .group_by(LearnerInteraction.learnerId)
+            .having(sa.func.count() >= min_new)
+            .order_by(LearnerInteraction.learnerId)
+        )
+        with self._session() as session:
+            return [(learner, int(count), int(newest)) for learner, count, newest in session.execute(query)]
+
+    def count_learners(self) -> int:
+        with self._session() as session:
+            return int(session.scalar(sa.select(sa.func.count(Learner.id))) or 0)
+
     def active_learner_ids(self) -> list[str]:
         """Learners that have a personalized model and are not deleted."""
         with self._session() as session:
@@ -580,7 +613,7 @@ class ModelRegistry:
                 )
             )
 
-    def privacy_events(self) -> list[PrivacyEvent]:
+    def privacy_events(self) -> list[RecordedNoise]:
         """Every noised round that ran (promoted or rejected: both released information)."""
         with self._session() as session:
             rows = session.execute(
@@ -588,9 +621,9 @@ class ModelRegistry:
                 .where(FederatedUpdate.dpEnabled.is_(True))
                 .order_by(FederatedUpdate.id)
             ).all()
-            return [PrivacyEvent(float(z), float(q if q is not None else 1.0)) for z, q in rows]
+            return [RecordedNoise(float(z), float(q if q is not None else 1.0)) for z, q in rows]
 
-    def learner_privacy_events(self, learner_ids: Iterable[str] | None = None) -> dict[str, list[PrivacyEvent]]:
+    def learner_privacy_events(self, learner_ids: Iterable[str] | None = None) -> dict[str, list[RecordedNoise]]:
         """For each learner, the noised rounds it actually contributed to."""
         query = (
             sa.select(
@@ -604,10 +637,10 @@ class ModelRegistry:
         )
         if learner_ids is not None:
             query = query.where(FederatedUpdateContribution.learnerId.in_(list(learner_ids)))
-        ledger: dict[str, list[PrivacyEvent]] = {}
+        ledger: dict[str, list[RecordedNoise]] = {}
         with self._session() as session:
             for learner_id, z, q in session.execute(query):
-                ledger.setdefault(learner_id, []).append(PrivacyEvent(float(z), float(q if q is not None else 1.0)))
+                ledger.setdefault(learner_id, []).append(RecordedNoise(float(z), float(q if q is not None else 1.0)))
         return ledger
 
     # -- aggregation lease ----------------------------------------------------------------------

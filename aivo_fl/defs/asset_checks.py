@@ -1,0 +1,84 @@
+"""Checks on what the assets produced; each reads real results, so each can fail."""
+
+
+from typing import Any
+
+import dagster as dg
+
+from aivo_fl.defs.assets.federated import federated_main_model
+from aivo_fl.defs.assets.main_model import main_model
+from aivo_fl.defs.resources import FederatedSettingsResource, RegistryResource
+from aivo_fl.operations.privacy_report import privacy_summary
+
+# The main model's validation accuracy must come within this many points of the Bayes ceiling.
+MAX_GAP_TO_CEILING = 0.02
+
+
+def _latest_metadata(context: dg.AssetCheckExecutionContext, asset: dg.AssetsDefinition) -> dict[str, Any] | None:
+    event = context.instance.get_latest_materialization_event(asset.key)
+    if event is None or event.asset_materialization is None:
+        return None
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@dg.asset_check(asset=main_model, description="validation accuracy within 2 points of the Bayes ceiling")
+def main_model_near_bayes_ceiling(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    metadata = _latest_metadata(context, main_model)
+    if metadata is None:
+        return dg.AssetCheckResult(passed=False, description="main_model has not been materialized")
+    gap = float(metadata["bayes_ceiling"]) - float(metadata["validation_accuracy"])
+    return dg.AssetCheckResult(
+        passed=gap <= MAX_GAP_TO_CEILING,
+        metadata={
+            "validation_accuracy": float(metadata["validation_accuracy"]),
+            "bayes_ceiling": float(metadata["bayes_ceiling"]),
+            "gap_points": 100 * gap,
+            "allowed_gap_points": 100 * MAX_GAP_TO_CEILING,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=federated_main_model,
+    blocking=True,
+    description="the aggregated candidate did not degrade accuracy (a rejected round blocks what follows)",
+)
+def candidate_not_degraded(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    metadata = _latest_metadata(context, federated_main_model)
+    if metadata is None:
+        return dg.AssetCheckResult(passed=False, description="federated_main_model has not been materialized")
+    rejected = metadata["status"] == "REJECTED"
+    return dg.AssetCheckResult(
+        passed=not rejected,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=metadata["rejection_reason"] if rejected else f"{metadata['status']}: no degradation",
+        metadata={
+            "accuracy_before": float(metadata["accuracy_before"]),
+            "accuracy_after": float(metadata["accuracy_after"]),
+            "performance_improvement": float(metadata["performance_improvement"]),
+        },
+    )
+
+
+@dg.asset_check(asset=federated_main_model, description="total epsilon within PRIVACY_EPSILON_BUDGET")
+def privacy_budget_not_exceeded(
+    registry: RegistryResource, federated_settings: FederatedSettingsResource
+) -> dg.AssetCheckResult:
+    privacy = federated_settings.privacy()
+    summary = privacy_summary(registry.get_registry(), privacy)
+    budget = privacy.epsilon_budget
+    spent = summary["epsilonSpent"]
+    return dg.AssetCheckResult(
+        passed=budget is None or spent <= budget,
+        description=summary["warning"] or ("no budget set" if budget is None else None),
+        metadata={
+            "epsilon_spent": spent,
+            "epsilon_budget": budget if budget is not None else "none",
+            "noised_rounds": summary["rounds"],
+            "max_learner_epsilon": summary["maxLearnerEpsilon"],
+            "delta": summary["delta"],
+        },
+    )
+
+
+defs = dg.Definitions(asset_checks=[main_model_near_bayes_ceiling, candidate_not_degraded, privacy_budget_not_exceeded])

@@ -1,0 +1,36 @@
+"""The synthetic curriculum the main model learns from."""
+
+
+import dagster as dg
+
+from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource
+from aivo_fl.ml.data import HEAD_CLASSES
+from aivo_fl.operations.main_model import build_curriculum_dataset
+
+
+@dg.asset(group_name="curriculum", kinds={"numpy"})
+def curriculum_dataset(
+    context: dg.AssetExecutionContext,
+    model_store: ModelStoreResource,
+    training_settings: TrainingSettingsResource,
+    reporter: ReporterResource,
+) -> dg.MaterializeResult:
+    """Seeded synthetic curriculum samples: 256 features, a label per head, known Bayes ceiling."""
+    summary = build_curriculum_dataset(
+        model_store.get_store(),
+        training_settings.curriculum_samples,
+        training_settings.data_seed,
+        reporter.for_context(context),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rows": summary.rows,
+            "seed": summary.seed,
+            "path": dg.MetadataValue.path(str(summary.path)),
+            "class_balance": dg.MetadataValue.json(summary.class_balance),
+            **{f"bayes_ceiling_{head}": summary.bayes_ceiling[head] for head in HEAD_CLASSES},
+        }
+    )
+
+
+defs = dg.Definitions(assets=[curriculum_dataset])

@@ -1,0 +1,95 @@
+"""One federated aggregation round per materialization: a new main version, or a recorded rejection."""
+
+
+import dagster as dg
+from pydantic import Field
+
+from aivo_fl.defs.assets.learners import learner_training
+from aivo_fl.defs.partitions import TRANSIENT_RETRY
+from aivo_fl.defs.resources import (
+    FederatedSettingsResource,
+    ModelStoreResource,
+    RegistryResource,
+    ReporterResource,
+)
+from aivo_fl.ml.aggregation import STRATEGIES
+from aivo_fl.ml.federated_round import DEFAULT_LEARNING_RATE, NoEligibleLearners, RoundOptions
+from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.operations.aggregation import run_federated_aggregation
+from aivo_fl.registry import AggregationInProgress, PromotionConflict
+
+AGGREGATION_POOL = "aggregation"
+
+
+class AggregationConfig(dg.Config):
+    """The activation guide's aggregation options."""
+
+    dry_run: bool = Field(False, description="compute and report the round, write nothing")
+    min_learners: int = Field(3, ge=1, description="fewest usable learner updates for a round")
+    strategy: str = Field("fedavg", description=f"one of {', '.join(STRATEGIES)}")
+    max_stale_days: int = Field(7, ge=1, description="ignore training older than this many days")
+    learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, description="server step on the aggregated delta")
+
+    def round_options(self) -> RoundOptions:
+        return RoundOptions(
+            strategy=self.strategy,
+            min_learners=self.min_learners,
+            max_stale_days=self.max_stale_days,
+            learning_rate=self.learning_rate,
+            dry_run=self.dry_run,
+        )
+
+
+@dg.asset(
+    group_name="federated",
+    deps=[learner_training],
+    kinds={"pytorch"},
+    pool=AGGREGATION_POOL,
+    retry_policy=TRANSIENT_RETRY,
+)
+def federated_main_model(
+    context: dg.AssetExecutionContext,
+    config: AggregationConfig,
+    registry: RegistryResource,
+    model_store: ModelStoreResource,
+    federated_settings: FederatedSettingsResource,
+    reporter: ReporterResource,
+) -> dg.MaterializeResult:
+    """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion."""
+    federated_settings.require_enabled()
+    try:
+        outcome = run_federated_aggregation(
+            registry.get_registry(),
+            model_store.get_store(),
+            federated_settings.privacy(),
+            config.round_options(),
+            report=reporter.for_context(context),
+            holder=f"dagster-run:{context.run_id}",
+        )
+    except (NoEligibleLearners, PrivacyBudgetExceeded, AggregationInProgress, PromotionConflict, ValueError) as exc:
+        # Decisions, not outages: retrying cannot change them.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    s = outcome.summary()
+    return dg.MaterializeResult(
+        metadata={
+            "status": s["status"],
+            "dry_run": s["dryRun"],
+            "base_version": s["baseVersion"],
+            "new_version": s["newVersion"] or "-",
+            "update_id": s["updateId"] or "-",
+            "strategy": s["strategy"],
+            "contributing_learners": len(s["contributingLearners"]),
+            "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
+            "accuracy_before": s["accuracyBefore"],
+            "accuracy_after": s["accuracyAfter"],
+            "curriculum_accuracy_before": s["curriculumAccuracyBefore"],
+            "curriculum_accuracy_after": s["curriculumAccuracyAfter"],
+            "performance_improvement": s["performanceImprovement"],
+            "epsilon_round": s["epsilonRound"] if s["epsilonRound"] is not None else 0.0,
+            "epsilon_total": s["epsilonTotal"] if s["epsilonTotal"] is not None else 0.0,
+            "rejection_reason": s["rejectionReason"] or "-",
+        }
+    )
+
+
+defs = dg.Definitions(assets=[federated_main_model])

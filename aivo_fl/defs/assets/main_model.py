@@ -1,0 +1,60 @@
+"""The main model, trained on the curriculum and registered as the active version."""
+
+
+import dagster as dg
+
+from aivo_fl.defs.assets.curriculum import curriculum_dataset
+from aivo_fl.defs.partitions import TRANSIENT_RETRY
+from aivo_fl.defs.resources import (
+    ModelStoreResource,
+    RegistryResource,
+    ReporterResource,
+    TrainingSettingsResource,
+)
+from aivo_fl.ml.training import format_training_results
+from aivo_fl.operations.main_model import train_and_register_main_model
+
+
+@dg.asset(group_name="main_model", deps=[curriculum_dataset], kinds={"pytorch"}, retry_policy=TRANSIENT_RETRY)
+def main_model(
+    context: dg.AssetExecutionContext,
+    registry: RegistryResource,
+    model_store: ModelStoreResource,
+    training_settings: TrainingSettingsResource,
+    reporter: ReporterResource,
+) -> dg.MaterializeResult:
+    """Multi-head network (shared trunk, one head per decision), saved as safetensors and registered."""
+    store = model_store.get_store()
+    report = reporter.for_context(context)
+    outcome = train_and_register_main_model(
+        registry.get_registry(),
+        store,
+        store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
+        epochs=training_settings.training_epochs,
+        batch_size=training_settings.batch_size,
+        data_seed=training_settings.data_seed,
+        report=report,
+    )
+    report("")
+    report(format_training_results(outcome.result))
+    r, arch = outcome.result, outcome.architecture
+    return dg.MaterializeResult(
+        metadata={
+            "version": outcome.version,
+            "path": dg.MetadataValue.path(str(outcome.path)),
+            "final_loss": r.final_loss,
+            "final_accuracy": r.final_accuracy,
+            "validation_loss": r.val_loss,
+            "validation_accuracy": r.val_accuracy,
+            "bayes_ceiling": r.bayes_ceiling,
+            "gap_to_ceiling": r.gap_to_ceiling,
+            "total_parameters": arch.total_params,
+            "frozen_parameters": arch.frozen_params,
+            "trainable_parameters": arch.trainable_params,
+            "total_layers": arch.total_layers,
+            "seconds_per_epoch": r.seconds_per_epoch,
+        }
+    )
+
+
+defs = dg.Definitions(assets=[main_model])

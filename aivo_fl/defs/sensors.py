@@ -1,0 +1,137 @@
+"""Sensors: provision clones for new learners, retrain learners with new activity.
+
+Both batch: a tick asks for a few runs that each cover a contiguous range of learner partitions
+(dynamic partition keys keep insertion order), never one run per learner.
+"""
+
+
+import hashlib
+from collections.abc import Sequence
+
+import dagster as dg
+
+from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
+from aivo_fl.defs.partitions import learner_partitions
+from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, ModelStoreResource, RegistryResource
+from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.operations.learners import remove_learner_model
+
+# Partitions per run: big enough that 10,000 learners are 20 runs, small enough that one run
+# (about 30-40 ms of event-log work per partition) finishes in well under a minute.
+PARTITIONS_PER_RUN = 500
+# Learners scanned per tick; a larger backlog is paged through with the cursor.
+SCAN_LIMIT = 20_000
+# New interactions since the last session that make a learner worth retraining.
+MIN_NEW_INTERACTIONS = 20
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def _range_request(prefix: str, keys: Sequence[str], salt: str = "") -> dg.RunRequest:
+    digest = hashlib.sha256("\n".join([*keys, salt]).encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        run_key=f"{prefix}:{keys[0]}..{keys[-1]}:{len(keys)}:{digest}",
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
+    )
+
+
+def _chunks(keys: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
+@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30)
+def new_learner_sensor(
+    context: dg.SensorEvaluationContext,
+    registry: RegistryResource,
+    model_store: ModelStoreResource,
+    federated_settings: FederatedSettingsResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Learners with a completed baseline and no model get a partition and a cloning run.
+
+    The cursor is the last learner id scanned, so a backlog larger than one tick's scan is paged
+    through; an existing partition means "already requested", so nobody is cloned twice; and a
+    scan that reaches the end wraps around, so a learner inserted behind the cursor is not missed.
+    Learners deleted in the app lose their partition, their files and their registry row.
+    """
+    if not federated_settings.use_federated_learning:
+        return dg.SkipReason(DISABLED_REASON)
+    reg, store = registry.get_registry(), model_store.get_store()
+    existing = set(context.instance.get_dynamic_partitions(learner_partitions.name))
+
+    removed = []
+    for learner_id in reg.deleted_learner_ids():
+        try:
+            validate_learner_id(learner_id)
+        except InvalidLearnerId:
+            continue  # never had a partition or files
+        if learner_id in existing or reg.get_personalized_model(learner_id) is not None:
+            remove_learner_model(reg, store, learner_id)
+            removed.append(learner_id)
+    stale_partitions = [k for k in removed if k in existing]
+
+    scanned = reg.learners_needing_model(after=context.cursor or None, limit=SCAN_LIMIT)
+    new, refused = [], []
+    for learner_id in scanned:
+        try:
+            validate_learner_id(learner_id)
+        except InvalidLearnerId as exc:
+            refused.append(str(exc))
+            continue
+        if learner_id not in existing:
+            new.append(learner_id)
+    for reason in refused[:10]:
+        context.log.warning(f"Not cloning: {reason}")
+    cursor = scanned[-1] if len(scanned) == SCAN_LIMIT else ""
+
+    partition_requests = []
+    if new:
+        partition_requests.append(learner_partitions.build_add_request(new))
+    if stale_partitions:
+        partition_requests.append(learner_partitions.build_delete_request(stale_partitions))
+    if not new and not removed:
+        return dg.SensorResult(
+            skip_reason=f"No new learners ({len(refused)} refused ids)" if refused else "No new learners",
+            cursor=cursor,
+        )
+    context.log.info(f"{len(new)} new learner(s), {len(removed)} removed")
+    return dg.SensorResult(
+        run_requests=[_range_request("clone", batch) for batch in _chunks(new, PARTITIONS_PER_RUN)],
+        dynamic_partitions_requests=partition_requests,
+        cursor=cursor,
+    )
+
+
+@dg.sensor(job=train_learners_job, minimum_interval_seconds=300)
+def learner_activity_sensor(
+    context: dg.SensorEvaluationContext,
+    registry: RegistryResource,
+    federated_settings: FederatedSettingsResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Retrain learners with at least MIN_NEW_INTERACTIONS new interactions since their last session.
+
+    A sensor rather than a daily schedule: it retrains when a learner has something new to learn
+    from, not on the clock, and a learner with nothing new costs nothing. The run key carries each
+    learner's newest interaction id, so the same activity is never trained twice.
+    """
+    if not federated_settings.use_federated_learning:
+        return dg.SkipReason(DISABLED_REASON)
+    ready = registry.get_registry().learners_with_new_interactions(MIN_NEW_INTERACTIONS)
+    if not ready:
+        return dg.SkipReason(f"No learner has {MIN_NEW_INTERACTIONS}+ new interactions")
+    position = {k: i for i, k in enumerate(context.instance.get_dynamic_partitions(learner_partitions.name))}
+    newest = {learner: latest for learner, _, latest in ready if learner in position}
+    ordered = sorted(newest, key=position.__getitem__)
+    # Contiguous stretches of partitions become one range run each.
+    stretches: list[list[str]] = []
+    for key in ordered:
+        if stretches and position[key] == position[stretches[-1][-1]] + 1 and len(stretches[-1]) < PARTITIONS_PER_RUN:
+            stretches[-1].append(key)
+        else:
+            stretches.append([key])
+    return dg.SensorResult(
+        run_requests=[_range_request("train", keys, salt=str(max(newest[k] for k in keys))) for keys in stretches]
+    )
+
+
+defs = dg.Definitions(sensors=[new_learner_sensor, learner_activity_sensor])

@@ -1,0 +1,130 @@
+"""Per-learner work: provisioning clones, local training, removal."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, remove_learner
+from aivo_fl.ml.data import Samples
+from aivo_fl.ml.learner_ids import validate_learner_id
+from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
+from aivo_fl.operations.store import ModelStore
+from aivo_fl.registry import ModelRegistry, RegistryError
+from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
+
+# Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
+# from held-out to training as the learner's history grows.
+HELDOUT_EVERY = 4
+LOCAL_EPOCHS = 5
+MIN_TRAINING_INTERACTIONS = 8
+
+
+class MainModelMissing(RegistryError):
+    """No active main version: the main model has to be trained first."""
+
+    def __init__(self) -> None:
+        super().__init__("Main model not found: train it first with `aivo-fl train-main-model`")
+
+
+def split_interactions(interactions: LearnerInteractions) -> tuple[Samples, Samples]:
+    n = interactions.features.shape[0]
+    heldout = np.arange(n) % HELDOUT_EVERY == HELDOUT_EVERY - 1
+    # Real learners have no known Bayes labels: those exist only for the synthetic curriculum.
+    whole = Samples(features=interactions.features, targets=interactions.targets, bayes_labels={})
+    return whole.subset(np.flatnonzero(~heldout)), whole.subset(np.flatnonzero(heldout))
+
+
+def personalized_model_metadata(clone: CloneInfo) -> dict[str, Any]:
+    """The `"PersonalizedModel".metadata` the activation guide shows."""
+    arch = clone.architecture
+    return {
+        "federatedLearning": True,
+        "clonedModelPath": str(clone.path),
+        "sourceVersion": clone.source_version,
+        "architecture": {
+            "totalLayers": arch.total_layers,
+            "frozenLayers": arch.frozen_layers,
+            "trainableLayers": arch.trainable_layers,
+            "totalParameters": arch.total_params,
+            "frozenParameters": arch.frozen_params,
+            "trainableParameters": arch.trainable_params,
+        },
+        "bytesOnDisk": clone.bytes_on_disk,
+    }
+
+
+def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -> CloneInfo:
+    """Clone the active main version for a learner and register the personalized model."""
+    validate_learner_id(learner_id)
+    active = registry.get_active_version()
+    if active is None:
+        raise MainModelMissing()
+    clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
+    registry.register_personalized_model(learner_id, personalized_model_metadata(clone))
+    return clone
+
+
+@dataclass(frozen=True)
+class LearnerTrainingOutcome:
+    session_id: int
+    result: TrainingSessionResult
+
+
+def train_learner_locally(
+    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+) -> LearnerTrainingOutcome:
+    """Fine-tune a learner's heads on their own interactions and record the session."""
+    validate_learner_id(learner_id)
+    active = registry.get_active_version()
+    if active is None:
+        raise MainModelMissing()
+    if registry.get_personalized_model(learner_id) is None:
+        raise RegistryError(f"Learner {learner_id} has no personalized model yet; clone it first")
+    train, heldout = split_interactions(registry.get_interactions(learner_id))
+    if len(train) < MIN_TRAINING_INTERACTIONS or len(heldout) < 1:
+        raise RegistryError(
+            f"Learner {learner_id} has {len(train) + len(heldout)} interactions; "
+            f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
+        )
+    result = train_learner(
+        store.main_root, store.learners_root, learner_id, train, heldout, active.version, epochs=epochs, seed=seed
+    )
+    session_id = registry.record_training_session(
+        TrainingSessionInput(
+            learner_id=learner_id,
+            source_version=result.source_version,
+            rebased_from=result.rebased_from,
+            samples=result.samples,
+            epochs=result.epochs,
+            loss_before=result.loss_before,
+            accuracy_before=result.accuracy_before,
+            loss_after=result.loss_after,
+            accuracy_after=result.accuracy_after,
+            delta_norm=result.delta_norm,
+            delta_path=str(result.delta_path),
+            started_at=result.started_at,
+            completed_at=result.finished_at,
+        )
+    )
+    if result.rebased_from is not None:
+        record = registry.get_personalized_model(learner_id)
+        metadata = dict(record.metadata) if record else {}
+        registry.register_personalized_model(learner_id, {**metadata, "sourceVersion": result.source_version})
+    return LearnerTrainingOutcome(session_id, result)
+
+
+def remove_learner_model(registry: ModelRegistry, store: ModelStore, learner_id: str) -> bool:
+    """Delete a learner's model files and registry row (the learner left the app)."""
+    validate_learner_id(learner_id)
+    removed_files = remove_learner(store.learners_root, learner_id)
+    removed_row = registry.delete_personalized_model(learner_id)
+    return removed_files or removed_row
+
+
+def session_summary(outcome: LearnerTrainingOutcome) -> dict[str, Any]:
+    data = asdict(outcome.result)
+    data["delta_path"] = str(outcome.result.delta_path)
+    return data

@@ -1,0 +1,119 @@
+"""Build the curriculum dataset, train the main model, store it and register it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aivo_fl.ml.artifacts import save_main_model
+from aivo_fl.ml.data import HEAD_CLASSES, Samples, bayes_ceiling, generate_curriculum
+from aivo_fl.ml.model import ArchitectureSummary, architecture_summary
+from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, train_model
+from aivo_fl.operations.store import ModelStore, load_samples, save_samples
+from aivo_fl.operations.versions import next_free_version
+from aivo_fl.registry import ModelRegistry
+
+Report = Callable[[str], None]
+
+FIRST_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    path: Path
+    rows: int
+    seed: int
+    class_balance: dict[str, list[float]]
+    bayes_ceiling: dict[str, float]
+
+
+def build_curriculum_dataset(store: ModelStore, n_samples: int, seed: int, report: Report = print) -> DatasetSummary:
+    """Generate (or reuse: it is a pure function of size and seed) the curriculum dataset."""
+    path = store.curriculum_path(n_samples, seed)
+    report(f"Generating {n_samples:,} curriculum data samples...")
+    samples = generate_curriculum(n_samples, seed)
+    save_samples(path, samples)
+    report(f"✓ Generated {len(samples):,} samples")
+    balance = {
+        head: [float((samples.targets[head] == k).mean()) for k in range(classes)]
+        for head, classes in HEAD_CLASSES.items()
+    }
+    return DatasetSummary(path, len(samples), seed, balance, bayes_ceiling(samples))
+
+
+@dataclass(frozen=True)
+class MainModelOutcome:
+    version: str
+    path: Path
+    result: TrainingResult
+    architecture: ArchitectureSummary
+
+    def metrics(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "finalLoss": r.final_loss,
+            "finalAccuracy": r.final_accuracy,
+            "validationLoss": r.val_loss,
+            "validationAccuracy": r.val_accuracy,
+            "bayesCeiling": r.bayes_ceiling,
+            "perHead": r.per_head,
+            "epochs": r.epochs,
+            "batchSize": r.batch_size,
+            "seconds": r.seconds,
+        }
+
+
+def train_and_register_main_model(
+    registry: ModelRegistry,
+    store: ModelStore,
+    dataset_path: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    data_seed: int,
+    report: Report = print,
+) -> MainModelOutcome:
+    """Train on the stored dataset, write the version atomically, then register it as active.
+
+    The first model is 1.0.0; a retrain from scratch takes the next major version (aggregation
+    rounds take minor versions), so the two kinds of change are told apart at a glance.
+    """
+    samples: Samples = load_samples(dataset_path)
+    report("Initializing MainModelTrainer...")
+    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed)
+    report("✓ Trainer initialized")
+    report("")
+    report("Training model...")
+    model, result = train_model(samples, config, callback=lambda stats: report(format_epoch(stats)))
+    active = registry.get_active_version()
+    version = FIRST_VERSION if active is None else next_free_version(registry, store, active.version, "major")
+    outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))
+    report("")
+    report("Saving model...")
+    path = save_main_model(
+        store.main_root,
+        version,
+        model,
+        metrics=outcome.metrics(),
+        data_seed=data_seed,
+        parent_version=active.version if active else None,
+    )
+    report(f"✓ Model saved to {path}")
+    report("")
+    report("Registering in ModelRegistry...")
+    registry.register_main_version(
+        version,
+        str(path),
+        {
+            **outcome.metrics(),
+            "architecture": asdict(outcome.architecture),
+            "dataSeed": data_seed,
+            "curriculumPath": str(dataset_path),
+            "validationFraction": config.val_fraction,
+        },
+        parent_version=active.version if active else None,
+    )
+    report(f"✓ Registered version {version}")
+    return outcome
