@@ -1,18 +1,85 @@
-"""`aivo-fl demo`: the main job on the embedded default, end to end."""
+"""`aivo-fl demo`: the main job on the embedded default, the whole federated cycle end to end.
+
+Every stage goes through Dagster on the local instance (the same jobs and sensors the daemon
+would run), so `make dev` afterwards shows the demo's runs, partitions and checks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from aivo_fl.cli import registry_commands
+from aivo_fl.cli.dagster_runs import RunFailed, apply_sensor_result, definitions, local_instance, run_job
+from aivo_fl.config import load_settings
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("demo", help="run the main job: migrate, then print the registry statistics")
+    p = commands.add_parser(
+        "demo",
+        help="the main job: migrate, train, simulate learners, clone, train locally, aggregate, report",
+    )
+    p.add_argument("--learners", type=int, default=50, help="simulated learners (default 50)")
+    p.add_argument("--rounds", type=int, default=3, help="aggregation rounds (default 3)")
     p.set_defaults(func=cmd_demo)
 
 
+def _stage(title: str) -> float:
+    print(f"\n━━ {title} ━━", flush=True)
+    return time.perf_counter()
+
+
+def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore[no-untyped-def]
+    requests, _, skipped = apply_sensor_result(defs, instance, sensor, cursor=None)
+    if skipped:
+        print(f"{sensor}: {skipped}")
+    for request in requests:
+        run_job(defs, instance, job, tags=request.tags)
+    return len(requests)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
+
+    started = time.perf_counter()
+    # The demo is an activation: it switches federated learning on for its own runs.
+    settings = load_settings(USE_FEDERATED_LEARNING=True)
+    _stage("1. Migrate the registry")
     registry_commands.cmd_migrate(argparse.Namespace(revision="head"))
-    print()
-    return registry_commands.cmd_stats(argparse.Namespace(json=False))
+    registry = registry_commands.open_registry(settings)
+    instance = local_instance()
+    defs = definitions(settings)
+    try:
+        _stage("2. Train the main model (Dagster job train_main_model)")
+        run_job(defs, instance, "train_main_model")
+
+        _stage(f"3. Simulate {args.learners} learners completing their baseline")
+        learners = simulate_new_learners(registry, args.learners)
+        print(f"✓ {len(learners)} learners ({learners[0]} .. {learners[-1]})")
+
+        _stage("4. Tick new_learner_sensor and clone")
+        runs = _tick_and_run(defs, instance, "new_learner_sensor", "clone_learners")
+        print(f"✓ {runs} cloning run(s) for {len(learners)} learner partitions")
+
+        for round_number in range(1, args.rounds + 1):
+            _stage(f"5.{round_number} Week {round_number}: learners train locally, then aggregation")
+            if round_number > 1:
+                added = simulate_activity(registry, learners, week=round_number)
+                print(f"✓ {added} new interactions from the learners this week")
+            runs = _tick_and_run(defs, instance, "learner_activity_sensor", "train_learners")
+            print(f"✓ {runs} local training run(s)")
+            try:
+                run_job(defs, instance, "federated_aggregation", tags={"aivo/trigger": "demo"})
+            except RunFailed as exc:
+                # A rejected or refused round is part of the story, not the end of the demo.
+                print(f"✗ {exc}")
+    except RunFailed as exc:
+        print(f"✗ {exc}")
+        return 1
+
+    _stage("6. Registry statistics")
+    registry_commands.cmd_stats(argparse.Namespace(json=False))
+    _stage("7. Aggregation history")
+    registry_commands.cmd_history(argparse.Namespace(json=False))
+    print(f"\nDone in {time.perf_counter() - started:.0f} s. Open the Dagster UI with `make dev`.")
+    return 0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
-from aivo_fl.cli import demo_command, registry_commands
+from aivo_fl.cli import demo_command, pipeline_commands, registry_commands
 from aivo_fl.config import ConfigError
 from aivo_fl.registry import DatabaseUnavailable, RegistryError
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
-COMMAND_MODULES = [registry_commands, demo_command]
+COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command]
 
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not args.verbose:  # Alembic narrates every step at INFO; the commands print their own summary.
+    if not args.verbose:
+        # Commands print their own progress; Dagster's beta/superseded notices are for developers.
+        warnings.filterwarnings("ignore", message=r".*(is currently in beta|is superseded).*")
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

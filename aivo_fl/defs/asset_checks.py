@@ -1,6 +1,5 @@
 """Checks on what the assets produced; each reads real results, so each can fail."""
 
-
 from typing import Any
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """Dagster resources: the registry, the model store, and the federated and training settings."""
 
-
 import os
 from collections.abc import Callable
 from functools import cache
@@ -93,10 +92,14 @@ class ReporterResource(dg.ConfigurableResource):
         return report
 
 
-def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
-    # DATABASE_URL goes through Dagster's EnvVar when it is in the environment, so the UI shows the
-    # variable's name, never the password; otherwise the .env value or the SQLite default.
-    database_url: str | dg.EnvVar = dg.EnvVar("DATABASE_URL") if "DATABASE_URL" in os.environ else settings.database_url
+def build_resources(
+    settings: Settings, *, echo: bool = False, database_url_from_env: bool = False
+) -> dict[str, dg.ConfigurableResource]:
+    # With `database_url_from_env` (the UI's code location) DATABASE_URL goes through Dagster's
+    # EnvVar, so the UI shows the variable's name and never the password.
+    database_url: str | dg.EnvVar = settings.database_url
+    if database_url_from_env and "DATABASE_URL" in os.environ:
+        database_url = dg.EnvVar("DATABASE_URL")
     return {
         "registry": RegistryResource(database_url=database_url),
         "model_store": ModelStoreResource(

@@ -1,6 +1,5 @@
 """The weekly aggregation round: Sundays 02:00, as the activation guide's cron line."""
 
-
 import dagster as dg
 
 from aivo_fl.config import load_settings

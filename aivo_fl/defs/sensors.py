@@ -4,8 +4,8 @@ Both batch: a tick asks for a few runs that each cover a contiguous range of lea
 (dynamic partition keys keep insertion order), never one run per learner.
 """
 
-
 import hashlib
+import json
 from collections.abc import Sequence
 
 import dagster as dg
@@ -70,7 +70,8 @@ def new_learner_sensor(
             removed.append(learner_id)
     stale_partitions = [k for k in removed if k in existing]
 
-    scanned = reg.learners_needing_model(after=context.cursor or None, limit=SCAN_LIMIT)
+    after = json.loads(context.cursor)["after"] if context.cursor else None
+    scanned = reg.learners_needing_model(after=after, limit=SCAN_LIMIT)
     new, refused = [], []
     for learner_id in scanned:
         try:
@@ -82,7 +83,8 @@ def new_learner_sensor(
             new.append(learner_id)
     for reason in refused[:10]:
         context.log.warning(f"Not cloning: {reason}")
-    cursor = scanned[-1] if len(scanned) == SCAN_LIMIT else ""
+    # JSON, because Dagster keeps the previous cursor when a tick returns an empty one.
+    cursor = json.dumps({"after": scanned[-1] if len(scanned) == SCAN_LIMIT else None})
 
     partition_requests = []
     if new:

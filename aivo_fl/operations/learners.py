@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, remove_learner
+from aivo_fl.ml.artifacts import ArtifactError
+from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.learner_ids import validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
+from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, RegistryError
 from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
@@ -62,7 +64,23 @@ def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -
     active = registry.get_active_version()
     if active is None:
         raise MainModelMissing()
-    clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
+    try:
+        clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
+    except FileExistsError:
+        # A retried run after the files were written but before the row was: keep an intact
+        # clone, replace a damaged one.
+        try:
+            manifest = read_learner_manifest(store.learners_root, learner_id)
+            clone = CloneInfo(
+                learner_id=learner_id,
+                source_version=manifest["source_version"],
+                path=store.learner_dir(learner_id),
+                architecture=ArchitectureSummary(**manifest["architecture"]),
+                bytes_on_disk=directory_size(store.learner_dir(learner_id)),
+            )
+        except (ArtifactError, KeyError, TypeError):
+            remove_learner(store.learners_root, learner_id)
+            clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
     registry.register_personalized_model(learner_id, personalized_model_metadata(clone))
     return clone
 

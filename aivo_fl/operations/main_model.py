@@ -10,7 +10,7 @@ from typing import Any
 from aivo_fl.ml.artifacts import save_main_model
 from aivo_fl.ml.data import HEAD_CLASSES, Samples, bayes_ceiling, generate_curriculum
 from aivo_fl.ml.model import ArchitectureSummary, architecture_summary
-from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, train_model
+from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, format_training_results, train_model
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
 from aivo_fl.operations.versions import next_free_version
 from aivo_fl.registry import ModelRegistry
@@ -90,6 +90,9 @@ def train_and_register_main_model(
     active = registry.get_active_version()
     version = FIRST_VERSION if active is None else next_free_version(registry, store, active.version, "major")
     outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))
+    report("")
+    for line in format_training_results(result).splitlines():
+        report(line)
     report("")
     report("Saving model...")
     path = save_main_model(

@@ -276,6 +276,17 @@ class ModelRegistry:
         with self._session() as session:
             session.merge(Learner(id=learner_id, baselineCompletedAt=baseline_completed_at, deletedAt=None))
 
+    def add_learners(self, learner_ids: Sequence[str], *, baseline_completed_at: datetime | None) -> None:
+        """Bulk insert of new learners (one transaction)."""
+        now = utcnow()
+        rows = [
+            {"id": learner_id, "baselineCompletedAt": baseline_completed_at, "deletedAt": None, "createdAt": now}
+            for learner_id in learner_ids
+        ]
+        with self._session() as session:
+            if rows:
+                session.execute(sa.insert(Learner), rows)
+
     def learner_exists(self, learner_id: str) -> bool:
         with self._session() as session:
             return session.get(Learner, learner_id) is not None

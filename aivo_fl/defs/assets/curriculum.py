@@ -1,6 +1,5 @@
 """The synthetic curriculum the main model learns from."""
 
-
 import dagster as dg
 
 from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource

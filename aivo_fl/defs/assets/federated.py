@@ -1,6 +1,5 @@
 """One federated aggregation round per materialization: a new main version, or a recorded rejection."""
 
-
 import dagster as dg
 from pydantic import Field
 

@@ -4,7 +4,6 @@ Both use a single-run backfill policy: a sensor tick that finds many learners as
 over a range of partitions instead of one run per learner.
 """
 
-
 from statistics import fmean
 
 import dagster as dg

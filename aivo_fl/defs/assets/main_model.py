@@ -1,6 +1,5 @@
 """The main model, trained on the curriculum and registered as the active version."""
 
-
 import dagster as dg
 
 from aivo_fl.defs.assets.curriculum import curriculum_dataset
@@ -11,7 +10,6 @@ from aivo_fl.defs.resources import (
     ReporterResource,
     TrainingSettingsResource,
 )
-from aivo_fl.ml.training import format_training_results
 from aivo_fl.operations.main_model import train_and_register_main_model
 
 
@@ -25,7 +23,6 @@ def main_model(
 ) -> dg.MaterializeResult:
     """Multi-head network (shared trunk, one head per decision), saved as safetensors and registered."""
     store = model_store.get_store()
-    report = reporter.for_context(context)
     outcome = train_and_register_main_model(
         registry.get_registry(),
         store,
@@ -33,10 +30,8 @@ def main_model(
         epochs=training_settings.training_epochs,
         batch_size=training_settings.batch_size,
         data_seed=training_settings.data_seed,
-        report=report,
+        report=reporter.for_context(context),
     )
-    report("")
-    report(format_training_results(outcome.result))
     r, arch = outcome.result, outcome.architecture
     return dg.MaterializeResult(
         metadata={

@@ -1,0 +1,288 @@
+"""Weight artifacts: safetensors + a JSON manifest with hashes, written atomically.
+
+Loading never unpickles: weights are parsed by ``safetensors.numpy`` from bytes whose size and
+sha256 were first checked against the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
+from aivo_fl.ml.model import (
+    HEAD_PREFIX,
+    HIDDEN_SIZES,
+    CurriculumNet,
+    architecture_summary,
+    build_model,
+    head_layer_names,
+    trunk_layer_names,
+)
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "aivo-fl-artifact"
+FORMAT_VERSION = 1
+MAIN_WEIGHTS_NAME = "model.safetensors"
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, corrupt, truncated, or not in the expected format."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def encode_tensors(tensors: dict[str, np.ndarray]) -> bytes:
+    return st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+
+
+def file_record(data: bytes) -> dict[str, Any]:
+    return {"sha256": sha256_bytes(data), "bytes": len(data)}
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def save_artifact(
+    directory: Path,
+    tensors: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    weights_name: str = MAIN_WEIGHTS_NAME,
+) -> None:
+    """Write `weights_name` + manifest.json into `directory`.
+
+    A new directory is assembled as a temp sibling and renamed into place in one step. An existing
+    directory (e.g. a learner dir that also holds a delta) gets per-file atomic replaces, weights
+    first and manifest last; a crash in between leaves a hash mismatch that loading reports.
+    Entries already in ``manifest["files"]`` (other weight files) are kept.
+    """
+    directory = Path(directory)
+    data = encode_tensors(tensors)
+    full = dict(manifest)
+    full["format"] = FORMAT_NAME
+    full["format_version"] = FORMAT_VERSION
+    full["files"] = {**dict(manifest.get("files", {})), weights_name: file_record(data)}
+    manifest_data = _manifest_bytes(full)
+
+    if directory.exists():
+        write_file_atomic(directory / weights_name, data)
+        write_file_atomic(directory / MANIFEST_NAME, manifest_data)
+        return
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        write_file_atomic(staging / weights_name, data)
+        write_file_atomic(staging / MANIFEST_NAME, manifest_data)
+        os.replace(staging, directory)  # fails if someone else created it meanwhile: no clobbering
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(directory.parent)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: artifact directory does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: manifest is missing")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: manifest is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: manifest must be a JSON object")
+    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
+            f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{path}: manifest has no 'files' table")
+    return manifest
+
+
+def read_verified_bytes(directory: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    """The file's bytes, after checking existence, size and sha256 against the manifest."""
+    path = Path(directory) / name
+    record = manifest["files"].get(name)
+    if not isinstance(record, dict) or "sha256" not in record or "bytes" not in record:
+        raise ArtifactError(f"{path}: not listed in {MANIFEST_NAME} (no sha256/size recorded)")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weight file is missing")
+    data = path.read_bytes()
+    if len(data) != record["bytes"]:
+        raise ArtifactError(
+            f"{path}: size {len(data)} bytes does not match manifest ({record['bytes']} bytes); "
+            "truncated or replaced"
+        )
+    actual = sha256_bytes(data)
+    if actual != record["sha256"]:
+        raise ArtifactError(f"{path}: sha256 {actual} does not match manifest {record['sha256']}; corrupt")
+    return data
+
+
+def decode_tensors(data: bytes, origin: Path | str) -> dict[str, np.ndarray]:
+    """Parse safetensors bytes; anything else (a pickle, garbage) is an ArtifactError."""
+    if len(data) < 8:
+        raise ArtifactError(f"{origin}: too short to be a safetensors file ({len(data)} bytes)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > min(_MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
+        raise ArtifactError(f"{origin}: not a safetensors file (bad header)")
+    try:
+        return st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for malformed input
+        raise ArtifactError(f"{origin}: not a valid safetensors file ({exc})") from exc
+
+
+def load_artifact(
+    directory: Path, weights_name: str = MAIN_WEIGHTS_NAME
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    data = read_verified_bytes(directory, weights_name, manifest)
+    return decode_tensors(data, directory / weights_name), manifest
+
+
+# ---- main model store: <main_root>/<version>/model.safetensors + manifest.json ----
+
+
+def validate_version(version: str) -> str:
+    if not isinstance(version, str) or not _SEMVER.match(version):
+        raise ValueError(f"invalid model version {version!r}: expected semver like '1.0.0'")
+    return version
+
+
+def main_version_dir(main_root: Path, version: str) -> Path:
+    return Path(main_root) / validate_version(version)
+
+
+def list_main_versions(main_root: Path) -> list[str]:
+    """Stored versions in semver order (directories with a manifest only)."""
+    root = Path(main_root)
+    if not root.is_dir():
+        return []
+    found = [p.name for p in root.iterdir() if _SEMVER.match(p.name) and (p / MANIFEST_NAME).is_file()]
+    return sorted(found, key=lambda v: tuple(int(part) for part in v.split(".")))
+
+
+def model_description(model: CurriculumNet) -> dict[str, Any]:
+    return {
+        "architecture": asdict(architecture_summary(model)),
+        "frozen_layers": trunk_layer_names(model),
+        "trainable_layers": head_layer_names(model),
+        "model_config": {
+            "num_features": NUM_FEATURES,
+            "hidden_sizes": list(HIDDEN_SIZES),
+            "head_classes": dict(HEAD_CLASSES),
+        },
+    }
+
+
+def save_main_model(
+    main_root: Path,
+    version: str,
+    model: CurriculumNet,
+    metrics: dict[str, Any],
+    data_seed: int,
+    parent_version: str | None = None,
+) -> Path:
+    """Store an immutable main version; refuses to overwrite an existing one."""
+    directory = main_version_dir(main_root, version)
+    if parent_version is not None:
+        validate_version(parent_version)
+    if directory.exists():
+        raise ArtifactError(f"{directory}: main version {version} already exists; versions are immutable")
+    tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    manifest = {
+        "kind": "main-model",
+        "version": version,
+        "parent_version": parent_version,
+        "created_at": datetime.now(UTC).isoformat(),
+        "metrics": metrics,
+        "data_seed": data_seed,
+        **model_description(model),
+    }
+    save_artifact(directory, tensors, manifest, MAIN_WEIGHTS_NAME)
+    return directory
+
+
+def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[str, Any]]:
+    directory = main_version_dir(main_root, version)
+    tensors, manifest = load_artifact(directory, MAIN_WEIGHTS_NAME)
+    model = build_model()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ArtifactError(
+            f"{directory / MAIN_WEIGHTS_NAME}: tensors do not match the architecture "
+            f"(missing={missing}, unexpected={extra})"
+        )
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ArtifactError(
+                f"{directory / MAIN_WEIGHTS_NAME}: tensor {key!r} has shape {value.shape}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in tensors.items()})
+    model.eval()
+    return model, manifest
+
+
+def main_head_tensors(main_root: Path, version: str) -> dict[str, np.ndarray]:
+    """Only the head tensors of a main version (verified), without building a model."""
+    tensors, _ = load_artifact(main_version_dir(main_root, version), MAIN_WEIGHTS_NAME)
+    return {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}

@@ -1,0 +1,182 @@
+"""Per-learner clones: only the trainable heads are stored; the trunk is read from the main version.
+
+Learner store layout: <learners_root>/<learner_id>/heads.safetensors + manifest.json
+(+ delta.safetensors once the learner has trained locally).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aivo_fl.ml.artifacts import (
+    MAIN_WEIGHTS_NAME,
+    ArtifactError,
+    load_artifact,
+    load_main_model,
+    main_head_tensors,
+    main_version_dir,
+    read_manifest,
+    save_artifact,
+    validate_version,
+)
+from aivo_fl.ml.learner_ids import learner_dir, validate_learner_id
+from aivo_fl.ml.model import (
+    ArchitectureSummary,
+    CurriculumNet,
+    architecture_summary,
+    freeze_trunk,
+    head_state,
+    load_head_state,
+)
+
+HEADS_NAME = "heads.safetensors"
+DELTA_NAME = "delta.safetensors"
+
+
+@dataclass(frozen=True)
+class CloneInfo:
+    learner_id: str
+    source_version: str
+    path: Path
+    architecture: ArchitectureSummary
+    bytes_on_disk: int
+
+
+def directory_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def clone_manifest(
+    learner_id: str, source_version: str, main_manifest: dict[str, Any], model: CurriculumNet
+) -> dict[str, Any]:
+    return {
+        "kind": "learner-clone",
+        "learner_id": learner_id,
+        "source_version": source_version,
+        "source_sha256": main_manifest["files"][MAIN_WEIGHTS_NAME]["sha256"],
+        "created_at": datetime.now(UTC).isoformat(),
+        "architecture": asdict(architecture_summary(model)),
+        "frozen_layers": main_manifest.get("frozen_layers", []),
+        "trainable_layers": main_manifest.get("trainable_layers", []),
+    }
+
+
+def clone_for_learner(main_root: Path, learners_root: Path, learner_id: str, version: str) -> CloneInfo:
+    """Create the learner's clone of main `version`. Refuses to overwrite an existing clone."""
+    directory = learner_dir(learners_root, learner_id)  # validates before anything is written
+    validate_version(version)
+    if directory.exists():
+        raise FileExistsError(f"{directory}: learner {learner_id!r} already has a clone")
+    model, main_manifest = load_main_model(main_root, version)
+    manifest = clone_manifest(learner_id, version, main_manifest, model)
+    save_artifact(directory, head_state(model), manifest, HEADS_NAME)
+    return CloneInfo(
+        learner_id=learner_id,
+        source_version=version,
+        path=directory,
+        architecture=architecture_summary(model),
+        bytes_on_disk=directory_size(directory),
+    )
+
+
+def read_learner_manifest(learners_root: Path, learner_id: str) -> dict[str, Any]:
+    directory = learner_dir(learners_root, learner_id)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: learner {learner_id!r} has no clone")
+    manifest = read_manifest(directory)
+    if manifest.get("kind") != "learner-clone" or manifest.get("learner_id") != learner_id:
+        raise ArtifactError(f"{directory}: manifest does not describe a clone of learner {learner_id!r}")
+    validate_version(manifest.get("source_version", ""))
+    return manifest
+
+
+def learner_heads(learners_root: Path, learner_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The learner's verified head tensors and manifest."""
+    read_learner_manifest(learners_root, learner_id)
+    return load_artifact(learner_dir(learners_root, learner_id), HEADS_NAME)
+
+
+def load_learner_model(main_root: Path, learners_root: Path, learner_id: str) -> tuple[CurriculumNet, dict]:
+    """Trunk from the clone's source main version, heads from the clone; trunk frozen."""
+    heads, manifest = learner_heads(learners_root, learner_id)
+    model, _ = load_main_model(main_root, manifest["source_version"])
+    try:
+        load_head_state(model, heads)
+    except ValueError as exc:
+        raise ArtifactError(f"{learner_dir(learners_root, learner_id) / HEADS_NAME}: {exc}") from exc
+    freeze_trunk(model)
+    model.eval()
+    return model, manifest
+
+
+def subtract(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if set(a) != set(b):
+        raise ValueError(f"tensor keys differ: {sorted(set(a) ^ set(b))}")
+    return {k: (a[k].astype(np.float32) - b[k].astype(np.float32)) for k in a}
+
+
+def weight_delta(main_root: Path, learners_root: Path, learner_id: str) -> dict[str, np.ndarray]:
+    """Learner heads minus the heads of its source main version."""
+    heads, manifest = learner_heads(learners_root, learner_id)
+    return subtract(heads, main_head_tensors(main_root, manifest["source_version"]))
+
+
+def load_delta(learners_root: Path, learner_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The stored delta.safetensors (hash-checked against the learner manifest)."""
+    read_learner_manifest(learners_root, learner_id)
+    return load_artifact(learner_dir(learners_root, learner_id), DELTA_NAME)
+
+
+def list_learners(learners_root: Path) -> list[str]:
+    root = Path(learners_root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def remove_learner(learners_root: Path, learner_id: str) -> bool:
+    """Delete a clone; True if there was one. Renamed away first so readers never see half a dir."""
+    directory = learner_dir(learners_root, learner_id)
+    if not directory.exists():
+        return False
+    trash = directory.parent / f".{validate_learner_id(learner_id)}.trash-{uuid.uuid4().hex}"
+    os.replace(directory, trash)
+    shutil.rmtree(trash)
+    return True
+
+
+def main_exists(main_root: Path, version: str) -> bool:
+    return main_version_dir(main_root, version).is_dir()
+
+
+def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
+    """Move a clone onto `new_version`, keeping its personalisation.
+
+    new heads = new main heads + (learner heads - old main heads). A stale delta (relative to the
+    old version) is dropped. Returns the new manifest.
+    """
+    directory = learner_dir(learners_root, learner_id)
+    heads, manifest = learner_heads(learners_root, learner_id)
+    old_version = manifest["source_version"]
+    personal = subtract(heads, main_head_tensors(main_root, old_version))
+    new_model, new_main_manifest = load_main_model(main_root, validate_version(new_version))
+    new_main_heads = head_state(new_model)
+    rebased = {k: new_main_heads[k] + personal[k] for k in new_main_heads}
+    new_manifest = {
+        **clone_manifest(learner_id, new_version, new_main_manifest, new_model),
+        "created_at": manifest.get("created_at"),
+        "rebased_from": old_version,
+        "rebased_at": datetime.now(UTC).isoformat(),
+        "files": {},  # forget the old delta's record; only the heads are current
+    }
+    save_artifact(directory, rebased, new_manifest, HEADS_NAME)
+    (directory / DELTA_NAME).unlink(missing_ok=True)
+    return read_learner_manifest(learners_root, learner_id)

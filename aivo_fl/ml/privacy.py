@@ -1,0 +1,190 @@
+"""DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models").
+
+Mechanism, per round:
+
+1. Clip every learner's whole delta (all head tensors together) to L2 norm ``clip_norm``.
+2. Weight learner i by ``w_i = min(n_i / sample_cap, 1)`` (times factors <= 1, e.g. staleness).
+   Weights are capped at 1 so that adding or removing one learner moves the weighted SUM by at
+   most ``clip_norm`` in L2, whatever sample count that learner claims.
+3. Add Gaussian noise with std ``noise_multiplier * clip_norm`` to every coordinate of the sum.
+4. Divide by a FIXED denominator ``D`` (McMahan's ``qW``: the expected total weight of a round),
+   not by the realised sum of weights. Then one learner moves the released average by at most
+   ``clip_norm / D`` and the noise on the average is ``noise_multiplier * clip_norm / D``: the
+   Gaussian mechanism with noise multiplier ``noise_multiplier`` at sensitivity 1 (in clip units).
+   Dividing by the realised weight sum would make the denominator itself depend on the learner
+   being added or removed, and the clean sensitivity bound would no longer hold.
+
+Accounting uses dp-accounting's RDP accountant with add-or-remove-one-learner adjacency
+(user-level DP: the unit of privacy is a learner's entire contribution to a round). We do NOT
+sample learners: every eligible learner takes part, so each round is a plain ``GaussianDpEvent``
+(sampling rate 1.0, no amplification by sampling). ``PoissonSampledDpEvent`` is used only for an
+event recorded with a sampling rate < 1, which callers must only record if learners really were
+Poisson-sampled with that rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import dp_accounting
+import numpy as np
+from dp_accounting.rdp import RdpAccountant
+
+from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum
+
+DEFAULT_DELTA = 1e-5
+DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
+EPSILON_WARNING_THRESHOLD = 10.0
+BUDGET_ENV = "PRIVACY_EPSILON_BUDGET"
+BUDGET_SPENT = "privacy budget spent"
+
+
+@dataclass(frozen=True)
+class PrivacyEvent:
+    """One DP round as the accountant sees it; persist these to keep totals across restarts."""
+
+    noise_multiplier: float
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
+        if not 0.0 < self.sampling_rate <= 1.0:
+            raise ValueError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, float]) -> PrivacyEvent:
+        return cls(float(raw["noise_multiplier"]), float(raw.get("sampling_rate", 1.0)))
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        if self.sampling_rate == 1.0:
+            return gaussian
+        return dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+
+
+class PrivacyBudgetExceeded(Exception):
+    """The next round would push the composed epsilon over the configured budget."""
+
+    def __init__(self, spent: float, this_round: float, projected: float, budget: float) -> None:
+        super().__init__(
+            f"Privacy budget exceeded: spent epsilon {spent:.4g}, this round would cost {this_round:.4g} "
+            f"(total {projected:.4g}), budget {budget:.4g}"
+        )
+        self.spent = spent
+        self.this_round = this_round
+        self.projected = projected
+        self.budget = budget
+
+
+def epsilon_for_events(events: Iterable[PrivacyEvent], delta: float = DEFAULT_DELTA) -> float:
+    """Epsilon at ``delta`` of all ``events`` composed (RDP accountant); 0.0 for no events."""
+    counts = Counter(events)
+    if not counts:
+        return 0.0
+    accountant = RdpAccountant()
+    for event, count in counts.items():
+        accountant.compose(event.dp_event(), count)  # identical rounds compose in one step
+    return float(accountant.get_epsilon(delta))
+
+
+def learner_epsilon(learner_events: Iterable[PrivacyEvent], delta: float = DEFAULT_DELTA) -> float:
+    """A learner's own epsilon: only the rounds it actually contributed to count."""
+    return epsilon_for_events(learner_events, delta)
+
+
+def round_epsilon(noise_multiplier: float, delta: float = DEFAULT_DELTA) -> float:
+    return epsilon_for_events([PrivacyEvent(noise_multiplier)], delta)
+
+
+def check_global_budget(
+    events_so_far: Iterable[PrivacyEvent], next_event: PrivacyEvent, delta: float, budget: float | None
+) -> tuple[float, float, float]:
+    """Return (spent, this round alone, total after); raise if the total would exceed ``budget``."""
+    history = list(events_so_far)
+    spent = epsilon_for_events(history, delta)
+    this_round = epsilon_for_events([next_event], delta)
+    projected = epsilon_for_events([*history, next_event], delta)
+    if budget is not None and projected > budget:
+        raise PrivacyBudgetExceeded(spent, this_round, projected, budget)
+    return spent, this_round, projected
+
+
+def budget_from_env(environ: Mapping[str, str] | None = None) -> float | None:
+    """PRIVACY_EPSILON_BUDGET, if set and non-empty (read here because ml/ must not import config)."""
+    raw = (os.environ if environ is None else environ).get(BUDGET_ENV, "").strip()
+    if not raw:
+        return None
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(f"{BUDGET_ENV} must be > 0, got {raw!r}")
+    return value
+
+
+def epsilon_warning(epsilon: float, delta: float = DEFAULT_DELTA) -> str | None:
+    """Plain-language warning when the guarantee is too weak to mean anything."""
+    if epsilon <= EPSILON_WARNING_THRESHOLD:
+        return None
+    shown = "infinite" if math.isinf(epsilon) else f"{epsilon:.3g}"
+    return (
+        f"epsilon {shown} is far too large to give meaningful privacy (at delta {delta:g}): an observer "
+        f"of the model updates could tell with near certainty whether a learner took part. Raise "
+        f"NOISE_MULTIPLIER (about 1.0 or more) or lower the number of rounds to get epsilon below "
+        f"{EPSILON_WARNING_THRESHOLD:g}."
+    )
+
+
+def clip_delta(delta: Mapping[str, np.ndarray], clip_norm: float) -> tuple[Delta, float, bool]:
+    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``."""
+    if not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    clipped = {k: np.asarray(v, dtype=np.float64) * scale for k, v in delta.items()}
+    return clipped, norm, scale < 1.0
+
+
+def dp_weight(num_samples: int, sample_cap: int = DEFAULT_SAMPLE_CAP, factor: float = 1.0) -> float:
+    """McMahan's capped weight min(n / cap, 1), times an extra factor in [0, 1] (e.g. staleness)."""
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"extra weight factor must be in [0, 1] under DP, got {factor}")
+    return min(max(num_samples, 0) / sample_cap, 1.0) * factor
+
+
+def noise_std(noise_multiplier: float, clip_norm: float) -> float:
+    """Std of the Gaussian noise added to each coordinate of the weighted SUM."""
+    return noise_multiplier * clip_norm
+
+
+class DpSum:
+    """Clipped, capped-weight running sum; ``release`` adds noise and divides by the fixed denominator."""
+
+    def __init__(self, shapes: Shapes, clip_norm: float, noise_multiplier: float, denominator: float) -> None:
+        if not denominator > 0:
+            raise ValueError(f"denominator must be > 0, got {denominator}")
+        self._sum = WeightedSum(shapes)
+        self.clip_norm = clip_norm
+        self.noise_multiplier = noise_multiplier
+        self.denominator = float(denominator)
+
+    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> tuple[float, bool]:
+        """Add one learner; returns (its norm before clipping, whether it was clipped)."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"DP weights must be in [0, 1] to bound sensitivity, got {weight}")
+        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm)
+        self._sum.add(clipped, weight)
+        return norm, was_clipped
+
+    def release(self, rng: np.random.Generator) -> Delta:
+        std = noise_std(self.noise_multiplier, self.clip_norm)
+        return {
+            name: (acc + rng.normal(0.0, std, size=acc.shape)) / self.denominator
+            for name, acc in self._sum.total.items()
+        }

@@ -1,0 +1,163 @@
+"""The activation guide's cloning test, step by step, on the real store and registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from aivo_fl.ml.artifacts import load_main_model
+from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, load_learner_model, remove_learner, weight_delta
+from aivo_fl.ml.model import TRUNK_PREFIX
+from aivo_fl.operations.learners import personalized_model_metadata
+from aivo_fl.operations.store import ModelStore
+from aivo_fl.registry import ModelRegistry
+
+Report = Callable[[str], None]
+
+
+class CloningCheckFailed(Exception):
+    def __init__(self, step: int, name: str, reason: str) -> None:
+        super().__init__(f"Step {step} failed ({name}): {reason}")
+
+
+@dataclass
+class _State:
+    version: str = ""
+    clone: CloneInfo | None = None
+
+
+def run_cloning_check(registry: ModelRegistry, store: ModelStore, report: Report = print) -> CloneInfo:
+    """Clone a throw-away test learner and verify the clone; removes the test learner afterwards."""
+    learner_id = f"test-learner-{int(time.time())}"
+    state = _State()
+    report("=== Testing Model Cloning ===")
+    try:
+        _step(
+            1, "Verifying main model exists", report, lambda: _main_exists(registry, store, state), "Main model found"
+        )
+        _step(2, "Initializing cloner and registry", report, registry.check_connection, "Initialized")
+        _step(
+            3,
+            "Cloning model for test learner",
+            report,
+            lambda: _clone(store, learner_id, state),
+            "Model cloned successfully",
+        )
+        assert state.clone is not None
+        arch = state.clone.architecture
+        report("")
+        report("Clone Information:")
+        for label, value in [
+            ("Learner ID", learner_id),
+            ("Source Version", state.clone.source_version),
+            ("Total Layers", arch.total_layers),
+            ("Frozen Layers", arch.frozen_layers),
+            ("Trainable Layers", arch.trainable_layers),
+            ("Total Parameters", f"{arch.total_params:,}"),
+            ("Trainable Parameters", f"{arch.trainable_params:,}"),
+            ("Frozen Parameters", f"{arch.frozen_params:,}"),
+            ("Bytes on disk", f"{state.clone.bytes_on_disk:,}"),
+        ]:
+            report(f"  - {label}: {value}")
+        _step(
+            4,
+            "Checking frozen vs trainable layers",
+            report,
+            lambda: _frozen_split(store, learner_id),
+            "Trunk frozen, heads trainable, no trunk weights stored",
+        )
+        _step(
+            5,
+            "Comparing weights with main model",
+            report,
+            lambda: _same_weights(store, learner_id, state),
+            "Clone weights equal the main model's",
+        )
+        _step(
+            6,
+            "Extracting weight deltas",
+            report,
+            lambda: _zero_delta(store, learner_id),
+            "Delta extracted (zero right after cloning)",
+        )
+        _step(
+            7,
+            "Registering in ModelRegistry",
+            report,
+            lambda: _register(registry, learner_id, state),
+            "Registered and read back",
+        )
+    finally:
+        remove_learner(store.learners_root, learner_id)
+        registry.delete_personalized_model(learner_id)
+    report("")
+    report(f"(test learner {learner_id} removed again)")
+    report("✓ All tests passed!")
+    return state.clone
+
+
+def _step(number: int, name: str, report: Report, check: Callable[[], object], done: str) -> None:
+    report("")
+    report(f"Step {number}: {name}...")
+    try:
+        check()
+    except CloningCheckFailed:
+        raise
+    except Exception as exc:  # every failure, whatever its type, is reported as this step's
+        raise CloningCheckFailed(number, name, f"{type(exc).__name__}: {exc}") from exc
+    report(f"✓ {done}")
+
+
+def _main_exists(registry: ModelRegistry, store: ModelStore, state: _State) -> None:
+    active = registry.get_active_version()
+    if active is None:
+        raise RuntimeError("Main model not found: train it first with `aivo-fl train-main-model`")
+    load_main_model(store.main_root, active.version)  # verifies manifest and hashes
+    state.version = active.version
+
+
+def _clone(store: ModelStore, learner_id: str, state: _State) -> None:
+    state.clone = clone_for_learner(store.main_root, store.learners_root, learner_id, state.version)
+
+
+def _frozen_split(store: ModelStore, learner_id: str) -> None:
+    model, _ = load_learner_model(store.main_root, store.learners_root, learner_id)
+    if any(p.requires_grad for p in model.trunk.parameters()):
+        raise RuntimeError("a trunk parameter is trainable")
+    if not all(p.requires_grad for p in model.heads.parameters()):
+        raise RuntimeError("a head parameter is frozen")
+    stored = []
+    for weights in store.learner_dir(learner_id).glob("*.safetensors"):
+        with safe_open(str(weights), framework="numpy") as handle:
+            stored.extend(handle.keys())
+    if any(name.startswith(TRUNK_PREFIX) for name in stored):
+        raise RuntimeError("the clone stores trunk weights")
+
+
+def _same_weights(store: ModelStore, learner_id: str, state: _State) -> None:
+    main, _ = load_main_model(store.main_root, state.version)
+    clone, _ = load_learner_model(store.main_root, store.learners_root, learner_id)
+    main_state, clone_state = main.state_dict(), clone.state_dict()
+    different = [k for k in main_state if not torch.equal(main_state[k], clone_state[k])]
+    if different:
+        raise RuntimeError(f"weights differ from the main model: {different}")
+
+
+def _zero_delta(store: ModelStore, learner_id: str) -> None:
+    delta = weight_delta(store.main_root, store.learners_root, learner_id)
+    norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())))
+    if norm != 0.0:
+        raise RuntimeError(f"delta right after cloning has L2 norm {norm}, expected 0")
+
+
+def _register(registry: ModelRegistry, learner_id: str, state: _State) -> None:
+    assert state.clone is not None
+    registry.register_personalized_model(learner_id, personalized_model_metadata(state.clone))
+    record = registry.get_personalized_model(learner_id)
+    if record is None or record.metadata.get("federatedLearning") is not True:
+        raise RuntimeError("the registered PersonalizedModel was not read back")

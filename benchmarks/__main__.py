@@ -1,0 +1,38 @@
+"""`python -m benchmarks [--quick] [NAME ...]`: every benchmark, a table each, JSON in benchmarks/results/.
+
+Each benchmark compares against a plain baseline measured in the same run and reports the ratio:
+the machines are shared and noisy, so absolute seconds are only indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+BENCHMARKS = ("training", "aggregation", "sensor")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not minutes)")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    for name in args.names or BENCHMARKS:
+        started = time.perf_counter()
+        print(f"\n=== benchmark: {name} ===", flush=True)
+        result = importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick)
+        path = RESULTS / f"{name}.json"
+        path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"({time.perf_counter() - started:.0f} s; wrote {path})")
+
+
+if __name__ == "__main__":
+    main()

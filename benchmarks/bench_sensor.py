@@ -1,0 +1,162 @@
+"""New-learner sensor tick and cloning for 100 / 1,000 / 10,000 new learners.
+
+For each size: a fresh SQLite registry and a temporary Dagster instance; one sensor tick (timed,
+tracemalloc peak), its partition requests applied as the daemon would, then every requested
+cloning run executed in-process on that instance. Baselines in the same run: the runs a
+one-run-per-learner sensor would request, and a naive clone that copies the whole model.
+
+    python -m benchmarks.bench_sensor            # 100, 1,000, 10,000
+    python -m benchmarks.bench_sensor --quick    # 100, 1,000 (cloning runs at 100 only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "sensor.json"
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def _deployment(root: Path) -> tuple[Any, Any, Any]:
+    from aivo_fl.config import Settings
+    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
+    from aivo_fl.operations.store import ModelStore
+    from aivo_fl.registry import ModelRegistry, migrate
+
+    settings = Settings(
+        use_federated_learning=True,
+        database_url=f"sqlite:///{root / 'registry.db'}",
+        main_model_path=root / "main-aivo",
+        learner_models_path=root / "learners",
+    )
+    registry = ModelRegistry(settings.database_url)
+    migrate(registry.engine)
+    store = ModelStore.from_settings(settings)
+    dataset = build_curriculum_dataset(store, 500, 0, report=lambda _: None)
+    train_and_register_main_model(
+        registry, store, dataset.path, epochs=1, batch_size=64, data_seed=0, report=lambda _: None
+    )
+    return settings, registry, build_definitions(settings)
+
+
+def _naive_clone_seconds(settings: Any, count: int) -> tuple[float, int]:
+    """Baseline: copy the whole main model per learner (what a clone that keeps the trunk costs)."""
+    from aivo_fl.ml.artifacts import load_main_model, save_artifact
+
+    model, _ = load_main_model(settings.main_model_path, "1.0.0")
+    tensors = {k: v.numpy() for k, v in model.state_dict().items()}
+    root = Path(settings.learner_models_path).parent / "naive"
+    started = time.perf_counter()
+    for i in range(count):
+        save_artifact(root / f"l{i}", tensors, {"kind": "naive-clone"})
+    seconds = (time.perf_counter() - started) / count
+    size = sum(p.stat().st_size for p in (root / "l0").iterdir())
+    return seconds, size
+
+
+def measure(count: int, clone: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
+        root = Path(tmp)
+        settings, registry, defs = _deployment(root)
+        from aivo_fl.registry.schema import utcnow
+
+        registry.add_learners([f"learner-{i:06d}" for i in range(count)], baseline_completed_at=utcnow())
+        sensor = defs.resolve_sensor_def("new_learner_sensor")
+        tracemalloc.start()
+        started = time.perf_counter()
+        with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+            data = sensor.evaluate_tick(context)
+        tick_seconds = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        started = time.perf_counter()
+        for request in data.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        apply_seconds = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "learners": count,
+            "runs_requested": len(data.run_requests),
+            "baseline_runs_one_per_learner": count,
+            "run_reduction": count / max(len(data.run_requests), 1),
+            "tick_seconds": tick_seconds,
+            "tick_peak_mib": peak / 2**20,
+            "apply_partitions_seconds": apply_seconds,
+        }
+        if clone:
+            job = defs.resolve_job_def("clone_learners")
+            started = time.perf_counter()
+            for request in data.run_requests:
+                result = job.execute_in_process(
+                    instance=instance, tags=request.tags, raise_on_error=False, run_config=QUIET
+                )
+                if not result.success:
+                    raise RuntimeError(f"cloning run failed for {request.tags}")
+            clone_seconds = time.perf_counter() - started
+            learner_dir = Path(settings.learner_models_path) / "learner-000000"
+            clone_bytes = sum(p.stat().st_size for p in learner_dir.iterdir())
+            naive_seconds, naive_bytes = _naive_clone_seconds(settings, min(count, 200))
+            row.update(
+                {
+                    "cloning_seconds": clone_seconds,
+                    "cloning_ms_per_learner": 1000 * clone_seconds / count,
+                    "bytes_per_learner": clone_bytes,
+                    "naive_full_copy_bytes": naive_bytes,
+                    "bytes_ratio_vs_naive": naive_bytes / clone_bytes,
+                    "naive_clone_ms_per_learner_no_dagster": 1000 * naive_seconds,
+                    "models_registered": registry.get_statistics()["totalLearnerModels"],
+                }
+            )
+        registry.dispose()
+        return row
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    plan = [(100, True), (1_000, False)] if quick else [(100, True), (1_000, True), (10_000, True)]
+    rows = [measure(count, clone) for count, clone in plan]
+    result = {"benchmark": "sensor", "quick": quick, "rows": rows}
+    _print_table(result)
+    return result
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    print("\nNew-learner sensor: one tick, then the requested cloning runs (in-process, SQLite registry)")
+    header = (
+        f"{'learners':>9} {'runs':>5} {'vs 1/learner':>12} {'tick s':>7} {'tick MiB':>8} "
+        f"{'clone s':>8} {'ms/learner':>10} {'bytes/learner':>13} {'vs full copy':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in result["rows"]:
+        clone = (
+            f"{r['cloning_seconds']:>8.1f} {r['cloning_ms_per_learner']:>10.1f} {r['bytes_per_learner']:>13,} "
+            f"{r['bytes_ratio_vs_naive']:>11.0f}x"
+            if "cloning_seconds" in r
+            else f"{'-':>8} {'-':>10} {'-':>13} {'-':>12}"
+        )
+        print(
+            f"{r['learners']:>9,} {r['runs_requested']:>5} {r['run_reduction']:>11.0f}x "
+            f"{r['tick_seconds']:>7.2f} {r['tick_peak_mib']:>8.1f} {clone}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick)
+    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_PATH.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {RESULTS_PATH}")
+
+
+if __name__ == "__main__":
+    main()

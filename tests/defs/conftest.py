@@ -1,0 +1,54 @@
+"""A real temporary Dagster instance and definitions bound to a scratch registry and model store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from aivo_fl.config import Settings
+from aivo_fl.defs.definitions import build_definitions
+from aivo_fl.operations.store import ModelStore
+from aivo_fl.registry import ModelRegistry, migrate
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    registry: ModelRegistry
+    store: ModelStore
+
+    def run(self, job: str, **kwargs: object) -> dg.ExecuteInProcessResult:
+        return self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, raise_on_error=False, **kwargs)
+
+    def with_settings(self, **overrides: object) -> Deployment:
+        settings = self.settings.model_copy(update=overrides)
+        return Deployment(settings, build_definitions(settings), self.instance, self.registry, self.store)
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    fields: dict[str, object] = {
+        "use_federated_learning": True,
+        "database_url": database_url,
+        "main_model_path": tmp_path / "models" / "main-aivo",
+        "learner_models_path": tmp_path / "models" / "learners",
+        "training_epochs": 6,
+        "curriculum_samples": 1500,
+    }
+    fields.update(overrides)
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
+    settings = make_settings(tmp_path, database_url)
+    registry = ModelRegistry(settings.database_url)
+    migrate(registry.engine)
+    with dg.instance_for_test() as instance:
+        yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
+    registry.dispose()

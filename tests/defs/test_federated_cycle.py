@@ -1,0 +1,134 @@
+"""The asset graph materialized end to end on a temporary instance, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
+from aivo_fl.registry.schema import ModelVersionStatus
+from tests.defs.conftest import Deployment
+from tests.defs.test_sensors import partitions, tick
+
+LEARNERS = 6
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def _clone_and_train(deployment: Deployment) -> list[str]:
+    learners = simulate_new_learners(deployment.registry, LEARNERS)
+    for sensor, job in (("new_learner_sensor", "clone_learners"), ("learner_activity_sensor", "train_learners")):
+        data = tick(deployment, sensor)
+        assert len(data.run_requests) == 1, data.skip_message  # all partitions in one range run
+        result = deployment.run(job, tags=data.run_requests[0].tags)
+        assert result.success
+    return learners
+
+
+def test_whole_cycle_materializes_and_records_everything(deployment: Deployment) -> None:
+    main = deployment.run("train_main_model")
+    assert main.success
+    [materialization] = main.asset_materializations_for_node("main_model")
+    assert materialization.metadata["version"].value == "1.0.0"
+    assert 0 < materialization.metadata["validation_accuracy"].value <= 1
+    assert _check(main, "main_model_near_bayes_ceiling").metadata["bayes_ceiling"].value > 0
+
+    learners = _clone_and_train(deployment)
+    assert partitions(deployment) == learners
+    record = deployment.registry.get_personalized_model(learners[0])
+    assert record is not None
+    assert record.metadata["federatedLearning"] is True
+    assert record.metadata["sourceVersion"] == "1.0.0"
+    assert (
+        record.metadata["architecture"]["frozenLayers"] + record.metadata["architecture"]["trainableLayers"]
+        == (record.metadata["architecture"]["totalLayers"])
+    )
+    # Nothing new to learn from yet: the activity sensor has nothing to do.
+    assert tick(deployment, "learner_activity_sensor").run_requests == []
+
+    first = deployment.run("federated_aggregation")
+    assert first.success
+    [update] = first.asset_materializations_for_node("federated_main_model")
+    assert update.metadata["status"].value == "PROMOTED"
+    assert update.metadata["new_version"].value == "1.1.0"
+    assert update.metadata["contributing_learners"].value == LEARNERS
+    assert update.metadata["epsilon_total"].value > 0
+    assert _check(first, "candidate_not_degraded").passed
+    assert _check(first, "privacy_budget_not_exceeded").passed
+
+    # A week later: new activity -> retraining (rebased onto 1.1.0) -> a second round.
+    simulate_activity(deployment.registry, learners, week=2)
+    data = tick(deployment, "learner_activity_sensor")
+    assert len(data.run_requests) == 1
+    trained = deployment.run("train_learners", tags=data.run_requests[0].tags)
+    assert trained.success
+    [training] = trained.asset_materializations_for_node("learner_training")
+    assert training.metadata["rebased"].value == LEARNERS
+    assert deployment.run("federated_aggregation").success
+
+    stats = deployment.registry.get_statistics()
+    assert stats == {
+        "totalMainVersions": 3,
+        "totalLearnerModels": LEARNERS,
+        "activeLearnerModels": LEARNERS,
+        "totalFederatedUpdates": 2,
+        "totalTrainingSessions": 2 * LEARNERS,
+    }
+    assert deployment.registry.get_active_version().version == "1.2.0"
+
+
+def test_a_second_round_without_new_training_has_no_eligible_learners(deployment: Deployment) -> None:
+    assert deployment.run("train_main_model").success
+    _clone_and_train(deployment)
+    assert deployment.run("federated_aggregation").success
+    again = deployment.run("federated_aggregation")
+    assert not again.success
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "No eligible learners" in failure.step_failure_data.user_failure_data.description
+    assert len(deployment.registry.get_federated_updates()) == 1
+
+
+def test_degradation_check_blocks_a_harmful_round(deployment: Deployment) -> None:
+    assert deployment.run("train_main_model").success
+    _clone_and_train(deployment)
+    harmful = {"ops": {"federated_main_model": {"config": {"learning_rate": 200.0}}}}
+    result = deployment.with_settings(enable_differential_privacy=False).run(
+        "federated_aggregation", run_config=harmful
+    )
+    assert not result.success  # the blocking check fails the run
+    check = _check(result, "candidate_not_degraded")
+    assert not check.passed
+    assert "Performance degradation" in check.description
+    [update] = deployment.registry.get_federated_updates()
+    assert update["status"] == "REJECTED"
+    assert update["rejectionReason"].startswith("Performance degradation")
+    statuses = {v.version: v.status for v in deployment.registry.list_main_versions()}
+    assert statuses == {"1.0.0": ModelVersionStatus.ACTIVE, "1.1.0": ModelVersionStatus.REJECTED}
+    assert not (deployment.store.main_root / "1.1.0").exists()
+
+
+def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployment) -> None:
+    assert deployment.run("train_main_model").success  # training the main model comes before activation
+    off = deployment.with_settings(use_federated_learning=False)
+    result = off.run("federated_aggregation")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_failure_data.user_failure_data.description == DISABLED_REASON
+    assert deployment.registry.get_federated_updates() == []
+
+
+def test_learner_deleted_in_the_app_disappears(deployment: Deployment) -> None:
+    assert deployment.run("train_main_model").success
+    learners = _clone_and_train(deployment)
+    gone = learners[2]
+    assert deployment.store.learner_dir(gone).exists()
+    deployment.registry.soft_delete_learner(gone)
+    tick(deployment, "new_learner_sensor")
+    assert gone not in partitions(deployment)
+    assert not deployment.store.learner_dir(gone).exists()
+    assert deployment.registry.get_personalized_model(gone) is None
+    assert gone not in [e.learner_id for e in deployment.registry.get_eligible_for_aggregation(7)]
+    assert deployment.registry.get_statistics()["activeLearnerModels"] == LEARNERS - 1
