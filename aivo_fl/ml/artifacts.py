@@ -165,8 +165,7 @@ def read_verified_bytes(directory: Path, name: str, manifest: dict[str, Any]) ->
     data = path.read_bytes()
     if len(data) != record["bytes"]:
         raise ArtifactError(
-            f"{path}: size {len(data)} bytes does not match manifest ({record['bytes']} bytes); "
-            "truncated or replaced"
+            f"{path}: size {len(data)} bytes does not match manifest ({record['bytes']} bytes); truncated or replaced"
         )
     actual = sha256_bytes(data)
     if actual != record["sha256"]:

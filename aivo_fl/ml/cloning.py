@@ -35,6 +35,7 @@ from aivo_fl.ml.model import (
     freeze_trunk,
     head_state,
     load_head_state,
+    trunk_state,
 )
 
 HEADS_NAME = "heads.safetensors"
@@ -158,22 +159,31 @@ def main_exists(main_root: Path, version: str) -> bool:
 
 
 def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
-    """Move a clone onto `new_version`, keeping its personalisation.
+    """Move a clone onto `new_version`, keeping its personalisation. Returns the new manifest.
 
-    new heads = new main heads + (learner heads - old main heads). A stale delta (relative to the
-    old version) is dropped. Returns the new manifest.
+    Aggregated versions share the frozen trunk and differ only in their heads, so the learner's
+    heads stay exactly as they are: the personalisation is now measured against the new main
+    (heads - new main heads). Re-applying the old offset instead (new main + heads - old main)
+    would put back the part of the learner's update that the server has already folded into the
+    new main, and every later round would add it again.
+
+    A version with a different trunk (a retrain from scratch) makes heads trained on the old
+    trunk's features meaningless: the clone then restarts from the new main heads.
+    A stale delta (relative to the old version) is dropped.
     """
     directory = learner_dir(learners_root, learner_id)
     heads, manifest = learner_heads(learners_root, learner_id)
     old_version = manifest["source_version"]
-    personal = subtract(heads, main_head_tensors(main_root, old_version))
+    old_model, _ = load_main_model(main_root, old_version)
     new_model, new_main_manifest = load_main_model(main_root, validate_version(new_version))
-    new_main_heads = head_state(new_model)
-    rebased = {k: new_main_heads[k] + personal[k] for k in new_main_heads}
+    old_trunk, new_trunk = trunk_state(old_model), trunk_state(new_model)
+    same_trunk = all(np.array_equal(old_trunk[k], new_trunk[k]) for k in new_trunk)
+    rebased = heads if same_trunk else head_state(new_model)
     new_manifest = {
         **clone_manifest(learner_id, new_version, new_main_manifest, new_model),
         "created_at": manifest.get("created_at"),
         "rebased_from": old_version,
+        "personalisation_kept": same_trunk,
         "rebased_at": datetime.now(UTC).isoformat(),
         "files": {},  # forget the old delta's record; only the heads are current
     }

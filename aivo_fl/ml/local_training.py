@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from aivo_fl.ml.artifacts import encode_tensors, file_record, main_head_tensors, validate_version, write_file_atomic
+from aivo_fl.ml.artifacts import (
+    encode_tensors,
+    file_record,
+    main_head_tensors,
+    save_artifact,
+    validate_version,
+    write_file_atomic,
+)
 from aivo_fl.ml.cloning import (
     DELTA_NAME,
     HEADS_NAME,
@@ -95,9 +102,7 @@ def train_learner(
     x, y = samples_to_tensors(train)
     # No weight decay: decaying towards zero would erase what the main model knows.
     optimizer = make_optimizer(model.heads.parameters(), learning_rate, 0.0)
-    run_epochs(
-        model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed
-    )
+    run_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed)
     model.eval()
     after = evaluate(model, heldout)
 
@@ -130,11 +135,5 @@ def train_learner(
         "files": {DELTA_NAME: file_record(delta_bytes)},
         "last_training": result.to_json(),
     }
-    save_artifact_heads(directory, heads, new_manifest)
+    save_artifact(directory, heads, new_manifest, HEADS_NAME)
     return result
-
-
-def save_artifact_heads(directory: Path, heads: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
-    from aivo_fl.ml.artifacts import save_artifact
-
-    save_artifact(directory, heads, manifest, HEADS_NAME)

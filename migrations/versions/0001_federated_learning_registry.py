@@ -145,9 +145,7 @@ def upgrade() -> None:
     with op.batch_alter_table("FederatedUpdateContribution", schema=None) as batch_op:
         batch_op.create_index("FederatedUpdateContribution_federatedUpdateId_idx", ["federatedUpdateId"], unique=False)
         batch_op.create_index("FederatedUpdateContribution_learnerId_idx", ["learnerId"], unique=False)
-        batch_op.create_index(
-            "FederatedUpdateContribution_trainingSessionId_idx", ["trainingSessionId"], unique=False
-        )
+        batch_op.create_index("FederatedUpdateContribution_trainingSessionId_idx", ["trainingSessionId"], unique=False)
 
     op.create_table(
         "LearnerInteraction",

@@ -37,8 +37,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "database_url": database_url,
         "main_model_path": tmp_path / "models" / "main-aivo",
         "learner_models_path": tmp_path / "models" / "learners",
-        "training_epochs": 6,
-        "curriculum_samples": 1500,
+        "training_epochs": 40,
+        "curriculum_samples": 5000,
     }
     fields.update(overrides)
     return Settings(**fields)  # type: ignore[arg-type]

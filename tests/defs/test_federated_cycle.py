@@ -10,7 +10,7 @@ from aivo_fl.registry.schema import ModelVersionStatus
 from tests.defs.conftest import Deployment
 from tests.defs.test_sensors import partitions, tick
 
-LEARNERS = 6
+LEARNERS = 20
 
 
 def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
@@ -65,8 +65,9 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     assert len(data.run_requests) == 1
     trained = deployment.run("train_learners", tags=data.run_requests[0].tags)
     assert trained.success
-    [training] = trained.asset_materializations_for_node("learner_training")
-    assert training.metadata["rebased"].value == LEARNERS
+    materializations = trained.asset_materializations_for_node("learner_training")
+    assert sorted(m.partition for m in materializations) == learners  # one per learner partition
+    assert materializations[0].metadata["rebased"].value == LEARNERS
     assert deployment.run("federated_aggregation").success
 
     stats = deployment.registry.get_statistics()
@@ -132,3 +133,20 @@ def test_learner_deleted_in_the_app_disappears(deployment: Deployment) -> None:
     assert deployment.registry.get_personalized_model(gone) is None
     assert gone not in [e.learner_id for e in deployment.registry.get_eligible_for_aggregation(7)]
     assert deployment.registry.get_statistics()["activeLearnerModels"] == LEARNERS - 1
+
+
+def test_dry_run_changes_nothing(deployment: Deployment) -> None:
+    assert deployment.run("train_main_model").success
+    _clone_and_train(deployment)
+    store_before = sorted(p.relative_to(deployment.store.main_root) for p in deployment.store.main_root.rglob("*"))
+    result = deployment.run(
+        "federated_aggregation", run_config={"ops": {"federated_main_model": {"config": {"dry_run": True}}}}
+    )
+    assert result.success
+    assert result.asset_materializations_for_node("federated_main_model") == []
+    assert deployment.registry.get_federated_updates() == []
+    assert [v.version for v in deployment.registry.list_main_versions()] == ["1.0.0"]
+    assert sorted(p.relative_to(deployment.store.main_root) for p in deployment.store.main_root.rglob("*")) == (
+        store_before
+    )
+    assert deployment.registry.privacy_events() == []

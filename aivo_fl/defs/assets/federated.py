@@ -1,5 +1,7 @@
 """One federated aggregation round per materialization: a new main version, or a recorded rejection."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 from pydantic import Field
 
@@ -45,6 +47,7 @@ class AggregationConfig(dg.Config):
     kinds={"pytorch"},
     pool=AGGREGATION_POOL,
     retry_policy=TRANSIENT_RETRY,
+    output_required=False,  # a dry run materializes nothing
 )
 def federated_main_model(
     context: dg.AssetExecutionContext,
@@ -53,8 +56,12 @@ def federated_main_model(
     model_store: ModelStoreResource,
     federated_settings: FederatedSettingsResource,
     reporter: ReporterResource,
-) -> dg.MaterializeResult:
-    """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion."""
+) -> Iterator[dg.MaterializeResult]:
+    """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion.
+
+    One materialization per round, promoted or rejected. A dry run only logs what the round would
+    do: no materialization, no files, no registry rows.
+    """
     federated_settings.require_enabled()
     try:
         outcome = run_federated_aggregation(
@@ -69,7 +76,10 @@ def federated_main_model(
         # Decisions, not outages: retrying cannot change them.
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     s = outcome.summary()
-    return dg.MaterializeResult(
+    if outcome.dry_run:
+        context.log.info(f"Dry run, nothing materialized: {s}")
+        return
+    yield dg.MaterializeResult(
         metadata={
             "status": s["status"],
             "dry_run": s["dryRun"],

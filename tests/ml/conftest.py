@@ -1,0 +1,34 @@
+"""Shared fixtures: one small, really trained main model per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aivo_fl.ml.artifacts import save_main_model
+from aivo_fl.ml.data import Samples, generate_curriculum
+from aivo_fl.ml.model import CurriculumNet
+from aivo_fl.ml.training import TrainingConfig, TrainingResult, train_model
+
+SMALL_SAMPLES = 3_000
+SMALL_EPOCHS = 30
+
+
+@pytest.fixture(scope="session")
+def small_curriculum() -> Samples:
+    return generate_curriculum(SMALL_SAMPLES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_small(small_curriculum: Samples) -> tuple[CurriculumNet, TrainingResult]:
+    return train_model(small_curriculum, TrainingConfig(epochs=SMALL_EPOCHS))
+
+
+@pytest.fixture(scope="session")
+def main_store(tmp_path_factory: pytest.TempPathFactory, trained_small: tuple) -> Path:
+    """A main store holding version 1.0.0 (the trained small model). Treat as read-only."""
+    model, result = trained_small
+    root = tmp_path_factory.mktemp("main")
+    save_main_model(root, "1.0.0", model, {"val_accuracy": result.val_accuracy}, data_seed=0)
+    return root

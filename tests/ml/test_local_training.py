@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aivo_fl.ml.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
+from aivo_fl.ml.cloning import (
+    DELTA_NAME,
+    clone_for_learner,
+    learner_heads,
+    load_delta,
+    load_learner_model,
+    read_learner_manifest,
+    rebase_clone,
+    weight_delta,
+)
+from aivo_fl.ml.data import PRIMARY_HEAD, generate_cohort, generate_learner
+from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.ml.local_training import train_learner
+from aivo_fl.ml.model import evaluate, trunk_state
+
+
+def test_trains_heads_only_and_writes_delta(tmp_path: Path, main_store: Path) -> None:
+    learners = tmp_path / "learners"
+    data = generate_learner("learner-0007", seed=0)
+    clone_for_learner(main_store, learners, data.learner_id, "1.0.0")
+    trunk_before = trunk_state(load_learner_model(main_store, learners, data.learner_id)[0])
+
+    result = train_learner(main_store, learners, data.learner_id, data.train, data.heldout, "1.0.0")
+
+    model, manifest = load_learner_model(main_store, learners, data.learner_id)
+    for key, value in trunk_state(model).items():
+        np.testing.assert_array_equal(value, trunk_before[key])  # bit-identical
+    assert result.samples == 150 and result.epochs == 5 and result.rebased_from is None
+    assert result.delta_path == learners.resolve() / data.learner_id / DELTA_NAME
+    stored, _ = load_delta(learners, data.learner_id)  # hash-checked via the manifest
+    expected = weight_delta(main_store, learners, data.learner_id)
+    assert stored.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_allclose(stored[key], expected[key], rtol=0, atol=1e-7)
+    norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in expected.values()))
+    assert result.delta_norm == pytest.approx(norm, rel=1e-5) and result.delta_norm > 0
+    after = evaluate(model, data.heldout)
+    assert result.accuracy_after == pytest.approx(after[PRIMARY_HEAD]["accuracy"])
+    assert result.started_at <= result.finished_at and result.seconds > 0
+    assert manifest["last_training"]["accuracy_after"] == result.accuracy_after
+    assert not [p for p in result.delta_path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_personalized_clones_beat_main_on_their_heldout(tmp_path: Path, main_store: Path) -> None:
+    learners = tmp_path / "learners"
+    main, _ = load_main_model(main_store, "1.0.0")
+    main_acc, clone_acc = [], []
+    for data in generate_cohort(5, seed=0):
+        clone_for_learner(main_store, learners, data.learner_id, "1.0.0")
+        result = train_learner(main_store, learners, data.learner_id, data.train, data.heldout, "1.0.0")
+        main_acc.append(evaluate(main, data.heldout)[PRIMARY_HEAD]["accuracy"])
+        assert result.accuracy_before == pytest.approx(main_acc[-1])  # fresh clone == main
+        clone_acc.append(result.accuracy_after)
+    assert np.mean(clone_acc) > np.mean(main_acc) + 0.05
+
+
+def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
+    model, _ = trained_small
+    main_root, learners = tmp_path / "main", tmp_path / "learners"
+    save_main_model(main_root, "1.0.0", model, {}, data_seed=0)
+    shifted, _ = load_main_model(main_root, "1.0.0")
+    with torch.no_grad():
+        for p in shifted.heads.parameters():
+            p.add_(torch.linspace(-0.5, 0.5, p.numel()).view(p.shape))
+    save_main_model(main_root, "1.1.0", shifted, {}, data_seed=0, parent_version="1.0.0")
+
+    data = generate_learner("learner-0003", seed=0)
+    clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
+    train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
+    personal_heads, _ = learner_heads(learners, data.learner_id)
+
+    # epochs=0: rebase only. Same trunk, so the learner keeps its own heads bit for bit.
+    result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0", epochs=0)
+    assert result.rebased_from == "1.0.0" and result.source_version == "1.1.0"
+    assert read_learner_manifest(learners, data.learner_id)["source_version"] == "1.1.0"
+    heads, _ = learner_heads(learners, data.learner_id)
+    rebased = weight_delta(main_root, learners, data.learner_id)
+    new_main = main_head_tensors(main_root, "1.1.0")
+    for key in personal_heads:
+        np.testing.assert_array_equal(heads[key], personal_heads[key])
+        # The personalization is now measured against the new main: nothing of the old round's
+        # update (already in 1.1.0) is carried into the next delta a second time.
+        np.testing.assert_allclose(rebased[key], personal_heads[key] - new_main[key], atol=1e-6)
+    clone, _ = load_learner_model(main_root, learners, data.learner_id)
+    assert result.accuracy_after == pytest.approx(evaluate(clone, data.heldout)[PRIMARY_HEAD]["accuracy"])
+
+    # Rebasing onto the version it already has is a no-op on the weights; training moves on from there.
+    again = rebase_clone(main_root, learners, data.learner_id, "1.1.0")
+    assert again["rebased_from"] == "1.1.0"
+    trained = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
+    assert trained.rebased_from is None and trained.delta_norm > 0
+
+
+def test_rebase_onto_a_retrained_trunk_restarts_from_the_new_heads(tmp_path: Path, trained_small) -> None:
+    model, _ = trained_small
+    main_root, learners = tmp_path / "main", tmp_path / "learners"
+    save_main_model(main_root, "1.0.0", model, {}, data_seed=0)
+    retrained, _ = load_main_model(main_root, "1.0.0")
+    with torch.no_grad():
+        for p in retrained.trunk.parameters():
+            p.mul_(1.5)
+    save_main_model(main_root, "2.0.0", retrained, {}, data_seed=0, parent_version="1.0.0")
+    data = generate_learner("learner-0004", seed=0)
+    clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
+    train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
+    train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "2.0.0", epochs=0)
+    heads, manifest = learner_heads(learners, data.learner_id)
+    assert manifest["personalisation_kept"] is False
+    for key, value in main_head_tensors(main_root, "2.0.0").items():
+        np.testing.assert_array_equal(heads[key], value)
+
+
+def test_refuses_bad_ids_and_missing_clones(tmp_path: Path, main_store: Path) -> None:
+    data = generate_learner("learner-0001", seed=0)
+    with pytest.raises(InvalidLearnerId):
+        train_learner(main_store, tmp_path, "../x", data.train, data.heldout, "1.0.0")
+    with pytest.raises(ArtifactError, match="no clone"):
+        train_learner(main_store, tmp_path, "learner-0001", data.train, data.heldout, "1.0.0")
+    assert list(tmp_path.iterdir()) == []

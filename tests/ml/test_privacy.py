@@ -1,0 +1,170 @@
+"""DP-FedAvg: clipping bounds influence, noise has the stated std, epsilon matches dp-accounting."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.rdp import RdpAccountant
+from scipy import stats
+
+from aivo_fl.ml.privacy import (
+    DpSum,
+    PrivacyBudgetExceeded,
+    PrivacyEvent,
+    budget_from_env,
+    check_global_budget,
+    clip_delta,
+    dp_weight,
+    epsilon_for_events,
+    epsilon_warning,
+    learner_epsilon,
+    noise_std,
+    round_epsilon,
+)
+
+SHAPES = {"heads.a.weight": (4, 6), "heads.a.bias": (4,)}
+
+
+def _delta(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray]:
+    return {k: scale * rng.standard_normal(s) for k, s in SHAPES.items()}
+
+
+def _norm(d: dict[str, np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum(v**2)) for v in d.values()))
+
+
+def test_clip_uses_whole_delta_norm() -> None:
+    d = {"a": np.array([3.0, 0.0]), "b": np.array([4.0])}  # norm 5 across tensors, < 5 per tensor
+    clipped, norm, was_clipped = clip_delta(d, 1.0)
+    assert norm == pytest.approx(5.0) and was_clipped
+    assert _norm(clipped) == pytest.approx(1.0)
+    np.testing.assert_allclose(clipped["a"], [0.6, 0.0])
+    small, norm, was_clipped = clip_delta(d, 10.0)
+    assert not was_clipped and _norm(small) == pytest.approx(5.0)
+
+
+def test_dp_weight_is_capped_at_one() -> None:
+    assert dp_weight(75, sample_cap=150) == pytest.approx(0.5)
+    assert dp_weight(10**9, sample_cap=150) == 1.0
+    assert dp_weight(10**9, sample_cap=150, factor=0.5) == 0.5
+    with pytest.raises(ValueError):
+        dp_weight(10, factor=2.0)
+
+
+def _release(deltas: list[dict[str, np.ndarray]], samples: list[int], seed: int, d: float) -> dict:
+    agg = DpSum(SHAPES, clip_norm=0.5, noise_multiplier=1.0, denominator=d)
+    for delta, n in zip(deltas, samples, strict=True):
+        agg.add(delta, dp_weight(n))
+    return agg.release(np.random.default_rng(seed))
+
+
+def test_one_learner_moves_the_release_by_at_most_clip_over_denominator() -> None:
+    rng = np.random.default_rng(0)
+    cohort = [_delta(rng, 0.05) for _ in range(6)]
+    samples = [120, 150, 90, 300, 150, 60]
+    outsider = _delta(rng, 1e4)  # enormous update ...
+    denominator = 6.0
+    for seed in range(5):
+        without = _release(cohort, samples, seed, denominator)
+        with_outsider = _release([*cohort, outsider], [*samples, 10**9], seed, denominator)  # ... and count
+        moved = _norm({k: with_outsider[k] - without[k] for k in SHAPES})
+        assert moved <= 0.5 / denominator + 1e-9
+        assert moved > 0.9 * 0.5 / denominator  # the bound is attained: the test can fail
+
+
+def test_noise_std_is_noise_multiplier_times_clip_norm() -> None:
+    shapes = {"w": (200, 100)}
+    nm, clip, d = 1.3, 0.7, 4.0
+    agg = DpSum(shapes, clip_norm=clip, noise_multiplier=nm, denominator=d)
+    rng = np.random.default_rng(1)
+    exact = np.zeros(shapes["w"])
+    for _ in range(3):
+        delta = {"w": rng.standard_normal(shapes["w"])}
+        clipped, _, _ = clip_delta(delta, clip)
+        exact += clipped["w"]
+        agg.add(delta, 1.0)
+    noise = (agg.release(np.random.default_rng(2))["w"] * d - exact).ravel()
+    std = noise_std(nm, clip)
+    assert stats.kstest(noise, "norm", args=(0.0, std)).pvalue > 1e-3
+    # chi-square test of the variance: (n-1) s^2 / sigma^2 ~ chi2(n-1)
+    n = noise.size
+    statistic = (n - 1) * noise.var(ddof=1) / std**2
+    assert stats.chi2.sf(statistic, n - 1) > 1e-3 and stats.chi2.cdf(statistic, n - 1) > 1e-3
+    # the same tests reject a 5% wrong std, so they have power
+    assert stats.kstest(noise, "norm", args=(0.0, 1.05 * std)).pvalue < 1e-3
+
+
+def test_dp_sum_refuses_uncapped_weights() -> None:
+    agg = DpSum(SHAPES, clip_norm=1.0, noise_multiplier=1.0, denominator=3.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        agg.add(_delta(np.random.default_rng(0)), 2.0)
+
+
+def _library_epsilon(events: list[dp_accounting.DpEvent], delta: float) -> float:
+    accountant = RdpAccountant()
+    for event in events:
+        accountant.compose(event)
+    return accountant.get_epsilon(delta)
+
+
+def test_epsilon_matches_the_accountant_called_directly() -> None:
+    one = _library_epsilon([dp_accounting.GaussianDpEvent(1.1)], 1e-5)
+    assert round_epsilon(1.1, 1e-5) == pytest.approx(one, rel=1e-12)
+    events = [PrivacyEvent(1.1), PrivacyEvent(0.8), PrivacyEvent(1.1), PrivacyEvent(2.0)]
+    direct = _library_epsilon([dp_accounting.GaussianDpEvent(e.noise_multiplier) for e in events], 1e-6)
+    assert epsilon_for_events(events, 1e-6) == pytest.approx(direct, rel=1e-9)
+    assert epsilon_for_events(events, 1e-6) > epsilon_for_events(events[:2], 1e-6) > one * 0.9
+
+
+def test_poisson_event_only_for_recorded_sampling() -> None:
+    sampled = PrivacyEvent(1.0, sampling_rate=0.1)
+    direct = _library_epsilon([dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))] * 10, 1e-5)
+    assert epsilon_for_events([sampled] * 10) == pytest.approx(direct, rel=1e-9)
+    assert epsilon_for_events([sampled] * 10) < epsilon_for_events([PrivacyEvent(1.0)] * 10)
+
+
+def test_events_survive_a_round_trip_through_json_like_dicts() -> None:
+    events = [PrivacyEvent(1.0), PrivacyEvent(0.5, 0.2)]
+    restored = [PrivacyEvent.from_dict(e.to_dict()) for e in events]
+    assert restored == events
+    assert epsilon_for_events(restored) == epsilon_for_events(events)
+
+
+def test_learner_epsilon_counts_only_rounds_taken_part_in() -> None:
+    all_rounds = [PrivacyEvent(1.0)] * 5
+    assert learner_epsilon([]) == 0.0
+    assert learner_epsilon(all_rounds[:2]) < learner_epsilon(all_rounds) == epsilon_for_events(all_rounds)
+
+
+def test_budget_refusal_carries_the_numbers() -> None:
+    history = [PrivacyEvent(1.0)] * 3
+    spent, this_round, total = check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=None)
+    assert spent < total and this_round == pytest.approx(round_epsilon(1.0))
+    with pytest.raises(PrivacyBudgetExceeded) as info:
+        check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=total - 0.01)
+    err = info.value
+    assert err.spent == pytest.approx(spent) and err.projected == pytest.approx(total)
+    assert err.this_round == pytest.approx(this_round) and err.budget == pytest.approx(total - 0.01)
+    assert f"{spent:.4g}" in str(err) and f"{total - 0.01:.4g}" in str(err)
+    check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=total + 0.01)
+
+
+def test_noise_multiplier_point_one_gets_a_plain_warning() -> None:
+    eps = round_epsilon(0.1)
+    assert eps > 10
+    warning = epsilon_warning(eps)
+    assert warning is not None and "far too large to give meaningful privacy" in warning
+    assert warning.startswith(f"epsilon {eps:.3g}")
+    assert epsilon_warning(round_epsilon(5.0)) is None
+    assert "infinite" in (epsilon_warning(round_epsilon(0.0)) or "")
+
+
+def test_budget_from_env() -> None:
+    assert budget_from_env({}) is None
+    assert budget_from_env({"PRIVACY_EPSILON_BUDGET": ""}) is None
+    assert budget_from_env({"PRIVACY_EPSILON_BUDGET": "8"}) == 8.0
+    with pytest.raises(ValueError):
+        budget_from_env({"PRIVACY_EPSILON_BUDGET": "-1"})
