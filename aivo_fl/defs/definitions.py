@@ -20,7 +20,7 @@ def build_definitions(settings: Settings, *, echo: bool = False, database_url_fr
         asset_checks.defs,
         jobs.defs,
         sensors.defs,
-        schedules.defs,
+        schedules.schedule_definitions(settings.aggregation_timezone),
         dg.Definitions(resources=build_resources(settings, echo=echo, database_url_from_env=database_url_from_env)),
     )
 

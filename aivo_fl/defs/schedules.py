@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from aivo_fl.config import load_settings
 from aivo_fl.defs.jobs import federated_aggregation_job
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource
 
@@ -27,4 +26,6 @@ def build_weekly_aggregation_schedule(timezone: str) -> dg.ScheduleDefinition:
     return weekly_aggregation_schedule
 
 
-defs = dg.Definitions(schedules=[build_weekly_aggregation_schedule(load_settings().aggregation_timezone)])
+def schedule_definitions(timezone: str) -> dg.Definitions:
+    # Built per settings (not at import) so AGGREGATION_TIMEZONE is the deployment's own.
+    return dg.Definitions(schedules=[build_weekly_aggregation_schedule(timezone)])

@@ -154,10 +154,13 @@ class RoundResult:
 
 
 class NoEligibleLearners(Exception):
-    def __init__(self, eligible: int, trained_in_window: int, min_learners: int, window_days: int) -> None:
+    def __init__(
+        self, eligible: int, trained_in_window: int, min_learners: int, window_days: int, already_aggregated: int = 0
+    ) -> None:
+        used = f", {already_aggregated} of them already aggregated" if already_aggregated else ""
         super().__init__(
             f"No eligible learners: {eligible} usable update(s) from {trained_in_window} learner(s) who "
-            f"trained in the last {window_days} days; at least {min_learners} (min_learners) are needed"
+            f"trained in the last {window_days} days{used}; at least {min_learners} (min_learners) are needed"
         )
         self.eligible = eligible
         self.trained_in_window = trained_in_window

@@ -24,6 +24,7 @@ from aivo_fl.ml.artifacts import load_main_model, save_main_model
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.federated_round import (
     LearnerUpdate,
+    NoEligibleLearners,
     PrivacySettings,
     RoundOptions,
     RoundResult,
@@ -144,6 +145,8 @@ def _run_round(
         f"Learners trained in the last {options.max_stale_days} days: {len(eligible)}"
         f" ({len(consumed)} already aggregated, {len(fresh)} offered)"
     )
+    if len(fresh) < options.min_learners:
+        raise NoEligibleLearners(len(fresh), len(eligible), options.min_learners, options.max_stale_days, len(consumed))
     session_of = {e.learner_id: e.session_id for e in fresh}
     updates = [
         LearnerUpdate(e.learner_id, Path(e.delta_path), e.samples, e.source_version, e.completed_at, e.improvement)

@@ -1,0 +1,45 @@
+"""A registry and model store with a trained main model and a cohort of trained learners."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.operations.app_simulation import simulate_new_learners
+from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
+from aivo_fl.operations.store import ModelStore
+from aivo_fl.registry import ModelRegistry, migrate
+
+LEARNERS = 20
+PRIVACY = PrivacySettings(enabled=True, noise_multiplier=0.1, clip_norm=1.0)
+
+
+@dataclass
+class Cohort:
+    registry: ModelRegistry
+    store: ModelStore
+    learners: list[str]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture
+def cohort(tmp_path: Path, database_url: str) -> Iterator[Cohort]:
+    registry = ModelRegistry(database_url)
+    migrate(registry.engine)
+    store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
+    dataset = build_curriculum_dataset(store, 5000, 0, report=quiet)
+    train_and_register_main_model(registry, store, dataset.path, epochs=40, batch_size=64, data_seed=0, report=quiet)
+    learners = simulate_new_learners(registry, LEARNERS)
+    for learner_id in learners:
+        clone_learner(registry, store, learner_id)
+        train_learner_locally(registry, store, learner_id)
+    yield Cohort(registry, store, learners)
+    registry.dispose()
