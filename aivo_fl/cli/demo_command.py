@@ -10,7 +10,6 @@ import argparse
 import time
 
 from aivo_fl.cli import registry_commands
-from aivo_fl.cli.dagster_runs import RunFailed, apply_sensor_result, definitions, local_instance, run_job
 from aivo_fl.config import load_settings
 
 
@@ -30,6 +29,8 @@ def _stage(title: str) -> float:
 
 
 def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore[no-untyped-def]
+    from aivo_fl.cli.dagster_runs import apply_sensor_result, run_job
+
     requests, _, skipped = apply_sensor_result(defs, instance, sensor, cursor=None)
     if skipped:
         print(f"{sensor}: {skipped}")
@@ -39,6 +40,8 @@ def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # Heavy imports (Dagster, torch) only when the command runs: `aivo-fl stats` stays quick.
+    from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
     from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 
     started = time.perf_counter()

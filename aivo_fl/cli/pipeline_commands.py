@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
-from aivo_fl.ml.aggregation import STRATEGIES
-from aivo_fl.ml.federated_round import DEFAULT_LEARNING_RATE
+from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
 
 EXIT_FAILED = 1
 
@@ -69,6 +67,8 @@ def _fail(exc: Exception) -> int:
 
 
 def cmd_train_main_model(args: argparse.Namespace) -> int:
+    from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
+
     settings = load_settings()
     open_registry(settings)  # schema check before a long run
     print("=== Training Main AIVO Model ===\n")
@@ -95,6 +95,14 @@ def cmd_test_model_cloning(args: argparse.Namespace) -> int:
 def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings)
+    options = {
+        "min_learners": args.min_learners,
+        "strategy": args.strategy,
+        "max_stale_days": args.max_stale,
+        "learning_rate": args.learning_rate,
+    }
+    from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
+
     if args.dry_run:
         # A dry run reads only: it does not even add a run to Dagster's history.
         from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
@@ -104,32 +112,22 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
 
         if not settings.use_federated_learning:
             print("(USE_FEDERATED_LEARNING is off: a real round would refuse to run)")
-        options = RoundOptions(
-            strategy=args.strategy,
-            min_learners=args.min_learners,
-            max_stale_days=args.max_stale,
-            learning_rate=args.learning_rate,
-            dry_run=True,
-        )
         try:
             run_federated_aggregation(
-                registry, ModelStore.from_settings(settings), privacy_settings_from(settings), options
+                registry,
+                ModelStore.from_settings(settings),
+                privacy_settings_from(settings),
+                RoundOptions(**options, dry_run=True),
             )
         except (NoEligibleLearners, PrivacyBudgetExceeded, ValueError) as exc:
             return _fail(exc)
         return 0
-    config = {
-        "min_learners": args.min_learners,
-        "strategy": args.strategy,
-        "max_stale_days": args.max_stale,
-        "learning_rate": args.learning_rate,
-    }
     try:
         result = run_job(
             definitions(settings),
             local_instance(),
             "federated_aggregation",
-            run_config={"ops": {"federated_main_model": {"config": config}}},
+            run_config={"ops": {"federated_main_model": {"config": options}}},
             tags={"aivo/trigger": "cli"},
         )
     except RunFailed as exc:

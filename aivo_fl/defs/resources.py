@@ -9,6 +9,7 @@ import dagster as dg
 
 from aivo_fl.config import Settings
 from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
@@ -57,14 +58,7 @@ class FederatedSettingsResource(dg.ConfigurableResource):
             raise dg.Failure(description=DISABLED_REASON, allow_retries=False)
 
     def privacy(self) -> PrivacySettings:
-        return PrivacySettings(
-            enabled=self.enable_differential_privacy,
-            noise_multiplier=self.noise_multiplier,
-            clip_norm=self.clip_norm,
-            delta=self.privacy_delta,
-            epsilon_budget=self.privacy_epsilon_budget,
-            learner_epsilon_budget=self.privacy_learner_epsilon_budget,
-        )
+        return privacy_settings_from(self)
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):

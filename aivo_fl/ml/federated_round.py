@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from aivo_fl.ml.aggregation import (
+    DEFAULT_LEARNING_RATE,
     ROBUST_STRATEGIES,
     SUM_STRATEGIES,
     WeightedSum,
@@ -63,10 +64,6 @@ __all__ = [
     "with_heads",
 ]
 
-# Server learning rate 1.0: with DP off, fedavg then *is* model averaging (McMahan et al. 2017),
-# the setting the delta semantics were designed for (delta = trained heads - main heads). A smaller
-# rate only slows learning; harmful rounds are stopped by the validation gate, not by damping.
-DEFAULT_LEARNING_RATE = 1.0
 # Heads deltas from a few local epochs have L2 norms around 0.1-5; a norm of 1000 can only be a
 # corrupted or malicious file, and would swamp every non-robust strategy.
 DEFAULT_MAX_DELTA_NORM = 1e3

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from aivo_fl.config import Settings
 from aivo_fl.ml.artifacts import load_main_model, save_main_model
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.federated_round import (
@@ -84,7 +83,18 @@ class AggregationOutcome:
         }
 
 
-def privacy_settings_from(settings: Settings) -> PrivacySettings:
+class PrivacyConfig(Protocol):
+    """Where the privacy knobs come from: `Settings`, or the Dagster resource with the same fields."""
+
+    enable_differential_privacy: bool
+    noise_multiplier: float
+    clip_norm: float
+    privacy_delta: float
+    privacy_epsilon_budget: float | None
+    privacy_learner_epsilon_budget: float | None
+
+
+def privacy_settings_from(settings: PrivacyConfig) -> PrivacySettings:
     return PrivacySettings(
         enabled=settings.enable_differential_privacy,
         noise_multiplier=settings.noise_multiplier,

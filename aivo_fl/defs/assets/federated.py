@@ -13,8 +13,8 @@ from aivo_fl.defs.resources import (
     RegistryResource,
     ReporterResource,
 )
-from aivo_fl.ml.aggregation import STRATEGIES
-from aivo_fl.ml.federated_round import DEFAULT_LEARNING_RATE, NoEligibleLearners, RoundOptions
+from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
+from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
 from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.registry import AggregationInProgress, PromotionConflict

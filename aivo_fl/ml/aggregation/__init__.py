@@ -21,6 +21,11 @@ from aivo_fl.ml.aggregation.median import median, median_block
 from aivo_fl.ml.aggregation.trimmed_mean import TRIM_FRACTION, trim_count, trimmed_mean, trimmed_mean_block
 from aivo_fl.ml.aggregation.weighted import IMPROVEMENT_FLOOR, improvement_weight, weighted
 
+# Server learning rate 1.0: with DP off, fedavg then *is* model averaging (McMahan et al. 2017),
+# the setting the delta semantics were designed for (delta = trained heads - main heads). A smaller
+# rate only slows learning; harmful rounds are stopped by the validation gate, not by damping.
+DEFAULT_LEARNING_RATE = 1.0
+
 SUM_STRATEGIES: tuple[str, ...] = ("fedavg", "weighted")
 ROBUST_STRATEGIES: tuple[str, ...] = ("trimmed_mean", "median")
 STRATEGIES: tuple[str, ...] = SUM_STRATEGIES + ROBUST_STRATEGIES
