@@ -117,6 +117,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"  - Learners: {len(update['contributingLearners'])}")
         print(f"  - Strategy: {update['aggregationStrategy']}")
         print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f}'}%")
+        if update["accuracyBefore"] is not None:
+            print(f"  - Accuracy: {update['accuracyBefore']:.2%} -> {update['accuracyAfter']:.2%} (learners' held-out)")
+        if update["epsilonRound"] is not None:
+            print(f"  - Epsilon: {update['epsilonRound']:.4g} this round, {update['epsilonTotal']:.4g} in total")
         print(f"  - Result: {update['status']} {update['baseVersion']} -> {update['newVersion'] or '(kept)'}")
         if update["rejectionReason"]:
             print(f"  - Reason: {update['rejectionReason']}")

@@ -13,7 +13,11 @@ from tests.operations.conftest import LEARNERS, PRIVACY, Cohort, quiet
 
 def aggregate(cohort: Cohort, **options: object):  # type: ignore[no-untyped-def]
     return run_federated_aggregation(
-        cohort.registry, cohort.store, PRIVACY, RoundOptions(**options), report=quiet  # type: ignore[arg-type]
+        cohort.registry,
+        cohort.store,
+        PRIVACY,
+        RoundOptions(**options),
+        report=quiet,  # type: ignore[arg-type]
     )
 
 
