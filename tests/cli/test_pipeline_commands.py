@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.instance.ref import InstanceRef
 import pytest
+from dagster._core.instance.ref import InstanceRef
 
 from tests.cli.conftest import RunCli
 
