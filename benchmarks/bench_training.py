@@ -87,7 +87,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     plain = plain_training(n_samples, config)
     for entry in (fast, plain):
         entry["seconds_per_epoch"] = entry["seconds"] / config.epochs
-    return {
+    results = {
         "n_samples": n_samples,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
@@ -98,6 +98,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "bayes_ceiling": fast["bayes_ceiling"],
         "quick": quick,
     }
+    print(format_table(results))
+    return results
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -118,7 +120,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     results = run(quick=args.quick)
-    print(format_table(results))
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS_PATH.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,7 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,20 +71,50 @@ def clone_manifest(
     }
 
 
+@dataclass(frozen=True)
+class _MainSnapshot:
+    heads: dict[str, np.ndarray]
+    manifest: dict[str, Any]
+    architecture: ArchitectureSummary
+    template: dict[str, Any]  # the clone manifest, minus the learner
+
+
+@lru_cache(maxsize=4)
+def _main_snapshot(main_root: Path, version: str, mtime_ns: int, size: int) -> _MainSnapshot:
+    # Keyed by the weight file's mtime and size as well: versions are immutable, and a file
+    # replaced behind our back is loaded (and hash-verified) afresh.
+    model, manifest = load_main_model(main_root, version)
+    return _MainSnapshot(
+        head_state(model), manifest, architecture_summary(model), clone_manifest("", version, manifest, model)
+    )
+
+
+def _verified_main(main_root: Path, version: str) -> _MainSnapshot:
+    weights = main_version_dir(main_root, validate_version(version)) / MAIN_WEIGHTS_NAME
+    if not weights.is_file():
+        load_main_model(main_root, version)  # raises the store's own clear ArtifactError
+    stat = weights.stat()
+    return _main_snapshot(Path(main_root).resolve(), version, stat.st_mtime_ns, stat.st_size)
+
+
 def clone_for_learner(main_root: Path, learners_root: Path, learner_id: str, version: str) -> CloneInfo:
-    """Create the learner's clone of main `version`. Refuses to overwrite an existing clone."""
+    """Create the learner's clone of main `version`. Refuses to overwrite an existing clone.
+
+    The verified main heads are cached per version, so cloning a batch of learners reads and
+    hashes the main model once, not once per learner.
+    """
     directory = learner_dir(learners_root, learner_id)  # validates before anything is written
     validate_version(version)
     if directory.exists():
         raise FileExistsError(f"{directory}: learner {learner_id!r} already has a clone")
-    model, main_manifest = load_main_model(main_root, version)
-    manifest = clone_manifest(learner_id, version, main_manifest, model)
-    save_artifact(directory, head_state(model), manifest, HEADS_NAME)
+    main = _verified_main(main_root, version)
+    manifest = {**main.template, "learner_id": learner_id, "created_at": datetime.now(UTC).isoformat()}
+    save_artifact(directory, main.heads, manifest, HEADS_NAME)
     return CloneInfo(
         learner_id=learner_id,
         source_version=version,
         path=directory,
-        architecture=architecture_summary(model),
+        architecture=main.architecture,
         bytes_on_disk=directory_size(directory),
     )
 
