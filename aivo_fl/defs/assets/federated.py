@@ -70,7 +70,7 @@ def federated_main_model(
             federated_settings.privacy(),
             config.round_options(),
             report=reporter.for_context(context),
-            holder=f"dagster-run:{context.run_id}",
+            holder=f"dagster-run:{context.run.run_id}",
         )
     except (NoEligibleLearners, PrivacyBudgetExceeded, AggregationInProgress, PromotionConflict, ValueError) as exc:
         # Decisions, not outages: retrying cannot change them.
@@ -93,6 +93,7 @@ def federated_main_model(
             "accuracy_after": s["accuracyAfter"],
             "curriculum_accuracy_before": s["curriculumAccuracyBefore"],
             "curriculum_accuracy_after": s["curriculumAccuracyAfter"],
+            "curriculum_reference": s["curriculumReference"],
             "performance_improvement": s["performanceImprovement"],
             "epsilon_round": s["epsilonRound"] if s["epsilonRound"] is not None else 0.0,
             "epsilon_total": s["epsilonTotal"] if s["epsilonTotal"] is not None else 0.0,
