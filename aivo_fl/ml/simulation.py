@@ -116,7 +116,6 @@ def _run_rounds(
     ledger: dict[str, list[PrivacyEvent]] = {}
     heldouts = [learner.heldout for learner in cohort]
     rng = np.random.default_rng([seed, 99])
-    reference: float | None = None  # curriculum accuracy of the trained version, set by the first gate
     summaries: list[dict[str, Any]] = []
     for round_no in range(1, rounds + 1):
         started = time.perf_counter()
@@ -161,8 +160,7 @@ def _run_rounds(
                 ledger.setdefault(c.learner_id, []).append(result.privacy_event)
         assert result.candidate_heads is not None
         candidate = with_heads(active, result.candidate_heads)
-        gate = validate_candidate(active, candidate, heldouts, curriculum_val, *gate_tolerances, reference)
-        reference = gate.curriculum_reference
+        gate = validate_candidate(active, candidate, heldouts, curriculum_val, *gate_tolerances)
         version_before = history[-1]
         if gate.accepted:
             version = next_version(version_before)
@@ -188,7 +186,6 @@ def _run_rounds(
                 "main_accuracy_on_learners": federated_accuracy(active, heldouts),
                 "personalized_accuracy": _personalized_accuracy(main_root, learners_root, cohort),
                 "curriculum_accuracy": federated_accuracy(active, [curriculum_val]),
-                "curriculum_reference": gate.curriculum_reference,
                 "included": len(result.included),
                 "excluded": len(result.excluded),
                 "epsilon_round": result.epsilon_round,

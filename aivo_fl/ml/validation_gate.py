@@ -24,9 +24,7 @@ from aivo_fl.ml.model import CurriculumNet, load_head_state
 DEFAULT_TOLERANCE = 0.02
 # The cohort really differs from the curriculum (easier content, more video), so fitting real
 # learners costs some curriculum accuracy by design. The curriculum check guards against
-# forgetting, not against adaptation: it allows a larger drop than the learners' check. The drop is
-# measured from a fixed reference (the trained version the lineage started from), not from the
-# previous round: small per-round losses, e.g. from DP noise, would otherwise add up unchecked.
+# forgetting, not against adaptation: it allows a larger drop than the learners' check.
 DEFAULT_CURRICULUM_TOLERANCE = 0.05
 
 
@@ -38,7 +36,6 @@ class GateResult:
     heldout_accuracy_after: float
     curriculum_accuracy_before: float
     curriculum_accuracy_after: float
-    curriculum_reference: float  # the accuracy the curriculum floor is measured from
     performance_improvement: float  # percentage points on the learners' held-out data
     heldout_samples: int
 
@@ -79,32 +76,23 @@ def validate_candidate(
     curriculum_val: Samples,
     tolerance: float = DEFAULT_TOLERANCE,
     curriculum_tolerance: float = DEFAULT_CURRICULUM_TOLERANCE,
-    curriculum_reference: float | None = None,
 ) -> GateResult:
-    """Reject if learners' held-out accuracy drops by more than ``tolerance`` (a fraction: 0.02 = two
-    percentage points), or if a round lowers curriculum accuracy to more than
-    ``curriculum_tolerance`` below ``curriculum_reference`` (default: the active model's own)."""
+    """Reject if learners' held-out accuracy drops by more than ``tolerance``, or curriculum accuracy
+    by more than ``curriculum_tolerance`` (both as fractions: 0.02 = two percentage points)."""
     if not learner_heldouts or sum(len(s) for s in learner_heldouts) == 0:
         raise ValueError("the gate needs learners' held-out samples")
     before = federated_accuracy(active_model, learner_heldouts)
     after = federated_accuracy(candidate_model, learner_heldouts)
     cur_before = federated_accuracy(active_model, [curriculum_val])
     cur_after = federated_accuracy(candidate_model, [curriculum_val])
-    reference = cur_before if curriculum_reference is None else curriculum_reference
-    problems = []
-    if after < before - tolerance:
-        problems.append(
-            f"learners' held-out accuracy {before:.1%} -> {after:.1%} "
-            f"({100 * (after - before):+.1f} pp, tolerance {100 * tolerance:.1f} pp)"
+    problems = [
+        f"{label} accuracy {b:.1%} -> {a:.1%} ({100 * (a - b):+.1f} pp, tolerance {100 * tol:.1f} pp)"
+        for label, b, a, tol in (
+            ("learners' held-out", before, after, tolerance),
+            ("curriculum", cur_before, cur_after, curriculum_tolerance),
         )
-    # Only a round that loses curriculum accuracy can fail the floor: a lineage already below it
-    # (e.g. a reference set by an older gate) may still take rounds that recover.
-    if cur_after < reference - curriculum_tolerance and cur_after < cur_before:
-        problems.append(
-            f"curriculum accuracy {cur_before:.1%} -> {cur_after:.1%} ({100 * (cur_after - cur_before):+.1f} pp; "
-            f"{100 * (reference - cur_after):.1f} pp below the reference {reference:.1%}, "
-            f"tolerance {100 * curriculum_tolerance:.1f} pp)"
-        )
+        if a < b - tol
+    ]
     reason = f"Performance degradation: {'; '.join(problems)}" if problems else None
     return GateResult(
         accepted=not problems,
@@ -113,7 +101,6 @@ def validate_candidate(
         heldout_accuracy_after=after,
         curriculum_accuracy_before=cur_before,
         curriculum_accuracy_after=cur_after,
-        curriculum_reference=reference,
         performance_improvement=100.0 * (after - before),
         heldout_samples=sum(len(s) for s in learner_heldouts),
     )

@@ -77,7 +77,6 @@ class AggregationOutcome:
             "accuracyAfter": g.heldout_accuracy_after,
             "curriculumAccuracyBefore": g.curriculum_accuracy_before,
             "curriculumAccuracyAfter": g.curriculum_accuracy_after,
-            "curriculumReference": g.curriculum_reference,
             "performanceImprovement": g.performance_improvement,
             "epsilonRound": r.epsilon_round,
             "epsilonTotal": r.epsilon_total,
@@ -196,20 +195,12 @@ def _run_round(
 
     candidate_model = with_heads(active_model, result.candidate_heads or head_state(active_model))
     heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
-    # Curriculum forgetting is bounded against the trained version this lineage started from.
-    reference_version = active.metrics.get("curriculumReferenceVersion", active.version)
-    gate = validate_candidate(
-        active_model,
-        candidate_model,
-        heldouts,
-        curriculum_validation_split(active, store),
-        curriculum_reference=active.metrics.get("curriculumReferenceAccuracy"),
-    )
+    gate = validate_candidate(active_model, candidate_model, heldouts, curriculum_validation_split(active, store))
     report(
         f"Validation: learners' held-out accuracy {gate.heldout_accuracy_before:.2%} -> "
         f"{gate.heldout_accuracy_after:.2%} ({gate.performance_improvement:+.2f} points, "
         f"{gate.heldout_samples} samples); curriculum {gate.curriculum_accuracy_before:.2%} -> "
-        f"{gate.curriculum_accuracy_after:.2%} (reference {gate.curriculum_reference:.2%} of {reference_version})"
+        f"{gate.curriculum_accuracy_after:.2%}"
     )
     candidate_version = next_free_version(registry, store, active.version, "minor")
     if options.dry_run:
@@ -224,8 +215,6 @@ def _run_round(
         "dataSeed": active.metrics.get("dataSeed", 0),
         "validationFraction": active.metrics.get("validationFraction", 0.2),
         "bayesCeiling": active.metrics.get("bayesCeiling"),
-        "curriculumReferenceAccuracy": gate.curriculum_reference,
-        "curriculumReferenceVersion": reference_version,
     }
     path = None
     if gate.accepted:
@@ -259,7 +248,6 @@ def _run_round(
             metrics={
                 "curriculumAccuracyBefore": gate.curriculum_accuracy_before,
                 "curriculumAccuracyAfter": gate.curriculum_accuracy_after,
-                "curriculumReferenceAccuracy": gate.curriculum_reference,
                 "heldoutSamples": gate.heldout_samples,
                 "aggregateNorm": result.aggregate_norm,
                 "trainedInWindow": result.trained_in_window,

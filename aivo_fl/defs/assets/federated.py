@@ -93,7 +93,6 @@ def federated_main_model(
             "accuracy_after": s["accuracyAfter"],
             "curriculum_accuracy_before": s["curriculumAccuracyBefore"],
             "curriculum_accuracy_after": s["curriculumAccuracyAfter"],
-            "curriculum_reference": s["curriculumReference"],
             "performance_improvement": s["performanceImprovement"],
             "epsilon_round": s["epsilonRound"] if s["epsilonRound"] is not None else 0.0,
             "epsilon_total": s["epsilonTotal"] if s["epsilonTotal"] is not None else 0.0,
