@@ -112,8 +112,16 @@ def format_training_results(result: TrainingResult) -> str:
     )
 
 
-def configure_threads(num_threads: int | None) -> None:
+def configure_cpu(num_threads: int | None) -> None:
+    """Thread count, and denormals flushed to zero.
+
+    Weight decay shrinks the unused input weights geometrically towards zero; once they reach the
+    denormal range every matmul touching them runs on the slow microcode path, and an epoch took
+    1.8-2.3 s instead of 0.11 s from epoch ~30 on (measured on this machine's Xeon). Flushing them
+    changes no accuracy figure (66.00% either way) and the saved weights hold zeros instead.
+    """
     torch.set_num_threads(max(1, num_threads or os.cpu_count() or 1))
+    torch.set_flush_denormal(True)
 
 
 def multi_head_loss(fused: Tensor, targets: Tensor) -> Tensor:
@@ -363,7 +371,7 @@ def train_model(
     in the guide's format.
     """
     config = config or TrainingConfig()
-    configure_threads(config.num_threads)
+    configure_cpu(config.num_threads)
     model = model if model is not None else build_model(config.seed)
     train, val = split_train_val(samples, config.val_fraction, config.seed)
     x_train, y_train = samples_to_tensors(train)

@@ -144,3 +144,13 @@ def test_flat_stepper_update_matches_torch_adamw() -> None:
         # Adam divides by sqrt(v): float rounding in near-zero gradients can flip a few
         # first-step updates, so compare in aggregate rather than element by element.
         assert float((a.detach() - b.detach()).abs().mean()) < 1e-6, name
+
+
+def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(trained_small) -> None:
+    # trained_small ran train_model in this process; the flag it sets is what keeps long runs fast.
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal (1.2e-38)
+    assert (tiny * 1.0).item() == 0.0
+    model, _ = trained_small
+    smallest_normal = torch.finfo(torch.float32).tiny
+    for name, weight in model.state_dict().items():
+        assert not ((weight != 0) & (weight.abs() < smallest_normal)).any(), name
