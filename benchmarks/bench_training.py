@@ -68,7 +68,7 @@ def plain_training(n_samples: int, config: TrainingConfig) -> dict[str, Any]:
     return {"seconds": seconds, "val_accuracy": val_metrics[PRIMARY_HEAD]["accuracy"]}
 
 
-def matmul_floor(n_samples: int, config: TrainingConfig) -> dict[str, Any]:
+def matmul_floor(n_train: int, config: TrainingConfig) -> dict[str, Any]:
     """One epoch of nothing but the model's GEMMs (forward, input and weight gradients), at batch size.
 
     The issue's floor: an epoch's FLOPs at this machine's own matmul rate, measured with the exact
@@ -77,8 +77,9 @@ def matmul_floor(n_samples: int, config: TrainingConfig) -> dict[str, Any]:
     configure_cpu(config.num_threads)
     model = build_model(config.seed)
     layers = [(m.in_features, m.out_features) for m in model.trunk if isinstance(m, torch.nn.Linear)]
-    layers.append((layers[-1][1], sum(HEAD_CLASSES.values())))
-    steps = -(-round(n_samples * (1 - config.val_fraction)) // config.batch_size)
+    heads = list(model.heads.values())
+    layers.append((heads[0].in_features, sum(h.out_features for h in heads)))
+    steps = -(-n_train // config.batch_size)
     b = config.batch_size
     acts = [torch.randn(b, fan_in) for fan_in, _ in layers]
     weights = [torch.randn(fan_in, fan_out) for fan_in, fan_out in layers]
@@ -119,7 +120,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         config = replace(config, epochs=5)
     fast = fast_training(n_samples, config)
     plain = plain_training(n_samples, config)
-    floor = matmul_floor(n_samples, config)
+    train, _ = split_train_val(generate_curriculum(n_samples, seed=config.seed), config.val_fraction, config.seed)
+    floor = matmul_floor(len(train), config)
     for entry in (fast, plain):
         entry["seconds_per_epoch"] = entry["seconds"] / config.epochs
     # 1.0 = the fast loop runs at the matmul floor; 0.0 = no better than the plain loop.
