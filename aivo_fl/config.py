@@ -15,6 +15,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
+# The names of aivo_fl.ml.aggregation.server_optimizers (not imported: it would load numpy at CLI start).
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam")
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
@@ -55,12 +57,16 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, alias="BATCH_SIZE", gt=0)
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
+    local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
     clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0)
     privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    server_optimizer: str = Field("sgd", alias="SERVER_OPTIMIZER")
+    # Unset: the server optimizer's own default (1.0 for sgd: plain model averaging).
+    server_learning_rate: float | None = Field(None, alias="SERVER_LEARNING_RATE", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
 
@@ -79,7 +85,14 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
-    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", mode="before")
+    @field_validator("server_optimizer")
+    @classmethod
+    def _check_server_optimizer(cls, value: str) -> str:
+        if value not in SERVER_OPTIMIZERS:
+            raise ValueError(f"unknown server optimizer {value!r}; use one of {', '.join(SERVER_OPTIMIZERS)}")
+        return value
+
+    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", "server_learning_rate", mode="before")
     @classmethod
     def _empty_budget_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from aivo_fl.config import Settings
-from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
@@ -42,33 +42,39 @@ class ModelStoreResource(dg.ConfigurableResource):
 
 
 class FederatedSettingsResource(dg.ConfigurableResource):
-    """The master switch and the differential-privacy knobs."""
+    """The master switch, the differential-privacy knobs and the server optimizer (from `Settings`)."""
 
-    use_federated_learning: bool = False
-    enable_differential_privacy: bool = True
-    noise_multiplier: float = 0.1
-    clip_norm: float = 1.0
-    privacy_delta: float = 1e-5
-    privacy_epsilon_budget: float | None = None
-    privacy_learner_epsilon_budget: float | None = None
+    use_federated_learning: bool
+    enable_differential_privacy: bool
+    noise_multiplier: float
+    clip_norm: float
+    privacy_delta: float
+    privacy_epsilon_budget: float | None
+    privacy_learner_epsilon_budget: float | None
+    server_optimizer: str
+    server_learning_rate: float | None
 
     def require_enabled(self) -> None:
         if not self.use_federated_learning:
             # Not retried: switching the system on is an operator's decision.
             raise dg.Failure(description=DISABLED_REASON, allow_retries=False)
 
+    def settings(self) -> Settings:
+        """These fields as `Settings`, what the operations layer reads (the others keep their defaults)."""
+        return Settings.model_construct(**self.model_dump())
+
     def privacy(self) -> PrivacySettings:
-        return privacy_settings_from(self)
+        return privacy_settings_from(self.settings())
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):
-    """Main model training and the synthetic curriculum."""
+    """Main model training, the synthetic curriculum and local training (from `Settings`)."""
 
-    training_epochs: int = 100
-    batch_size: int = 64
-    curriculum_samples: int = 10_000
-    data_seed: int = 0
-    local_epochs: int = 5
+    training_epochs: int
+    batch_size: int
+    curriculum_samples: int
+    data_seed: int
+    local_epochs: int
 
 
 class ReporterResource(dg.ConfigurableResource):
@@ -107,12 +113,15 @@ def build_resources(
             privacy_delta=settings.privacy_delta,
             privacy_epsilon_budget=settings.privacy_epsilon_budget,
             privacy_learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+            server_optimizer=settings.server_optimizer,
+            server_learning_rate=settings.server_learning_rate,
         ),
         "training_settings": TrainingSettingsResource(
             training_epochs=settings.training_epochs,
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            local_epochs=settings.local_epochs,
         ),
         "reporter": ReporterResource(echo=echo),
     }

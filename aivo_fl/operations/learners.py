@@ -20,7 +20,6 @@ from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
 HELDOUT_EVERY = 4
-LOCAL_EPOCHS = 5
 MIN_TRAINING_INTERACTIONS = 8
 
 
@@ -92,7 +91,7 @@ class LearnerTrainingOutcome:
 
 
 def train_learner_locally(
-    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int, seed: int = 0
 ) -> LearnerTrainingOutcome:
     """Fine-tune a learner's heads on their own interactions and record the session."""
     validate_learner_id(learner_id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.ml.privacy import PrivacyEvent, epsilon_for_events, epsilon_warning
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.registry import ModelRegistry
 
 ACCOUNTANT = "dp-accounting RDP (Gaussian mechanism, composed over rounds)"

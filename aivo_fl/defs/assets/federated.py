@@ -13,30 +13,35 @@ from aivo_fl.defs.resources import (
     RegistryResource,
     ReporterResource,
 )
-from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
-from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
+from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
-from aivo_fl.operations.aggregation import run_federated_aggregation
+from aivo_fl.ml.round.gather import NoEligibleLearners
+from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.operations.aggregation import round_options, run_federated_aggregation
 from aivo_fl.registry import AggregationInProgress, PromotionConflict
 
 AGGREGATION_POOL = "aggregation"
+_DEFAULTS = RoundOptions()
 
 
 class AggregationConfig(dg.Config):
     """The activation guide's aggregation options."""
 
     dry_run: bool = Field(False, description="compute and report the round, write nothing")
-    min_learners: int = Field(3, ge=1, description="fewest usable learner updates for a round")
-    strategy: str = Field("fedavg", description=f"one of {', '.join(STRATEGIES)}")
-    max_stale_days: int = Field(7, ge=1, description="ignore training older than this many days")
-    learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, description="server step on the aggregated delta")
+    min_learners: int = Field(_DEFAULTS.min_learners, ge=1, description="fewest usable learner updates for a round")
+    strategy: str = Field(_DEFAULTS.strategy, description=f"one of {', '.join(STRATEGIES)}")
+    max_stale_days: int = Field(_DEFAULTS.max_stale_days, ge=1, description="ignore training older than this many days")
+    learning_rate: float | None = Field(
+        None, gt=0, description="server learning rate (default: SERVER_LEARNING_RATE, else the optimizer's own)"
+    )
 
-    def round_options(self) -> RoundOptions:
-        return RoundOptions(
+    def round_options(self, federated: FederatedSettingsResource) -> RoundOptions:
+        return round_options(
+            federated.settings(),
+            learning_rate=self.learning_rate,
             strategy=self.strategy,
             min_learners=self.min_learners,
             max_stale_days=self.max_stale_days,
-            learning_rate=self.learning_rate,
             dry_run=self.dry_run,
         )
 
@@ -68,7 +73,7 @@ def federated_main_model(
             registry.get_registry(),
             model_store.get_store(),
             federated_settings.privacy(),
-            config.round_options(),
+            config.round_options(federated_settings),
             report=reporter.for_context(context),
             holder=f"dagster-run:{context.run.run_id}",
         )
