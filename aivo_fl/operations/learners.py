@@ -14,8 +14,7 @@ from aivo_fl.ml.learner_ids import validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, RegistryError
-from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
+from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.

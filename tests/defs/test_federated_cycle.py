@@ -7,6 +7,7 @@ import dagster as dg
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
+from tests.app_side import delete_learner_in_app
 from tests.defs.conftest import Deployment
 from tests.defs.test_sensors import partitions, tick
 
@@ -126,7 +127,7 @@ def test_learner_deleted_in_the_app_disappears(deployment: Deployment) -> None:
     learners = _clone_and_train(deployment)
     gone = learners[2]
     assert deployment.store.learner_dir(gone).exists()
-    deployment.registry.soft_delete_learner(gone)
+    delete_learner_in_app(deployment.registry, gone)
     tick(deployment, "new_learner_sensor")
     assert gone not in partitions(deployment)
     assert not deployment.store.learner_dir(gone).exists()
