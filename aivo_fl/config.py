@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    # Unset: the CPUs this process may use split between the runs Dagster may run at once
+    # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
+    torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
 
@@ -79,7 +82,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
-    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", mode="before")
+    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", "torch_num_threads", mode="before")
     @classmethod
     def _empty_budget_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -82,6 +82,7 @@ class TrainingResult:
     n_train: int
     n_val: int
     seconds: float
+    threads: int  # torch threads the training ran on
     history: list[EpochStats] = field(default_factory=list)
 
     @property
@@ -306,5 +307,6 @@ def train_model(
         n_train=len(train),
         n_val=len(val),
         seconds=seconds,
+        threads=torch.get_num_threads(),
         history=history,
     )

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +21,11 @@ from aivo_fl.ml.model import (
     evaluate,
     head_state,
     load_head_state,
-    samples_to_tensors,
 )
 from aivo_fl.ml.training import (
     TrainingConfig,
+    allowed_cpus,
+    cpu_threads,
     format_training_results,
     train_model,
 )
@@ -139,3 +144,28 @@ def test_project_uses_public_pytorch_apis_only() -> None:
         if private.search(line)
     ]
     assert offenders == []
+
+
+def test_cpu_threads_never_exceed_the_allowed_cpus_and_split_between_runs() -> None:
+    cpus = allowed_cpus()
+    assert cpu_threads(10_000) == cpus
+    assert cpu_threads(1) == 1
+    assert cpu_threads(None, concurrent_runs=1) == cpus
+    assert cpu_threads(None, concurrent_runs=10_000) == 1
+    assert cpu_threads(None) == 1  # runs sharing unknown: as many as CPUs, one thread each
+
+
+def test_training_in_a_process_pinned_to_one_cpu_uses_one_thread() -> None:
+    script = (
+        "import os, json\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from aivo_fl.ml.data import generate_curriculum\n"
+        "from aivo_fl.ml.training import TrainingConfig, train_model\n"
+        "_, r = train_model(generate_curriculum(100, seed=0), TrainingConfig(epochs=1, num_threads=8))\n"
+        "import torch\n"
+        "print(json.dumps([r.threads, torch.get_num_threads()]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "8"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1]
