@@ -52,6 +52,3 @@ def main_model(
             "torch_threads": r.threads,
         }
     )
-
-
-defs = dg.Definitions(assets=[main_model])
