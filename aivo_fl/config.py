@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    # Unset: the CPUs this process may use split between the runs Dagster may run at once
+    # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
+    torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
@@ -143,7 +146,12 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @field_validator(
-        "privacy_epsilon_budget", "privacy_learner_epsilon_budget", "alert_webhook_url", "privacy_preset", mode="before"
+        "privacy_epsilon_budget",
+        "privacy_learner_epsilon_budget",
+        "alert_webhook_url",
+        "privacy_preset",
+        "torch_num_threads",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

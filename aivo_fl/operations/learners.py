@@ -91,7 +91,13 @@ class LearnerTrainingOutcome:
 
 
 def train_learner_locally(
-    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_id: str,
+    *,
+    epochs: int = LOCAL_EPOCHS,
+    seed: int = 0,
+    num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
     """Fine-tune a learner's heads on their own interactions and record the session."""
     validate_learner_id(learner_id)
@@ -107,7 +113,15 @@ def train_learner_locally(
             f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
         )
     result = train_learner(
-        store.main_root, store.learners_root, learner_id, train, heldout, active.version, epochs=epochs, seed=seed
+        store.main_root,
+        store.learners_root,
+        learner_id,
+        train,
+        heldout,
+        active.version,
+        epochs=epochs,
+        seed=seed,
+        num_threads=num_threads,
     )
     session_id = registry.record_training_session(
         TrainingSessionInput(
