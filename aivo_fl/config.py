@@ -116,11 +116,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
         return value
 
-    @field_validator("dagster_webserver_url")
-    @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
-
     @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", "alert_webhook_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

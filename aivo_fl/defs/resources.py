@@ -6,10 +6,12 @@ from functools import cache
 from pathlib import Path
 
 import dagster as dg
+from pydantic import SecretStr
 
 from aivo_fl.config import Settings
 from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.operations.aggregation import privacy_settings_from
+from aivo_fl.operations.alerts import Alert, Delivery, send_alert
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
@@ -71,6 +73,21 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     local_epochs: int = 5
 
 
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go (`ALERT_WEBHOOK_URL`, a secret; unset: none sent) and the UI address for run links."""
+
+    webhook_url: str | None = None
+    webserver_url: str = "http://127.0.0.1:3000"
+    # "No eligible learners" alerts only after this many aggregation runs in a row ended that way.
+    empty_rounds: int = 2
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.webserver_url.rstrip('/')}/runs/{run_id}"
+
+    def send(self, alert: Alert) -> Delivery | None:
+        return send_alert(self.webhook_url, alert) if self.webhook_url else None
+
+
 class ReporterResource(dg.ConfigurableResource):
     """Where progress lines go: always the run's log; with `echo`, also plain stdout (the CLI)."""
 
@@ -84,6 +101,13 @@ class ReporterResource(dg.ConfigurableResource):
                 print(line, flush=True)
 
         return report
+
+
+def _secret(variable: str, value: SecretStr | None) -> str | dg.EnvVar | None:
+    # Through Dagster's EnvVar when the variable is in the environment: the UI shows its name, never its value.
+    if value is None:
+        return None
+    return dg.EnvVar(variable) if variable in os.environ else value.get_secret_value()
 
 
 def build_resources(
@@ -113,6 +137,11 @@ def build_resources(
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+        ),
+        "alerts": AlertsResource(
+            webhook_url=_secret("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
+            webserver_url=settings.dagster_webserver_url,
+            empty_rounds=settings.alert_after_empty_rounds,
         ),
         "reporter": ReporterResource(echo=echo),
     }

@@ -20,6 +20,9 @@ from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.registry import AggregationInProgress, PromotionConflict
 
 AGGREGATION_POOL = "aggregation"
+# Each aggregation run is tagged with how the round ended: the UI filters on it and alerts read it.
+OUTCOME_TAG = "aivo/outcome"
+REFUSALS = {NoEligibleLearners: "no_eligible_learners", PrivacyBudgetExceeded: "privacy_budget_exceeded"}
 
 
 class AggregationConfig(dg.Config):
@@ -74,8 +77,10 @@ def federated_main_model(
         )
     except (NoEligibleLearners, PrivacyBudgetExceeded, AggregationInProgress, PromotionConflict, ValueError) as exc:
         # Decisions, not outages: retrying cannot change them.
+        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: REFUSALS.get(type(exc), "refused")})
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     s = outcome.summary()
+    context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: s["status"].lower()})
     if outcome.dry_run:
         context.log.info(f"Dry run, nothing materialized: {s}")
         return
@@ -85,6 +90,7 @@ def federated_main_model(
             "dry_run": s["dryRun"],
             "base_version": s["baseVersion"],
             "new_version": s["newVersion"] or "-",
+            "candidate_version": s["candidateVersion"],
             "update_id": s["updateId"] or "-",
             "strategy": s["strategy"],
             "contributing_learners": len(s["contributingLearners"]),
