@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import SecretStr
 
-from aivo_fl.config import Settings
+from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
 from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
@@ -38,6 +38,8 @@ class ModelStoreResource(dg.ConfigurableResource):
 
     main_model_path: str
     learner_models_path: str
+    # `baseModel` on each learner's "PersonalizedModel" row (AIVO_BASE_MODEL_NAME).
+    base_model_name: str = DEFAULT_BASE_MODEL
 
     def get_store(self) -> ModelStore:
         return ModelStore(main_root=Path(self.main_model_path), learners_root=Path(self.learner_models_path))
@@ -92,6 +94,8 @@ class ReporterResource(dg.ConfigurableResource):
     """Where progress lines go: always the run's log; with `echo`, also plain stdout (the CLI)."""
 
     echo: bool = False
+    # Aggregation rounds also append their lines here (AGGREGATION_LOG_PATH).
+    aggregation_log_path: str = "./logs/aggregation.log"
 
     def for_context(self, context: dg.OpExecutionContext | dg.AssetExecutionContext) -> Callable[[str], None]:
         def report(line: str) -> None:
@@ -121,7 +125,9 @@ def build_resources(
     return {
         "registry": RegistryResource(database_url=database_url),
         "model_store": ModelStoreResource(
-            main_model_path=str(settings.main_model_path), learner_models_path=str(settings.learner_models_path)
+            main_model_path=str(settings.main_model_path),
+            learner_models_path=str(settings.learner_models_path),
+            base_model_name=settings.base_model_name,
         ),
         "federated_settings": FederatedSettingsResource(
             use_federated_learning=settings.use_federated_learning,
@@ -143,5 +149,5 @@ def build_resources(
             webserver_url=settings.dagster_webserver_url,
             empty_rounds=settings.alert_after_empty_rounds,
         ),
-        "reporter": ReporterResource(echo=echo),
+        "reporter": ReporterResource(echo=echo, aggregation_log_path=str(settings.aggregation_log_path)),
     }

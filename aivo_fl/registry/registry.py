@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.registry.database import create_registry_engine, current_revision, head_revision, unavailable
 from aivo_fl.registry.schema import (
     AggregationLock,
@@ -33,7 +34,6 @@ from aivo_fl.registry.schema import (
     utcnow,
 )
 
-BASE_MODEL_NAME = "aivo-main"
 NUM_FEATURES = 256  # the main model's input width; interactions are stored as packed float32s
 
 
@@ -434,11 +434,13 @@ class ModelRegistry:
             )
 
     # -- personalized models ----------------------------------------------------------------
-    def register_personalized_model(self, learner_id: str, metadata: dict[str, Any]) -> PersonalizedModelRecord:
+    def register_personalized_model(
+        self, learner_id: str, metadata: dict[str, Any], *, base_model: str = DEFAULT_BASE_MODEL
+    ) -> PersonalizedModelRecord:
         with self._session() as session:
             row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
             if row is None:
-                row = PersonalizedModel(learnerId=learner_id, baseModel=BASE_MODEL_NAME, metadata_=metadata)
+                row = PersonalizedModel(learnerId=learner_id, baseModel=base_model, metadata_=metadata)
                 session.add(row)
             else:
                 row.metadata_ = metadata
