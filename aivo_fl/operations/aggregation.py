@@ -32,12 +32,12 @@ from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, GateResult, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.operations.versions import next_free_version, trained_version
-from aivo_fl.registry import ModelRegistry
-from aivo_fl.registry.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord
+from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
 from aivo_fl.registry.schema import ModelVersionStatus, utcnow
 
 Report = Callable[[str], None]
@@ -61,8 +61,10 @@ class AggregationOutcome:
         return self.new_version is not None
 
     @property
-    def status(self) -> str:
-        return "DRY_RUN" if self.dry_run else ("PROMOTED" if self.gate.accepted else "REJECTED")
+    def status(self) -> RoundStatus:
+        if self.dry_run:
+            return RoundStatus.DRY_RUN
+        return RoundStatus.PROMOTED if self.promoted else RoundStatus.REJECTED
 
     def summary(self) -> dict[str, Any]:
         r, g = self.round, self.gate
@@ -72,7 +74,7 @@ class AggregationOutcome:
             "baseVersion": self.base_version,
             "newVersion": self.new_version,
             "candidateVersion": self.candidate_version,
-            "status": self.status,
+            "status": self.status.value,
             "wouldPromote": g.accepted,
             "rejectionReason": g.reason,
             "strategy": r.strategy,
@@ -359,7 +361,7 @@ def persist_round(
         FederatedUpdateInput(
             base_version=judged.active.version,
             new_version=judged.version,
-            status="PROMOTED" if verdict.accepted else "REJECTED",
+            status=RoundStatus.PROMOTED if verdict.accepted else RoundStatus.REJECTED,
             rejection_reason=verdict.reason,
             strategy=result.strategy,
             learning_rate=result.learning_rate,

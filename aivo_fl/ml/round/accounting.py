@@ -32,7 +32,7 @@ class PrivacyHistory:
 
 
 @dataclass(frozen=True)
-class RoundPrivacy:
+class PrivacyAccount:
     event: PrivacyEvent | None  # what this round releases; None without DP
     included: tuple[Update, ...]  # the usable updates whose learners still have budget
     out_of_budget: tuple[Update, ...]
@@ -43,10 +43,10 @@ class RoundPrivacy:
     warning: str | None
 
 
-def account_round(privacy: PrivacySettings, history: PrivacyHistory, gathered: Gathered) -> RoundPrivacy:
+def account_round(privacy: PrivacySettings, history: PrivacyHistory, gathered: Gathered) -> PrivacyAccount:
     """Raises ``PrivacyBudgetExceeded`` if the round would take the total past the global budget."""
     if not privacy.enabled:
-        return RoundPrivacy(None, gathered.usable, (), 1.0, None, None, {}, None)
+        return PrivacyAccount(None, gathered.usable, (), 1.0, None, None, {}, None)
     event = PrivacyEvent(privacy.noise_multiplier)  # learners are not sampled: sampling rate 1
     _, eps_round, eps_total = check_global_budget(history.events, event, privacy.delta, privacy.epsilon_budget)
     included: list[Update] = []
@@ -63,7 +63,7 @@ def account_round(privacy: PrivacySettings, history: PrivacyHistory, gathered: G
             included.append(update)
             epsilons[update.learner_id] = after
     denominator = float(privacy.expected_learners or max(gathered.trained_in_window, 1))
-    return RoundPrivacy(
+    return PrivacyAccount(
         event,
         tuple(included),
         tuple(out),

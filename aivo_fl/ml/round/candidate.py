@@ -18,7 +18,7 @@ from aivo_fl.ml.aggregation.base import shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
 from aivo_fl.ml.aggregation.strategies import strategy_named
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyEvent
-from aivo_fl.ml.round.accounting import PrivacyHistory, RoundPrivacy, account_round
+from aivo_fl.ml.round.accounting import PrivacyAccount, PrivacyHistory, account_round
 from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, aggregate, private
 from aivo_fl.ml.round.gather import Contribution, Gathered, LearnerUpdate, NoEligibleLearners, gather
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
@@ -47,7 +47,7 @@ class RoundResult:
     aggregate_norm: float
     contributions: list[Contribution]
     trained_in_window: int
-    privacy: RoundPrivacy
+    privacy: PrivacyAccount
     noise_std: float | None  # std of the noise on the released average (None without DP or on a dry run)
     dry_run: bool
 
@@ -66,7 +66,7 @@ class RoundResult:
 
 
 def _contributions(
-    gathered: Gathered, accounted: RoundPrivacy, aggregated: Aggregated, clip_norm: float | None
+    gathered: Gathered, accounted: PrivacyAccount, aggregated: Aggregated, clip_norm: float | None
 ) -> list[Contribution]:
     out = list(gathered.screened)
     for update in accounted.out_of_budget:
