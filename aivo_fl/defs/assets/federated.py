@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -98,27 +99,30 @@ def federated_main_model(
     if outcome.dry_run:
         context.log.info(f"Dry run, nothing materialized: {s}")
         return
-    yield dg.MaterializeResult(
-        metadata={
-            "status": s["status"],
-            "dry_run": s["dryRun"],
-            "base_version": s["baseVersion"],
-            "new_version": s["newVersion"] or "-",
-            "candidate_version": s["candidateVersion"],
-            "update_id": s["updateId"] or "-",
-            "strategy": s["strategy"],
-            "server_optimizer": s["serverOptimizer"],
-            "server_learning_rate": s["learningRate"],
-            "contributing_learners": len(s["contributingLearners"]),
-            "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
-            "accuracy_before_pct": percent(s["accuracyBefore"]),
-            "accuracy_after_pct": percent(s["accuracyAfter"]),
-            "curriculum_accuracy_before_pct": percent(s["curriculumAccuracyBefore"]),
-            "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
-            "curriculum_reference_pct": percent(s["curriculumReference"]),
-            "performance_improvement_points": rounded(s["performanceImprovement"], 2),
-            "epsilon_round": rounded(s["epsilonRound"] or 0.0, 3),
-            "epsilon_total": rounded(s["epsilonTotal"] or 0.0, 3),
-            "rejection_reason": s["rejectionReason"] or "-",
-        }
-    )
+    yield dg.MaterializeResult(metadata=_metadata(s))
+
+
+def _metadata(s: dict[str, Any]) -> dict[str, Any]:
+    """The round's summary as numeric metadata (the UI plots it across materializations)."""
+    return {
+        "status": s["status"],
+        "dry_run": s["dryRun"],
+        "base_version": s["baseVersion"],
+        "new_version": s["newVersion"] or "-",
+        "candidate_version": s["candidateVersion"],
+        "update_id": s["updateId"] or "-",
+        "strategy": s["strategy"],
+        "server_optimizer": s["serverOptimizer"],
+        "server_learning_rate": s["learningRate"],
+        "contributing_learners": len(s["contributingLearners"]),
+        "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
+        "accuracy_before_pct": percent(s["accuracyBefore"]),
+        "accuracy_after_pct": percent(s["accuracyAfter"]),
+        "curriculum_accuracy_before_pct": percent(s["curriculumAccuracyBefore"]),
+        "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
+        "curriculum_reference_pct": percent(s["curriculumReference"]),
+        "performance_improvement_points": rounded(s["performanceImprovement"], 2),
+        "epsilon_round": rounded(s["epsilonRound"] or 0.0, 3),
+        "epsilon_total": rounded(s["epsilonTotal"] or 0.0, 3),
+        "rejection_reason": s["rejectionReason"] or "-",
+    }
