@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -25,6 +25,10 @@ DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 # The round's own defaults (min learners, strategy, staleness window, server optimizer) live in
 # RoundOptions; the settings that choose them start from there.
 _ROUND = RoundOptions()
+_CHOICES = {
+    "aggregation_strategy": ("strategy", STRATEGIES),
+    "server_optimizer": ("server optimizer", SERVER_OPTIMIZERS),
+}
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 # The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
 DEFAULT_BASE_MODEL = "aivo-super-model-v1"
@@ -136,13 +140,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
-    @field_validator("server_optimizer")
-    @classmethod
-    def _check_server_optimizer(cls, value: str) -> str:
-        if value not in SERVER_OPTIMIZERS:
-            raise ValueError(f"unknown server optimizer {value!r}; use one of {', '.join(SERVER_OPTIMIZERS)}")
-        return value
-
     @field_validator("aggregation_cron")
     @classmethod
     def _check_cron(cls, value: str) -> str:
@@ -151,11 +148,12 @@ class Settings(BaseSettings):
             raise ValueError("expected a 5-field cron line such as '0 2 * * 0' (Sundays 02:00)")
         return value
 
-    @field_validator("aggregation_strategy")
+    @field_validator("aggregation_strategy", "server_optimizer")
     @classmethod
-    def _check_strategy(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
+    def _check_choice(cls, value: str, info: ValidationInfo) -> str:
+        kind, choices = _CHOICES[info.field_name]
+        if value not in choices:
+            raise ValueError(f"unknown {kind} {value!r}; use one of {', '.join(choices)}")
         return value
 
     @field_validator(

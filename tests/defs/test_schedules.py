@@ -31,7 +31,7 @@ def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: 
     assert request.run_config == {
         "ops": {
             "federated_main_model": {
-                "config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7, "learning_rate": 1.0}
+                "config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7}
             }
         }
     }
