@@ -6,6 +6,7 @@ Runs go through the same assets as the UI and land in the same instance (`DAGSTE
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -15,14 +16,21 @@ from typing import Any
 import dagster as dg
 
 from aivo_fl.config import Settings
+from aivo_fl.defs.retries import EXIT_CODE_KEY
+from aivo_fl.operations.errors import EXIT_FAILED, OperationFailed
 
 LOCAL_INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.local.yaml"
-# Progress is echoed as plain lines by the reporter resource; Dagster's console logger only speaks on errors.
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-class RunFailed(Exception):
-    """A Dagster run failed; the message is the failing step's own description."""
+class RunFailed(OperationFailed):
+    """A Dagster run failed; the message is the failing step's one line, with its exit code."""
+
+
+def console_config() -> dict[str, Any]:
+    # Progress is echoed as plain lines by the reporter resource and a failure is reported as one
+    # line, so Dagster's console logger stays silent unless `--verbose` turned on debug logging.
+    level = "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "CRITICAL"
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 def local_instance() -> dg.DagsterInstance:
@@ -50,22 +58,25 @@ def run_job(
     tags: Mapping[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config={**QUIET, **(run_config or {})}, instance=instance, tags=tags, raise_on_error=False
+        run_config={**console_config(), **(run_config or {})}, instance=instance, tags=tags, raise_on_error=False
     )
     if not result.success:
-        raise RunFailed(failure_description(result) or f"Dagster run {result.run_id} of {job_name} failed")
+        raise failure_of(result) or RunFailed(f"Dagster run {result.run_id} of {job_name} failed")
     return result
 
 
-def failure_description(result: dg.ExecuteInProcessResult) -> str | None:
+def failure_of(result: dg.ExecuteInProcessResult) -> RunFailed | None:
+    """The first failed step's one line and exit code (set by `defs.retries`, else 1)."""
     for event in result.all_events:
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
+        user = data.user_failure_data
+        if user is not None and user.description:
+            code = user.metadata.get(EXIT_CODE_KEY)
+            return RunFailed(user.description, int(code.value) if code is not None else EXIT_FAILED)
         if data.error is not None:
-            return data.error.message.strip().splitlines()[-1]
+            return RunFailed(data.error.message.strip().splitlines()[-1])
     return None
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 from aivo_fl.config import Settings
 from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.operations.aggregation import privacy_settings_from
+from aivo_fl.operations.faults import crash_point
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
@@ -78,6 +79,7 @@ class ReporterResource(dg.ConfigurableResource):
 
     def for_context(self, context: dg.OpExecutionContext | dg.AssetExecutionContext) -> Callable[[str], None]:
         def report(line: str) -> None:
+            crash_point(line)
             if line:
                 context.log.info(line)
             if self.echo:

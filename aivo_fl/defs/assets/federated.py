@@ -6,18 +6,16 @@ import dagster as dg
 from pydantic import Field
 
 from aivo_fl.defs.assets.learners import learner_training
-from aivo_fl.defs.partitions import TRANSIENT_RETRY
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
     ModelStoreResource,
     RegistryResource,
     ReporterResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
-from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.federated_round import RoundOptions
 from aivo_fl.operations.aggregation import run_federated_aggregation
-from aivo_fl.registry import AggregationInProgress, PromotionConflict
 
 AGGREGATION_POOL = "aggregation"
 
@@ -63,7 +61,9 @@ def federated_main_model(
     do: no materialization, no files, no registry rows.
     """
     federated_settings.require_enabled()
-    try:
+    # Decisions (no eligible learners, privacy budget, another round running) and permanent
+    # errors fail at once with their one line; only transient database errors are retried.
+    with fail_fast_unless_transient():
         outcome = run_federated_aggregation(
             registry.get_registry(),
             model_store.get_store(),
@@ -72,9 +72,6 @@ def federated_main_model(
             report=reporter.for_context(context),
             holder=f"dagster-run:{context.run.run_id}",
         )
-    except (NoEligibleLearners, PrivacyBudgetExceeded, AggregationInProgress, PromotionConflict, ValueError) as exc:
-        # Decisions, not outages: retrying cannot change them.
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     s = outcome.summary()
     if outcome.dry_run:
         context.log.info(f"Dry run, nothing materialized: {s}")
