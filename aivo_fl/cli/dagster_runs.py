@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from aivo_fl.cli.dead_runs import process_tags, release_dead_runs
 from aivo_fl.config import Settings
 from aivo_fl.defs.retries import EXIT_CODE_KEY
 from aivo_fl.operations.errors import EXIT_FAILED, OperationFailed
@@ -57,8 +58,12 @@ def run_job(
     run_config: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
+    release_dead_runs(instance)
     result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config={**console_config(), **(run_config or {})}, instance=instance, tags=tags, raise_on_error=False
+        run_config={**console_config(), **(run_config or {})},
+        instance=instance,
+        tags={**(tags or {}), **process_tags()},
+        raise_on_error=False,
     )
     if not result.success:
         raise failure_of(result) or RunFailed(f"Dagster run {result.run_id} of {job_name} failed")
@@ -78,21 +83,3 @@ def failure_of(result: dg.ExecuteInProcessResult) -> RunFailed | None:
         if data.error is not None:
             return RunFailed(data.error.message.strip().splitlines()[-1])
     return None
-
-
-def apply_sensor_result(
-    defs: dg.Definitions, instance: dg.DagsterInstance, sensor_name: str, cursor: str | None
-) -> tuple[list[dg.RunRequest], str | None, str | None]:
-    """Tick a sensor as the daemon would: apply its partition requests, return its run requests."""
-    sensor = defs.resolve_sensor_def(sensor_name)
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
-    ) as context:
-        data = sensor.evaluate_tick(context)
-    for request in data.dynamic_partitions_requests or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-    return list(data.run_requests or []), data.cursor, data.skip_message

@@ -107,9 +107,15 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
         return 0
     # A rejected round fails the blocking check `candidate_not_degraded`, so the run fails with
     # the gate's "Performance degradation: ..." line (exit 1).
+    from aivo_fl.cli.dead_runs import release_dead_runs, require_free_slot
+    from aivo_fl.defs.assets.federated import AGGREGATION_POOL
+
+    instance = local_instance()
+    release_dead_runs(instance)
+    require_free_slot(instance, AGGREGATION_POOL)
     run_job(
         definitions(settings),
-        local_instance(),
+        instance,
         "federated_aggregation",
         run_config={"ops": {"federated_main_model": {"config": options}}},
         tags={"aivo/trigger": "cli"},

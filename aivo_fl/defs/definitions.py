@@ -10,7 +10,7 @@ from aivo_fl.defs.assets import curriculum, federated, learners, main_model
 from aivo_fl.defs.resources import build_resources
 
 
-def build_definitions(settings: Settings, *, echo: bool = False, database_url_from_env: bool = False) -> dg.Definitions:
+def build_definitions(settings: Settings, *, echo: bool = False) -> dg.Definitions:
     """All definitions bound to resources built from `settings`; `echo` also prints progress (CLI)."""
     return dg.Definitions.merge(
         curriculum.defs,
@@ -21,8 +21,8 @@ def build_definitions(settings: Settings, *, echo: bool = False, database_url_fr
         jobs.defs,
         sensors.defs,
         schedules.schedule_definitions(settings.aggregation_timezone),
-        dg.Definitions(resources=build_resources(settings, echo=echo, database_url_from_env=database_url_from_env)),
+        dg.Definitions(resources=build_resources(settings, echo=echo)),
     )
 
 
-defs = build_definitions(load_settings(), database_url_from_env=True)
+defs = build_definitions(load_settings())

@@ -1,6 +1,5 @@
 """Dagster resources: the registry, the model store, and the federated and training settings."""
 
-import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from aivo_fl.config import Settings
+from aivo_fl.defs.secrets import database_url_reference
 from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.faults import crash_point
@@ -88,16 +88,10 @@ class ReporterResource(dg.ConfigurableResource):
         return report
 
 
-def build_resources(
-    settings: Settings, *, echo: bool = False, database_url_from_env: bool = False
-) -> dict[str, dg.ConfigurableResource]:
-    # With `database_url_from_env` (the UI's code location) DATABASE_URL goes through Dagster's
-    # EnvVar, so the UI shows the variable's name and never the password.
-    database_url: str | dg.EnvVar = settings.database_url
-    if database_url_from_env and "DATABASE_URL" in os.environ:
-        database_url = dg.EnvVar("DATABASE_URL")
+def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
-        "registry": RegistryResource(database_url=database_url),
+        # The UI and run storage see the variable's name, never the password.
+        "registry": RegistryResource(database_url=database_url_reference(settings)),
         "model_store": ModelStoreResource(
             main_model_path=str(settings.main_model_path), learner_models_path=str(settings.learner_models_path)
         ),

@@ -11,25 +11,14 @@ import pytest
 from aivo_fl.defs import sensors
 from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.defs.ticks import tick_sensor
 from tests.defs.conftest import Deployment
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def tick(deployment: Deployment, name: str, cursor: str | None = None) -> dg.SensorExecutionData:
-    """Evaluate the sensor, then apply its partition requests (evaluation alone does not)."""
-    sensor = deployment.defs.resolve_sensor_def(name)
-    with dg.build_sensor_context(
-        instance=deployment.instance, cursor=cursor, definitions=deployment.defs, resources=deployment.defs.resources
-    ) as context:
-        data = sensor.evaluate_tick(context)
-    for request in data.dynamic_partitions_requests or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            deployment.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                deployment.instance.delete_dynamic_partition(request.partitions_def_name, key)
-    return data
+    return tick_sensor(deployment.defs, deployment.instance, name, cursor)
 
 
 def partitions(deployment: Deployment) -> list[str]:
