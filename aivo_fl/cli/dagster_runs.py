@@ -71,7 +71,15 @@ def run_job(
 
 
 def failure_of(result: dg.ExecuteInProcessResult) -> RunFailed | None:
-    """The first failed step's one line and exit code (set by `defs.retries`, else 1)."""
+    """The run's one line and exit code: a failed blocking check's own description (the gate's
+    "Performance degradation: ..."), else the first failed step's (exit code set by
+    `defs.retries`, else 1)."""
+    for event in result.all_events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        evaluation = event.asset_check_evaluation_data
+        if evaluation.blocking and not evaluation.passed and evaluation.description:
+            return RunFailed(evaluation.description)
     for event in result.all_events:
         if event.event_type_value != "STEP_FAILURE":
             continue
