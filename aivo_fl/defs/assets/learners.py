@@ -24,6 +24,7 @@ from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.recovery import clean_store
 from aivo_fl.registry import RegistryError
 
 # One learner's bad file or refused row fails that learner, not the batch.
@@ -73,6 +74,7 @@ def learner_models(
     """Each learner's personalized clone of the active main version: frozen trunk, own heads."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
+    clean_store(store, report)
     report(f"Cloning {len(context.partition_keys)} learner model(s)...")
     clones, failures = _for_each_learner(context.partition_keys, lambda learner: clone_learner(reg, store, learner))
     version = clones[-1].source_version if clones else None
