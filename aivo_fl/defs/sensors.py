@@ -63,15 +63,21 @@ def _stretches(keys: Sequence[str], partition_keys: Sequence[str]) -> list[list[
     return stretches
 
 
+def _cloning_runs_ended(instance: dg.DagsterInstance) -> bool:
+    """Some cloning run has run and none is queued or running: a partition without a model now
+    means its run failed or was killed (a killed CLI run is marked failed before the tick)."""
+    job = dg.RunsFilter(job_name=clone_learners_job.name)
+    in_flight = dg.RunsFilter(job_name=clone_learners_job.name, statuses=IN_FLIGHT)
+    return bool(instance.get_runs(filters=job, limit=1)) and not instance.get_runs(filters=in_flight, limit=1)
+
+
 def _retry_stranded(
     context: dg.SensorEvaluationContext, stranded: list[str], attempts: dict[str, int], partition_keys: Sequence[str]
 ) -> tuple[list[dg.RunRequest], list[str]]:
     """Learners with a partition but no model (their cloning run failed or was killed) are asked
-    for again, up to MAX_CLONE_ATTEMPTS times, once no cloning run is in flight; then given up on,
-    by name. Returns the run requests and the learners given up on."""
-    if not stranded or context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=clone_learners_job.name, statuses=IN_FLIGHT), limit=1
-    ):
+    for again, up to MAX_CLONE_ATTEMPTS times, once cloning runs have run and none is in flight;
+    then given up on, by name. Returns the run requests and the learners given up on."""
+    if not stranded or not _cloning_runs_ended(context.instance):
         return [], []
     retry = [k for k in stranded if attempts.get(k, 0) < MAX_CLONE_ATTEMPTS]
     given_up = [k for k in stranded if k not in retry]

@@ -24,15 +24,20 @@ STAGING_MAX_AGE_SECONDS = 600
 
 
 def remove_stale_staging(root: Path, *, max_age: float = STAGING_MAX_AGE_SECONDS) -> list[Path]:
-    """Remove hidden `.<name>.tmp-*` staging folders older than `max_age` seconds under `root`."""
+    """Remove hidden staging (`.<name>.tmp-*`) and trash (`.<name>.trash-*`) entries older than
+    `max_age` seconds directly under `root`."""
     if not root.is_dir():
         return []
     cutoff = time.time() - max_age
     removed = []
-    for path in root.glob(".*.tmp-*"):
-        if path.is_dir() and not path.is_symlink() and path.lstat().st_mtime < cutoff:
+    for path in [*root.glob(".*.tmp-*"), *root.glob(".*.trash-*")]:
+        if path.lstat().st_mtime >= cutoff:
+            continue
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 
