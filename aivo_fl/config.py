@@ -56,13 +56,24 @@ class Settings(BaseSettings):
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
-    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
-    clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
-    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
-    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    # Finite only: CLIP_NORM=inf would switch clipping off while epsilon is still charged.
+    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
+    clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0, allow_inf_nan=False)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
+    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
+    privacy_learner_epsilon_budget: float | None = Field(
+        None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
+    )
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+
+    @field_validator("main_model_path", "learner_models_path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: object) -> object:
+        # An empty path would silently mean the working directory.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty; give the model store's folder")
+        return value
 
     @field_validator("database_url")
     @classmethod
