@@ -74,9 +74,13 @@ def _fp32_state(model: CurriculumNet) -> dict[str, np.ndarray]:
 
 
 def quantize_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row int8: the row's largest |w| maps to 127 (an all-zero row gets scale 1)."""
-    peak = np.abs(weight).max(axis=1)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    """Symmetric per-row int8: the row's largest |w| maps to 127.
+
+    A row whose step would not be a normal float32 (all zero, or only denormal leftovers of weight
+    decay) gets scale 1 and quantizes to zeros, instead of dividing by an underflowed 0.
+    """
+    step = np.abs(weight).max(axis=1).astype(np.float64) / 127.0
+    scale = np.where(step >= np.finfo(np.float32).tiny, step, 1.0).astype(np.float32)
     q = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
 
