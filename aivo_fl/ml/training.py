@@ -308,7 +308,7 @@ def train_model(
     ceiling = bayes_ceiling(val)
     model.eval()
     return model, TrainingResult(
-        final_loss=mean_loss(train_metrics),
+        final_loss=history[-1].loss,  # the guide's "Final Loss" is the last epoch's loss, as printed
         final_accuracy=train_metrics[PRIMARY_HEAD]["accuracy"],
         val_loss=mean_loss(val_metrics),
         val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],

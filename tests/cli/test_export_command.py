@@ -31,7 +31,7 @@ def deployment_env(tmp_path: Path) -> dict[str, str]:
     [learner] = simulate_new_learners(registry, 1)
     clone_learner(registry, store, learner)
     train_learner_locally(registry, store, learner)
-    registry.dispose()
+    registry.engine.dispose()
     return {
         "DATABASE_URL": url,
         "AIVO_MAIN_MODEL_PATH": str(store.main_root),
