@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
 
     @field_validator("database_url")
     @classmethod
