@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
 from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
 from aivo_fl.registry.schema import (
@@ -19,7 +20,6 @@ from aivo_fl.registry.schema import (
     utcnow,
 )
 
-BASE_MODEL_NAME = "aivo-main"
 HEADS = tuple(HEAD_CLASSES)  # one SmallInteger column per head in "LearnerInteraction"
 
 
@@ -140,12 +140,14 @@ class Learners(RegistryBase):
             return int(session.scalar(sa.select(sa.func.count(Learner.id))) or 0)
 
     # -- personalized models ----------------------------------------------------------------
-    def register_personalized_model(self, learner_id: str, metadata: dict[str, Any]) -> PersonalizedModelRecord:
+    def register_personalized_model(
+        self, learner_id: str, metadata: dict[str, Any], *, base_model: str = DEFAULT_BASE_MODEL
+    ) -> PersonalizedModelRecord:
         checked_learner_id(learner_id)
         with self._session() as session:
             row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
             if row is None:
-                row = PersonalizedModel(learnerId=learner_id, baseModel=BASE_MODEL_NAME, metadata_=metadata)
+                row = PersonalizedModel(learnerId=learner_id, baseModel=base_model, metadata_=metadata)
                 session.add(row)
             else:
                 row.metadata_ = metadata
