@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
     aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)

@@ -2,6 +2,7 @@
 
 from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, RegistryError
 from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
+from aivo_fl.registry.erasure import ErasureReport
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
 from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RecordedNoise
@@ -13,6 +14,7 @@ __all__ = [
     "ContributionInput",
     "DatabaseUnavailable",
     "EligibleLearner",
+    "ErasureReport",
     "FederatedUpdateInput",
     "LearnerInteractions",
     "MainVersionRecord",

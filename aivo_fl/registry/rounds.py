@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aivo_fl.ml.round_status import RoundStatus
-from aivo_fl.registry.base import RegistryBase, RegistryError
+from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
 from aivo_fl.registry.schema import (
     FederatedUpdate,
     FederatedUpdateContribution,
@@ -78,6 +78,8 @@ class Rounds(RegistryBase):
         """
         if update.status not in (RoundStatus.PROMOTED, RoundStatus.REJECTED):
             raise RegistryError(f"A round is recorded as PROMOTED or REJECTED, not {update.status}")
+        for contribution in update.contributions:
+            checked_learner_id(contribution.learner_id)
         aggregated_at = update.aggregated_at or utcnow()
         update_id = f"fu-{aggregated_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
         with self._session() as session:
@@ -110,24 +112,6 @@ class Rounds(RegistryBase):
             rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
             return [_update_dict(r) for r in rows]
 
-    def aggregated_session_ids(self, session_ids: Iterable[int]) -> set[int]:
-        """Which of these training sessions already went into a promoted version."""
-        wanted = list(session_ids)
-        if not wanted:
-            return set()
-        with self._session() as session:
-            return set(
-                session.scalars(
-                    sa.select(FederatedUpdateContribution.trainingSessionId)
-                    .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
-                    .where(
-                        FederatedUpdate.status == RoundStatus.PROMOTED,
-                        FederatedUpdateContribution.excludedReason.is_(None),
-                        FederatedUpdateContribution.trainingSessionId.in_(wanted),
-                    )
-                )
-            )
-
     def privacy_events(self) -> list[RecordedNoise]:
         """Every noised round that ran (promoted or rejected: both released information)."""
         with self._session() as session:
@@ -151,7 +135,7 @@ class Rounds(RegistryBase):
             .order_by(FederatedUpdate.id)
         )
         if learner_ids is not None:
-            query = query.where(FederatedUpdateContribution.learnerId.in_(list(learner_ids)))
+            query = query.where(FederatedUpdateContribution.learnerId.in_([checked_learner_id(i) for i in learner_ids]))
         ledger: dict[str, list[RecordedNoise]] = {}
         with self._session() as session:
             for learner_id, z, q in session.execute(query):
