@@ -83,6 +83,8 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
     assert gone not in partitions(small) and neighbour in partitions(small)
     assert small.store.learner_dir(neighbour).is_dir()
     assert small.registry.get_personalized_model(neighbour) is not None
+    assert gone not in [e.learner_id for e in small.registry.get_eligible_for_aggregation(7)]
+    assert small.registry.get_statistics()["activeLearnerModels"] == len(learners) - 1
     # The audit trail keeps every contribution (under the keyed hash); the privacy ledger keeps its charge.
     assert {u: len(small.registry.get_contributions(u)) for u in contributions} == contributions
     assert small.registry.privacy_events() == ledger

@@ -133,20 +133,6 @@ def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployme
     assert deployment.registry.get_federated_updates() == []
 
 
-def test_learner_deleted_in_the_app_disappears(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success
-    learners = _clone_and_train(deployment)
-    gone = learners[2]
-    assert deployment.store.learner_dir(gone).exists()
-    deployment.registry.soft_delete_learner(gone)
-    tick(deployment, "new_learner_sensor")
-    assert gone not in partitions(deployment)
-    assert not deployment.store.learner_dir(gone).exists()
-    assert deployment.registry.get_personalized_model(gone) is None
-    assert gone not in [e.learner_id for e in deployment.registry.get_eligible_for_aggregation(7)]
-    assert deployment.registry.get_statistics()["activeLearnerModels"] == LEARNERS - 1
-
-
 def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     assert deployment.run("train_main_model").success
     _clone_and_train(deployment)
