@@ -7,6 +7,7 @@ import dagster as dg
 from aivo_fl.defs.assets.federated import federated_main_model
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.resources import FederatedSettingsResource, RegistryResource
+from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.operations.privacy_report import privacy_summary
 
 # The main model's validation accuracy must come within this many points of the Bayes ceiling.
@@ -46,7 +47,7 @@ def candidate_not_degraded(context: dg.AssetCheckExecutionContext) -> dg.AssetCh
     metadata = _latest_metadata(context, federated_main_model)
     if metadata is None:
         return dg.AssetCheckResult(passed=False, description="federated_main_model has not been materialized")
-    rejected = metadata["status"] == "REJECTED"
+    rejected = metadata["status"] == RoundStatus.REJECTED
     return dg.AssetCheckResult(
         passed=not rejected,
         severity=dg.AssetCheckSeverity.ERROR,

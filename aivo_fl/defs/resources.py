@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
 from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.ml.training import cpu_threads
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
 from aivo_fl.operations.store import ModelStore
@@ -73,6 +74,13 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     curriculum_samples: int = 10_000
     data_seed: int = 0
     local_epochs: int = 5
+    torch_num_threads: int | None = None
+
+    def torch_threads(self, instance: dg.DagsterInstance) -> int:
+        """`TORCH_NUM_THREADS`, else the allowed CPUs split between the runs this instance may run at once."""
+        queue = instance.get_concurrency_config().run_queue_config
+        runs = queue.max_concurrent_runs if queue is not None and queue.max_concurrent_runs > 0 else None
+        return cpu_threads(self.torch_num_threads, runs)
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -158,6 +166,7 @@ def build_resources(
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            torch_num_threads=settings.torch_num_threads,
         ),
         "alerts": AlertsResource(
             webhook_url=_secret("ALERT_WEBHOOK_URL", settings.alert_webhook_url),

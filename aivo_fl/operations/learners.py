@@ -15,8 +15,7 @@ from aivo_fl.ml.learner_ids import validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, RegistryError
-from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
+from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
@@ -95,7 +94,13 @@ class LearnerTrainingOutcome:
 
 
 def train_learner_locally(
-    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_id: str,
+    *,
+    epochs: int = LOCAL_EPOCHS,
+    seed: int = 0,
+    num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
     """Fine-tune a learner's heads on their own interactions and record the session."""
     validate_learner_id(learner_id)
@@ -111,7 +116,15 @@ def train_learner_locally(
             f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
         )
     result = train_learner(
-        store.main_root, store.learners_root, learner_id, train, heldout, active.version, epochs=epochs, seed=seed
+        store.main_root,
+        store.learners_root,
+        learner_id,
+        train,
+        heldout,
+        active.version,
+        epochs=epochs,
+        seed=seed,
+        num_threads=num_threads,
     )
     session_id = registry.record_training_session(
         TrainingSessionInput(

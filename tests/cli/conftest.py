@@ -24,6 +24,7 @@ CONFIG_VARIABLES = (
     "ENABLE_DIFFERENTIAL_PRIVACY",
     "PRIVACY_EPSILON_BUDGET",
     "CURRICULUM_SAMPLES",
+    "TORCH_NUM_THREADS",
 )
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]

@@ -52,4 +52,4 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     migrate(registry.engine)
     with dg.instance_for_test() as instance:
         yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
-    registry.dispose()
+    registry.engine.dispose()

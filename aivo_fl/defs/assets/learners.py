@@ -93,9 +93,13 @@ def learner_training(
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     outcomes, failures = [], {}
+    threads = training_settings.torch_threads(context.instance)
     for learner_id in context.partition_keys:
         try:
-            outcomes.append(train_learner_locally(reg, store, learner_id, epochs=training_settings.local_epochs).result)
+            outcome = train_learner_locally(
+                reg, store, learner_id, epochs=training_settings.local_epochs, num_threads=threads
+            )
+            outcomes.append(outcome.result)
         except (InvalidLearnerId, RegistryError) as exc:
             failures[learner_id] = str(exc)
     rebased = sum(1 for o in outcomes if o.rebased_from is not None)

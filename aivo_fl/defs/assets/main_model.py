@@ -31,6 +31,7 @@ def main_model(
         epochs=training_settings.training_epochs,
         batch_size=training_settings.batch_size,
         data_seed=training_settings.data_seed,
+        num_threads=training_settings.torch_threads(context.instance),
         report=reporter.for_context(context),
     )
     r, arch = outcome.result, outcome.architecture
@@ -49,5 +50,6 @@ def main_model(
             "trainable_parameters": arch.trainable_params,
             "total_layers": arch.total_layers,
             "seconds_per_epoch": rounded(r.seconds_per_epoch, 3),
+            "torch_threads": r.threads,
         }
     )
