@@ -6,18 +6,23 @@ The variable names are the ones AIVO operators already use (see `.env.federated.
 from __future__ import annotations
 
 import math
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+# The activation guide's cron line: Sundays at 02:00.
+WEEKLY_CRON = "0 2 * * 0"
+# One cron field: digits, names (SUN, JAN), and the operators * / , - ?
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 AUTO_CLIP = "auto"
 
 # PRIVACY_PRESET=user-level: user-level DP-FedAvg with Poisson sampling and adaptive clipping.
@@ -84,6 +89,21 @@ class Settings(BaseSettings):
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
+    aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
+    aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
+    aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
+    aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
+    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0)
+    # Where the aggregation operation appends its progress (the guide's "review logs").
+    aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
+    # The `baseModel` recorded on each learner's "PersonalizedModel" row.
+    base_model_name: str = Field("aivo-super-model-v1", alias="AIVO_BASE_MODEL_NAME", min_length=1)
+    # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
+    alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
+    dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
+    # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
+    alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -100,9 +120,33 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
-    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", "privacy_preset", mode="before")
+    @field_validator("aggregation_cron")
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
+    def _check_cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError("expected a 5-field cron line such as '0 2 * * 0' (Sundays 02:00)")
+        return value
+
+    @field_validator("aggregation_strategy")
+    @classmethod
+    def _check_strategy(cls, value: str) -> str:
+        from aivo_fl.ml.aggregation import STRATEGIES  # numpy only; kept out of the CLI's start-up path
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("dagster_webserver_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator(
+        "privacy_epsilon_budget", "privacy_learner_epsilon_budget", "alert_webhook_url", "privacy_preset", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("clip_norm", mode="before")

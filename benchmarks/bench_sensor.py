@@ -27,7 +27,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 def _deployment(root: Path) -> tuple[Any, Any, Any]:
     from aivo_fl.config import Settings
-    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.definitions import build_definitions
     from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
     from aivo_fl.operations.store import ModelStore
     from aivo_fl.registry import ModelRegistry, migrate

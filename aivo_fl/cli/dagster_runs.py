@@ -36,7 +36,7 @@ def local_instance() -> dg.DagsterInstance:
 
 
 def definitions(settings: Settings) -> dg.Definitions:
-    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.definitions import build_definitions
 
     return build_definitions(settings, echo=True)
 

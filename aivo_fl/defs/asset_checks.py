@@ -78,6 +78,3 @@ def privacy_budget_not_exceeded(
             "delta": summary["delta"],
         },
     )
-
-
-defs = dg.Definitions(asset_checks=[main_model_near_bayes_ceiling, candidate_not_degraded, privacy_budget_not_exceeded])

@@ -40,7 +40,8 @@ def _chunks(keys: Sequence[str], size: int) -> list[Sequence[str]]:
     return [keys[i : i + size] for i in range(0, len(keys), size)]
 
 
-@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30)
+# Sensors run from the start (the daemon ticks them); they skip, saying why, until USE_FEDERATED_LEARNING is on.
+@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_learner_sensor(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
@@ -104,7 +105,7 @@ def new_learner_sensor(
     )
 
 
-@dg.sensor(job=train_learners_job, minimum_interval_seconds=300)
+@dg.sensor(job=train_learners_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
 def learner_activity_sensor(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
@@ -134,6 +135,3 @@ def learner_activity_sensor(
     return dg.SensorResult(
         run_requests=[_range_request("train", keys, salt=str(max(newest[k] for k in keys))) for keys in stretches]
     )
-
-
-defs = dg.Definitions(sensors=[new_learner_sensor, learner_activity_sensor])

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from aivo_fl.config import Settings
-from aivo_fl.defs.definitions import build_definitions
+from aivo_fl.definitions import build_definitions
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
 

@@ -30,6 +30,3 @@ def curriculum_dataset(
             **{f"bayes_ceiling_{head}": summary.bayes_ceiling[head] for head in HEAD_CLASSES},
         }
     )
-
-
-defs = dg.Definitions(assets=[curriculum_dataset])

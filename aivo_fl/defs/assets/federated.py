@@ -99,6 +99,3 @@ def federated_main_model(
             "rejection_reason": s["rejectionReason"] or "-",
         }
     )
-
-
-defs = dg.Definitions(assets=[federated_main_model])

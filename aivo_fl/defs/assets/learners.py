@@ -115,6 +115,3 @@ def learner_training(
             "samples": sum(o.samples for o in outcomes),
         }
     )
-
-
-defs = dg.Definitions(assets=[learner_models, learner_training])

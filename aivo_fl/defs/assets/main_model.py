@@ -50,6 +50,3 @@ def main_model(
             "seconds_per_epoch": r.seconds_per_epoch,
         }
     )
-
-
-defs = dg.Definitions(assets=[main_model])
