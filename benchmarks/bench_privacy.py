@@ -141,7 +141,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ledger": ledger_cost(2_000 if quick else POPULATION, 5 if quick else 20),
         "plot": str(PLOT_PATH),
     }
-    _plot(curves)
+    _plot(curves, {r['configuration']: r['delta'] for r in rows})
     _print(result)
     return result
 
@@ -178,7 +178,7 @@ def _print(result: dict[str, Any]) -> None:
     print(f"Plot: {result['plot']}")
 
 
-def _plot(curves: dict[str, list[float | None]]) -> None:
+def _plot(curves: dict[str, list[float | None]], deltas: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -190,7 +190,7 @@ def _plot(curves: dict[str, list[float | None]]) -> None:
         if all(e is None for e in curve):
             ax.plot([], [], " ", label=f"{name}: no guarantee (infinite)")
             continue
-        ax.plot(weeks, curve, label=name)
+        ax.plot(weeks, curve, label=f"{name} (delta {deltas[name]:g})")
     ax.axhline(TARGET_EPSILON, color="grey", linestyle="--", linewidth=1, label=f"epsilon {TARGET_EPSILON:g}")
     ax.set_yscale("log")
     ax.set_xlabel("weekly round")
