@@ -141,7 +141,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ledger": ledger_cost(2_000 if quick else POPULATION, 5 if quick else 20),
         "plot": str(PLOT_PATH),
     }
-    _plot(curves, {r['configuration']: r['delta'] for r in rows})
+    _plot(curves, {r["configuration"]: r["delta"] for r in rows})
     _print(result)
     return result
 
