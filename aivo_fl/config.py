@@ -19,6 +19,8 @@ from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+# The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
+DEFAULT_BASE_MODEL = "aivo-super-model-v1"
 # The activation guide's cron line: Sundays at 02:00.
 WEEKLY_CRON = "0 2 * * 0"
 # One cron field: digits, names (SUN, JAN), and the operators * / , - ?
@@ -87,6 +89,9 @@ class Settings(BaseSettings):
     privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
     privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    # Unset: the CPUs this process may use split between the runs Dagster may run at once
+    # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
+    torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
@@ -98,7 +103,7 @@ class Settings(BaseSettings):
     # Where the aggregation operation appends its progress (the guide's "review logs").
     aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
     # The `baseModel` recorded on each learner's "PersonalizedModel" row.
-    base_model_name: str = Field("aivo-super-model-v1", alias="AIVO_BASE_MODEL_NAME", min_length=1)
+    base_model_name: str = Field(DEFAULT_BASE_MODEL, alias="AIVO_BASE_MODEL_NAME", min_length=1)
     # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
@@ -137,13 +142,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
         return value
 
-    @field_validator("dagster_webserver_url")
-    @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
-
     @field_validator(
-        "privacy_epsilon_budget", "privacy_learner_epsilon_budget", "alert_webhook_url", "privacy_preset", mode="before"
+        "privacy_epsilon_budget",
+        "privacy_learner_epsilon_budget",
+        "alert_webhook_url",
+        "privacy_preset",
+        "torch_num_threads",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

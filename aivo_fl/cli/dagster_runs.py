@@ -58,15 +58,9 @@ def run_job(
 
 
 def failure_description(result: dg.ExecuteInProcessResult) -> str | None:
-    for event in result.all_events:
-        if event.event_type_value != "STEP_FAILURE":
-            continue
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
-        if data.error is not None:
-            return data.error.message.strip().splitlines()[-1]
-    return None
+    from aivo_fl.defs.alerting import step_failure_reason
+
+    return step_failure_reason(result.all_events)
 
 
 def apply_sensor_result(

@@ -8,12 +8,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from aivo_fl.cli import demo_command, pipeline_commands, registry_commands
+from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
 from aivo_fl.config import ConfigError
 from aivo_fl.registry import DatabaseUnavailable, RegistryError
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
-COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command]
+COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command]
 
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3

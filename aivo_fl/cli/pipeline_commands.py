@@ -8,6 +8,7 @@ import sys
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
 from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
+from aivo_fl.ml.round_status import RoundStatus
 
 EXIT_FAILED = 1
 
@@ -133,7 +134,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         return _fail(exc)
     status = result.asset_materializations_for_node("federated_main_model")[-1].metadata["status"].value
-    return 0 if status == "PROMOTED" else EXIT_FAILED
+    return 0 if status == RoundStatus.PROMOTED else EXIT_FAILED
 
 
 def cmd_simulate_learners(args: argparse.Namespace) -> int:

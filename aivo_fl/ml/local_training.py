@@ -29,7 +29,7 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
 from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
-from aivo_fl.ml.training import make_optimizer, run_epochs
+from aivo_fl.ml.training import configure_cpu, make_optimizer, run_epochs
 
 DEFAULT_LOCAL_LEARNING_RATE = 1e-2
 
@@ -78,6 +78,7 @@ def train_learner(
     batch_size: int = 32,
     learning_rate: float = DEFAULT_LOCAL_LEARNING_RATE,
     seed: int = 0,
+    num_threads: int | None = None,
 ) -> TrainingSessionResult:
     """Fine-tune the learner's heads on `train`, report before/after on `heldout`.
 
@@ -100,6 +101,7 @@ def train_learner(
     before = evaluate(model, heldout)
 
     x, y = samples_to_tensors(train)
+    configure_cpu(num_threads)
     # No weight decay: decaying towards zero would erase what the main model knows.
     optimizer = make_optimizer(model.heads.parameters(), learning_rate, 0.0)
     run_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed)

@@ -31,13 +31,13 @@ from aivo_fl.ml.federated_round import (
 )
 from aivo_fl.ml.model import head_state
 from aivo_fl.ml.privacy import PrivacyEvent
+from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.ml.validation_gate import GateResult, validate_candidate, with_heads
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.operations.versions import next_free_version
-from aivo_fl.registry import ModelRegistry
-from aivo_fl.registry.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord
+from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
 from aivo_fl.registry.schema import ModelVersionStatus, utcnow
 
 Report = Callable[[str], None]
@@ -58,6 +58,12 @@ class AggregationOutcome:
     def promoted(self) -> bool:
         return self.new_version is not None
 
+    @property
+    def status(self) -> RoundStatus:
+        if self.dry_run:
+            return RoundStatus.DRY_RUN
+        return RoundStatus.PROMOTED if self.promoted else RoundStatus.REJECTED
+
     def summary(self) -> dict[str, Any]:
         r, g = self.round, self.gate
         return {
@@ -66,7 +72,7 @@ class AggregationOutcome:
             "baseVersion": self.base_version,
             "newVersion": self.new_version,
             "candidateVersion": self.candidate_version,
-            "status": "DRY_RUN" if self.dry_run else ("PROMOTED" if self.promoted else "REJECTED"),
+            "status": self.status.value,
             "rejectionReason": g.reason,
             "strategy": r.strategy,
             "contributingLearners": [c.learner_id for c in r.included],
@@ -225,7 +231,7 @@ def _run_round(
         FederatedUpdateInput(
             base_version=active.version,
             new_version=candidate_version,
-            status="PROMOTED" if gate.accepted else "REJECTED",
+            status=RoundStatus.PROMOTED if gate.accepted else RoundStatus.REJECTED,
             rejection_reason=gate.reason,
             strategy=result.strategy,
             learning_rate=options.learning_rate,

@@ -1,19 +1,27 @@
-"""The registry: one module (`registry.py`) behind one Dagster resource."""
+"""The registry: `ModelRegistry`, one facade over one module per concern, behind one Dagster resource."""
 
+from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, RegistryError
 from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
-from aivo_fl.registry.registry import (
-    AggregationInProgress,
-    ModelRegistry,
-    PromotionConflict,
-    RegistryError,
-)
+from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
+from aivo_fl.registry.registry import ModelRegistry
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RecordedNoise
+from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
+from aivo_fl.registry.versions import MainVersionRecord
 
 __all__ = [
     "AggregationInProgress",
+    "ContributionInput",
     "DatabaseUnavailable",
+    "EligibleLearner",
+    "FederatedUpdateInput",
+    "LearnerInteractions",
+    "MainVersionRecord",
     "ModelRegistry",
+    "PersonalizedModelRecord",
     "PromotionConflict",
+    "RecordedNoise",
     "RegistryError",
+    "TrainingSessionInput",
     "create_registry_engine",
     "migrate",
 ]

@@ -163,7 +163,7 @@ class FederatedUpdate(Base):
     aggregatedAt: Mapped[datetime] = mapped_column(default=utcnow)
     baseVersion: Mapped[str] = mapped_column(sa.String(32))
     newVersion: Mapped[str | None] = mapped_column(sa.String(32))
-    status: Mapped[str] = mapped_column(sa.String(16))  # PROMOTED or REJECTED
+    status: Mapped[str] = mapped_column(sa.String(16))  # a RoundStatus: PROMOTED or REJECTED
     rejectionReason: Mapped[str | None] = mapped_column(sa.Text)
     aggregationStrategy: Mapped[str] = mapped_column(sa.String(32))
     learningRate: Mapped[float] = mapped_column(sa.Float)

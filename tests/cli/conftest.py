@@ -29,6 +29,7 @@ CONFIG_VARIABLES = (
     "LEARNER_SAMPLE_RATE",
     "CLIP_TARGET_QUANTILE",
     "CURRICULUM_SAMPLES",
+    "TORCH_NUM_THREADS",
 )
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]

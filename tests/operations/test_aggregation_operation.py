@@ -8,6 +8,7 @@ from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
 from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.registry import AggregationInProgress
 from aivo_fl.registry.schema import ModelVersionStatus
+from tests.app_side import contribution_reasons
 from tests.operations.conftest import LEARNERS, PRIVACY, Cohort, quiet
 
 
@@ -66,7 +67,7 @@ def test_corrupt_delta_files_are_excluded_with_their_reason_and_the_round_goes_o
     assert excluded[cohort.learners[1]].startswith("not safetensors")
     assert len(outcome.round.included) == LEARNERS - 3
     [update] = cohort.registry.get_federated_updates()
-    recorded = {c.learner_id: c.excluded_reason for c in cohort.registry.get_contributions(update["updateId"])}
+    recorded = contribution_reasons(cohort.registry, update["updateId"])
     assert {k for k, v in recorded.items() if v} == set(excluded)
 
 

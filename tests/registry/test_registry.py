@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from aivo_fl.registry import AggregationInProgress, ModelRegistry, PromotionConflict, RegistryError
-from aivo_fl.registry.registry import ContributionInput, FederatedUpdateInput, TrainingSessionInput
+from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.registry import (
+    AggregationInProgress,
+    ContributionInput,
+    FederatedUpdateInput,
+    ModelRegistry,
+    PromotionConflict,
+    RegistryError,
+    TrainingSessionInput,
+)
 from aivo_fl.registry.schema import ModelVersionStatus
+from tests.app_side import contribution_reasons, delete_learner_in_app
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -39,7 +48,7 @@ def _update(contributions: list[ContributionInput], **overrides: object) -> Fede
     fields: dict[str, object] = dict(
         base_version="1.0.0",
         new_version=None,
-        status="PROMOTED",
+        status=RoundStatus.PROMOTED,
         strategy="fedavg",
         learning_rate=1.0,
         contributions=contributions,
@@ -76,7 +85,7 @@ def test_statistics_and_history_shapes(registry: ModelRegistry) -> None:
         registry.add_learner(f"learner-{i}", baseline_completed_at=NOW)
         registry.register_personalized_model(f"learner-{i}", {"federatedLearning": True, "sourceVersion": "1.0.0"})
         registry.record_training_session(_session(f"learner-{i}", NOW))
-    registry.soft_delete_learner("learner-2")
+    delete_learner_in_app(registry, "learner-2")
     update_id = registry.record_federated_update(
         _update(
             [
@@ -99,8 +108,11 @@ def test_statistics_and_history_shapes(registry: ModelRegistry) -> None:
     assert update["aggregationStrategy"] == "fedavg"
     assert update["performanceImprovement"] == pytest.approx(1.5)
     assert datetime.fromisoformat(update["aggregatedAt"]).tzinfo is not None
-    reasons = {c.learner_id: c.excluded_reason for c in registry.get_contributions(update_id)}
-    assert reasons == {"learner-0": None, "learner-1": None, "learner-9": "delta file missing"}
+    assert contribution_reasons(registry, update_id) == {
+        "learner-0": None,
+        "learner-1": None,
+        "learner-9": "delta file missing",
+    }
 
 
 def test_promotion_deprecates_previous_and_checks_expected_active(registry: ModelRegistry) -> None:
@@ -135,7 +147,7 @@ def test_promoted_round_registers_and_promotes_in_one_transaction(registry: Mode
             contributions,
             base_version="1.1.0",
             new_version="1.2.0",
-            status="REJECTED",
+            status=RoundStatus.REJECTED,
             rejection_reason="Performance degradation: -3.0 points",
         )
     )
@@ -213,7 +225,7 @@ def test_eligibility_window_takes_each_learners_latest_session(registry: ModelRe
     registry.record_training_session(_session("b", NOW - timedelta(days=3)))
     registry.record_training_session(_session("c", NOW - timedelta(days=8)))
     registry.record_training_session(_session("d", NOW - timedelta(hours=1)))
-    registry.soft_delete_learner("d")
+    delete_learner_in_app(registry, "d")
     eligible = registry.get_eligible_for_aggregation(7, now=NOW)
     assert [(e.learner_id, e.source_version) for e in eligible] == [("a", "1.1.0"), ("b", "1.0.0")]
     assert eligible[0].improvement == pytest.approx(0.12)
@@ -225,13 +237,11 @@ def test_learners_needing_a_model_page_with_a_cursor(registry: ModelRegistry) ->
         registry.add_learner(f"l{i}", baseline_completed_at=NOW)
     registry.add_learner("no-baseline", baseline_completed_at=None)
     registry.register_personalized_model("l1", {})
-    registry.soft_delete_learner("l3")
+    delete_learner_in_app(registry, "l3")
     assert registry.learners_needing_model() == ["l0", "l2", "l4"]
     assert registry.learners_needing_model(limit=2) == ["l0", "l2"]
     assert registry.learners_needing_model(after="l2") == ["l4"]
-    assert registry.deleted_learners_with_models() == []
-    registry.register_personalized_model("l3", {})
-    assert registry.deleted_learners_with_models() == ["l3"]
+    assert registry.deleted_learner_ids() == ["l3"]
 
 
 def test_interactions_round_trip_exactly(registry: ModelRegistry) -> None:

@@ -10,6 +10,7 @@ import dagster as dg
 
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.partitions import TRANSIENT_RETRY, learner_partitions
+from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
     ModelStoreResource,
@@ -54,7 +55,7 @@ def learner_models(
     cloned, failures, sizes, version = 0, {}, [], None
     for learner_id in context.partition_keys:
         try:
-            clone = clone_learner(reg, store, learner_id)
+            clone = clone_learner(reg, store, learner_id, base_model=model_store.base_model_name)
         except (InvalidLearnerId, RegistryError) as exc:
             failures[learner_id] = str(exc)
             continue
@@ -67,7 +68,7 @@ def learner_models(
         metadata={
             "learners": cloned,
             "source_version": version or "-",
-            "bytes_per_learner": fmean(sizes) if sizes else 0.0,
+            "bytes_per_learner": round(fmean(sizes)) if sizes else 0,
         }
     )
 
@@ -92,9 +93,13 @@ def learner_training(
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     outcomes, failures = [], {}
+    threads = training_settings.torch_threads(context.instance)
     for learner_id in context.partition_keys:
         try:
-            outcomes.append(train_learner_locally(reg, store, learner_id, epochs=training_settings.local_epochs).result)
+            outcome = train_learner_locally(
+                reg, store, learner_id, epochs=training_settings.local_epochs, num_threads=threads
+            )
+            outcomes.append(outcome.result)
         except (InvalidLearnerId, RegistryError) as exc:
             failures[learner_id] = str(exc)
     rebased = sum(1 for o in outcomes if o.rebased_from is not None)
@@ -109,9 +114,9 @@ def learner_training(
         metadata={
             "learners": len(outcomes),
             "rebased": rebased,
-            "mean_accuracy_before": fmean(o.accuracy_before for o in outcomes) if outcomes else 0.0,
-            "mean_accuracy_after": fmean(o.accuracy_after for o in outcomes) if outcomes else 0.0,
-            "mean_delta_norm": fmean(o.delta_norm for o in outcomes) if outcomes else 0.0,
+            "mean_accuracy_before_pct": percent(fmean(o.accuracy_before for o in outcomes)) if outcomes else 0.0,
+            "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
+            "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
             "samples": sum(o.samples for o in outcomes),
         }
     )
