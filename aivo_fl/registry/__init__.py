@@ -4,7 +4,7 @@ from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, Regi
 from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
-from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RecordedNoise
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput
 from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
 from aivo_fl.registry.versions import MainVersionRecord
 
@@ -19,7 +19,6 @@ __all__ = [
     "ModelRegistry",
     "PersonalizedModelRecord",
     "PromotionConflict",
-    "RecordedNoise",
     "RegistryError",
     "TrainingSessionInput",
     "create_registry_engine",
