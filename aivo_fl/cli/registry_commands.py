@@ -57,11 +57,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def statistics_payload(registry: ModelRegistry, settings: Settings) -> dict[str, Any]:
-    # The accountant and the ML core are heavy imports: only `stats` needs them.
-    from aivo_fl.operations.aggregation import privacy_settings_from
+    # The accountant is a heavy import: only `stats` needs it.
     from aivo_fl.operations.privacy_report import privacy_summary
 
-    return {**registry.get_statistics(), "privacy": privacy_summary(registry, privacy_settings_from(settings))}
+    privacy = privacy_summary(
+        registry,
+        enabled=settings.enable_differential_privacy,
+        delta=settings.privacy_delta,
+        epsilon_budget=settings.privacy_epsilon_budget,
+        learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+    )
+    return {**registry.get_statistics(), "privacy": privacy}
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

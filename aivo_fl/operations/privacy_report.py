@@ -8,7 +8,7 @@ population, denominator and delta (``history --json`` shows them under ``privacy
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aivo_fl.ml.privacy import epsilon_warning
 from aivo_fl.ml.privacy_ledger import (
@@ -22,13 +22,6 @@ from aivo_fl.ml.privacy_ledger import (
 from aivo_fl.registry import ModelRegistry
 
 ACCOUNTANT = "dp-accounting RDP: PoissonSampled(sampleRate, Gaussian(noise multiplier)) per recorded round"
-
-
-class NextRoundSettings(Protocol):
-    enabled: bool
-    delta: float
-    epsilon_budget: float | None
-    learner_epsilon_budget: float | None
 
 
 def recorded_rounds(registry: ModelRegistry) -> list[RoundPrivacy]:
@@ -68,17 +61,28 @@ def ledger_figures(
     }
 
 
-def privacy_summary(registry: ModelRegistry, settings: NextRoundSettings) -> dict[str, Any]:
+def privacy_summary(
+    registry: ModelRegistry,
+    *,
+    enabled: bool,
+    delta: float,
+    epsilon_budget: float | None,
+    learner_epsilon_budget: float | None,
+) -> dict[str, Any]:
+    """The ledger's figures plus today's settings for the next round (labelled as such).
+
+    ``delta`` is only the fallback before any round recorded one.
+    """
     rounds = recorded_rounds(registry)
-    figures = ledger_figures(rounds, learner_ledgers(registry, rounds), settings.delta)
-    budget = settings.epsilon_budget
+    figures = ledger_figures(rounds, learner_ledgers(registry, rounds), delta)
+    budget = epsilon_budget
     total = LedgerTotal(figures["epsilonSpent"], figures["delta"], figures["rounds"], figures["noisedRounds"])
     return {
-        "enabled": settings.enabled,
+        "enabled": enabled,
         **figures,
         "epsilonBudget": budget,
         "overBudget": total.over(budget),
-        "learnerEpsilonBudget": settings.learner_epsilon_budget,
+        "learnerEpsilonBudget": learner_epsilon_budget,
         "accountant": ACCOUNTANT,
         "warning": summary_warning(figures),
     }
