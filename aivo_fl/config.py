@@ -82,13 +82,16 @@ class Settings(BaseSettings):
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
-    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
+    # Finite only: CLIP_NORM=inf would switch clipping off while epsilon is still charged.
+    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
     learner_sample_rate: float = Field(1.0, alias="LEARNER_SAMPLE_RATE", gt=0, le=1)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
-    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
-    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
+    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
+    privacy_learner_epsilon_budget: float | None = Field(
+        None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
+    )
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
@@ -109,6 +112,14 @@ class Settings(BaseSettings):
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
+
+    @field_validator("main_model_path", "learner_models_path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: object) -> object:
+        # An empty path would silently mean the working directory.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty; give the model store's folder")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -181,7 +181,17 @@ def _run_round(
     }
     active_model, _ = load_main_model(store.main_root, active.version)
     result = aggregate_round(
-        head_state(active_model), active.version, lineage, updates, options, privacy, events, ledger, now, rng
+        head_state(active_model),
+        active.version,
+        lineage,
+        updates,
+        options,
+        privacy,
+        events,
+        ledger,
+        now,
+        rng,
+        learners_root=store.learners_root,
     )
     report(
         f"Strategy: {result.strategy}, learning rate {options.learning_rate:g}, "

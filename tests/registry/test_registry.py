@@ -211,7 +211,7 @@ def test_activation_guide_sql_finds_the_personalized_model(registry: ModelRegist
         rows = conn.execute(sa.text(guide_sql)).mappings().all()
     assert len(rows) == 1
     row = rows[0]
-    assert row["baseModel"] == "aivo-main"
+    assert row["baseModel"] == "aivo-super-model-v1"  # the guide's record
     assert row["status"] == "ACTIVE"
     stored = row["metadata"] if isinstance(row["metadata"], dict) else json.loads(row["metadata"])
     assert stored == metadata
