@@ -45,7 +45,7 @@ def local_instance() -> dg.DagsterInstance:
 
 
 def definitions(settings: Settings) -> dg.Definitions:
-    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.definitions import build_definitions
 
     return build_definitions(settings, echo=True)
 
@@ -72,22 +72,24 @@ def run_job(
 
 def failure_of(result: dg.ExecuteInProcessResult) -> RunFailed | None:
     """The run's one line and exit code: a failed blocking check's own description (the gate's
-    "Performance degradation: ..."), else the first failed step's (exit code set by
-    `defs.retries`, else 1)."""
-    for event in result.all_events:
+    "Performance degradation: ..."), else the failing step's (exit code set by `defs.retries`, else 1)."""
+    from aivo_fl.defs.alerting import step_failure_reason
+
+    events = result.all_events
+    for event in events:
         if event.event_type_value != "ASSET_CHECK_EVALUATION":
             continue
         evaluation = event.asset_check_evaluation_data
         if evaluation.blocking and not evaluation.passed and evaluation.description:
             return RunFailed(evaluation.description)
-    for event in result.all_events:
-        if event.event_type_value != "STEP_FAILURE":
-            continue
-        data = event.step_failure_data
-        user = data.user_failure_data
-        if user is not None and user.description:
-            code = user.metadata.get(EXIT_CODE_KEY)
-            return RunFailed(user.description, int(code.value) if code is not None else EXIT_FAILED)
-        if data.error is not None:
-            return RunFailed(data.error.message.strip().splitlines()[-1])
-    return None
+    line = step_failure_reason(events)
+    return RunFailed(line, _exit_code(events)) if line else None
+
+
+def _exit_code(events: list[dg.DagsterEvent]) -> int:
+    for event in events:
+        if event.event_type_value == "STEP_FAILURE":
+            user = event.step_failure_data.user_failure_data
+            code = user.metadata.get(EXIT_CODE_KEY) if user is not None else None
+            return int(code.value) if code is not None else EXIT_FAILED
+    return EXIT_FAILED

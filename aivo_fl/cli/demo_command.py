@@ -7,10 +7,16 @@ would run), so `make dev` afterwards shows the demo's runs, partitions and check
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
+
+from dotenv import dotenv_values
 
 from aivo_fl.cli import registry_commands
-from aivo_fl.config import load_settings
+from aivo_fl.config import ConfigError, Settings, load_settings
+
+SWITCH = "USE_FEDERATED_LEARNING"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,14 +49,33 @@ def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore
     return len(data.run_requests or [])
 
 
+def activate(env_file: Path = Path(".env")) -> Settings:
+    """Switch federated learning on the way the guide's step 3 does: in `.env`, which `make dev` reads too.
+
+    Switching it on only inside the demo's process would leave the UI (another process) with it
+    off: sensors skipping and every federated run failing. An explicit `false` is the operator's
+    decision, so the demo stops rather than overrule it.
+    """
+    explicit = os.environ.get(SWITCH, dotenv_values(env_file).get(SWITCH) if env_file.exists() else None)
+    if explicit is None:
+        with env_file.open("a", encoding="utf-8") as f:
+            f.write(f"# Added by `aivo-fl demo` (activation step 3): `make dev` sees the same state.\n{SWITCH}=true\n")
+        print(f"✓ {SWITCH}=true written to {env_file} (the Dagster UI reads it too)")
+    settings = load_settings()
+    if not settings.use_federated_learning:
+        raise ConfigError(
+            f"{SWITCH}={explicit!r} (environment or {env_file}): the demo activates federated learning, set it to true"
+        )
+    return settings
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # Heavy imports (Dagster, torch) only when the command runs: `aivo-fl stats` stays quick.
     from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
     from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 
     started = time.perf_counter()
-    # The demo is an activation: it switches federated learning on for its own runs.
-    settings = load_settings(USE_FEDERATED_LEARNING=True)
+    settings = activate()
     _stage("1. Migrate the registry")
     registry_commands.cmd_migrate(argparse.Namespace(revision="head"))
     registry = registry_commands.open_registry(settings)

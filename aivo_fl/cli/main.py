@@ -9,10 +9,10 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from aivo_fl.cli import demo_command, pipeline_commands, registry_commands
+from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
-COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command]
+COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

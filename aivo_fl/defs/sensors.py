@@ -12,11 +12,8 @@ import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
 from aivo_fl.defs.partitions import learner_partitions
-from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, ModelStoreResource, RegistryResource
+from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
-from aivo_fl.operations.learners import remove_learner_model
-from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry
 
 # Partitions per run: big enough that 10,000 learners are 20 runs, small enough that one run
 # (about 30-40 ms of event-log work per partition) finishes in well under a minute.
@@ -95,25 +92,11 @@ def _retry_stranded(
     return requests, given_up
 
 
-def _remove_deleted_learners(reg: ModelRegistry, store: ModelStore, existing: set[str]) -> list[str]:
-    """Learners deleted in the app lose their files and row; returns those who had any."""
-    removed = []
-    for learner_id in reg.deleted_learner_ids():
-        try:
-            validate_learner_id(learner_id)
-        except InvalidLearnerId:
-            continue  # never had a partition or files
-        if learner_id in existing or reg.get_personalized_model(learner_id) is not None:
-            remove_learner_model(reg, store, learner_id)
-            removed.append(learner_id)
-    return removed
-
-
-@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30)
+# Sensors run from the start (the daemon ticks them); they skip, saying why, until USE_FEDERATED_LEARNING is on.
+@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_learner_sensor(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
-    model_store: ModelStoreResource,
     federated_settings: FederatedSettingsResource,
 ) -> dg.SensorResult | dg.SkipReason:
     """Learners with a completed baseline and no model get a partition and a cloning run.
@@ -123,16 +106,13 @@ def new_learner_sensor(
     cloning run is in flight, but a learner whose run failed or was killed (partition, no model)
     is asked for again (`_retry_stranded`); and a scan that reaches the end wraps around, so a
     learner inserted behind the cursor is not missed.
-    Learners deleted in the app lose their partition, their files and their registry row.
+    Learners deleted in the app are erased by `deleted_learner_sensor` (`defs/erasure.py`).
     """
     if not federated_settings.use_federated_learning:
         return dg.SkipReason(DISABLED_REASON)
-    reg, store = registry.get_registry(), model_store.get_store()
+    reg = registry.get_registry()
     existing_in_order = context.instance.get_dynamic_partitions(learner_partitions.name)
     existing = set(existing_in_order)
-
-    removed = _remove_deleted_learners(reg, store, existing)
-    stale_partitions = [k for k in removed if k in existing]
 
     state = json.loads(context.cursor) if context.cursor else {}
     scanned = reg.learners_needing_model(after=state.get("after"), limit=SCAN_LIMIT)
@@ -152,27 +132,22 @@ def new_learner_sensor(
     # JSON, because Dagster keeps the previous cursor when a tick returns an empty one.
     cursor = json.dumps({"after": scanned[-1] if len(scanned) == SCAN_LIMIT else None, "attempts": attempts})
 
-    partition_requests = []
-    if new:
-        partition_requests.append(learner_partitions.build_add_request(new))
-    if stale_partitions:
-        partition_requests.append(learner_partitions.build_delete_request(stale_partitions))
-    if not new and not removed and not retries:
+    if not new and not retries:
         notes = [f"{len(refused)} refused ids"] if refused else []
         if given_up:
             notes.append(f"no model after {MAX_CLONE_ATTEMPTS} cloning attempts: {', '.join(given_up[:5])}")
         return dg.SensorResult(
             skip_reason="No new learners" + (f" ({'; '.join(notes)})" if notes else ""), cursor=cursor
         )
-    context.log.info(f"{len(new)} new learner(s), {len(retries)} retried cloning run(s), {len(removed)} removed")
+    context.log.info(f"{len(new)} new learner(s), {len(retries)} retried cloning run(s)")
     return dg.SensorResult(
         run_requests=[_range_request("clone", batch) for batch in _chunks(new, PARTITIONS_PER_RUN)] + retries,
-        dynamic_partitions_requests=partition_requests,
+        dynamic_partitions_requests=[learner_partitions.build_add_request(new)] if new else [],
         cursor=cursor,
     )
 
 
-@dg.sensor(job=train_learners_job, minimum_interval_seconds=300)
+@dg.sensor(job=train_learners_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
 def learner_activity_sensor(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
@@ -198,6 +173,3 @@ def learner_activity_sensor(
             for keys in _stretches(list(newest), partition_keys)
         ]
     )
-
-
-defs = dg.Definitions(sensors=[new_learner_sensor, learner_activity_sensor])

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.artifacts import (
     encode_tensors,
     file_record,
@@ -29,7 +28,7 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
 from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
-from aivo_fl.ml.training import make_optimizer, run_epochs
+from aivo_fl.ml.training import configure_cpu, make_optimizer, run_epochs
 
 DEFAULT_LOCAL_LEARNING_RATE = 1e-2
 
@@ -63,10 +62,6 @@ class TrainingSessionResult:
         return out
 
 
-def tensor_norm(tensors: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in tensors.values())))
-
-
 def train_learner(
     main_root: Path,
     learners_root: Path,
@@ -78,6 +73,7 @@ def train_learner(
     batch_size: int = 32,
     learning_rate: float = DEFAULT_LOCAL_LEARNING_RATE,
     seed: int = 0,
+    num_threads: int | None = None,
 ) -> TrainingSessionResult:
     """Fine-tune the learner's heads on `train`, report before/after on `heldout`.
 
@@ -100,6 +96,7 @@ def train_learner(
     before = evaluate(model, heldout)
 
     x, y = samples_to_tensors(train)
+    configure_cpu(num_threads)
     # No weight decay: decaying towards zero would erase what the main model knows.
     optimizer = make_optimizer(model.heads.parameters(), learning_rate, 0.0)
     run_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed)
@@ -123,7 +120,7 @@ def train_learner(
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
         loss_after=mean_loss(after),
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
-        delta_norm=tensor_norm(delta),
+        delta_norm=delta_norm(delta),
         delta_path=delta_path,
         started_at=started_at,
         finished_at=finished_at,

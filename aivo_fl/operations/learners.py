@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.data import Samples
@@ -14,8 +15,7 @@ from aivo_fl.ml.learner_ids import validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, RegistryError
-from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
+from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
@@ -58,8 +58,10 @@ def personalized_model_metadata(clone: CloneInfo) -> dict[str, Any]:
     }
 
 
-def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -> CloneInfo:
-    """Clone the active main version for a learner and register the personalized model."""
+def clone_learner(
+    registry: ModelRegistry, store: ModelStore, learner_id: str, *, base_model: str = DEFAULT_BASE_MODEL
+) -> CloneInfo:
+    """Clone the active main version for a learner and register the personalized model (`baseModel` named)."""
     validate_learner_id(learner_id)
     active = registry.get_active_version()
     if active is None:
@@ -81,7 +83,7 @@ def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -
         except (ArtifactError, KeyError, TypeError):
             remove_learner(store.learners_root, learner_id)
             clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
-    registry.register_personalized_model(learner_id, personalized_model_metadata(clone))
+    registry.register_personalized_model(learner_id, personalized_model_metadata(clone), base_model=base_model)
     return clone
 
 
@@ -92,7 +94,13 @@ class LearnerTrainingOutcome:
 
 
 def train_learner_locally(
-    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_id: str,
+    *,
+    epochs: int = LOCAL_EPOCHS,
+    seed: int = 0,
+    num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
     """Fine-tune a learner's heads on their own interactions and record the session."""
     validate_learner_id(learner_id)
@@ -108,7 +116,15 @@ def train_learner_locally(
             f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
         )
     result = train_learner(
-        store.main_root, store.learners_root, learner_id, train, heldout, active.version, epochs=epochs, seed=seed
+        store.main_root,
+        store.learners_root,
+        learner_id,
+        train,
+        heldout,
+        active.version,
+        epochs=epochs,
+        seed=seed,
+        num_threads=num_threads,
     )
     session_id = registry.record_training_session(
         TrainingSessionInput(
@@ -132,14 +148,6 @@ def train_learner_locally(
         metadata = dict(record.metadata) if record else {}
         registry.register_personalized_model(learner_id, {**metadata, "sourceVersion": result.source_version})
     return LearnerTrainingOutcome(session_id, result)
-
-
-def remove_learner_model(registry: ModelRegistry, store: ModelStore, learner_id: str) -> bool:
-    """Delete a learner's model files and registry row (the learner left the app)."""
-    validate_learner_id(learner_id)
-    removed_files = remove_learner(store.learners_root, learner_id)
-    removed_row = registry.delete_personalized_model(learner_id)
-    return removed_files or removed_row
 
 
 def session_summary(outcome: LearnerTrainingOutcome) -> dict[str, Any]:

@@ -85,6 +85,7 @@ def train_and_register_main_model(
     epochs: int,
     batch_size: int,
     data_seed: int,
+    num_threads: int | None = None,
     report: Report = print,
 ) -> MainModelOutcome:
     """Train on the stored dataset, write the version atomically, then register it as active.
@@ -95,7 +96,7 @@ def train_and_register_main_model(
     samples: Samples = load_samples(dataset_path)
     clean_store(store, report)
     report("Initializing MainModelTrainer...")
-    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed)
+    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed, num_threads=num_threads)
     report("✓ Trainer initialized")
     report("")
     report("Training model...")

@@ -67,7 +67,9 @@ def test_code_location_binds_the_password_from_dotenv_only_as_an_env_var(postgre
     (tmp_path / ".env").write_text(f"DATABASE_URL={_with_password(postgres_url)}\n")
     script = (
         "from dagster._serdes import serialize_value\n"
-        "from aivo_fl.defs.definitions import defs\n"
+        "from aivo_fl.config import load_settings\n"
+        "from aivo_fl.definitions import build_definitions\n"
+        "defs = build_definitions(load_settings())  # what the code location's `defs()` returns\n"
         "print(type(defs.resources['registry'].database_url).__name__)\n"
         "for job in defs.resolve_all_job_defs():\n"
         "    print(serialize_value(job.get_job_snapshot()))\n"

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +21,12 @@ from aivo_fl.ml.model import (
     evaluate,
     head_state,
     load_head_state,
-    samples_to_tensors,
 )
 from aivo_fl.ml.training import (
-    FlatStepper,
     TrainingConfig,
+    allowed_cpus,
+    cpu_threads,
     format_training_results,
-    multi_head_loss,
     train_model,
 )
 
@@ -56,25 +60,6 @@ def test_head_state_roundtrip() -> None:
         np.testing.assert_array_equal(v, heads[k])
     with pytest.raises(ValueError, match="missing"):
         load_head_state(b, {k: v for k, v in heads.items() if "success" not in k})
-
-
-def test_flat_stepper_gradient_matches_autograd() -> None:
-    samples = generate_curriculum(64, seed=5)
-    x, y = samples_to_tensors(samples)
-    model = build_model(seed=0)
-    loss = multi_head_loss(model.fused_logits(x), y)
-    loss.backward()
-    stepper = FlatStepper(build_model(seed=0), lr=0.0, weight_decay=0.0)
-    running = torch.zeros(())
-    stepper.step(x, y, running)
-    assert float(running) == pytest.approx(float(loss.detach()), rel=1e-5)
-    w1_grad, b1_grad, w2_grad, b2_grad, wh_grad, bh_grad = stepper.grads
-    torch.testing.assert_close(w1_grad, model.trunk[0].weight.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(b1_grad, model.trunk[0].bias.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(w2_grad, model.trunk[2].weight.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(b2_grad, model.trunk[2].bias.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(wh_grad, torch.cat([model.heads[h].weight.grad for h in HEAD_CLASSES]))
-    torch.testing.assert_close(bh_grad, torch.cat([model.heads[h].bias.grad for h in HEAD_CLASSES]))
 
 
 def test_reduced_training_gets_close_to_bayes_ceiling(trained_small) -> None:
@@ -127,25 +112,6 @@ def test_format_training_results(trained_small) -> None:
     assert f"{result.bayes_ceiling * 100:.2f}%" in lines[5]
 
 
-def test_flat_stepper_update_matches_torch_adamw() -> None:
-    samples = generate_curriculum(128, seed=6)
-    x, y = samples_to_tensors(samples)
-    reference = build_model(seed=0)
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.1)
-    stepper = FlatStepper(build_model(seed=0), lr=1e-2, weight_decay=0.1)
-    for start in (0, 64, 0):
-        xb, yb = x[start : start + 64], y[start : start + 64]
-        optimizer.zero_grad()
-        multi_head_loss(reference.fused_logits(xb), yb).backward()
-        optimizer.step()
-        stepper.step(xb, yb, torch.zeros(()))
-    stepper.write_back()
-    for (name, a), b in zip(reference.named_parameters(), stepper.model.parameters(), strict=True):
-        # Adam divides by sqrt(v): float rounding in near-zero gradients can flip a few
-        # first-step updates, so compare in aggregate rather than element by element.
-        assert float((a.detach() - b.detach()).abs().mean()) < 1e-6, name
-
-
 def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(trained_small) -> None:
     # trained_small ran train_model in this process; the flag it sets is what keeps long runs fast.
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal (1.2e-38)
@@ -154,3 +120,52 @@ def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(
     smallest_normal = torch.finfo(torch.float32).tiny
     for name, weight in model.state_dict().items():
         assert not ((weight != 0) & (weight.abs() < smallest_normal)).any(), name
+
+
+def test_input_layer_gets_its_own_heavier_weight_decay() -> None:
+    samples = generate_curriculum(400, seed=2)
+    norms = {}
+    for decay in (0.01, 20.0):
+        model, _ = train_model(samples, TrainingConfig(epochs=8, input_weight_decay=decay, log_every=100))
+        norms[decay] = (float(model.trunk[0].weight.detach().norm()), float(model.trunk[2].weight.detach().norm()))
+    # Decoupled decay of lr x 20 per step shrinks the input layer; the next layer keeps its own 0.01.
+    assert norms[20.0][0] < 0.5 * norms[0.01][0]
+    assert norms[20.0][1] == pytest.approx(norms[0.01][1], rel=0.3)
+
+
+def test_project_uses_public_pytorch_apis_only() -> None:
+    root = Path(__file__).resolve().parents[2]
+    private = re.compile(r"\btorch\.(ops\b|_(?!_))")  # torch.__version__ is public
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("aivo_fl", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []
+
+
+def test_cpu_threads_never_exceed_the_allowed_cpus_and_split_between_runs() -> None:
+    cpus = allowed_cpus()
+    assert cpu_threads(10_000) == cpus
+    assert cpu_threads(1) == 1
+    assert cpu_threads(None, concurrent_runs=1) == cpus
+    assert cpu_threads(None, concurrent_runs=10_000) == 1
+    assert cpu_threads(None) == 1  # runs sharing unknown: as many as CPUs, one thread each
+
+
+def test_training_in_a_process_pinned_to_one_cpu_uses_one_thread() -> None:
+    script = (
+        "import os, json\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from aivo_fl.ml.data import generate_curriculum\n"
+        "from aivo_fl.ml.training import TrainingConfig, train_model\n"
+        "_, r = train_model(generate_curriculum(100, seed=0), TrainingConfig(epochs=1, num_threads=8))\n"
+        "import torch\n"
+        "print(json.dumps([r.threads, torch.get_num_threads()]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "8"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1]

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from aivo_fl.defs.readable import percent
 from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource
 from aivo_fl.defs.retries import fail_fast_unless_transient
 from aivo_fl.ml.data import HEAD_CLASSES
@@ -28,10 +29,9 @@ def curriculum_dataset(
             "rows": summary.rows,
             "seed": summary.seed,
             "path": dg.MetadataValue.path(str(summary.path)),
-            "class_balance": dg.MetadataValue.json(summary.class_balance),
-            **{f"bayes_ceiling_{head}": summary.bayes_ceiling[head] for head in HEAD_CLASSES},
+            "class_balance_pct": dg.MetadataValue.json(
+                {head: [percent(p) for p in shares] for head, shares in summary.class_balance.items()}
+            ),
+            **{f"bayes_ceiling_{head}_pct": percent(summary.bayes_ceiling[head]) for head in HEAD_CLASSES},
         }
     )
-
-
-defs = dg.Definitions(assets=[curriculum_dataset])

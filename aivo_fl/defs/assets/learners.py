@@ -12,6 +12,7 @@ import dagster as dg
 
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.partitions import learner_partitions
+from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
     ModelStoreResource,
@@ -76,7 +77,10 @@ def learner_models(
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     clean_store(store, report)
     report(f"Cloning {len(context.partition_keys)} learner model(s)...")
-    clones, failures = _for_each_learner(context.partition_keys, lambda learner: clone_learner(reg, store, learner))
+    clones, failures = _for_each_learner(
+        context.partition_keys,
+        lambda learner: clone_learner(reg, store, learner, base_model=model_store.base_model_name),
+    )
     version = clones[-1].source_version if clones else None
     report(f"✓ Cloned {len(clones)} learner model(s) from main version {version}")
     _fail_if_any(failures, len(clones), "Cloning")
@@ -84,7 +88,7 @@ def learner_models(
         metadata={
             "learners": len(clones),
             "source_version": version or "-",
-            "bytes_per_learner": fmean(c.bytes_on_disk for c in clones) if clones else 0.0,
+            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in clones)) if clones else 0,
         }
     )
 
@@ -108,9 +112,12 @@ def learner_training(
     """Local training of each learner's heads on their own interactions; one session row per run."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
+    threads = training_settings.torch_threads(context.instance)
     trained, failures = _for_each_learner(
         context.partition_keys,
-        lambda learner: train_learner_locally(reg, store, learner, epochs=training_settings.local_epochs),
+        lambda learner: train_learner_locally(
+            reg, store, learner, epochs=training_settings.local_epochs, num_threads=threads
+        ),
     )
     outcomes = [t.result for t in trained]
     rebased = sum(1 for o in outcomes if o.rebased_from is not None)
@@ -125,12 +132,9 @@ def learner_training(
         metadata={
             "learners": len(outcomes),
             "rebased": rebased,
-            "mean_accuracy_before": fmean(o.accuracy_before for o in outcomes) if outcomes else 0.0,
-            "mean_accuracy_after": fmean(o.accuracy_after for o in outcomes) if outcomes else 0.0,
-            "mean_delta_norm": fmean(o.delta_norm for o in outcomes) if outcomes else 0.0,
+            "mean_accuracy_before_pct": percent(fmean(o.accuracy_before for o in outcomes)) if outcomes else 0.0,
+            "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
+            "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
             "samples": sum(o.samples for o in outcomes),
         }
     )
-
-
-defs = dg.Definitions(assets=[learner_models, learner_training])

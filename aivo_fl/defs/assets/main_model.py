@@ -3,6 +3,7 @@
 import dagster as dg
 
 from aivo_fl.defs.assets.curriculum import curriculum_dataset
+from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     ModelStoreResource,
     RegistryResource,
@@ -31,6 +32,7 @@ def main_model(
             epochs=training_settings.training_epochs,
             batch_size=training_settings.batch_size,
             data_seed=training_settings.data_seed,
+            num_threads=training_settings.torch_threads(context.instance),
             report=reporter.for_context(context),
         )
     r, arch = outcome.result, outcome.architecture
@@ -38,19 +40,17 @@ def main_model(
         metadata={
             "version": outcome.version,
             "path": dg.MetadataValue.path(str(outcome.path)),
-            "final_loss": r.final_loss,
-            "final_accuracy": r.final_accuracy,
-            "validation_loss": r.val_loss,
-            "validation_accuracy": r.val_accuracy,
-            "bayes_ceiling": r.bayes_ceiling,
-            "gap_to_ceiling": r.gap_to_ceiling,
+            "final_loss": rounded(r.final_loss),
+            "final_accuracy_pct": percent(r.final_accuracy),
+            "validation_loss": rounded(r.val_loss),
+            "validation_accuracy_pct": percent(r.val_accuracy),
+            "bayes_ceiling_pct": percent(r.bayes_ceiling),
+            "gap_to_ceiling_points": percent(r.gap_to_ceiling),
             "total_parameters": arch.total_params,
             "frozen_parameters": arch.frozen_params,
             "trainable_parameters": arch.trainable_params,
             "total_layers": arch.total_layers,
-            "seconds_per_epoch": r.seconds_per_epoch,
+            "seconds_per_epoch": rounded(r.seconds_per_epoch, 3),
+            "torch_threads": r.threads,
         }
     )
-
-
-defs = dg.Definitions(assets=[main_model])
