@@ -64,8 +64,7 @@ def federated_main_model(
 ) -> Iterator[dg.MaterializeResult]:
     """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion.
 
-    One materialization per round, promoted or rejected. A dry run only logs what the round would
-    do: no materialization, no files, no registry rows.
+    One materialization per round, promoted or rejected. A dry run only logs what it would do.
     """
     federated_settings.require_enabled()
     report = appending_to(
@@ -86,7 +85,8 @@ def federated_main_model(
             )
     except dg.Failure as failure:
         report(f"✗ {failure.description}")  # in the aggregation log; the tag is for alerts
-        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: REFUSALS.get(type(failure.__cause__), "refused")})
+        tag = REFUSALS.get(type(failure.__cause__), "refused")
+        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: tag})
         raise
     s = outcome.summary()
     context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: s["status"].lower()})
