@@ -16,6 +16,9 @@ import dagster as dg
 
 from aivo_fl.registry import AggregationInProgress
 
+# The registry lease's own liveness test (a zombie awaiting its parent counts as gone).
+from aivo_fl.registry.lock import _process_running as process_running
+
 PID_TAG = "aivo/pid"
 HOST_TAG = "aivo/host"
 IN_PROGRESS = [
@@ -30,23 +33,13 @@ def process_tags() -> dict[str, str]:
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
 def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark this host's CLI runs whose process is gone as failed and free their pool slots."""
     host = socket.gethostname()
     released = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
         pid = int(run.tags.get(PID_TAG, "0"))
-        if pid <= 0 or pid == os.getpid() or _alive(pid):
+        if pid <= 0 or pid == os.getpid() or process_running(pid):
             continue
         instance.report_run_failed(run, message=f"Process {pid} on {host} died; marked failed by aivo-fl")
         released.append(run.run_id)

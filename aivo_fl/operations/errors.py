@@ -13,6 +13,7 @@ import sqlalchemy.exc as sa_exc
 from aivo_fl.config import ConfigError
 from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.federated_round import NoEligibleLearners
+from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
 from aivo_fl.registry import AggregationInProgress, DatabaseUnavailable, RegistryError
 
@@ -21,7 +22,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a run or check failed, or a round was refused by a decision (gate, budget, learners)
 EXIT_CONFIG = 2  # bad configuration
 EXIT_DATABASE = 3  # database unreachable or unusable (missing, read-only)
-EXIT_REFUSED = 4  # refused by the registry (schema not migrated, main model not found, ...)
+EXIT_REFUSED = 4  # refused by the registry (schema not migrated, main model not found, a bad learner id)
 EXIT_BUSY = 5  # another aggregation round holds the lock: try again later
 
 # PostgreSQL SQLSTATEs worth another attempt: serialization failure, deadlock, the server being
@@ -84,7 +85,7 @@ def diagnose(exc: BaseException) -> Diagnosis:
         return Diagnosis(EXIT_DATABASE, f"Database error: {_first_line(exc)}", transient)
     if isinstance(exc, AggregationInProgress):
         return Diagnosis(EXIT_BUSY, f"{exc}; try again when it has finished")
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, RegistryError | InvalidLearnerId):
         return Diagnosis(EXIT_REFUSED, str(exc))
     if isinstance(exc, NoEligibleLearners | PrivacyBudgetExceeded | ArtifactError | ValueError):
         return Diagnosis(EXIT_FAILED, str(exc))

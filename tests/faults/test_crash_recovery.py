@@ -18,7 +18,7 @@ def _stats(database_url: str) -> dict[str, int]:
     try:
         return registry.get_statistics()
     finally:
-        registry.dispose()
+        registry.engine.dispose()
 
 
 def test_kill_between_saving_and_registering_the_first_model(
