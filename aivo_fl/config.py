@@ -82,24 +82,30 @@ class Settings(BaseSettings):
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
-    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
+    # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
+    # off while epsilon is still charged.
+    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
     learner_sample_rate: float = Field(1.0, alias="LEARNER_SAMPLE_RATE", gt=0, le=1)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
-    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
-    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
+    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
+    privacy_learner_epsilon_budget: float | None = Field(
+        None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
+    )
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
     aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
     aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
     aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
-    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0)
+    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0, allow_inf_nan=False)
     # Where the aggregation operation appends its progress (the guide's "review logs").
     aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
     # The `baseModel` recorded on each learner's "PersonalizedModel" row.
@@ -107,8 +113,18 @@ class Settings(BaseSettings):
     # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
+    # Key of the hash that replaces an erased learner's id in the contribution audit trail (a secret).
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
+
+    @field_validator("main_model_path", "learner_models_path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: object) -> object:
+        # An empty path would silently mean the working directory.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty; give the model store's folder")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -146,6 +162,7 @@ class Settings(BaseSettings):
         "privacy_epsilon_budget",
         "privacy_learner_epsilon_budget",
         "alert_webhook_url",
+        "erasure_key",
         "privacy_preset",
         "torch_num_threads",
         mode="before",

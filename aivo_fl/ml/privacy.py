@@ -36,7 +36,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum
+from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum, delta_norm
 
 DEFAULT_DELTA = 1e-5
 DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
@@ -170,11 +170,16 @@ def epsilon_warning(epsilon: float, delta: float = DEFAULT_DELTA) -> str | None:
     )
 
 
-def clip_delta(delta: Mapping[str, np.ndarray], clip_norm: float) -> tuple[Delta, float, bool]:
-    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``."""
+def clip_delta(
+    delta: Mapping[str, np.ndarray], clip_norm: float, norm: float | None = None
+) -> tuple[Delta, float, bool]:
+    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``.
+
+    ``norm`` is the delta's norm when the caller already has it (the delta reader computes it).
+    """
     if not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
-    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
+    norm = delta_norm(delta) if norm is None else norm
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     clipped = {k: np.asarray(v, dtype=np.float64) * scale for k, v in delta.items()}
     return clipped, norm, scale < 1.0
@@ -203,11 +208,11 @@ class DpSum:
         self.noise_multiplier = noise_multiplier
         self.denominator = float(denominator)
 
-    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> tuple[float, bool]:
+    def add(self, delta: Mapping[str, np.ndarray], weight: float, norm: float | None = None) -> tuple[float, bool]:
         """Add one learner; returns (its norm before clipping, whether it was clipped)."""
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"DP weights must be in [0, 1] to bound sensitivity, got {weight}")
-        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm)
+        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm, norm)
         self._sum.add(clipped, weight)
         return norm, was_clipped
 
