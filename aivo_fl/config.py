@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
     learner_sample_rate: float = Field(1.0, alias="LEARNER_SAMPLE_RATE", gt=0, le=1)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
     privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
     privacy_learner_epsilon_budget: float | None = Field(
         None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
     aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
@@ -115,6 +117,8 @@ class Settings(BaseSettings):
     # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
+    # Key of the hash that replaces an erased learner's id in the contribution audit trail (a secret).
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
 
@@ -162,6 +166,7 @@ class Settings(BaseSettings):
         "privacy_epsilon_budget",
         "privacy_learner_epsilon_budget",
         "alert_webhook_url",
+        "erasure_key",
         "privacy_preset",
         "torch_num_threads",
         mode="before",

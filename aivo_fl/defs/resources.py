@@ -98,6 +98,21 @@ class AlertsResource(dg.ConfigurableResource):
         return send_alert(self.webhook_url, alert) if self.webhook_url else None
 
 
+class ErasureResource(dg.ConfigurableResource):
+    """The key of the hash that replaces an erased learner's id (`AIVO_ERASURE_KEY`, a secret)."""
+
+    key: str | None = None
+
+    def require_key(self) -> bytes:
+        if not self.key:
+            # Not retried: without the key the audit trail cannot be pseudonymized consistently.
+            raise dg.Failure(
+                description="AIVO_ERASURE_KEY is not set: erasure needs it to replace learner ids by a keyed hash",
+                allow_retries=False,
+            )
+        return self.key.encode()
+
+
 class ReporterResource(dg.ConfigurableResource):
     """Where progress lines go: always the run's log; with `echo`, also plain stdout (the CLI)."""
 
@@ -158,5 +173,6 @@ def build_resources(
             webserver_url=settings.dagster_webserver_url,
             empty_rounds=settings.alert_after_empty_rounds,
         ),
+        "erasure": ErasureResource(key=_secret("AIVO_ERASURE_KEY", settings.erasure_key)),
         "reporter": ReporterResource(echo=echo, aggregation_log_path=str(settings.aggregation_log_path)),
     }

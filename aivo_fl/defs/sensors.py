@@ -12,9 +12,8 @@ import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
 from aivo_fl.defs.partitions import learner_partitions
-from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, ModelStoreResource, RegistryResource
+from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
-from aivo_fl.operations.learners import remove_learner_model
 
 # Partitions per run: big enough that 10,000 learners are 20 runs, small enough that one run
 # (about 30-40 ms of event-log work per partition) finishes in well under a minute.
@@ -45,7 +44,6 @@ def _chunks(keys: Sequence[str], size: int) -> list[Sequence[str]]:
 def new_learner_sensor(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
-    model_store: ModelStoreResource,
     federated_settings: FederatedSettingsResource,
 ) -> dg.SensorResult | dg.SkipReason:
     """Learners with a completed baseline and no model get a partition and a cloning run.
@@ -53,23 +51,12 @@ def new_learner_sensor(
     The cursor is the last learner id scanned, so a backlog larger than one tick's scan is paged
     through; an existing partition means "already requested", so nobody is cloned twice; and a
     scan that reaches the end wraps around, so a learner inserted behind the cursor is not missed.
-    Learners deleted in the app lose their partition, their files and their registry row.
+    Learners deleted in the app are erased by `deleted_learner_sensor` (`defs/erasure.py`).
     """
     if not federated_settings.use_federated_learning:
         return dg.SkipReason(DISABLED_REASON)
-    reg, store = registry.get_registry(), model_store.get_store()
+    reg = registry.get_registry()
     existing = set(context.instance.get_dynamic_partitions(learner_partitions.name))
-
-    removed = []
-    for learner_id in reg.deleted_learner_ids():
-        try:
-            validate_learner_id(learner_id)
-        except InvalidLearnerId:
-            continue  # never had a partition or files
-        if learner_id in existing or reg.get_personalized_model(learner_id) is not None:
-            remove_learner_model(reg, store, learner_id)
-            removed.append(learner_id)
-    stale_partitions = [k for k in removed if k in existing]
 
     after = json.loads(context.cursor)["after"] if context.cursor else None
     scanned = reg.learners_needing_model(after=after, limit=SCAN_LIMIT)
@@ -87,20 +74,15 @@ def new_learner_sensor(
     # JSON, because Dagster keeps the previous cursor when a tick returns an empty one.
     cursor = json.dumps({"after": scanned[-1] if len(scanned) == SCAN_LIMIT else None})
 
-    partition_requests = []
-    if new:
-        partition_requests.append(learner_partitions.build_add_request(new))
-    if stale_partitions:
-        partition_requests.append(learner_partitions.build_delete_request(stale_partitions))
-    if not new and not removed:
+    if not new:
         return dg.SensorResult(
             skip_reason=f"No new learners ({len(refused)} refused ids)" if refused else "No new learners",
             cursor=cursor,
         )
-    context.log.info(f"{len(new)} new learner(s), {len(removed)} removed")
+    context.log.info(f"{len(new)} new learner(s)")
     return dg.SensorResult(
         run_requests=[_range_request("clone", batch) for batch in _chunks(new, PARTITIONS_PER_RUN)],
-        dynamic_partitions_requests=partition_requests,
+        dynamic_partitions_requests=[learner_partitions.build_add_request(new)],
         cursor=cursor,
     )
 
