@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
-    # Finite only: CLIP_NORM=inf would switch clipping off while epsilon is still charged.
+    # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
+    # off while epsilon is still charged.
     noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
@@ -97,12 +98,14 @@ class Settings(BaseSettings):
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
     aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
     aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
     aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
-    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0)
+    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0, allow_inf_nan=False)
     # Where the aggregation operation appends its progress (the guide's "review logs").
     aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
     # The `baseModel` recorded on each learner's "PersonalizedModel" row.

@@ -38,12 +38,9 @@ def cmd_export_learner_model(args: argparse.Namespace) -> int:
     registry, store = open_registry(settings), ModelStore.from_settings(settings)
     try:
         outcome = export_learner_model(registry, store, args.learner, args.format, args.output)
-    except InvalidLearnerId as exc:
+    except (InvalidLearnerId, ArtifactError) as exc:  # a refused id (4), or a damaged/failed model file (1)
         print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except ArtifactError as exc:
-        print(f"✗ Export failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_REFUSED if isinstance(exc, InvalidLearnerId) else EXIT_FAILED
     m, check = outcome.manifest, outcome.manifest["check"]
     print(f"✓ Exported learner {m['learnerId']} (main version {m['mainVersion']}) as {m['format']}")
     print(f"  - File: {outcome.path} ({m['bytes']:,} bytes, {m['bytes'] / m['fp32Bytes']:.2f}x fp32)")

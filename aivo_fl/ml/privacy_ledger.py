@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aivo_fl.ml.adaptive_clipping import combined_noise_multiplier
+from aivo_fl.ml.adaptive_clipping import combined_noise_multiplier, quantile_noise_multiplier
+from aivo_fl.ml.learner_sampling import expected_cohort
 from aivo_fl.ml.privacy import DEFAULT_DELTA, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
 
 NO_NOISE = "released without noise (differential privacy off): no guarantee"
@@ -78,6 +79,39 @@ class RoundPrivacy:
             target_quantile=raw.get("clipTargetQuantile"),
             quantile_noise_multiplier=raw.get("quantileNoiseMultiplier"),
         )
+
+
+def planned_round(
+    round_id: str,
+    *,
+    dp_enabled: bool,
+    noise_multiplier: float,
+    clip_norm: float,
+    sample_rate: float,
+    population: int,
+    delta: float,
+    target_quantile: float | None = None,
+) -> RoundPrivacy:
+    """What a round will use, known before any learner is drawn or any delta read.
+
+    The denominator is the expected cohort ``sample_rate x population``; under adaptive clipping
+    the count query's noise is set from that same expected cohort.
+    """
+    if not dp_enabled:
+        return RoundPrivacy(round_id, False, sample_rate=sample_rate, population=population)
+    cohort = expected_cohort(sample_rate, population)
+    return RoundPrivacy(
+        round_id,
+        True,
+        noise_multiplier=noise_multiplier,
+        clip_norm=clip_norm,
+        sample_rate=sample_rate,
+        population=population,
+        denominator=cohort,
+        delta=delta,
+        target_quantile=target_quantile,
+        quantile_noise_multiplier=quantile_noise_multiplier(cohort) if target_quantile is not None else None,
+    )
 
 
 @dataclass(frozen=True)

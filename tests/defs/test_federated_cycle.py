@@ -147,4 +147,4 @@ def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     assert sorted(p.relative_to(deployment.store.main_root) for p in deployment.store.main_root.rglob("*")) == (
         store_before
     )
-    assert deployment.registry.privacy_events() == []
+    assert deployment.registry.round_privacy_records() == []
