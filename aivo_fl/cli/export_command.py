@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--format", choices=FORMATS, default="safetensors-fp16", help="file format (default safetensors-fp16)"
     )
-    p.add_argument("--output", type=Path, metavar="PATH", help="file or folder (default: <learner>.<format> here)")
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="a file, or a folder (existing or ending in /) for <learner>.<format> (default: this folder)",
+    )
     p.set_defaults(func=cmd_export_learner_model)
 
 
@@ -36,8 +41,11 @@ def cmd_export_learner_model(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     registry, store = open_registry(settings), ModelStore.from_settings(settings)
+    output = Path(args.output) if args.output else None
+    if output is not None and args.output.endswith(("/", os.sep)):
+        output.mkdir(parents=True, exist_ok=True)
     try:
-        outcome = export_learner_model(registry, store, args.learner, args.format, args.output)
+        outcome = export_learner_model(registry, store, args.learner, args.format, output)
     except (InvalidLearnerId, ArtifactError) as exc:  # a refused id (4), or a damaged/failed model file (1)
         print(f"✗ {exc}", file=sys.stderr)
         return EXIT_REFUSED if isinstance(exc, InvalidLearnerId) else EXIT_FAILED
