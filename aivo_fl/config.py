@@ -113,8 +113,6 @@ class Settings(BaseSettings):
     # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
-    # Key of the hash that replaces an erased learner's id in the contribution audit trail (a secret).
-    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
 
