@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
 from aivo_fl.config import ConfigError
+from aivo_fl.redaction import HidePasswords, hide_password
 from aivo_fl.registry import DatabaseUnavailable, RegistryError
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(HidePasswords())  # a logged URL never shows its password
     if not args.verbose:
         # Commands print their own progress; Dagster's beta/superseded notices are for developers.
         warnings.filterwarnings("ignore", message=r".*(is currently in beta|is superseded).*")
@@ -42,13 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
+        print(f"✗ {exc}", file=sys.stderr)  # already masked: ConfigError knows the raw values
         return EXIT_CONFIG
     except DatabaseUnavailable as exc:
-        print(f"✗ {exc}. Check DATABASE_URL and that the database is running.", file=sys.stderr)
+        print(f"✗ {hide_password(str(exc))}. Check DATABASE_URL and that the database is running.", file=sys.stderr)
         return EXIT_DATABASE
     except RegistryError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
+        print(f"✗ {hide_password(str(exc))}", file=sys.stderr)
         return EXIT_REFUSED
 
 
