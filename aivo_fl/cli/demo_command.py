@@ -37,14 +37,18 @@ def _stage(title: str) -> float:
 
 
 def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore[no-untyped-def]
-    from aivo_fl.cli.dagster_runs import apply_sensor_result, run_job
+    from aivo_fl.cli.dagster_runs import run_job
+    from aivo_fl.cli.dead_runs import release_dead_runs
+    from aivo_fl.defs.ticks import tick_sensor
 
-    requests, _, skipped = apply_sensor_result(defs, instance, sensor, cursor=None)
-    if skipped:
-        print(f"{sensor}: {skipped}")
-    for request in requests:
+    # A run killed earlier must not look in flight to the sensor (nothing else marks it failed here).
+    release_dead_runs(instance)
+    data = tick_sensor(defs, instance, sensor)
+    if data.skip_message:
+        print(f"{sensor}: {data.skip_message}")
+    for request in data.run_requests or []:
         run_job(defs, instance, job, tags=request.tags)
-    return len(requests)
+    return len(data.run_requests or [])
 
 
 def activate(env_file: Path = Path(".env")) -> Settings:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.defs.partitions import TRANSIENT_RETRY, learner_partitions
+from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import (
     DISABLED_REASON,
     ErasureResource,
@@ -20,6 +20,7 @@ from aivo_fl.defs.resources import (
     RegistryResource,
     ReporterResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY
 from aivo_fl.operations.erasure import erasable, erase_everywhere
 
 # Learners erased per run; a longer list is finished by the next runs.
