@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    # Set: runs Dagster launches (sensors, schedule, UI) execute each step on Celery workers fed by this
+    # broker (also the result backend), on CELERY_QUEUE; unset: in the run's own process.
+    celery_broker_url: SecretStr | None = Field(None, alias="CELERY_BROKER_URL")
+    celery_queue: str = Field("dagster", alias="CELERY_QUEUE", min_length=1)
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
     # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
     erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
@@ -167,6 +171,7 @@ class Settings(BaseSettings):
         "erasure_key",
         "privacy_preset",
         "torch_num_threads",
+        "celery_broker_url",
         mode="before",
     )
     @classmethod
