@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from aivo_fl.ml.aggregation.server_optimizers import SERVER_OPTIMIZERS
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.redaction import hide_secrets, url_password
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 # The round's own defaults (min learners, strategy, staleness window, server optimizer) live in
@@ -76,6 +77,8 @@ def normalize_database_url(raw: str) -> URL:
         if driver not in ("", "psycopg2"):
             raise ValueError(f"unsupported PostgreSQL driver '{driver}'; use postgresql:// (psycopg2)")
         url = url.set(drivername="postgresql+psycopg2")
+    if url.host and "@" in url.host:  # the password held an '@': half of it would be taken for the host
+        raise ValueError("the password contains '@'; percent-encode it as %40")
     return url
 
 
@@ -94,22 +97,32 @@ class Settings(BaseSettings):
     local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
-    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
+    # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
+    # off while epsilon is still charged.
+    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
     learner_sample_rate: float = Field(1.0, alias="LEARNER_SAMPLE_RATE", gt=0, le=1)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
-    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
-    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
+    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
+    privacy_learner_epsilon_budget: float | None = Field(
+        None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
+    )
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     server_optimizer: str = Field(_ROUND.server_optimizer, alias="SERVER_OPTIMIZER")
     # Unset: the server optimizer's own default (1.0 for sgd: plain model averaging). The CLI's and
     # the Dagster config's learning rate override it for one round.
-    server_learning_rate: float | None = Field(None, alias="SERVER_LEARNING_RATE", gt=0)
+    server_learning_rate: float | None = Field(None, alias="SERVER_LEARNING_RATE", gt=0, allow_inf_nan=False)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    # Set: runs Dagster launches (sensors, schedule, UI) execute each step on Celery workers fed by this
+    # broker (also the result backend), on CELERY_QUEUE; unset: in the run's own process.
+    celery_broker_url: SecretStr | None = Field(None, alias="CELERY_BROKER_URL")
+    celery_queue: str = Field("dagster", alias="CELERY_QUEUE", min_length=1)
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
     aggregation_min_learners: int = Field(_ROUND.min_learners, alias="AGGREGATION_MIN_LEARNERS", ge=1)
@@ -124,6 +137,14 @@ class Settings(BaseSettings):
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
+
+    @field_validator("main_model_path", "learner_models_path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: object) -> object:
+        # An empty path would silently mean the working directory.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty; give the model store's folder")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -160,9 +181,11 @@ class Settings(BaseSettings):
         "privacy_epsilon_budget",
         "privacy_learner_epsilon_budget",
         "alert_webhook_url",
+        "erasure_key",
         "privacy_preset",
         "torch_num_threads",
         "server_learning_rate",
+        "celery_broker_url",
         mode="before",
     )
     @classmethod
@@ -207,11 +230,14 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
+        problems, secrets = [], []
         for error in exc.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
             if not error["loc"]:  # a rule across variables; its message names them
                 problems.append(message)
                 continue
-            problems.append(f"{error['loc'][0]}={error.get('input')!r}: {message}")
-        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+            given = error.get("input")
+            secrets.append(url_password(given) if isinstance(given, str) else None)
+            problems.append(f"{error['loc'][0]}={given!r}: {message}")
+        # A URL's password never reaches the screen, whichever part of the message renders it.
+        raise ConfigError(hide_secrets("Invalid configuration: " + "; ".join(problems), *secrets)) from None

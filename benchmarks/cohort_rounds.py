@@ -104,6 +104,7 @@ def _round(
         head_state(cohort.active),
         list(cohort.lineage),
         updates,
+        cohort.learners_root,
         PrivacyHistory(list(cohort.events), dict(cohort.ledger)),
         cohort.optimizer_state,
     )

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.artifacts import (
     encode_tensors,
     file_record,
@@ -61,10 +60,6 @@ class TrainingSessionResult:
         out["started_at"] = self.started_at.isoformat()
         out["finished_at"] = self.finished_at.isoformat()
         return out
-
-
-def tensor_norm(tensors: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in tensors.values())))
 
 
 def train_learner(
@@ -125,7 +120,7 @@ def train_learner(
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
         loss_after=mean_loss(after),
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
-        delta_norm=tensor_norm(delta),
+        delta_norm=delta_norm(delta),
         delta_path=delta_path,
         started_at=started_at,
         finished_at=finished_at,

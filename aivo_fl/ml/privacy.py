@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aivo_fl.ml.aggregation.base import Delta, delta_norm
+
 if TYPE_CHECKING:
     import dp_accounting
-
-Delta = dict[str, np.ndarray]
 
 DEFAULT_DELTA = 1e-5
 DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
@@ -176,11 +176,16 @@ def epsilon_warning(epsilon: float, delta: float = DEFAULT_DELTA) -> str | None:
     )
 
 
-def clip_delta(delta: Mapping[str, np.ndarray], clip_norm: float) -> tuple[Delta, float, bool]:
-    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``."""
+def clip_delta(
+    delta: Mapping[str, np.ndarray], clip_norm: float, norm: float | None = None
+) -> tuple[Delta, float, bool]:
+    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``.
+
+    ``norm`` is the delta's norm when the caller already has it (the delta reader computes it).
+    """
     if not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
-    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
+    norm = delta_norm(delta) if norm is None else norm
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     clipped = {k: np.asarray(v, dtype=np.float64) * scale for k, v in delta.items()}
     return clipped, norm, scale < 1.0

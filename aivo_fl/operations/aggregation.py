@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,18 +23,19 @@ import numpy as np
 
 from aivo_fl.config import Settings
 from aivo_fl.ml.aggregation.server_optimizers import State
-from aivo_fl.ml.artifacts import ArtifactError, load_artifact, load_main_model, main_version_dir, save_main_model
+from aivo_fl.ml.artifacts import load_artifact, load_main_model, main_version_dir, save_main_model
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, head_state
-from aivo_fl.ml.privacy import PrivacyEvent
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, GateResult, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.safe_files import NOT_IN_MANIFEST, FileRejected
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
+from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.operations.versions import next_free_version, trained_version
 from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
@@ -126,9 +127,9 @@ def load_server_state(main_root: Path, version: str, optimizer: str) -> State:
     """The server optimizer's state saved with ``version`` (verified against its manifest); empty when
     the version has none (a trained version, or state of another optimizer): the optimizer starts fresh."""
     try:
-        tensors, _ = load_artifact(main_version_dir(main_root, version), SERVER_STATE_NAME)
-    except ArtifactError as exc:
-        if "not listed" in str(exc):
+        tensors, _ = load_artifact(main_root, main_version_dir(main_root, version), SERVER_STATE_NAME)
+    except FileRejected as exc:
+        if exc.reason == NOT_IN_MANIFEST:
             return {}
         raise
     prefix = f"{optimizer}."
@@ -153,28 +154,21 @@ def _read(
     now: datetime,
     report: Report,
 ) -> _Read:
-    eligible = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
-    consumed = registry.aggregated_session_ids(e.session_id for e in eligible)
-    fresh = [e for e in eligible if e.session_id not in consumed]
+    fresh = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
+    consumed = registry.count_already_aggregated(options.max_stale_days, now=now)
+    trained = len(fresh) + consumed
     report(
-        f"Learners trained in the last {options.max_stale_days} days: {len(eligible)}"
-        f" ({len(consumed)} already aggregated, {len(fresh)} offered)"
+        f"Learners trained in the last {options.max_stale_days} days: {trained}"
+        f" ({consumed} already aggregated, {len(fresh)} offered)"
     )
     if len(fresh) < options.min_learners:
-        raise NoEligibleLearners(len(fresh), len(eligible), options.min_learners, options.max_stale_days, len(consumed))
+        raise NoEligibleLearners(len(fresh), trained, options.min_learners, options.max_stale_days, consumed)
     session_of = {e.learner_id: e.session_id for e in fresh}
     lineage = [
         v.version
         for v in registry.list_main_versions()
         if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
     ]
-    history = PrivacyHistory(
-        [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in registry.privacy_events()],
-        {
-            learner: [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in noise]
-            for learner, noise in registry.learner_privacy_events(session_of).items()
-        },
-    )
     active_model, _ = load_main_model(store.main_root, active.version)
     state = RoundState(
         base_version=active.version,
@@ -184,10 +178,24 @@ def _read(
             LearnerUpdate(e.learner_id, Path(e.delta_path), e.samples, e.source_version, e.completed_at, e.improvement)
             for e in fresh
         ],
-        privacy_history=history,
+        learners_root=store.learners_root,
+        privacy_history=_privacy_history(registry, session_of),
         optimizer_state=load_server_state(store.main_root, active.version, options.server_optimizer),
     )
-    return _Read(state, active_model, session_of, len(consumed))
+    return _Read(state, active_model, session_of, consumed)
+
+
+def _privacy_history(registry: ModelRegistry, learner_ids: Iterable[str]) -> PrivacyHistory:
+    """The recorded rounds' accountant events, globally and per learner (rounds released without
+    noise carry no event: the ledger reports them as "no guarantee")."""
+    rounds = recorded_rounds(registry)
+    return PrivacyHistory(
+        [e for r in rounds if (e := r.event()) is not None],
+        {
+            learner: [e for r in charged if (e := r.event()) is not None]
+            for learner, charged in learner_ledgers(registry, rounds, learner_ids).items()
+        },
+    )
 
 
 def _report_round(result: RoundResult, privacy: PrivacySettings, options: RoundOptions, report: Report) -> None:

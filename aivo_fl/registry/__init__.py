@@ -2,9 +2,10 @@
 
 from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, RegistryError
 from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
+from aivo_fl.registry.erasure import ErasureReport
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
-from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RecordedNoise
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput
 from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
 from aivo_fl.registry.versions import MainVersionRecord
 
@@ -13,13 +14,13 @@ __all__ = [
     "ContributionInput",
     "DatabaseUnavailable",
     "EligibleLearner",
+    "ErasureReport",
     "FederatedUpdateInput",
     "LearnerInteractions",
     "MainVersionRecord",
     "ModelRegistry",
     "PersonalizedModelRecord",
     "PromotionConflict",
-    "RecordedNoise",
     "RegistryError",
     "TrainingSessionInput",
     "create_registry_engine",

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.registry.database import create_registry_engine, current_revision, head_revision, unavailable
 
 
@@ -23,6 +24,19 @@ class PromotionConflict(RegistryError):
 
 class AggregationInProgress(RegistryError):
     """Another aggregation round holds the lease."""
+
+
+class RefusedLearnerId(RegistryError):
+    """A learner id the registry will not store or look up (NUL, too long, path-like)."""
+
+
+def checked_learner_id(learner_id: str) -> str:
+    """Refuse a bad id with one clear line before any driver sees it (PostgreSQL rejects NUL and
+    over-long strings with raw errors; the learner store would treat it as a path)."""
+    try:
+        return validate_learner_id(learner_id)
+    except InvalidLearnerId as exc:
+        raise RefusedLearnerId(f"Refused learner id: {exc}") from None
 
 
 class RegistryBase:

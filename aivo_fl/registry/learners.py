@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
-from aivo_fl.registry.base import RegistryBase, RegistryError
+from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
 from aivo_fl.registry.schema import (
     Learner,
     LearnerInteraction,
@@ -40,6 +40,7 @@ class LearnerInteractions:
 
 class Learners(RegistryBase):
     def add_learner(self, learner_id: str, *, baseline_completed_at: datetime | None) -> None:
+        checked_learner_id(learner_id)
         with self._session() as session:
             session.merge(Learner(id=learner_id, baselineCompletedAt=baseline_completed_at, deletedAt=None))
 
@@ -51,6 +52,7 @@ class Learners(RegistryBase):
         *,
         created_at: datetime | None = None,
     ) -> int:
+        checked_learner_id(learner_id)
         if features.ndim != 2 or features.shape[1] != NUM_FEATURES:
             raise RegistryError(f"interactions need shape (n, {NUM_FEATURES}), got {features.shape}")
         # Packed little-endian float32s: 1 KiB a row instead of a 256-column table or a JSON array.
@@ -69,6 +71,7 @@ class Learners(RegistryBase):
         return len(rows)
 
     def get_interactions(self, learner_id: str) -> LearnerInteractions:
+        checked_learner_id(learner_id)
         columns = [getattr(LearnerInteraction, head) for head in HEADS]
         with self._session() as session:
             if session.get(Learner, learner_id) is None:
@@ -140,6 +143,7 @@ class Learners(RegistryBase):
     def register_personalized_model(
         self, learner_id: str, metadata: dict[str, Any], *, base_model: str = DEFAULT_BASE_MODEL
     ) -> PersonalizedModelRecord:
+        checked_learner_id(learner_id)
         with self._session() as session:
             row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
             if row is None:
@@ -152,11 +156,13 @@ class Learners(RegistryBase):
             return _personalized_record(row)
 
     def get_personalized_model(self, learner_id: str) -> PersonalizedModelRecord | None:
+        checked_learner_id(learner_id)
         with self._session() as session:
             row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
             return _personalized_record(row) if row else None
 
     def delete_personalized_model(self, learner_id: str) -> bool:
+        checked_learner_id(learner_id)
         with self._session() as session:
             result = session.execute(sa.delete(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
             return bool(result.rowcount)

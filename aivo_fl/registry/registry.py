@@ -1,7 +1,7 @@
 """`ModelRegistry`: every read and write of the registry database, and nothing else.
 
 One facade over one module per concern (versions, learners, training sessions, rounds, the
-aggregation lease). No Dagster here; the Dagster resource and the CLI both wrap this class.
+aggregation lease, erasure). No Dagster here; the Dagster resource and the CLI both wrap this class.
 Methods return plain dataclasses or dicts so callers never hold ORM objects past a session.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from aivo_fl.registry.erasure import Erasure
 from aivo_fl.registry.learners import Learners
 from aivo_fl.registry.lock import AggregationLease
 from aivo_fl.registry.rounds import Rounds
@@ -25,7 +26,7 @@ from aivo_fl.registry.training_sessions import TrainingSessions
 from aivo_fl.registry.versions import Versions
 
 
-class ModelRegistry(Versions, Learners, TrainingSessions, Rounds, AggregationLease):
+class ModelRegistry(Versions, Learners, TrainingSessions, Rounds, AggregationLease, Erasure):
     """The registry of main versions, learners, personalized models, sessions and updates."""
 
     def get_statistics(self) -> dict[str, int]:

@@ -7,8 +7,15 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from aivo_fl.registry.base import RegistryBase
-from aivo_fl.registry.schema import Learner, ModelTrainingSession, utcnow
+from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.registry.base import RegistryBase, checked_learner_id
+from aivo_fl.registry.schema import (
+    FederatedUpdate,
+    FederatedUpdateContribution,
+    Learner,
+    ModelTrainingSession,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class TrainingSessionInput:
 
 class TrainingSessions(RegistryBase):
     def record_training_session(self, record: TrainingSessionInput) -> int:
+        checked_learner_id(record.learner_id)
         # Field names map one to one: snake_case here, Prisma's camelCase in the table.
         values = {_camel(name): value for name, value in asdict(record).items()}
         with self._session() as session:
@@ -53,24 +61,9 @@ class TrainingSessions(RegistryBase):
             return row.id
 
     def get_eligible_for_aggregation(self, days: int, *, now: datetime | None = None) -> list[EligibleLearner]:
-        """Each non-deleted learner's latest training session completed within `days` days."""
-        cutoff = (now or utcnow()) - timedelta(days=days)
-        latest = (
-            sa.select(
-                ModelTrainingSession.learnerId,
-                sa.func.max(ModelTrainingSession.id).label("session_id"),
-            )
-            .where(ModelTrainingSession.completedAt >= cutoff)
-            .group_by(ModelTrainingSession.learnerId)
-            .subquery()
-        )
-        query = (
-            sa.select(ModelTrainingSession)
-            .join(latest, latest.c.session_id == ModelTrainingSession.id)
-            .join(Learner, Learner.id == ModelTrainingSession.learnerId, isouter=True)
-            .where(Learner.deletedAt.is_(None))
-            .order_by(ModelTrainingSession.learnerId)
-        )
+        """What the next round would be offered: each non-deleted learner's latest training session
+        completed within `days` days, unless a promoted round already aggregated it."""
+        query = _latest_in_window(days, now).where(~_already_aggregated()).order_by(ModelTrainingSession.learnerId)
         with self._session() as session:
             return [
                 EligibleLearner(
@@ -85,6 +78,44 @@ class TrainingSessions(RegistryBase):
                 )
                 for row in session.scalars(query)
             ]
+
+    def count_already_aggregated(self, days: int, *, now: datetime | None = None) -> int:
+        """Learners whose latest session in the window already went into a promoted version."""
+        query = sa.select(sa.func.count()).select_from(
+            _latest_in_window(days, now).where(_already_aggregated()).subquery()
+        )
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+
+def _latest_in_window(days: int, now: datetime | None) -> sa.Select[tuple[ModelTrainingSession]]:
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    latest = (
+        sa.select(ModelTrainingSession.learnerId, sa.func.max(ModelTrainingSession.id).label("session_id"))
+        .where(ModelTrainingSession.completedAt >= cutoff)
+        .group_by(ModelTrainingSession.learnerId)
+        .subquery()
+    )
+    return (
+        sa.select(ModelTrainingSession)
+        .join(latest, latest.c.session_id == ModelTrainingSession.id)
+        .join(Learner, Learner.id == ModelTrainingSession.learnerId, isouter=True)
+        .where(Learner.deletedAt.is_(None))
+    )
+
+
+def _already_aggregated() -> sa.Exists:
+    """The session's delta went into a promoted version (a delta is never counted twice)."""
+    return (
+        sa.select(FederatedUpdateContribution.id)
+        .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
+        .where(
+            FederatedUpdateContribution.trainingSessionId == ModelTrainingSession.id,
+            FederatedUpdateContribution.excludedReason.is_(None),
+            FederatedUpdate.status == RoundStatus.PROMOTED,
+        )
+        .exists()
+    )
 
 
 def _camel(name: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aivo_fl.ml.aggregation import Block, block_of, plan_blocks
+from aivo_fl.ml.aggregation.base import Block, block_of, plan_blocks
 
 
 @dataclass(frozen=True)

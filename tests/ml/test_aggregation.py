@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivo_fl.ml.aggregation import (
+from aivo_fl.ml.aggregation.base import plan_blocks
+from aivo_fl.ml.aggregation.strategies import (
     STRATEGIES,
     FedAvg,
     Median,
     TrimmedMean,
     Weighted,
     improvement_weight,
-    plan_blocks,
     strategy_named,
     trim_count,
 )

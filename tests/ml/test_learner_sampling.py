@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aivo_fl.ml.aggregation import DpClipped, FedAvg
+from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg
 from aivo_fl.ml.learner_sampling import expected_cohort, poisson_sample
 from tests.ml.memory_source import Info, MemorySource
 

@@ -10,7 +10,7 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 from scipy import stats
 
-from aivo_fl.ml.aggregation import DpClipped, FedAvg, Median, Weighted
+from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, Median, Weighted
 from aivo_fl.ml.privacy import (
     PrivacyBudgetExceeded,
     PrivacyEvent,

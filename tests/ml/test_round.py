@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save_file
 
 from aivo_fl.ml import deltas
+from aivo_fl.ml.cloning import DELTA_NAME
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples, generate_cohort, generate_curriculum
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
@@ -21,6 +22,7 @@ from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners, staleness_factor
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.training import TrainingConfig, train_model
+from tests.ml.delta_files import write_delta, write_raw
 
 SHAPES = {"heads.d.weight": (5, 8), "heads.d.bias": (5,), "heads.s.weight": (2, 8), "heads.s.bias": (2,)}
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -38,9 +40,9 @@ def _delta(seed: int, scale: float = 0.1) -> dict[str, np.ndarray]:
 
 
 def _update(tmp: Path, i: int, delta: dict | None = None, **kw: object) -> LearnerUpdate:
-    path = tmp / f"learner-{i}.safetensors"
+    path = tmp / f"learner-{i}" / DELTA_NAME  # the learner store's layout, manifest included
     if delta is not None or not kw.pop("no_file", False):
-        save_file(delta if delta is not None else _delta(i), str(path))
+        write_delta(tmp, f"learner-{i}", delta if delta is not None else _delta(i))
     fields = {
         "learner_id": f"learner-{i}",
         "delta_path": path,
@@ -62,8 +64,10 @@ def _run(
     seed: int = 0,
     state: dict | None = None,
 ):  # type: ignore[no-untyped-def]
-    state = RoundState("1.2.0", _base(), HISTORY, updates, PrivacyHistory(events or [], ledger or {}), state or {})
-    return build_candidate(state, options or RoundOptions(), privacy, NOW, np.random.default_rng(seed))
+    root = Path(os.path.commonpath([u.delta_path.parent.parent for u in updates]))
+    history = PrivacyHistory(events or [], ledger or {})
+    round_state = RoundState("1.2.0", _base(), HISTORY, updates, root, history, state or {})
+    return build_candidate(round_state, options or RoundOptions(), privacy, NOW, np.random.default_rng(seed))
 
 
 def test_fedavg_round_is_base_plus_sample_weighted_mean(tmp_path: Path) -> None:
@@ -101,9 +105,10 @@ def test_each_bad_delta_is_excluded_with_its_reason_and_the_round_goes_on(tmp_pa
         _update(bad_dir, 18),
     ]
     raw = bad[6].delta_path.read_bytes()
-    bad[6].delta_path.write_bytes(raw[:-7])
-    bad[7].delta_path.write_bytes(pickle.dumps({"heads.d.bias": [0.0] * 5}))
-    bad[8].delta_path.write_bytes(np.random.default_rng(3).bytes(999))
+    # The manifests vouch for these bytes: the content checks must catch them on their own.
+    write_raw(bad_dir, "learner-16", raw[:-7])
+    write_raw(bad_dir, "learner-17", pickle.dumps({"heads.d.bias": [0.0] * 5}))
+    write_raw(bad_dir, "learner-18", np.random.default_rng(3).bytes(999))
     result = _run(good + bad)
     reasons = {c.learner_id: c.excluded_reason for c in result.contributions}
     assert reasons == {

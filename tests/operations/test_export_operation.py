@@ -42,9 +42,9 @@ def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
     train_and_register_main_model(registry, store, dataset.path, epochs=3, batch_size=64, data_seed=0, report=quiet)
     [learner] = simulate_new_learners(registry, 1)
     clone_learner(registry, store, learner)
-    train_learner_locally(registry, store, learner)
+    train_learner_locally(registry, store, learner, epochs=5)
     yield Trained(registry, store, learner)
-    registry.dispose()
+    registry.engine.dispose()
 
 
 def test_export_writes_one_checked_file_and_its_manifest(trained: Trained, tmp_path: Path) -> None:

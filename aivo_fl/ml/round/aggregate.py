@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from aivo_fl.ml.aggregation.base import Block, Delta, plan_blocks
+from aivo_fl.ml.aggregation.base import Block, Delta, delta_norm, plan_blocks
 from aivo_fl.ml.aggregation.server_optimizers import ServerOptimizer, State
 from aivo_fl.ml.aggregation.strategies import DpClipped, Strategy
-from aivo_fl.ml.deltas import delta_norm, iter_stacked_blocks, load_delta
+from aivo_fl.ml.deltas import iter_stacked_blocks, load_delta
 from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
 
@@ -22,18 +23,20 @@ class DeltaFiles:
     file that changed since gathering fails the round rather than slipping in)."""
 
     infos: Sequence[Update]
+    learners_root: Path
     shapes: Mapping[str, tuple[int, ...]]
     max_norm: float
     block_bytes: int
 
     def deltas(self) -> Iterator[Delta]:
         for update in self.infos:
-            yield load_delta(update.path, self.shapes, self.max_norm)
+            yield load_delta(update.path, self.learners_root, self.shapes, self.max_norm)[0]
 
     def blocks(self, scales: Sequence[float]) -> Iterator[tuple[Block, np.ndarray]]:
         block_elems = max(1, self.block_bytes // (8 * len(self.infos)))
         paths = [u.path for u in self.infos]
-        yield from iter_stacked_blocks(paths, plan_blocks(self.shapes, block_elems), scales=scales)
+        blocks = plan_blocks(self.shapes, block_elems)
+        yield from iter_stacked_blocks(paths, self.learners_root, self.shapes, blocks, scales=scales)
 
 
 def private(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class RoundState:
     base_heads: Mapping[str, np.ndarray]
     lineage: Sequence[str]  # promoted versions, oldest first; the base is among them
     offered: Sequence[LearnerUpdate]
+    learners_root: Path  # every offered delta file must lie inside it (the learners' model store)
     privacy_history: PrivacyHistory = field(default_factory=PrivacyHistory)
     optimizer_state: State = field(default_factory=dict)  # the base version's server-optimizer state
 
@@ -85,14 +87,14 @@ def build_candidate(
     strategy = strategy_named(options.strategy, options.trim_fraction)
     optimizer = server_optimizer(options.server_optimizer, options.learning_rate)
     shapes = shapes_of(state.base_heads)
-    gathered = gather(state.offered, shapes, state.base_version, state.lineage, options, now)
+    gathered = gather(state.offered, state.learners_root, shapes, state.base_version, state.lineage, options, now)
     accounted = account_round(privacy, state.privacy_history, gathered)
     if len(accounted.included) < options.min_learners:
         raise NoEligibleLearners(
             len(accounted.included), gathered.trained_in_window, options.min_learners, options.max_stale_days
         )
     strategy = private(strategy, privacy, accounted.denominator, None if options.dry_run else rng)
-    source = DeltaFiles(accounted.included, shapes, options.max_delta_norm, options.block_bytes)
+    source = DeltaFiles(accounted.included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
     aggregated = aggregate(source, state.base_heads, strategy, optimizer, state.optimizer_state)
     noisy = privacy.enabled and not options.dry_run
     return RoundResult(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from aivo_fl.ml.deltas import DeltaRejected, delta_norm, load_delta
+from aivo_fl.ml.deltas import DeltaRejected, load_delta
 from aivo_fl.ml.round.options import RoundOptions
 
 
@@ -98,13 +98,15 @@ def _metadata_reason(
 
 def gather(
     offered: Sequence[LearnerUpdate],
+    learners_root: Path,
     shapes: Mapping[str, tuple[int, ...]],
     base_version: str,
     lineage: Sequence[str],
     options: RoundOptions,
     now: datetime,
 ) -> Gathered:
-    """Screen ``offered`` against the base version and its ``lineage`` (oldest first)."""
+    """Screen ``offered`` against the base version and its ``lineage`` (oldest first). Every delta
+    file must lie inside ``learners_root`` and match its folder's manifest."""
     if base_version not in lineage:
         raise ValueError(f"base version {base_version!r} is not in the version history")
     position = {v: i for i, v in enumerate(lineage)}
@@ -123,7 +125,7 @@ def gather(
         norm = None
         if reason is None:
             try:
-                norm = delta_norm(load_delta(u.delta_path, shapes, options.max_delta_norm))
+                _, norm = load_delta(u.delta_path, learners_root, shapes, options.max_delta_norm)
             except DeltaRejected as exc:
                 reason = exc.reason
         screened.append(Contribution(u.learner_id, 0.0, norm, False, reason, behind))
