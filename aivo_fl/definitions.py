@@ -16,6 +16,7 @@ import dagster as dg
 from aivo_fl.config import Settings, load_settings
 from aivo_fl.defs.resources import build_resources
 from aivo_fl.defs.schedules import build_aggregation_schedule
+from aivo_fl.workers import build_executor
 
 
 @cache
@@ -31,6 +32,7 @@ def build_definitions(settings: Settings, *, echo: bool = False) -> dg.Definitio
         dg.Definitions(
             schedules=[build_aggregation_schedule(settings)],
             resources=build_resources(settings, echo=echo),
+            executor=build_executor(settings),
         ),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from aivo_fl.cli.registry_commands import open_registry
@@ -20,7 +21,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--format", choices=FORMATS, default="safetensors-fp16", help="file format (default safetensors-fp16)"
     )
-    p.add_argument("--output", type=Path, metavar="PATH", help="file or folder (default: <learner>.<format> here)")
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="a file, or a folder (existing or ending in /) for <learner>.<format> (default: this folder)",
+    )
     p.set_defaults(func=cmd_export_learner_model)
 
 
@@ -31,8 +36,11 @@ def cmd_export_learner_model(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     registry, store = open_registry(settings), ModelStore.from_settings(settings)
+    output = Path(args.output) if args.output else None
+    if output is not None and args.output.endswith(("/", os.sep)):
+        output.mkdir(parents=True, exist_ok=True)
     # A refused id (4) or a damaged model file (1) is reported by `main` as one line.
-    outcome = export_learner_model(registry, store, args.learner, args.format, args.output)
+    outcome = export_learner_model(registry, store, args.learner, args.format, output)
     m, check = outcome.manifest, outcome.manifest["check"]
     print(f"✓ Exported learner {m['learnerId']} (main version {m['mainVersion']}) as {m['format']}")
     print(f"  - File: {outcome.path} ({m['bytes']:,} bytes, {m['bytes'] / m['fp32Bytes']:.2f}x fp32)")

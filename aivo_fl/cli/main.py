@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
+from aivo_fl.redaction import HidePasswords, hide_password
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
 COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command]
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(HidePasswords())  # a logged URL never shows its password
     if not args.verbose:
         # Commands print their own progress; Dagster's beta/superseded notices are for developers.
         warnings.filterwarnings("ignore", message=r".*(is currently in beta|is superseded).*")
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         diagnosis = diagnose(exc)
-        print(f"✗ {diagnosis.line}", file=sys.stderr)
+        print(f"✗ {hide_password(diagnosis.line)}", file=sys.stderr)
         return diagnosis.exit_code
 
 

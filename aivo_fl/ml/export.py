@@ -16,10 +16,12 @@ model; `TOLERANCES` is the largest absolute logit difference accepted per format
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,7 @@ EXPORT_FORMAT_VERSION = 1
 TOLERANCES = {"safetensors-fp16": 0.02, "int8": 0.25, "onnx": 1e-4}
 SCALE_SUFFIX = ".scale"
 _PROBE_ROWS = 256
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
 
 
 class ExportError(ArtifactError):
@@ -108,26 +111,36 @@ class _HeadOutputs(nn.Module):
         return torch.split(self.model.fused_logits(features), list(HEAD_CLASSES.values()), dim=1)
 
 
-def _onnx_bytes(model: CurriculumNet, description: dict[str, str]) -> bytes:
-    model.eval()
-    example = (torch.zeros(2, NUM_FEATURES),)
-    torch_onnx = logging.getLogger("torch.onnx")
-    level = torch_onnx.level
-    torch_onnx.setLevel(logging.ERROR)  # the exporter lists optional torchvision ops it skips
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter and its optimizer log every pass ("Removed 7 unused nodes") and the torchvision
+    ops they skip; an operator's command shows errors only."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                _HeadOutputs(model),
-                example,
-                input_names=["features"],
-                output_names=list(HEAD_CLASSES),
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True,
-                verbose=False,
-            )
+            yield
     finally:
-        torch_onnx.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _onnx_bytes(model: CurriculumNet, description: dict[str, str]) -> bytes:
+    model.eval()
+    example = (torch.zeros(2, NUM_FEATURES),)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            _HeadOutputs(model),
+            example,
+            input_names=["features"],
+            output_names=list(HEAD_CLASSES),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            verbose=False,
+        )
     proto = program.model_proto
     for key, value in description.items():
         entry = proto.metadata_props.add()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -130,3 +131,10 @@ def test_a_file_that_drifted_from_the_model_is_not_handed_out(trained_small, hel
     drifted = st_save(tensors, metadata={METADATA_KEY: json.dumps(DESCRIPTION)})
     with pytest.raises(ExportError, match="int8 export differs from the model"):
         check_export(model, drifted, "int8", heldout)
+
+
+def test_onnx_export_logs_nothing_below_errors(trained_small, caplog: pytest.LogCaptureFixture) -> None:
+    model, _ = trained_small
+    with caplog.at_level(logging.INFO):  # what the CLI shows
+        export_model(model, "onnx", DESCRIPTION)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno < logging.ERROR] == []
