@@ -27,7 +27,7 @@ def _threads_of_a_main_model_run(tmp_path: Path, sqlite_url: str, max_concurrent
         [materialization] = result.asset_materializations_for_node("main_model")
         return materialization.metadata["torch_threads"].value
     finally:
-        registry.dispose()
+        registry.engine.dispose()
 
 
 def test_torch_num_threads_setting_is_what_the_run_trains_on(

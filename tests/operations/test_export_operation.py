@@ -44,7 +44,7 @@ def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
     clone_learner(registry, store, learner)
     train_learner_locally(registry, store, learner)
     yield Trained(registry, store, learner)
-    registry.dispose()
+    registry.engine.dispose()
 
 
 def test_export_writes_one_checked_file_and_its_manifest(trained: Trained, tmp_path: Path) -> None:
