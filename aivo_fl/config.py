@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from aivo_fl.redaction import hide_secrets, url_password
+
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 # The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
@@ -65,6 +67,8 @@ def normalize_database_url(raw: str) -> URL:
         if driver not in ("", "psycopg2"):
             raise ValueError(f"unsupported PostgreSQL driver '{driver}'; use postgresql:// (psycopg2)")
         url = url.set(drivername="postgresql+psycopg2")
+    if url.host and "@" in url.host:  # the password held an '@': half of it would be taken for the host
+        raise ValueError("the password contains '@'; percent-encode it as %40")
     return url
 
 
@@ -82,7 +86,8 @@ class Settings(BaseSettings):
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
-    # Finite only: CLIP_NORM=inf would switch clipping off while epsilon is still charged.
+    # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
+    # off while epsilon is still charged.
     noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
     clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
     clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
@@ -96,6 +101,10 @@ class Settings(BaseSettings):
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    # Set: runs Dagster launches (sensors, schedule, UI) execute each step on Celery workers fed by this
+    # broker (also the result backend), on CELERY_QUEUE; unset: in the run's own process.
+    celery_broker_url: SecretStr | None = Field(None, alias="CELERY_BROKER_URL")
+    celery_queue: str = Field("dagster", alias="CELERY_QUEUE", min_length=1)
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
     # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
     erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
@@ -104,7 +113,7 @@ class Settings(BaseSettings):
     aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
     aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
     aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
-    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0)
+    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0, allow_inf_nan=False)
     # Where the aggregation operation appends its progress (the guide's "review logs").
     aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
     # The `baseModel` recorded on each learner's "PersonalizedModel" row.
@@ -159,8 +168,10 @@ class Settings(BaseSettings):
         "privacy_epsilon_budget",
         "privacy_learner_epsilon_budget",
         "alert_webhook_url",
+        "erasure_key",
         "privacy_preset",
         "torch_num_threads",
+        "celery_broker_url",
         mode="before",
     )
     @classmethod
@@ -205,11 +216,14 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
+        problems, secrets = [], []
         for error in exc.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
             if not error["loc"]:  # a rule across variables; its message names them
                 problems.append(message)
                 continue
-            problems.append(f"{error['loc'][0]}={error.get('input')!r}: {message}")
-        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+            given = error.get("input")
+            secrets.append(url_password(given) if isinstance(given, str) else None)
+            problems.append(f"{error['loc'][0]}={given!r}: {message}")
+        # A URL's password never reaches the screen, whichever part of the message renders it.
+        raise ConfigError(hide_secrets("Invalid configuration: " + "; ".join(problems), *secrets)) from None

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
 
 FORMATS = ("safetensors-fp16", "int8", "onnx")  # = aivo_fl.ml.export.EXPORT_FORMATS, without importing torch
-EXIT_FAILED = 1
-EXIT_REFUSED = 4
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,27 +21,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--format", choices=FORMATS, default="safetensors-fp16", help="file format (default safetensors-fp16)"
     )
-    p.add_argument("--output", type=Path, metavar="PATH", help="file or folder (default: <learner>.<format> here)")
+    p.add_argument(
+        "--output",
+        metavar="PATH",
+        help="a file, or a folder (existing or ending in /) for <learner>.<format> (default: this folder)",
+    )
     p.set_defaults(func=cmd_export_learner_model)
 
 
 def cmd_export_learner_model(args: argparse.Namespace) -> int:
     # torch (and onnx for that format) only when the command runs.
-    from aivo_fl.ml.artifacts import ArtifactError
-    from aivo_fl.ml.learner_ids import InvalidLearnerId
     from aivo_fl.operations.export import export_learner_model
     from aivo_fl.operations.store import ModelStore
 
     settings = load_settings()
     registry, store = open_registry(settings), ModelStore.from_settings(settings)
-    try:
-        outcome = export_learner_model(registry, store, args.learner, args.format, args.output)
-    except InvalidLearnerId as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except ArtifactError as exc:
-        print(f"✗ Export failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    output = Path(args.output) if args.output else None
+    if output is not None and args.output.endswith(("/", os.sep)):
+        output.mkdir(parents=True, exist_ok=True)
+    # A refused id (4) or a damaged model file (1) is reported by `main` as one line.
+    outcome = export_learner_model(registry, store, args.learner, args.format, output)
     m, check = outcome.manifest, outcome.manifest["check"]
     print(f"✓ Exported learner {m['learnerId']} (main version {m['mainVersion']}) as {m['format']}")
     print(f"  - File: {outcome.path} ({m['bytes']:,} bytes, {m['bytes'] / m['fp32Bytes']:.2f}x fp32)")

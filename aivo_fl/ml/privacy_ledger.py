@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aivo_fl.ml.adaptive_clipping import combined_noise_multiplier
+from aivo_fl.ml.adaptive_clipping import combined_noise_multiplier, quantile_noise_multiplier
+from aivo_fl.ml.learner_sampling import expected_cohort
 from aivo_fl.ml.privacy import DEFAULT_DELTA, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
 
 NO_NOISE = "released without noise (differential privacy off): no guarantee"
@@ -39,6 +40,7 @@ class RoundPrivacy:
     delta: float | None = None
     target_quantile: float | None = None  # None: fixed clip norm
     quantile_noise_multiplier: float | None = None  # adaptive clipping's count query
+    clip_quantile_estimate: float | None = None  # its released estimate: moves the next clip norm
 
     def event(self) -> PrivacyEvent | None:
         """The accountant's event, or None when the round gives no guarantee."""
@@ -47,25 +49,9 @@ class RoundPrivacy:
         z = combined_noise_multiplier(self.noise_multiplier, self.quantile_noise_multiplier)
         return PrivacyEvent(z, self.sample_rate) if z > 0 else None
 
-    def to_json(self) -> dict[str, Any]:
-        event = self.event()
-        return {
-            "dpEnabled": self.dp_enabled,
-            "noiseMultiplier": self.noise_multiplier,
-            "clipNorm": self.clip_norm,
-            "adaptiveClipping": self.target_quantile is not None,
-            "clipTargetQuantile": self.target_quantile,
-            "quantileNoiseMultiplier": self.quantile_noise_multiplier,
-            "sampleRate": self.sample_rate,
-            "eligiblePopulation": self.population,
-            "denominator": self.denominator,
-            "delta": self.delta,
-            # What the accountant composes: PoissonSampled(sampleRate, Gaussian(noiseMultiplier)).
-            "accountedNoiseMultiplier": event.noise_multiplier if event else None,
-        }
-
     @classmethod
     def from_json(cls, round_id: str, raw: Mapping[str, Any]) -> RoundPrivacy:
+        """From a round's recorded ``privacy`` object (the registry's, shown by ``history --json``)."""
         return cls(
             round_id=round_id,
             dp_enabled=bool(raw["dpEnabled"]),
@@ -77,7 +63,41 @@ class RoundPrivacy:
             delta=raw.get("delta"),
             target_quantile=raw.get("clipTargetQuantile"),
             quantile_noise_multiplier=raw.get("quantileNoiseMultiplier"),
+            clip_quantile_estimate=raw.get("clipQuantileEstimate"),
         )
+
+
+def planned_round(
+    round_id: str,
+    *,
+    dp_enabled: bool,
+    noise_multiplier: float,
+    clip_norm: float,
+    sample_rate: float,
+    population: int,
+    delta: float,
+    target_quantile: float | None = None,
+) -> RoundPrivacy:
+    """What a round will use, known before any learner is drawn or any delta read.
+
+    The denominator is the expected cohort ``sample_rate x population``; under adaptive clipping
+    the count query's noise is set from that same expected cohort.
+    """
+    if not dp_enabled:
+        return RoundPrivacy(round_id, False, sample_rate=sample_rate, population=population)
+    cohort = expected_cohort(sample_rate, population)
+    return RoundPrivacy(
+        round_id,
+        True,
+        noise_multiplier=noise_multiplier,
+        clip_norm=clip_norm,
+        sample_rate=sample_rate,
+        population=population,
+        denominator=cohort,
+        delta=delta,
+        target_quantile=target_quantile,
+        quantile_noise_multiplier=quantile_noise_multiplier(cohort) if target_quantile is not None else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,47 @@ def split_train_val(samples: Samples, val_fraction: float, seed: int) -> tuple[S
     return samples.subset(np.sort(order[n_val:])), samples.subset(np.sort(order[:n_val]))
 
 
+def _input_decay_optimizer(model: CurriculumNet, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with the input layer in its own parameter group (see TrainingConfig.input_weight_decay)."""
+    first = model.trunk[0].weight
+    groups = [
+        {"params": [first], "weight_decay": config.input_weight_decay},
+        {"params": [p for p in model.parameters() if p is not first]},
+    ]
+    return make_optimizer(groups, config.learning_rate, config.weight_decay)
+
+
+def _epoch_reporter(
+    model: CurriculumNet,
+    config: TrainingConfig,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    history: list[EpochStats],
+    callback: EpochCallback | None,
+) -> Callable[[int, float], None]:
+    """Every `log_every` epochs (and the last): EpochStats into `history`, the log and `callback`."""
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        done = epoch + 1
+        if done % config.log_every and done != config.epochs:
+            return
+        val_metrics = evaluate_tensors(model, *val)
+        stats = EpochStats(
+            epoch=done,
+            epochs=config.epochs,
+            loss=loss,
+            accuracy=evaluate_tensors(model, *train)[PRIMARY_HEAD]["accuracy"],
+            val_loss=mean_loss(val_metrics),
+            val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],
+        )
+        history.append(stats)
+        logger.info(format_epoch(stats))
+        if callback is not None:
+            callback(stats)
+
+    return on_epoch
+
+
 def train_model(
     samples: Samples,
     config: TrainingConfig | None = None,
@@ -245,38 +286,11 @@ def train_model(
     train, val = split_train_val(samples, config.val_fraction, config.seed)
     x_train, y_train = samples_to_tensors(train)
     x_val, y_val = samples_to_tensors(val)
-    first = model.trunk[0].weight  # its own weight decay: see TrainingConfig.input_weight_decay
-    groups = [
-        {"params": [first], "weight_decay": config.input_weight_decay},
-        {"params": [p for p in model.parameters() if p is not first]},
-    ]
-    optimizer = make_optimizer(groups, config.learning_rate, config.weight_decay)
     history: list[EpochStats] = []
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        done = epoch + 1
-        if done % config.log_every and done != config.epochs:
-            return
-        train_acc = evaluate_tensors(model, x_train, y_train)[PRIMARY_HEAD]["accuracy"]
-        val_metrics = evaluate_tensors(model, x_val, y_val)
-        stats = EpochStats(
-            epoch=done,
-            epochs=config.epochs,
-            loss=loss,
-            accuracy=train_acc,
-            val_loss=mean_loss(val_metrics),
-            val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],
-        )
-        history.append(stats)
-        logger.info(format_epoch(stats))
-        if callback is not None:
-            callback(stats)
-        model.train()
-
     started = time.perf_counter()
     run_epochs(
         model,
-        optimizer,
+        _input_decay_optimizer(model, config),
         x_train,
         y_train,
         epochs=config.epochs,
@@ -285,7 +299,7 @@ def train_model(
             e, config.epochs, config.learning_rate, config.final_learning_rate, config.warmup_epochs
         ),
         seed=config.seed,
-        on_epoch=on_epoch,
+        on_epoch=_epoch_reporter(model, config, (x_train, y_train), (x_val, y_val), history, callback),
     )
     seconds = time.perf_counter() - started
 

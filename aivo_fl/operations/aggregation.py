@@ -30,11 +30,11 @@ from aivo_fl.ml.federated_round import (
     aggregate_round,
 )
 from aivo_fl.ml.model import head_state
-from aivo_fl.ml.privacy import PrivacyEvent
 from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.ml.validation_gate import GateResult, validate_candidate, with_heads
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
+from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.operations.versions import next_free_version
 from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
@@ -173,10 +173,11 @@ def _run_round(
         for v in registry.list_main_versions()
         if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
     ]
-    events = [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in registry.privacy_events()]
+    rounds = recorded_rounds(registry)
+    events = [e for r in rounds if (e := r.event()) is not None]
     ledger = {
-        learner: [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in noise]
-        for learner, noise in registry.learner_privacy_events(session_of).items()
+        learner: [e for r in charged if (e := r.event()) is not None]
+        for learner, charged in learner_ledgers(registry, rounds, session_of).items()
     }
     active_model, _ = load_main_model(store.main_root, active.version)
     result = aggregate_round(

@@ -150,14 +150,6 @@ def train_learner_locally(
     return LearnerTrainingOutcome(session_id, result)
 
 
-def remove_learner_model(registry: ModelRegistry, store: ModelStore, learner_id: str) -> bool:
-    """Delete a learner's model files and registry row (the learner left the app)."""
-    validate_learner_id(learner_id)
-    removed_files = remove_learner(store.learners_root, learner_id)
-    removed_row = registry.delete_personalized_model(learner_id)
-    return removed_files or removed_row
-
-
 def session_summary(outcome: LearnerTrainingOutcome) -> dict[str, Any]:
     data = asdict(outcome.result)
     data["delta_path"] = str(outcome.result.delta_path)

@@ -5,7 +5,7 @@ from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engin
 from aivo_fl.registry.erasure import ErasureReport
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
-from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RecordedNoise
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput
 from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
 from aivo_fl.registry.versions import MainVersionRecord
 
@@ -21,7 +21,6 @@ __all__ = [
     "ModelRegistry",
     "PersonalizedModelRecord",
     "PromotionConflict",
-    "RecordedNoise",
     "RegistryError",
     "TrainingSessionInput",
     "create_registry_engine",

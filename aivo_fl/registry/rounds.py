@@ -32,6 +32,13 @@ class ContributionInput:
     clipped: bool
     excluded_reason: str | None
     training_session_id: int | None = None
+    # The learner was in the round's population (could have been sampled), so their privacy ledger
+    # pays for the round. None: charged exactly when included (rounds that sample nobody).
+    charged: bool | None = None
+
+    @property
+    def is_charged(self) -> bool:
+        return self.excluded_reason is None if self.charged is None else self.charged
 
 
 @dataclass(frozen=True)
@@ -58,14 +65,12 @@ class FederatedUpdateInput:
     # Where the candidate's weights were written (promoted rounds) and what it scored.
     new_version_path: str | None = None
     new_version_metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RecordedNoise:
-    """The noise of one recorded round: what the privacy accountant recomposes."""
-
-    noise_multiplier: float
-    sample_rate: float
+    # Learner sampling and adaptive clipping (None: every learner offered, fixed clip norm).
+    eligible_population: int | None = None
+    dp_denominator: float | None = None
+    clip_target_quantile: float | None = None
+    quantile_noise_multiplier: float | None = None
+    clip_quantile_estimate: float | None = None
 
 
 class Rounds(RegistryBase):
@@ -100,6 +105,7 @@ class Rounds(RegistryBase):
                             "updateNorm": c.update_norm,
                             "clipped": c.clipped,
                             "excludedReason": c.excluded_reason,
+                            "charged": c.is_charged,
                         }
                         for c in update.contributions
                     ],
@@ -107,39 +113,44 @@ class Rounds(RegistryBase):
         return update_id
 
     def get_federated_updates(self) -> list[dict[str, Any]]:
-        """Aggregation history, oldest first, in the shape AIVO's dashboard reads."""
+        """Aggregation history, oldest first, in the shape AIVO's dashboard reads.
+
+        Each update also carries what its privacy accounting used (``privacy``) and who it charged
+        (``chargedLearners``), so every privacy figure of ``stats`` can be re-derived from it.
+        """
+        charged: dict[int, list[str]] = {}
         with self._session() as session:
             rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
-            return [_update_dict(r) for r in rows]
+            query = sa.select(FederatedUpdateContribution.federatedUpdateId, FederatedUpdateContribution.learnerId)
+            for update_pk, learner_id in session.execute(
+                query.where(FederatedUpdateContribution.charged.is_(True)).order_by(FederatedUpdateContribution.id)
+            ):
+                charged.setdefault(update_pk, []).append(learner_id)
+            return [_update_dict(r) | {"chargedLearners": charged.get(r.id, [])} for r in rows]
 
-    def privacy_events(self) -> list[RecordedNoise]:
-        """Every noised round that ran (promoted or rejected: both released information)."""
+    def round_privacy_records(self) -> list[dict[str, Any]]:
+        """Every recorded round's privacy parameters, oldest first: what the accountant recomposes.
+
+        Promoted and rejected rounds alike (both released information), with DP or without.
+        """
         with self._session() as session:
-            rows = session.execute(
-                sa.select(FederatedUpdate.noiseMultiplier, FederatedUpdate.sampleRate)
-                .where(FederatedUpdate.dpEnabled.is_(True))
-                .order_by(FederatedUpdate.id)
-            ).all()
-            return [RecordedNoise(float(z), float(q if q is not None else 1.0)) for z, q in rows]
+            rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
+            return [{"updateId": r.updateId, "privacy": _privacy_dict(r)} for r in rows]
 
-    def learner_privacy_events(self, learner_ids: Iterable[str] | None = None) -> dict[str, list[RecordedNoise]]:
-        """For each learner, the noised rounds it actually contributed to."""
+    def learner_charged_rounds(self, learner_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """For each learner, the updateIds of the rounds whose population they were in, oldest first."""
         query = (
-            sa.select(
-                FederatedUpdateContribution.learnerId,
-                FederatedUpdate.noiseMultiplier,
-                FederatedUpdate.sampleRate,
-            )
+            sa.select(FederatedUpdateContribution.learnerId, FederatedUpdate.updateId)
             .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
-            .where(FederatedUpdate.dpEnabled.is_(True), FederatedUpdateContribution.excludedReason.is_(None))
+            .where(FederatedUpdateContribution.charged.is_(True))
             .order_by(FederatedUpdate.id)
         )
         if learner_ids is not None:
             query = query.where(FederatedUpdateContribution.learnerId.in_([checked_learner_id(i) for i in learner_ids]))
-        ledger: dict[str, list[RecordedNoise]] = {}
+        ledger: dict[str, list[str]] = {}
         with self._session() as session:
-            for learner_id, z, q in session.execute(query):
-                ledger.setdefault(learner_id, []).append(RecordedNoise(float(z), float(q if q is not None else 1.0)))
+            for learner_id, update_id in session.execute(query):
+                ledger.setdefault(learner_id, []).append(update_id)
         return ledger
 
 
@@ -185,6 +196,11 @@ def _update_row(update: FederatedUpdateInput, update_id: str, aggregated_at: dat
         epsilonRound=update.epsilon_round,
         epsilonTotal=update.epsilon_total,
         privacyDelta=update.privacy_delta,
+        eligiblePopulation=update.eligible_population,
+        dpDenominator=update.dp_denominator,
+        clipTargetQuantile=update.clip_target_quantile,
+        quantileNoiseMultiplier=update.quantile_noise_multiplier,
+        clipQuantileEstimate=update.clip_quantile_estimate,
     )
 
 
@@ -204,5 +220,22 @@ def _update_dict(row: FederatedUpdate) -> dict[str, Any]:
         "accuracyAfter": row.accuracyAfter,
         "epsilonRound": row.epsilonRound,
         "epsilonTotal": row.epsilonTotal,
+        "privacy": _privacy_dict(row),
         "metrics": dict(row.metrics or {}),
+    }
+
+
+def _privacy_dict(row: FederatedUpdate) -> dict[str, Any]:
+    """What the round's privacy accounting used, as recorded (keys of ``RoundPrivacy.from_json``)."""
+    return {
+        "dpEnabled": row.dpEnabled,
+        "noiseMultiplier": row.noiseMultiplier,
+        "clipNorm": row.clipNorm,
+        "sampleRate": row.sampleRate if row.sampleRate is not None else 1.0,
+        "eligiblePopulation": row.eligiblePopulation,
+        "denominator": row.dpDenominator,
+        "delta": row.privacyDelta,
+        "clipTargetQuantile": row.clipTargetQuantile,
+        "quantileNoiseMultiplier": row.quantileNoiseMultiplier,
+        "clipQuantileEstimate": row.clipQuantileEstimate,
     }

@@ -191,6 +191,13 @@ class FederatedUpdate(Base):
     epsilonRound: Mapped[float | None] = mapped_column(sa.Float)
     epsilonTotal: Mapped[float | None] = mapped_column(sa.Float)
     privacyDelta: Mapped[float | None] = mapped_column(sa.Float)
+    # What sampling and adaptive clipping used (revision 0002): the learners eligible to be sampled,
+    # the fixed denominator, and the clip norm's target quantile, count noise and released estimate.
+    eligiblePopulation: Mapped[int | None] = mapped_column(sa.Integer)
+    dpDenominator: Mapped[float | None] = mapped_column(sa.Float)
+    clipTargetQuantile: Mapped[float | None] = mapped_column(sa.Float)
+    quantileNoiseMultiplier: Mapped[float | None] = mapped_column(sa.Float)
+    clipQuantileEstimate: Mapped[float | None] = mapped_column(sa.Float)
 
     __table_args__ = (sa.Index("FederatedUpdate_aggregatedAt_idx", "aggregatedAt"),)
 
@@ -208,6 +215,8 @@ class FederatedUpdateContribution(Base):
     weight: Mapped[float] = mapped_column(sa.Float)
     updateNorm: Mapped[float | None] = mapped_column(sa.Float)
     clipped: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # In the round's population (could have been sampled): the learner's privacy ledger pays for it.
+    charged: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     excludedReason: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (

@@ -7,7 +7,6 @@ import dagster as dg
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
-from tests.app_side import delete_learner_in_app
 from tests.defs.conftest import Deployment
 from tests.defs.test_sensors import partitions, tick
 
@@ -134,20 +133,6 @@ def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployme
     assert deployment.registry.get_federated_updates() == []
 
 
-def test_learner_deleted_in_the_app_disappears(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success
-    learners = _clone_and_train(deployment)
-    gone = learners[2]
-    assert deployment.store.learner_dir(gone).exists()
-    delete_learner_in_app(deployment.registry, gone)
-    tick(deployment, "new_learner_sensor")
-    assert gone not in partitions(deployment)
-    assert not deployment.store.learner_dir(gone).exists()
-    assert deployment.registry.get_personalized_model(gone) is None
-    assert gone not in [e.learner_id for e in deployment.registry.get_eligible_for_aggregation(7)]
-    assert deployment.registry.get_statistics()["activeLearnerModels"] == LEARNERS - 1
-
-
 def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     assert deployment.run("train_main_model").success
     _clone_and_train(deployment)
@@ -162,4 +147,4 @@ def test_dry_run_changes_nothing(deployment: Deployment) -> None:
     assert sorted(p.relative_to(deployment.store.main_root) for p in deployment.store.main_root.rglob("*")) == (
         store_before
     )
-    assert deployment.registry.privacy_events() == []
+    assert deployment.registry.round_privacy_records() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -84,6 +85,9 @@ def test_quantize_int8_is_symmetric_per_row_and_exact_on_the_grid() -> None:
     np.testing.assert_allclose(scale, [1.0, 0.01, 0.02])
     np.testing.assert_array_equal(q, [[0, 0, 0], [127, -64, 1], [-127, 127, 1]])
     assert np.abs(q * scale[:, None] - weight).max() <= scale.max() / 2
+    # Denormal leftovers of weight decay: a step of 1e-45 / 127 underflows float32 to 0.
+    q, scale = quantize_int8(np.array([[1e-45, -1e-44, 0.0]], dtype=np.float32))
+    assert np.isfinite(scale).all() and scale[0] > 0 and not q.any()
 
 
 def test_onnx_outputs_match_pytorch_through_onnxruntime(trained_small, heldout, onnx_file: bytes) -> None:
@@ -127,3 +131,10 @@ def test_a_file_that_drifted_from_the_model_is_not_handed_out(trained_small, hel
     drifted = st_save(tensors, metadata={METADATA_KEY: json.dumps(DESCRIPTION)})
     with pytest.raises(ExportError, match="int8 export differs from the model"):
         check_export(model, drifted, "int8", heldout)
+
+
+def test_onnx_export_logs_nothing_below_errors(trained_small, caplog: pytest.LogCaptureFixture) -> None:
+    model, _ = trained_small
+    with caplog.at_level(logging.INFO):  # what the CLI shows
+        export_model(model, "onnx", DESCRIPTION)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno < logging.ERROR] == []

@@ -35,7 +35,7 @@ def test_a_crash_between_writing_weights_and_registering_leaves_the_old_version(
     # The registry never saw the round: 1.0.0 is still active, complete and loadable.
     assert cohort.registry.get_active_version().version == "1.0.0"
     assert cohort.registry.get_federated_updates() == []
-    assert cohort.registry.privacy_events() == []
+    assert cohort.registry.round_privacy_records() == []
     orphan = cohort.store.main_root / "1.1.0"
     assert orphan.is_dir()  # written whole (atomic rename), just never registered
     # The lease was released, and the orphan's number is never reused.

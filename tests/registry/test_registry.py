@@ -277,16 +277,52 @@ def test_interactions_round_trip_exactly(registry: ModelRegistry) -> None:
         registry.add_interactions("l", features[:, :10], targets)
 
 
-def test_privacy_ledger_follows_participation(registry: ModelRegistry) -> None:
-    registry.record_federated_update(
+def test_privacy_ledger_records_what_each_round_used_and_whom_it_charged(registry: ModelRegistry) -> None:
+    first = registry.record_federated_update(
         _update([ContributionInput("a", 1, 0.1, False, None), ContributionInput("b", 0, None, False, "stale")])
     )
-    registry.record_federated_update(_update([ContributionInput("a", 1, 0.1, False, None)], noise_multiplier=0.5))
-    registry.record_federated_update(_update([ContributionInput("b", 1, 0.1, False, None)], dp_enabled=False))
-    assert [e.noise_multiplier for e in registry.privacy_events()] == [0.1, 0.5]
-    ledger = registry.learner_privacy_events()
-    assert [e.noise_multiplier for e in ledger["a"]] == [0.1, 0.5]
-    assert "b" not in ledger  # excluded once, and the other round had no noise to account for
+    sampled = registry.record_federated_update(
+        _update(
+            [
+                ContributionInput("a", 1, 0.1, False, None, charged=True),
+                ContributionInput("b", 0, None, False, "not sampled this round", charged=True),
+                ContributionInput("c", 0, None, False, "privacy budget spent", charged=False),
+            ],
+            noise_multiplier=1.0,
+            clip_norm=0.8,
+            sample_rate=0.1,
+            privacy_delta=1e-6,
+            eligible_population=30,
+            dp_denominator=3.0,
+            clip_target_quantile=0.5,
+            quantile_noise_multiplier=0.3,
+            clip_quantile_estimate=0.62,
+        )
+    )
+    off = registry.record_federated_update(
+        _update([ContributionInput("b", 1, 0.1, False, None)], dp_enabled=False, noise_multiplier=None)
+    )
+    records = registry.round_privacy_records()
+    assert [r["updateId"] for r in records] == [first, sampled, off]
+    assert records[1]["privacy"] == {
+        "dpEnabled": True,
+        "noiseMultiplier": 1.0,
+        "clipNorm": 0.8,
+        "sampleRate": 0.1,
+        "eligiblePopulation": 30,
+        "denominator": 3.0,
+        "delta": 1e-6,
+        "clipTargetQuantile": 0.5,
+        "quantileNoiseMultiplier": 0.3,
+        "clipQuantileEstimate": 0.62,
+    }
+    assert records[2]["privacy"]["dpEnabled"] is False  # a round without noise is recorded, not dropped
+    # charged: the population (sampled or not), never those left out before sampling
+    assert registry.learner_charged_rounds() == {"a": [first, sampled], "b": [sampled, off]}
+    assert registry.learner_charged_rounds(["b"]) == {"b": [sampled, off]}
+    history = registry.get_federated_updates()
+    assert [h["chargedLearners"] for h in history] == [["a"], ["a", "b"], ["b"]]
+    assert [h["privacy"] for h in history] == [r["privacy"] for r in records]
 
 
 def test_aggregation_lock_is_exclusive_and_released(registry: ModelRegistry) -> None:
