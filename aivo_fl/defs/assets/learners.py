@@ -19,7 +19,7 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.ml.learner_ids import InvalidLearnerId
-from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.registry import RegistryError
 
 
@@ -52,23 +52,15 @@ def learner_models(
     """Each learner's personalized clone of the active main version: frozen trunk, own heads."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
-    cloned, failures, sizes, version = 0, {}, [], None
-    for learner_id in context.partition_keys:
-        try:
-            clone = clone_learner(reg, store, learner_id, base_model=model_store.base_model_name)
-        except (InvalidLearnerId, RegistryError) as exc:
-            failures[learner_id] = str(exc)
-            continue
-        cloned += 1
-        sizes.append(clone.bytes_on_disk)
-        version = clone.source_version
-    report(f"✓ Cloned {cloned} learner model(s) from main version {version}")
-    _fail_if_any(failures, cloned, "Cloning")
+    batch = clone_learners(reg, store, context.partition_keys, base_model=model_store.base_model_name)
+    version = batch.clones[0].source_version if batch.clones else None
+    report(f"✓ Cloned {len(batch.clones)} learner model(s) from main version {version}")
+    _fail_if_any(batch.failures, len(batch.clones), "Cloning")
     return dg.MaterializeResult(
         metadata={
-            "learners": cloned,
+            "learners": len(batch.clones),
             "source_version": version or "-",
-            "bytes_per_learner": round(fmean(sizes)) if sizes else 0,
+            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in batch.clones)) if batch.clones else 0,
         }
     )
 
