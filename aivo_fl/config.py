@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from aivo_fl.redaction import hide_secrets, url_password
+
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 # The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
@@ -65,6 +67,8 @@ def normalize_database_url(raw: str) -> URL:
         if driver not in ("", "psycopg2"):
             raise ValueError(f"unsupported PostgreSQL driver '{driver}'; use postgresql:// (psycopg2)")
         url = url.set(drivername="postgresql+psycopg2")
+    if url.host and "@" in url.host:  # the password held an '@': half of it would be taken for the host
+        raise ValueError("the password contains '@'; percent-encode it as %40")
     return url
 
 
@@ -117,8 +121,6 @@ class Settings(BaseSettings):
     # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
     alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
-    # Key of the hash that replaces an erased learner's id in the contribution audit trail (a secret).
-    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
 
@@ -214,11 +216,14 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
+        problems, secrets = [], []
         for error in exc.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
             if not error["loc"]:  # a rule across variables; its message names them
                 problems.append(message)
                 continue
-            problems.append(f"{error['loc'][0]}={error.get('input')!r}: {message}")
-        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+            given = error.get("input")
+            secrets.append(url_password(given) if isinstance(given, str) else None)
+            problems.append(f"{error['loc'][0]}={given!r}: {message}")
+        # A URL's password never reaches the screen, whichever part of the message renders it.
+        raise ConfigError(hide_secrets("Invalid configuration: " + "; ".join(problems), *secrets)) from None

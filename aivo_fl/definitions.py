@@ -25,13 +25,13 @@ def discovered_definitions() -> dg.Definitions:
     return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
 
 
-def build_definitions(settings: Settings, *, echo: bool = False, database_url_from_env: bool = False) -> dg.Definitions:
+def build_definitions(settings: Settings, *, echo: bool = False) -> dg.Definitions:
     """All definitions bound to resources built from `settings`; `echo` also prints progress (CLI)."""
     return dg.Definitions.merge(
         discovered_definitions(),
         dg.Definitions(
             schedules=[build_aggregation_schedule(settings)],
-            resources=build_resources(settings, echo=echo, database_url_from_env=database_url_from_env),
+            resources=build_resources(settings, echo=echo),
             executor=build_executor(settings),
         ),
     )
@@ -39,4 +39,4 @@ def build_definitions(settings: Settings, *, echo: bool = False, database_url_fr
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_definitions(load_settings(), database_url_from_env=True)
+    return build_definitions(load_settings())

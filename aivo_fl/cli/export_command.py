@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
 
 FORMATS = ("safetensors-fp16", "int8", "onnx")  # = aivo_fl.ml.export.EXPORT_FORMATS, without importing torch
-EXIT_FAILED = 1
-EXIT_REFUSED = 4
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,8 +31,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def cmd_export_learner_model(args: argparse.Namespace) -> int:
     # torch (and onnx for that format) only when the command runs.
-    from aivo_fl.ml.artifacts import ArtifactError
-    from aivo_fl.ml.learner_ids import InvalidLearnerId
     from aivo_fl.operations.export import export_learner_model
     from aivo_fl.operations.store import ModelStore
 
@@ -44,11 +39,8 @@ def cmd_export_learner_model(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and args.output.endswith(("/", os.sep)):
         output.mkdir(parents=True, exist_ok=True)
-    try:
-        outcome = export_learner_model(registry, store, args.learner, args.format, output)
-    except (InvalidLearnerId, ArtifactError) as exc:  # a refused id (4), or a damaged/failed model file (1)
-        print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_REFUSED if isinstance(exc, InvalidLearnerId) else EXIT_FAILED
+    # A refused id (4) or a damaged model file (1) is reported by `main` as one line.
+    outcome = export_learner_model(registry, store, args.learner, args.format, output)
     m, check = outcome.manifest, outcome.manifest["check"]
     print(f"✓ Exported learner {m['learnerId']} (main version {m['mainVersion']}) as {m['format']}")
     print(f"  - File: {outcome.path} ({m['bytes']:,} bytes, {m['bytes'] / m['fp32Bytes']:.2f}x fp32)")

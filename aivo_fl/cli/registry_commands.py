@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import sqlalchemy as sa
 
 from aivo_fl.cli.output import print_fields, print_json, print_table
 from aivo_fl.config import Settings, load_settings
 from aivo_fl.registry import ModelRegistry, migrate
-from aivo_fl.registry.database import describe_target
+from aivo_fl.registry.database import describe_target, unavailable
 
 
 def open_registry(settings: Settings, *, require_schema: bool = True) -> ModelRegistry:
-    registry = ModelRegistry(settings.database_url)
+    with reaching(settings):
+        registry = ModelRegistry(settings.database_url)
     if require_schema:
         registry.require_current_schema()
     return registry
+
+
+@contextmanager
+def reaching(settings: Settings) -> Iterator[None]:
+    """Opening or migrating the database: failing to connect, or to create a SQLite file's folder,
+    is "Can't reach database" naming the target (exit 3), never a traceback."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise unavailable(settings.sqlalchemy_url, exc) from None
+    except OSError as exc:
+        raise unavailable(settings.sqlalchemy_url, OSError(f"{exc.strerror}: {exc.filename}")) from None
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +65,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings, require_schema=False)
     print(f"Migrating registry at {describe_target(registry.engine.url)}...")
-    before, after = migrate(registry.engine, args.revision)
+    with reaching(settings):
+        before, after = migrate(registry.engine, args.revision)
     if before == after:
         print(f"✓ Already at revision {after or 'base'}; nothing to do")
     else:

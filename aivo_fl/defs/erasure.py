@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.defs.partitions import TRANSIENT_RETRY, learner_partitions
+from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import (
     DISABLED_REASON,
     ErasureResource,
@@ -20,7 +20,8 @@ from aivo_fl.defs.resources import (
     RegistryResource,
     ReporterResource,
 )
-from aivo_fl.operations.erasure import erase_learner
+from aivo_fl.defs.retries import TRANSIENT_RETRY
+from aivo_fl.operations.erasure import erasable, erase_everywhere
 
 # Learners erased per run; a longer list is finished by the next runs.
 ERASE_PER_RUN = 1_000
@@ -45,15 +46,15 @@ def erased_learners(
     """Erasure report: learners deleted in the app, with their interactions, sessions, model, files
     and partition removed (counts per learner, under the keyed hash of the learner id)."""
     reg, store, key = registry.get_registry(), model_store.get_store(), erasure.require_key()
-    pending = reg.deleted_learner_ids()[:ERASE_PER_RUN]
+    pending = erasable(reg.deleted_learner_ids())[0][:ERASE_PER_RUN]
     partitions = set(context.instance.get_dynamic_partitions(learner_partitions.name))
     report = {}
     for learner_id in pending:
         # The partition goes before the rows: once the rows are gone the learner is off the list.
         if learner_id in partitions:
             context.instance.delete_dynamic_partition(learner_partitions.name, learner_id)
-        erased = erase_learner(reg, store, learner_id, key, Path(reporter.aggregation_log_path))
-        report[erased.learner_hash] = erased.summary()
+        erased = erase_everywhere(reg, store, learner_id, key, Path(reporter.aggregation_log_path))
+        report[erased.pseudonym] = erased.summary()
     context.log.info(f"Erased {len(report)} learner(s) deleted in the app")
     return dg.MaterializeResult(
         metadata={
@@ -91,9 +92,10 @@ def deleted_learner_sensor(
     """Ask for an `erase_learners` run when learners deleted in the app still have data here."""
     if not federated_settings.use_federated_learning:
         return dg.SkipReason(f"{DISABLED_REASON} (erase_learners can still be launched from the UI)")
-    pending = registry.get_registry().deleted_learner_ids()
+    pending, ignored = erasable(registry.get_registry().deleted_learner_ids())
     if not pending:
-        return dg.SkipReason("No deleted learners to erase")
+        note = f" ({ignored} path-like id(s) ignored: aivo-fl never stored data for them)" if ignored else ""
+        return dg.SkipReason("No deleted learners to erase" + note)
     waiting = _waiting_reason(context.instance)
     if waiting:
         return dg.SkipReason(waiting)

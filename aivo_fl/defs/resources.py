@@ -1,18 +1,18 @@
 """Dagster resources: the registry, the model store, and the federated and training settings."""
 
-import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
-from pydantic import SecretStr
 
 from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
+from aivo_fl.defs.secrets import database_url_reference, secret_reference
 from aivo_fl.ml.federated_round import PrivacySettings
 from aivo_fl.ml.training import cpu_threads
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
+from aivo_fl.operations.faults import crash_point
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
@@ -122,6 +122,7 @@ class ReporterResource(dg.ConfigurableResource):
 
     def for_context(self, context: dg.OpExecutionContext | dg.AssetExecutionContext) -> Callable[[str], None]:
         def report(line: str) -> None:
+            crash_point(line)
             if line:
                 context.log.info(line)
             if self.echo:
@@ -130,23 +131,10 @@ class ReporterResource(dg.ConfigurableResource):
         return report
 
 
-def _secret(variable: str, value: SecretStr | None) -> str | dg.EnvVar | None:
-    # Through Dagster's EnvVar when the variable is in the environment: the UI shows its name, never its value.
-    if value is None:
-        return None
-    return dg.EnvVar(variable) if variable in os.environ else value.get_secret_value()
-
-
-def build_resources(
-    settings: Settings, *, echo: bool = False, database_url_from_env: bool = False
-) -> dict[str, dg.ConfigurableResource]:
-    # With `database_url_from_env` (the UI's code location) DATABASE_URL goes through Dagster's
-    # EnvVar, so the UI shows the variable's name and never the password.
-    database_url: str | dg.EnvVar = settings.database_url
-    if database_url_from_env and "DATABASE_URL" in os.environ:
-        database_url = dg.EnvVar("DATABASE_URL")
+def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
-        "registry": RegistryResource(database_url=database_url),
+        # The UI and run storage see the variable's name, never the password.
+        "registry": RegistryResource(database_url=database_url_reference(settings)),
         "model_store": ModelStoreResource(
             main_model_path=str(settings.main_model_path),
             learner_models_path=str(settings.learner_models_path),
@@ -169,10 +157,10 @@ def build_resources(
             torch_num_threads=settings.torch_num_threads,
         ),
         "alerts": AlertsResource(
-            webhook_url=_secret("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
+            webhook_url=secret_reference("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
             webserver_url=settings.dagster_webserver_url,
             empty_rounds=settings.alert_after_empty_rounds,
         ),
-        "erasure": ErasureResource(key=_secret("AIVO_ERASURE_KEY", settings.erasure_key)),
+        "erasure": ErasureResource(key=secret_reference("AIVO_ERASURE_KEY", settings.erasure_key)),
         "reporter": ReporterResource(echo=echo, aggregation_log_path=str(settings.aggregation_log_path)),
     }

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -71,69 +73,86 @@ _MAX_HEADER_BYTES = 1 << 20  # heads-only deltas have a few hundred bytes of hea
 DeltaRejected = FileRejected
 
 
-def _parse_header(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path) -> tuple[dict, int]:
-    """The header (names -> entries, without metadata) and where the data section starts."""
-    if len(raw) < 8:
-        raise DeltaRejected(TRUNCATED if raw else NOT_SAFETENSORS, path, f"{len(raw)} bytes")
-    (header_len,) = struct.unpack_from("<Q", raw)
-    if header_len > _MAX_HEADER_BYTES:
-        raise DeltaRejected(NOT_SAFETENSORS, path, f"header length {header_len} is implausible")
-    if header_len > len(raw) - 8:
-        raise DeltaRejected(TRUNCATED, path, f"header claims {header_len} bytes, file has {len(raw) - 8}")
+class _Bad(Exception):
+    """A refusal found by the cached layout parser; the caller adds the file's path."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+Layout = tuple[tuple[tuple[str, int, int], ...], int]  # (name, first, last element) per tensor; data bytes
+
+
+@lru_cache(maxsize=64)
+def _layout(header_bytes: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...]) -> Layout:
+    """Validate a safetensors header against the expected tensors; returns where each one lies.
+
+    Cached on the exact header bytes: honest deltas of one model share them byte for byte, so a
+    round parses the JSON once, not once per learner. Refusals raise and are never cached.
+    """
     try:
-        header = json.loads(raw[8 : 8 + header_len])
+        header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DeltaRejected(NOT_SAFETENSORS, path, "header is not JSON") from None
+        raise _Bad(NOT_SAFETENSORS, "header is not JSON") from None
     if not isinstance(header, dict):
-        raise DeltaRejected(NOT_SAFETENSORS, path, "header is not a JSON object")
+        raise _Bad(NOT_SAFETENSORS, "header is not a JSON object")
     header.pop("__metadata__", None)
-    if header.keys() != expected.keys():
-        missing = sorted(set(expected) - set(header))
-        extra = sorted(set(header) - set(expected))
-        raise DeltaRejected(WRONG_NAMES, path, f"missing={missing} unexpected={extra}")
-    return header, 8 + header_len
+    shapes = dict(expected)
+    if header.keys() != shapes.keys():
+        missing, extra = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
+        raise _Bad(WRONG_NAMES, f"missing={missing} unexpected={extra}")
+    spans = sorted((*_span(name, entry, shapes[name]), name) for name, entry in header.items())
+    position = 0
+    for start, stop, name in spans:
+        if start != position:
+            raise _Bad(NOT_SAFETENSORS, f"{name}: tensors overlap or leave a gap")
+        position = stop
+    size = _F32.itemsize
+    return tuple((name, start // size, stop // size) for start, stop, name in spans), position
 
 
-def _tensor_span(name: str, entry: object, shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+def _span(name: str, entry: object, shape: tuple[int, ...]) -> tuple[int, int]:
     """The entry's [start, stop) byte range, after its dtype and shape were checked."""
     if not isinstance(entry, dict):
-        raise DeltaRejected(NOT_SAFETENSORS, path, f"bad header entry for {name!r}")
+        raise _Bad(NOT_SAFETENSORS, f"bad header entry for {name!r}")
     if entry.get("dtype") != EXPECTED_DTYPE:
-        raise DeltaRejected(WRONG_DTYPE, path, f"{name}: {entry.get('dtype')}, expected {EXPECTED_DTYPE}")
+        raise _Bad(WRONG_DTYPE, f"{name}: {entry.get('dtype')}, expected {EXPECTED_DTYPE}")
     given = entry.get("shape")
-    if not isinstance(given, list) or tuple(given) != shape:
-        raise DeltaRejected(WRONG_SHAPE, path, f"{name}: {given}, expected {list(shape)}")
+    if not isinstance(given, list) or tuple(given) != tuple(shape):
+        raise _Bad(WRONG_SHAPE, f"{name}: {given}, expected {list(shape)}")
     offsets = entry.get("data_offsets")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-        raise DeltaRejected(NOT_SAFETENSORS, path, f"{name}: bad data_offsets")
+        raise _Bad(NOT_SAFETENSORS, f"{name}: bad data_offsets")
     start, stop = offsets
     if start < 0 or stop - start != math.prod(shape) * _F32.itemsize:
-        raise DeltaRejected(NOT_SAFETENSORS, path, f"{name}: byte range does not match its shape")
+        raise _Bad(NOT_SAFETENSORS, f"{name}: byte range does not match its shape")
     return start, stop
 
 
-def _decode(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path) -> tuple[Delta, np.ndarray]:
+def _decode(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path | str) -> tuple[Delta, np.ndarray]:
     """Tensors (read-only float32 views) and the whole data section as one flat vector.
 
     The tensors must tile the data section with no gap, overlap or trailing bytes (what the
     safetensors format requires), so one ``frombuffer`` covers them all.
     """
-    header, data_start = _parse_header(raw, expected, path)
-    spans = sorted((*_tensor_span(name, entry, tuple(expected[name]), path), name) for name, entry in header.items())
-    data_len = len(raw) - data_start
-    position = 0
-    for start, stop, name in spans:
-        if start != position:
-            raise DeltaRejected(NOT_SAFETENSORS, path, f"{name}: tensors overlap or leave a gap")
-        if stop > data_len:
-            raise DeltaRejected(TRUNCATED, path, f"{name} ends at byte {stop}, data has {data_len}")
-        position = stop
-    if position != data_len:
-        raise DeltaRejected(NOT_SAFETENSORS, path, f"{data_len - position} trailing bytes")
-    flat = np.frombuffer(raw, dtype=_F32, count=data_len // _F32.itemsize, offset=data_start)
-    size = _F32.itemsize
-    delta = {name: flat[start // size : stop // size].reshape(expected[name]) for start, stop, name in spans}
-    return delta, flat
+    if len(raw) < 8:
+        raise DeltaRejected(TRUNCATED if raw else NOT_SAFETENSORS, path, f"{len(raw)} bytes")
+    (header_len,) = struct.unpack_from("<Q", raw)
+    if header_len > _MAX_HEADER_BYTES:
+        raise DeltaRejected(NOT_SAFETENSORS, path, f"header length {header_len} is implausible")
+    data_start = 8 + header_len
+    if data_start > len(raw):
+        raise DeltaRejected(TRUNCATED, path, f"header claims {header_len} bytes, file has {len(raw) - 8}")
+    try:
+        spans, data_bytes = _layout(raw[8:data_start], tuple(expected.items()))
+    except _Bad as bad:
+        raise DeltaRejected(bad.reason, path, bad.detail) from None
+    if data_bytes != len(raw) - data_start:
+        reason = TRUNCATED if data_bytes > len(raw) - data_start else NOT_SAFETENSORS
+        raise DeltaRejected(reason, path, f"tensors take {data_bytes} bytes, the file has {len(raw) - data_start}")
+    flat = np.frombuffer(raw, dtype=_F32, count=data_bytes // _F32.itemsize, offset=data_start)
+    return {name: flat[first:last].reshape(expected[name]) for name, first, last in spans}, flat
 
 
 def load_delta(
@@ -144,8 +163,8 @@ def load_delta(
     ``path`` is ``<learner folder>/delta.safetensors``; the folder's ``manifest.json`` (written by
     local training) holds its size and sha256, and the folder must lie inside ``store_root``.
     """
-    path = Path(path)
-    raw, _ = read_verified(store_root, path.parent, path.name)
+    directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
+    raw, _ = read_verified(store_root, directory, name)
     delta, flat = _decode(raw, expected, path)
     norm = vector_norm(flat)
     if not math.isfinite(norm):

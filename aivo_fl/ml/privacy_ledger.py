@@ -40,6 +40,7 @@ class RoundPrivacy:
     delta: float | None = None
     target_quantile: float | None = None  # None: fixed clip norm
     quantile_noise_multiplier: float | None = None  # adaptive clipping's count query
+    clip_quantile_estimate: float | None = None  # its released estimate: moves the next clip norm
 
     def event(self) -> PrivacyEvent | None:
         """The accountant's event, or None when the round gives no guarantee."""
@@ -48,25 +49,9 @@ class RoundPrivacy:
         z = combined_noise_multiplier(self.noise_multiplier, self.quantile_noise_multiplier)
         return PrivacyEvent(z, self.sample_rate) if z > 0 else None
 
-    def to_json(self) -> dict[str, Any]:
-        event = self.event()
-        return {
-            "dpEnabled": self.dp_enabled,
-            "noiseMultiplier": self.noise_multiplier,
-            "clipNorm": self.clip_norm,
-            "adaptiveClipping": self.target_quantile is not None,
-            "clipTargetQuantile": self.target_quantile,
-            "quantileNoiseMultiplier": self.quantile_noise_multiplier,
-            "sampleRate": self.sample_rate,
-            "eligiblePopulation": self.population,
-            "denominator": self.denominator,
-            "delta": self.delta,
-            # What the accountant composes: PoissonSampled(sampleRate, Gaussian(noiseMultiplier)).
-            "accountedNoiseMultiplier": event.noise_multiplier if event else None,
-        }
-
     @classmethod
     def from_json(cls, round_id: str, raw: Mapping[str, Any]) -> RoundPrivacy:
+        """From a round's recorded ``privacy`` object (the registry's, shown by ``history --json``)."""
         return cls(
             round_id=round_id,
             dp_enabled=bool(raw["dpEnabled"]),
@@ -78,6 +63,7 @@ class RoundPrivacy:
             delta=raw.get("delta"),
             target_quantile=raw.get("clipTargetQuantile"),
             quantile_noise_multiplier=raw.get("quantileNoiseMultiplier"),
+            clip_quantile_estimate=raw.get("clipQuantileEstimate"),
         )
 
 

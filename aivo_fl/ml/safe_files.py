@@ -23,8 +23,6 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +67,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _parts_below(root: Path, path: Path) -> tuple[str, ...]:
-    """The components of ``path`` below ``root``, or OUTSIDE_STORE. Lexical: nothing is followed."""
-    absolute = Path(os.path.abspath(path))
-    for base in (Path(os.path.abspath(root)), Path(os.path.realpath(root))):
-        if absolute == base or absolute.is_relative_to(base):
-            return absolute.relative_to(base).parts
+def _parts_below(root: str, path: str) -> list[str]:
+    """The components of ``path`` below ``root``, or OUTSIDE_STORE. Lexical: nothing is followed.
+
+    Plain strings, not pathlib: this runs for every file of a round.
+    """
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(root)
+    for attempt in range(2):
+        if absolute == base:
+            return []
+        prefix = base if base.endswith(os.sep) else base + os.sep
+        if absolute.startswith(prefix):
+            return absolute[len(prefix) :].split(os.sep)
+        if attempt == 0:
+            base = os.path.realpath(root)  # the path may name the store by its resolved location
     raise FileRejected(OUTSIDE_STORE, path, f"store is {root}")
 
 
-def _refusal(exc: OSError, root: Path, dir_fd: int, name: str, shown: Path) -> FileRejected:
+def _refusal(exc: OSError, root: str, dir_fd: int, name: str, shown: str) -> FileRejected:
     """Turn an ``open`` failure into its stable reason (a link says where it points)."""
     if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
         try:
@@ -92,54 +99,67 @@ def _refusal(exc: OSError, root: Path, dir_fd: int, name: str, shown: Path) -> F
     return FileRejected(UNREADABLE, shown, exc.strerror or type(exc).__name__)
 
 
-@contextmanager
-def store_directory(root: Path, directory: Path) -> Iterator[int]:
-    """An fd of ``directory``, opened component by component below ``root`` without following links."""
+def open_store_directory(root: Path | str, directory: Path | str) -> int:
+    """An fd of ``directory``, opened component by component below ``root`` without following links.
+
+    The caller closes it.
+    """
+    root, directory = os.fspath(root), os.fspath(directory)
     parts = _parts_below(root, directory)
+    if len(parts) == 1:  # the common case (<root>/<learner or version>): O_NOFOLLOW covers it in one open
+        try:
+            return os.open(os.path.join(root, parts[0]), _DIR_FLAGS)
+        except OSError as exc:
+            parent = _open_root(root)
+            try:
+                raise _refusal(exc, root, parent, parts[0], os.path.join(root, parts[0])) from None
+            finally:
+                os.close(parent)
+    fd = _open_root(root)
+    for depth, part in enumerate(parts):
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            refusal = _refusal(exc, root, fd, part, os.path.join(root, *parts[: depth + 1]))
+            os.close(fd)
+            raise refusal from None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _open_root(root: str) -> int:
+    # The root itself may be a link (the operator's choice); below it nothing is followed.
     try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     except OSError as exc:
         raise FileRejected(MISSING if exc.errno == errno.ENOENT else UNREADABLE, root, "store root") from None
-    shown = Path(root)
-    try:
-        for part in parts:
-            shown = shown / part
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise _refusal(exc, root, fd, part, shown) from None
-            os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
 
 
-def read_at(dir_fd: int, name: str, limit: int, root: Path, shown: Path) -> bytes:
-    """At most ``limit`` bytes of regular file ``name`` in ``dir_fd``; more is OVERSIZED."""
+def read_at(dir_fd: int, name: str, limit: int, root: Path | str, directory: Path | str) -> bytes:
+    """At most ``limit`` bytes of regular file ``name`` in ``dir_fd`` (which is ``directory``); more is OVERSIZED."""
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
-        raise _refusal(exc, root, dir_fd, name, shown) from None
+        raise _refusal(exc, os.fspath(root), dir_fd, name, os.path.join(directory, name)) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):  # before any read: a FIFO or a device never gets read
-            raise FileRejected(NOT_REGULAR, shown, _kind(mode))
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, remaining)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before any read: a FIFO or a device never gets read
+            raise FileRejected(NOT_REGULAR, os.path.join(directory, name), _kind(info.st_mode))
+        # Sized by fstat, so a 1 MiB cap is not a 1 MiB buffer. A regular file's read stops short
+        # only at its end; one that grew since fstat is read on, never past the cap.
+        data = os.read(fd, min(limit, info.st_size) + 1)
+        while info.st_size < len(data) <= limit:
+            chunk = os.read(fd, min(limit + 1 - len(data), 1 << 16))
             if not chunk:
                 break
-            chunks.append(chunk)
-            remaining -= len(chunk)
+            data += chunk
     except OSError as exc:
-        raise FileRejected(UNREADABLE, shown, exc.strerror or type(exc).__name__) from None
+        raise FileRejected(UNREADABLE, os.path.join(directory, name), exc.strerror or type(exc).__name__) from None
     finally:
         os.close(fd)
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(data) > limit:
-        raise FileRejected(OVERSIZED, shown, f"more than {limit} bytes")
+        raise FileRejected(OVERSIZED, os.path.join(directory, name), f"more than {limit} bytes")
     return data
 
 
@@ -150,57 +170,64 @@ def _kind(mode: int) -> str:
     return "block device" if stat.S_ISBLK(mode) else "socket or other special file"
 
 
-def parse_manifest(data: bytes, shown: Path) -> dict[str, Any]:
+def parse_manifest(data: bytes, directory: Path | str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileRejected(BAD_MANIFEST, shown, f"not valid JSON: {exc}") from None
+        raise _bad_manifest(directory, f"not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
-        raise FileRejected(BAD_MANIFEST, shown, "must be a JSON object")
+        raise _bad_manifest(directory, "must be a JSON object")
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-        raise FileRejected(
-            BAD_MANIFEST,
-            shown,
+        raise _bad_manifest(
+            directory,
             f"unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
             f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}",
         )
     if not isinstance(manifest.get("files"), dict):
-        raise FileRejected(BAD_MANIFEST, shown, "no 'files' table")
+        raise _bad_manifest(directory, "no 'files' table")
     return manifest
 
 
-def read_manifest_at(dir_fd: int, root: Path, directory: Path) -> dict[str, Any]:
-    shown = Path(directory) / MANIFEST_NAME
-    return parse_manifest(read_at(dir_fd, MANIFEST_NAME, MAX_MANIFEST_BYTES, root, shown), shown)
+def _bad_manifest(directory: Path | str, detail: str) -> FileRejected:
+    return FileRejected(BAD_MANIFEST, os.path.join(directory, MANIFEST_NAME), detail)
 
 
-def _expected(manifest: dict[str, Any], name: str, shown: Path) -> tuple[int, str]:
+def read_manifest_at(dir_fd: int, root: Path | str, directory: Path | str) -> dict[str, Any]:
+    return parse_manifest(read_at(dir_fd, MANIFEST_NAME, MAX_MANIFEST_BYTES, root, directory), directory)
+
+
+def _expected(manifest: dict[str, Any], directory: Path | str, name: str) -> tuple[int, str]:
     record = manifest["files"].get(name)
     if not isinstance(record, dict):
-        raise FileRejected(NOT_IN_MANIFEST, shown, f"no sha256/size recorded in {MANIFEST_NAME}")
+        raise FileRejected(NOT_IN_MANIFEST, os.path.join(directory, name), f"no sha256/size in {MANIFEST_NAME}")
     size, digest = record.get("bytes"), record.get("sha256")
     if type(size) is not int or size < 0 or not isinstance(digest, str):
-        raise FileRejected(BAD_MANIFEST, shown, f"bad record for {name!r}")
+        raise FileRejected(BAD_MANIFEST, os.path.join(directory, name), f"bad record for {name!r}")
     return size, digest
 
 
-def read_verified(root: Path, directory: Path, name: str) -> tuple[bytes, dict[str, Any]]:
+def read_verified(root: Path | str, directory: Path | str, name: str) -> tuple[bytes, dict[str, Any]]:
     """``directory/name`` and its manifest, after the store, type, size and SHA-256 checks."""
-    directory = Path(directory)
-    with store_directory(root, directory) as dir_fd:
+    dir_fd = open_store_directory(root, directory)
+    try:
         manifest = read_manifest_at(dir_fd, root, directory)
-        shown = directory / name
-        size, digest = _expected(manifest, name, shown)
-        data = read_at(dir_fd, name, size, root, shown)
+        size, digest = _expected(manifest, directory, name)
+        data = read_at(dir_fd, name, size, root, directory)
+    finally:
+        os.close(dir_fd)
     if len(data) < size:
-        raise FileRejected(TRUNCATED, shown, f"{len(data)} bytes, manifest says {size}")
-    actual = sha256_bytes(data)
+        raise FileRejected(TRUNCATED, os.path.join(directory, name), f"{len(data)} bytes, manifest says {size}")
+    actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
+        shown = os.path.join(directory, name)
         raise FileRejected(HASH_MISMATCH, shown, f"sha256 {actual[:12]}…, manifest says {digest[:12]}…")
     return data, manifest
 
 
-def read_manifest(root: Path, directory: Path) -> dict[str, Any]:
+def read_manifest(root: Path | str, directory: Path | str) -> dict[str, Any]:
     """The artifact directory's manifest, read under the same rules as the weights."""
-    with store_directory(root, directory) as dir_fd:
-        return read_manifest_at(dir_fd, root, Path(directory))
+    dir_fd = open_store_directory(root, directory)
+    try:
+        return read_manifest_at(dir_fd, root, directory)
+    finally:
+        os.close(dir_fd)

@@ -19,16 +19,19 @@ from aivo_fl.ml.cloning import (
     weight_delta,
 )
 from aivo_fl.ml.model import TRUNK_PREFIX
-from aivo_fl.operations.learners import personalized_model_metadata
+from aivo_fl.operations.errors import OperationFailed, diagnose
+from aivo_fl.operations.learners import MainModelMissing, personalized_model_metadata
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
 Report = Callable[[str], None]
 
 
-class CloningCheckFailed(Exception):
-    def __init__(self, step: int, name: str, reason: str) -> None:
-        super().__init__(f"Step {step} failed ({name}): {reason}")
+class CloningCheckFailed(OperationFailed):
+    def __init__(self, step: int, name: str, cause: Exception) -> None:
+        # The step's cause keeps its own exit code ("Main model not found" is 4 everywhere).
+        diagnosis = diagnose(cause)
+        super().__init__(f"Step {step} failed ({name}): {diagnosis.line}", diagnosis.exit_code)
 
 
 @dataclass
@@ -115,14 +118,14 @@ def _step(number: int, name: str, report: Report, check: Callable[[], object], d
     except CloningCheckFailed:
         raise
     except Exception as exc:  # every failure, whatever its type, is reported as this step's
-        raise CloningCheckFailed(number, name, f"{type(exc).__name__}: {exc}") from exc
+        raise CloningCheckFailed(number, name, exc) from exc
     report(f"✓ {done}")
 
 
 def _main_exists(registry: ModelRegistry, store: ModelStore, state: _State) -> None:
     active = registry.get_active_version()
     if active is None:
-        raise RuntimeError("Main model not found: train it first with `aivo-fl train-main-model`")
+        raise MainModelMissing()
     load_main_model(store.main_root, active.version)  # verifies manifest and hashes
     state.version = active.version
 

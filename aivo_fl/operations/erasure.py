@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,14 @@ from aivo_fl.ml.cloning import remove_learner
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
+from aivo_fl.registry.erasure import pseudonym
 
 
 @dataclass(frozen=True)
 class LearnerErasure:
-    """What was removed for one learner, reported under the keyed hash (never the id itself)."""
+    """What was removed for one learner, reported under its pseudonym (never the id itself)."""
 
-    learner_hash: str
+    pseudonym: str
     rows: dict[str, int] = field(default_factory=dict)
     files: int = 0
     log_lines: int = 0
@@ -33,11 +34,20 @@ class LearnerErasure:
         return {"rows": self.rows, "files": self.files, "logLines": self.log_lines}
 
 
+def erasable(learner_ids: list[str]) -> tuple[list[str], int]:
+    """The ids aivo-fl can hold data for, and how many others there were (path-like ids are
+    refused at the registry's boundary and never get a folder, so nothing of theirs is here)."""
+    valid = []
+    for learner_id in learner_ids:
+        try:
+            valid.append(validate_learner_id(learner_id))
+        except InvalidLearnerId:
+            continue
+    return valid, len(learner_ids) - len(valid)
+
+
 def _remove_files(store: ModelStore, learner_id: str) -> int:
-    try:
-        directory = store.learner_dir(validate_learner_id(learner_id))
-    except InvalidLearnerId:
-        return 0  # a path-like id never got a folder
+    directory = store.learner_dir(learner_id)
     count = sum(1 for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else 0
     remove_learner(store.learners_root, learner_id)
     return count
@@ -61,12 +71,13 @@ def scrub_log(path: Path, learner_id: str, replacement: str) -> int:
     return changed
 
 
-def erase_learner(
+def erase_everywhere(
     registry: ModelRegistry, store: ModelStore, learner_id: str, key: bytes, log_path: Path
 ) -> LearnerErasure:
-    """Erase everything aivo-fl holds about a learner deleted in the app."""
+    """Erase everything aivo-fl holds about a learner deleted in the app (a valid id)."""
     files = _remove_files(store, learner_id)
-    learner_hash = registry.learner_hash(learner_id, key)
-    log_lines = scrub_log(log_path, learner_id, learner_hash)
-    rows = registry.erase_learner(learner_id, key)
-    return LearnerErasure(learner_hash, dict(rows), files, log_lines)
+    alias = pseudonym(learner_id, key)
+    log_lines = scrub_log(log_path, learner_id, alias)
+    rows = asdict(registry.erase_learner(learner_id, key))
+    del rows["pseudonym"]
+    return LearnerErasure(alias, rows, files, log_lines)

@@ -16,6 +16,7 @@ from aivo_fl.ml.data import Samples
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
 from aivo_fl.ml.model import ArchitectureSummary
+from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
 
@@ -89,7 +90,7 @@ def clone_learners(
             try:
                 batch.append(_clone_files(store, learner_id, active.version))
             except (InvalidLearnerId, ArtifactError, OSError) as exc:
-                done.failures[learner_id] = str(exc)
+                done.failures[learner_id] = diagnose(exc).line
         os.sync()  # one flush for the batch; per-file fsyncs cost ~6 ms each on a busy disk
         metadata = {clone.learner_id: personalized_model_metadata(clone) for clone in batch}
         registry.register_personalized_models(metadata, base_model=base_model)

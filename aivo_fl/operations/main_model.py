@@ -11,6 +11,7 @@ from aivo_fl.ml.artifacts import save_main_model
 from aivo_fl.ml.data import HEAD_CLASSES, Samples, bayes_ceiling, generate_curriculum
 from aivo_fl.ml.model import ArchitectureSummary, architecture_summary
 from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, format_training_results, train_model
+from aivo_fl.operations.recovery import clean_store, reclaim_unregistered_version
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
 from aivo_fl.operations.versions import next_free_version
 from aivo_fl.registry import ModelRegistry
@@ -41,6 +42,17 @@ def build_curriculum_dataset(store: ModelStore, n_samples: int, seed: int, repor
         for head, classes in HEAD_CLASSES.items()
     }
     return DatasetSummary(path, len(samples), seed, balance, bayes_ceiling(samples))
+
+
+def _version_to_train(registry: ModelRegistry, store: ModelStore, active: str | None, report: Report) -> str:
+    """The first model is 1.0.0 even after a crash left an unregistered 1.0.0 folder behind."""
+    if active is not None:
+        return next_free_version(registry, store, active, "major")
+    registered = [v.version for v in registry.list_main_versions()]
+    if FIRST_VERSION not in registered:
+        reclaim_unregistered_version(registry, store, FIRST_VERSION, report)
+        return FIRST_VERSION
+    return next_free_version(registry, store, FIRST_VERSION, "major")
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ def train_and_register_main_model(
     rounds take minor versions), so the two kinds of change are told apart at a glance.
     """
     samples: Samples = load_samples(dataset_path)
+    clean_store(store, report)
     report("Initializing MainModelTrainer...")
     config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed, num_threads=num_threads)
     report("✓ Trainer initialized")
@@ -89,7 +102,7 @@ def train_and_register_main_model(
     report("Training model...")
     model, result = train_model(samples, config, callback=lambda stats: report(format_epoch(stats)))
     active = registry.get_active_version()
-    version = FIRST_VERSION if active is None else next_free_version(registry, store, active.version, "major")
+    version = _version_to_train(registry, store, active.version if active else None, report)
     outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))
     report("")
     for line in format_training_results(result).splitlines():

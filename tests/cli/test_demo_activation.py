@@ -16,13 +16,18 @@ def test_demo_writes_the_switch_to_dotenv_so_a_later_process_agrees(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("USE_FEDERATED_LEARNING", raising=False)
+    monkeypatch.delenv("AIVO_ERASURE_KEY", raising=False)
     (tmp_path / ".env").write_text("TRAINING_EPOCHS=7\n")
     assert activate().use_federated_learning
     # What `make dev` will load: a fresh read of the same folder, nothing forced in-process.
     later = load_settings()
     assert later.use_federated_learning and later.training_epochs == 7
     assert activate().use_federated_learning  # idempotent: nothing appended twice
-    assert (tmp_path / ".env").read_text().count("USE_FEDERATED_LEARNING=true") == 1
+    written = (tmp_path / ".env").read_text()
+    assert written.count("USE_FEDERATED_LEARNING=true") == 1
+    # A stable erasure key too, so erase_learners runs from the UI; generated once, kept after.
+    assert written.count("AIVO_ERASURE_KEY=") == 1 and later.erasure_key is not None
+    assert len(later.erasure_key.get_secret_value()) == 64
 
 
 def test_an_explicit_off_is_not_overruled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -198,8 +198,12 @@ def test_a_path_that_climbs_out_of_the_store_is_refused(dirs: tuple[Path, Path])
 @pytest.mark.parametrize("name", ["zero", "null"])
 def test_a_character_device_is_refused_before_it_is_read(name: str) -> None:
     # Inside a "store" rooted at /dev, so only the file-type check can refuse it.
-    with pytest.raises(FileRejected) as info, safe_files.store_directory(Path("/dev"), Path("/dev")) as fd:
-        safe_files.read_at(fd, name, 100, Path("/dev"), Path("/dev") / name)
+    fd = safe_files.open_store_directory("/dev", "/dev")
+    try:
+        with pytest.raises(FileRejected) as info:
+            safe_files.read_at(fd, name, 100, "/dev", "/dev")
+    finally:
+        os.close(fd)
     assert info.value.reason == safe_files.NOT_REGULAR and "character device" in str(info.value)
 
 

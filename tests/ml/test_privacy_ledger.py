@@ -52,10 +52,24 @@ def test_changing_settings_compose_exactly_the_recorded_events() -> None:
     assert compose_rounds(MIXED[2:3], DELTA).epsilon == pytest.approx(_independent([(1.3, 0.2)], DELTA), rel=1e-9)
 
 
-def test_round_trip_through_json_keeps_the_epsilon() -> None:
-    restored = [RoundPrivacy.from_json(r.round_id, r.to_json()) for r in MIXED]
-    assert restored == MIXED
-    assert compose_rounds(restored, DELTA) == compose_rounds(MIXED, DELTA)
+def test_from_the_recorded_json() -> None:
+    raw = {
+        "dpEnabled": True,
+        "noiseMultiplier": 1.0,
+        "clipNorm": 0.7,
+        "sampleRate": 0.1,
+        "eligiblePopulation": 10_000,
+        "denominator": 1_000.0,
+        "delta": DELTA,
+        "clipTargetQuantile": 0.5,
+        "quantileNoiseMultiplier": 2.0,
+        "clipQuantileEstimate": 0.4,
+    }
+    restored = RoundPrivacy.from_json("r4", raw)
+    assert compose_rounds([restored], DELTA) == compose_rounds([MIXED[3]], DELTA)
+    assert restored.clip_quantile_estimate == 0.4 and restored.population == 10_000
+    legacy = RoundPrivacy.from_json("old", {"dpEnabled": True, "noiseMultiplier": 0.1, "sampleRate": None})
+    assert legacy.sample_rate == 1.0 and legacy.event() == MIXED[0].event()
 
 
 def test_a_round_without_noise_means_no_guarantee() -> None:

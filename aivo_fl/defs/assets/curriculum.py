@@ -4,6 +4,7 @@ import dagster as dg
 
 from aivo_fl.defs.readable import percent
 from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource
+from aivo_fl.defs.retries import fail_fast_unless_transient
 from aivo_fl.ml.data import HEAD_CLASSES
 from aivo_fl.operations.main_model import build_curriculum_dataset
 
@@ -16,12 +17,13 @@ def curriculum_dataset(
     reporter: ReporterResource,
 ) -> dg.MaterializeResult:
     """Seeded synthetic curriculum samples: 256 features, a label per head, known Bayes ceiling."""
-    summary = build_curriculum_dataset(
-        model_store.get_store(),
-        training_settings.curriculum_samples,
-        training_settings.data_seed,
-        reporter.for_context(context),
-    )
+    with fail_fast_unless_transient():
+        summary = build_curriculum_dataset(
+            model_store.get_store(),
+            training_settings.curriculum_samples,
+            training_settings.data_seed,
+            reporter.for_context(context),
+        )
     return dg.MaterializeResult(
         metadata={
             "rows": summary.rows,

@@ -7,7 +7,6 @@ import dagster as dg
 from pydantic import Field
 
 from aivo_fl.defs.assets.learners import learner_training
-from aivo_fl.defs.partitions import TRANSIENT_RETRY
 from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
@@ -15,12 +14,12 @@ from aivo_fl.defs.resources import (
     RegistryResource,
     ReporterResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
 from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
 from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.operations.run_log import appending_to
-from aivo_fl.registry import AggregationInProgress, PromotionConflict
 
 AGGREGATION_POOL = "aggregation"
 # Each aggregation run is tagged with how the round ended: the UI filters on it and alerts read it.
@@ -65,8 +64,7 @@ def federated_main_model(
 ) -> Iterator[dg.MaterializeResult]:
     """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion.
 
-    One materialization per round, promoted or rejected. A dry run only logs what the round would
-    do: no materialization, no files, no registry rows.
+    One materialization per round, promoted or rejected. A dry run only logs what it would do.
     """
     federated_settings.require_enabled()
     report = appending_to(
@@ -75,19 +73,21 @@ def federated_main_model(
         heading=f"-- Dagster run {context.run.run_id} (trigger: {context.run.tags.get('aivo/trigger', 'ui')})",
     )
     try:
-        outcome = run_federated_aggregation(
-            registry.get_registry(),
-            model_store.get_store(),
-            federated_settings.privacy(),
-            config.round_options(),
-            report=report,
-            holder=f"dagster-run:{context.run.run_id}",
-        )
-    except (NoEligibleLearners, PrivacyBudgetExceeded, AggregationInProgress, PromotionConflict, ValueError) as exc:
-        # Decisions, not outages: retrying cannot change them.
-        report(f"✗ {exc}")
-        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: REFUSALS.get(type(exc), "refused")})
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        # Decisions and permanent errors fail at once with their one line; transient ones are retried.
+        with fail_fast_unless_transient():
+            outcome = run_federated_aggregation(
+                registry.get_registry(),
+                model_store.get_store(),
+                federated_settings.privacy(),
+                config.round_options(),
+                report=report,
+                holder=f"dagster-run:{context.run.run_id}",
+            )
+    except dg.Failure as failure:
+        report(f"✗ {failure.description}")  # in the aggregation log; the tag is for alerts
+        tag = REFUSALS.get(type(failure.__cause__), "refused")
+        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: tag})
+        raise
     s = outcome.summary()
     context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: s["status"].lower()})
     if outcome.dry_run:

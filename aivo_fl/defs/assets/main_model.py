@@ -3,7 +3,6 @@
 import dagster as dg
 
 from aivo_fl.defs.assets.curriculum import curriculum_dataset
-from aivo_fl.defs.partitions import TRANSIENT_RETRY
 from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     ModelStoreResource,
@@ -11,6 +10,7 @@ from aivo_fl.defs.resources import (
     ReporterResource,
     TrainingSettingsResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.operations.main_model import train_and_register_main_model
 
 
@@ -24,16 +24,17 @@ def main_model(
 ) -> dg.MaterializeResult:
     """Multi-head network (shared trunk, one head per decision), saved as safetensors and registered."""
     store = model_store.get_store()
-    outcome = train_and_register_main_model(
-        registry.get_registry(),
-        store,
-        store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
-        epochs=training_settings.training_epochs,
-        batch_size=training_settings.batch_size,
-        data_seed=training_settings.data_seed,
-        num_threads=training_settings.torch_threads(context.instance),
-        report=reporter.for_context(context),
-    )
+    with fail_fast_unless_transient():
+        outcome = train_and_register_main_model(
+            registry.get_registry(),
+            store,
+            store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
+            epochs=training_settings.training_epochs,
+            batch_size=training_settings.batch_size,
+            data_seed=training_settings.data_seed,
+            num_threads=training_settings.torch_threads(context.instance),
+            report=reporter.for_context(context),
+        )
     r, arch = outcome.result, outcome.architecture
     return dg.MaterializeResult(
         metadata={
