@@ -86,7 +86,7 @@ def file_record(data: bytes) -> dict[str, Any]:
     return {"sha256": sha256_bytes(data), "bytes": len(data)}
 
 
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -111,7 +111,7 @@ def save_artifact(
     full["format"] = FORMAT_NAME
     full["format_version"] = FORMAT_VERSION
     full["files"] = {**dict(manifest.get("files", {})), **{name: file_record(data) for name, data in files.items()}}
-    manifest_data = _manifest_bytes(full)
+    manifest_data = manifest_bytes(full)
 
     if directory.exists():
         for name, data in files.items():
