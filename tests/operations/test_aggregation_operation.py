@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivo_fl.ml.artifacts import ArtifactError, load_main_model, read_manifest
+from aivo_fl.ml.artifacts import ArtifactError, load_main_model
 from aivo_fl.ml.model import head_state
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.safe_files import read_manifest
 from aivo_fl.operations.aggregation import SERVER_STATE_NAME, load_server_state, run_federated_aggregation
 from aivo_fl.operations.app_simulation import simulate_activity
 from aivo_fl.operations.learners import train_learner_locally
@@ -133,7 +134,7 @@ def _by_version(cohort: Cohort) -> list[dict]:
 def test_server_optimizer_state_is_stored_with_the_version_and_carries_over(cohort: Cohort) -> None:
     first = aggregate(cohort, NO_DP, server_optimizer="momentum", learning_rate=HARMLESS)
     assert first.promoted and first.summary()["serverOptimizer"] == "momentum"
-    assert SERVER_STATE_NAME in read_manifest(cohort.store.main_root / "1.1.0")["files"]
+    assert SERVER_STATE_NAME in read_manifest(cohort.store.main_root, cohort.store.main_root / "1.1.0")["files"]
     m1 = load_server_state(cohort.store.main_root, "1.1.0", "momentum")
     assert set(m1) == {f"m.{k}" for k in first.round.candidate_heads}
     for key, value in first.round.optimizer_state.items():
@@ -155,5 +156,5 @@ def test_server_optimizer_state_is_stored_with_the_version_and_carries_over(coho
     # The stored state is verified against the manifest like any weight file.
     state_file = cohort.store.main_root / "1.1.0" / SERVER_STATE_NAME
     state_file.write_bytes(state_file.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
-    with pytest.raises(ArtifactError, match="does not match manifest"):
+    with pytest.raises(ArtifactError, match="hash mismatch"):
         load_server_state(cohort.store.main_root, "1.1.0", "momentum")

@@ -44,6 +44,11 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, got {value}")
 
 
+def _decay(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 @dataclass(frozen=True)
 class Sgd:
     """params + lr x update. No state."""
@@ -75,8 +80,7 @@ class Momentum:
 
     def __post_init__(self) -> None:
         _positive("server learning rate", self.learning_rate)
-        if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"momentum beta must be in [0, 1), got {self.beta}")
+        _decay("momentum beta", self.beta)
 
     def step(
         self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
@@ -105,8 +109,8 @@ class Adam:
     def __post_init__(self) -> None:
         _positive("server learning rate", self.learning_rate)
         _positive("Adam tau", self.tau)
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
-            raise ValueError(f"Adam betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+        _decay("Adam beta1", self.beta1)
+        _decay("Adam beta2", self.beta2)
 
     def step(
         self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
