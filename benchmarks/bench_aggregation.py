@@ -55,7 +55,7 @@ def write_deltas(directory: Path, n: int, seed: int = 0) -> list[Path]:
 
 def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
     """Returns what the caller keeps afterwards (for aivo-fl: the per-learner records it persists)."""
-    from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
+    from aivo_fl.ml.federated_round import LearnerUpdate, PrivacyHistory, PrivacySettings, RoundOptions, aggregate_round
 
     shapes = head_shapes()
     if method.startswith("baseline"):
@@ -71,8 +71,7 @@ def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
         updates,
         RoundOptions(strategy=method, learning_rate=1.0),
         PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=1.0),
-        [],
-        {},
+        PrivacyHistory(),
         _NOW,
         np.random.default_rng(0),
         learners_root=learners_root,

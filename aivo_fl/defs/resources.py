@@ -52,10 +52,15 @@ class FederatedSettingsResource(dg.ConfigurableResource):
     use_federated_learning: bool = False
     enable_differential_privacy: bool = True
     noise_multiplier: float = 0.1
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # under CLIP_NORM=auto: the first round's
+    clip_target_quantile: float | None = None  # set: adaptive clipping (CLIP_NORM=auto)
+    learner_sample_rate: float = 1.0
     privacy_delta: float = 1e-5
     privacy_epsilon_budget: float | None = None
     privacy_learner_epsilon_budget: float | None = None
+
+    def privacy_clip(self) -> tuple[float, float | None]:
+        return self.clip_norm, self.clip_target_quantile
 
     def require_enabled(self) -> None:
         if not self.use_federated_learning:
@@ -144,7 +149,9 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             use_federated_learning=settings.use_federated_learning,
             enable_differential_privacy=settings.enable_differential_privacy,
             noise_multiplier=settings.noise_multiplier,
-            clip_norm=settings.clip_norm,
+            clip_norm=settings.privacy_clip()[0],
+            clip_target_quantile=settings.privacy_clip()[1],
+            learner_sample_rate=settings.learner_sample_rate,
             privacy_delta=settings.privacy_delta,
             privacy_epsilon_budget=settings.privacy_epsilon_budget,
             privacy_learner_epsilon_budget=settings.privacy_learner_epsilon_budget,

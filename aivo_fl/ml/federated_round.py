@@ -39,12 +39,11 @@ from aivo_fl.ml.privacy import (
     DEFAULT_SAMPLE_CAP,
     DpSum,
     PrivacyEvent,
-    check_global_budget,
     dp_weight,
-    epsilon_for_events,
-    epsilon_warning,
     noise_std,
 )
+from aivo_fl.ml.privacy_ledger import RoundPrivacy
+from aivo_fl.ml.round_privacy import NOT_SAMPLED, PrivacyHistory, RoundDraw, draw_round
 from aivo_fl.ml.validation_gate import DEFAULT_TOLERANCE, GateResult, validate_candidate, with_heads
 
 __all__ = [
@@ -54,6 +53,7 @@ __all__ = [
     "GateResult",
     "LearnerUpdate",
     "NoEligibleLearners",
+    "PrivacyHistory",
     "PrivacySettings",
     "RoundOptions",
     "RoundResult",
@@ -84,12 +84,13 @@ class LearnerUpdate:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism.
+    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism, :mod:`aivo_fl.ml.round_privacy`
+    for the draw and the accounting.
 
-    ``expected_learners`` is McMahan's fixed denominator (expected total weight of a round). Set it
-    to the planned cohort size for the strict add/remove-one analysis. If ``None`` we use the
-    number of learners who trained inside the staleness window (known before any delta content is
-    read); that treats the cohort size as public, which is the usual practical compromise.
+    Each eligible learner joins a round with probability ``sample_rate``; the released average is
+    divided by the fixed expected cohort ``sample_rate x eligible learners``. With
+    ``clip_target_quantile`` set (``CLIP_NORM=auto``), ``clip_norm`` is only the first round's clip
+    norm; later rounds follow that quantile of the update norms.
     """
 
     enabled: bool
@@ -99,7 +100,8 @@ class PrivacySettings:
     epsilon_budget: float | None = None  # global: refuse the round past it
     learner_epsilon_budget: float | None = None  # per learner: exclude them past it
     sample_cap: int = DEFAULT_SAMPLE_CAP
-    expected_learners: int | None = None
+    sample_rate: float = 1.0
+    clip_target_quantile: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Contribution:
     clipped: bool
     excluded_reason: str | None
     versions_behind: int = 0
+    charged: bool = False  # in the round's population (could have been drawn): their ledger pays
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,16 @@ class RoundResult:
     noise_std: float | None  # std of the noise on the released average (None without DP)
     epsilon_round: float | None  # None without DP: no guarantee at all
     epsilon_total: float | None
-    learner_epsilons: dict[str, float] = field(default_factory=dict)
-    privacy_event: PrivacyEvent | None = None  # persist this; None when nothing was released
+    learner_epsilons: dict[str, float | None] = field(default_factory=dict)
+    privacy_record: RoundPrivacy | None = None  # persist this with the round (DP or not); None on a dry run
+    clip_norm: float | None = None  # the one used (adaptive under CLIP_NORM=auto); None without DP
     privacy_warning: str | None = None
     dry_run: bool = False
+
+    @property
+    def privacy_event(self) -> PrivacyEvent | None:
+        """What the accountant charges for this round; None without noise or on a dry run."""
+        return self.privacy_record.event() if self.privacy_record else None
 
     @property
     def included(self) -> list[Contribution]:
@@ -182,15 +191,6 @@ def next_version(version: str, bump: str = "minor") -> str:
 def staleness_factor(versions_behind: int) -> float:
     """FedBuff-style (Nguyen et al. 2022) polynomial discount 1 / sqrt(1 + versions behind)."""
     return 1.0 / math.sqrt(1.0 + versions_behind)
-
-
-def _learner_history(
-    learner_rounds_so_far: Mapping[str, Sequence[PrivacyEvent] | int], learner_id: str, current: PrivacyEvent
-) -> list[PrivacyEvent]:
-    prior = learner_rounds_so_far.get(learner_id, [])
-    if isinstance(prior, int):  # only a count is known: assume those rounds used today's settings
-        return [current] * prior
-    return list(prior)
 
 
 @dataclass
@@ -249,21 +249,20 @@ def aggregate_round(
     updates: Iterable[LearnerUpdate],
     options: RoundOptions,
     privacy: PrivacySettings,
-    privacy_events_so_far: Sequence[PrivacyEvent],
-    learner_rounds_so_far: Mapping[str, Sequence[PrivacyEvent] | int],
+    history: PrivacyHistory,
     now: datetime,
     rng: np.random.Generator,
     *,
     learners_root: Path,
 ) -> RoundResult:
-    """Screen, validate and aggregate the learners' deltas into candidate heads.
+    """Screen, draw (see :mod:`aivo_fl.ml.round_privacy`), validate and aggregate into candidate heads.
 
     Every delta file must lie inside ``learners_root`` (the learners' model store) and match its
     folder's manifest; see :func:`aivo_fl.ml.deltas.load_delta`.
 
-    Raises ``ValueError`` (bad strategy/options), ``PrivacyBudgetExceeded`` (global budget) and
-    ``NoEligibleLearners`` (fewer than ``min_learners`` usable updates). Bad files only exclude
-    their learner; the round goes on.
+    Raises ``ValueError`` (bad strategy/options), ``PrivacyBudgetExceeded`` (a budget, before any
+    learner or noise is drawn) and ``NoEligibleLearners`` (fewer than ``min_learners`` usable
+    updates). Bad files only exclude their learner; the round goes on.
     """
     check_strategy(options.strategy)
     if privacy.enabled and options.strategy in ROBUST_STRATEGIES:
@@ -274,39 +273,15 @@ def aggregate_round(
     if privacy.enabled and not (privacy.clip_norm > 0 and privacy.sample_cap > 0):
         raise ValueError("clip_norm and sample_cap must be > 0 when differential privacy is enabled")
     shapes = shapes_of(base_heads)
-    event = PrivacyEvent(privacy.noise_multiplier) if privacy.enabled else None  # we never sample learners
-    if event is not None:
-        check_global_budget(privacy_events_so_far, event, privacy.delta, privacy.epsilon_budget)
-
     contributions, candidates, in_window = _screen(list(updates), base_version, version_history, options, now)
-
-    learner_epsilons: dict[str, float] = {}
-    if event is not None:
-        kept = []
-        for cand in candidates:
-            history = _learner_history(learner_rounds_so_far, cand.update.learner_id, event)
-            after = epsilon_for_events([*history, event], privacy.delta)
-            budget = privacy.learner_epsilon_budget
-            if budget is not None and after > budget:
-                cand.contribution.excluded_reason = BUDGET_SPENT
-                learner_epsilons[cand.update.learner_id] = epsilon_for_events(history, privacy.delta)
-            else:
-                kept.append(cand)
-                learner_epsilons[cand.update.learner_id] = after
-        candidates = kept
-
-    denominator = float(privacy.expected_learners or max(in_window, 1)) if privacy.enabled else 1.0
-    aggregate, used = _aggregate(candidates, shapes, options, privacy, denominator, rng, learners_root)
-
+    draw = draw_round(privacy, history, candidates, lambda cand: cand.update.learner_id, rng)
+    _mark_draw(draw)
+    clip = draw.record.clip_norm if privacy.enabled else None
+    aggregate, used = _aggregate(draw.drawn, shapes, options, clip, privacy, draw.denominator, rng, learners_root)
     if len(used) < options.min_learners:
         raise NoEligibleLearners(len(used), in_window, options.min_learners, options.max_stale_days)
-
-    # Learners whose file was rejected never contributed: their ledger stays where it was.
-    if event is not None:
-        for cand in candidates:
-            if cand.contribution.excluded_reason is not None:
-                history = _learner_history(learner_rounds_so_far, cand.update.learner_id, event)
-                learner_epsilons[cand.update.learner_id] = epsilon_for_events(history, privacy.delta)
+    if not options.dry_run:  # adaptive clipping releases its noised count with the round
+        draw = draw.with_clip_estimate([c.contribution.update_norm or 0.0 for c in used], rng)
 
     candidate_heads = None
     aggregate_norm = None
@@ -318,12 +293,6 @@ def aggregate_round(
             )
             for name in shapes
         }
-
-    released = event is not None and not options.dry_run
-    eps_round = eps_total = None
-    if event is not None:
-        eps_round = epsilon_for_events([event], privacy.delta)
-        eps_total = epsilon_for_events([*privacy_events_so_far, event], privacy.delta)
     return RoundResult(
         base_version=base_version,
         strategy=options.strategy,
@@ -331,21 +300,34 @@ def aggregate_round(
         aggregate_norm=aggregate_norm,
         contributions=contributions,
         trained_in_window=in_window,
-        denominator=denominator,
-        noise_std=noise_std(privacy.noise_multiplier, privacy.clip_norm) / denominator if event else None,
-        epsilon_round=eps_round,
-        epsilon_total=eps_total,
-        learner_epsilons=learner_epsilons,
-        privacy_event=event if released else None,
-        privacy_warning=epsilon_warning(eps_total, privacy.delta) if eps_total is not None else None,
+        denominator=draw.denominator,
+        noise_std=noise_std(privacy.noise_multiplier, clip) / draw.denominator if clip else None,
+        epsilon_round=draw.epsilon_round,
+        epsilon_total=draw.epsilon_total,
+        learner_epsilons=draw.learner_epsilons,
+        privacy_record=None if options.dry_run else draw.record,
+        clip_norm=clip,
+        privacy_warning=draw.warning,
         dry_run=options.dry_run,
     )
+
+
+def _mark_draw(draw: RoundDraw[_Candidate]) -> None:
+    """Contributions say who was drawn, who was eligible but not drawn (charged) and who was out of budget."""
+    for cand in draw.out_of_budget:
+        cand.contribution.excluded_reason = BUDGET_SPENT
+    for cand in draw.not_sampled:
+        cand.contribution.excluded_reason = NOT_SAMPLED
+        cand.contribution.charged = True
+    for cand in draw.drawn:
+        cand.contribution.charged = True
 
 
 def _aggregate(
     candidates: list[_Candidate],
     shapes: Mapping[str, tuple[int, ...]],
     options: RoundOptions,
+    clip_norm: float | None,
     privacy: PrivacySettings,
     denominator: float,
     rng: np.random.Generator,
@@ -353,7 +335,7 @@ def _aggregate(
 ) -> tuple[Delta | None, list[_Candidate]]:
     """Validate every file (one at a time) and fold it into the strategy; returns (aggregate, used)."""
     robust = options.strategy in ROBUST_STRATEGIES
-    dp_sum = DpSum(shapes, privacy.clip_norm, privacy.noise_multiplier, denominator) if privacy.enabled else None
+    dp_sum = DpSum(shapes, clip_norm, privacy.noise_multiplier, denominator) if clip_norm is not None else None
     plain_sum = WeightedSum(shapes)
     used: list[_Candidate] = []
     weights: list[float] = []

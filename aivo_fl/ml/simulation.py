@@ -28,7 +28,7 @@ from aivo_fl.ml.federated_round import (
 )
 from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import CurriculumNet, head_state
-from aivo_fl.ml.privacy import PrivacyEvent
+from aivo_fl.ml.round_privacy import PrivacyHistory
 from aivo_fl.ml.training import TrainingConfig, train_model
 from aivo_fl.ml.validation_gate import (
     DEFAULT_CURRICULUM_TOLERANCE,
@@ -112,8 +112,7 @@ def _run_rounds(
     gate_tolerances: tuple[float, float],
 ) -> list[dict[str, Any]]:
     history = [FIRST_VERSION]
-    events: list[PrivacyEvent] = []
-    ledger: dict[str, list[PrivacyEvent]] = {}
+    privacy_history = PrivacyHistory()
     heldouts = [learner.heldout for learner in cohort]
     rng = np.random.default_rng([seed, 99])
     summaries: list[dict[str, Any]] = []
@@ -149,16 +148,14 @@ def _run_rounds(
             updates,
             options,
             privacy,
-            events,
-            ledger,
+            privacy_history,
             now if now.tzinfo else now.replace(tzinfo=UTC),
             rng,
             learners_root=learners_root,
         )
-        if result.privacy_event is not None:
-            events.append(result.privacy_event)
-            for c in result.included:
-                ledger.setdefault(c.learner_id, []).append(result.privacy_event)
+        if result.privacy_record is not None:  # released whatever the gate says
+            charged = [c.learner_id for c in result.contributions if c.charged]
+            privacy_history = privacy_history.after(result.privacy_record, charged)
         assert result.candidate_heads is not None
         candidate = with_heads(active, result.candidate_heads)
         gate = validate_candidate(active, candidate, heldouts, curriculum_val, *gate_tolerances)

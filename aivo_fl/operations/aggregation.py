@@ -30,6 +30,7 @@ from aivo_fl.ml.federated_round import (
     aggregate_round,
 )
 from aivo_fl.ml.model import head_state
+from aivo_fl.ml.round_privacy import NOT_SAMPLED, PrivacyHistory
 from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.ml.validation_gate import GateResult, validate_candidate, with_heads
@@ -94,21 +95,69 @@ class PrivacyConfig(Protocol):
 
     enable_differential_privacy: bool
     noise_multiplier: float
-    clip_norm: float
     privacy_delta: float
     privacy_epsilon_budget: float | None
     privacy_learner_epsilon_budget: float | None
+    learner_sample_rate: float
+
+    def privacy_clip(self) -> tuple[float, float | None]: ...
 
 
 def privacy_settings_from(settings: PrivacyConfig) -> PrivacySettings:
+    clip_norm, target_quantile = settings.privacy_clip()
     return PrivacySettings(
         enabled=settings.enable_differential_privacy,
         noise_multiplier=settings.noise_multiplier,
-        clip_norm=settings.clip_norm,
+        clip_norm=clip_norm,
         delta=settings.privacy_delta,
         epsilon_budget=settings.privacy_epsilon_budget,
         learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+        sample_rate=settings.learner_sample_rate,
+        clip_target_quantile=target_quantile,
     )
+
+
+def _report_privacy(result: RoundResult, privacy: PrivacySettings, report: Report) -> None:
+    record = result.privacy_record
+    drawn = sum(c.charged and c.excluded_reason != NOT_SAMPLED for c in result.contributions)
+    population = sum(c.charged for c in result.contributions)
+    sampled = f"{drawn} of {population} eligible drawn at sample rate {privacy.sample_rate:g}"
+    if not privacy.enabled:
+        report(f"Differential privacy: OFF (no clipping, no noise, no privacy guarantee); {sampled}")
+        return
+    clip = f"clip norm {result.clip_norm:.4g}"
+    if privacy.clip_target_quantile is not None:
+        clip += f" (adaptive, target quantile {privacy.clip_target_quantile:g})"
+    total = "no guarantee" if result.epsilon_total is None else f"{result.epsilon_total:.4g}"
+    report(
+        f"Differential privacy: noise multiplier {privacy.noise_multiplier:g}, {clip}; {sampled}, denominator "
+        f"{result.denominator:.4g} (expected cohort); epsilon this round {result.epsilon_round:.4g}, worst-case "
+        f"total {total} at delta {privacy.delta:g} (RDP accountant over the recorded rounds)"
+    )
+    if result.privacy_warning:
+        report(f"⚠ {result.privacy_warning}")
+    if record is None:
+        report("[dry run] Nothing is released: no privacy budget is spent.")
+
+
+def _recorded_privacy(result: RoundResult) -> dict[str, Any]:
+    """What the round used, for the registry: the accountant recomposes every figure from it."""
+    r = result.privacy_record
+    assert r is not None  # only a dry run has no record, and a dry run records nothing
+    return {
+        "dp_enabled": r.dp_enabled,
+        "noise_multiplier": r.noise_multiplier,
+        "clip_norm": r.clip_norm,
+        "sample_rate": r.sample_rate,
+        "privacy_delta": r.delta,
+        "eligible_population": r.population,
+        "dp_denominator": r.denominator,
+        "clip_target_quantile": r.target_quantile,
+        "quantile_noise_multiplier": r.quantile_noise_multiplier,
+        "clip_quantile_estimate": r.clip_quantile_estimate,
+        "epsilon_round": result.epsilon_round,
+        "epsilon_total": result.epsilon_total,
+    }
 
 
 def curriculum_validation_split(registry_record: MainVersionRecord, store: ModelStore) -> Samples:
@@ -174,11 +223,7 @@ def _run_round(
         if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
     ]
     rounds = recorded_rounds(registry)
-    events = [e for r in rounds if (e := r.event()) is not None]
-    ledger = {
-        learner: [e for r in charged if (e := r.event()) is not None]
-        for learner, charged in learner_ledgers(registry, rounds, session_of).items()
-    }
+    history = PrivacyHistory(rounds, learner_ledgers(registry, rounds, session_of))
     active_model, _ = load_main_model(store.main_root, active.version)
     result = aggregate_round(
         head_state(active_model),
@@ -187,8 +232,7 @@ def _run_round(
         updates,
         options,
         privacy,
-        events,
-        ledger,
+        history,
         now,
         rng,
         learners_root=store.learners_root,
@@ -199,16 +243,7 @@ def _run_round(
     )
     for c in result.excluded:
         report(f"  - excluded {c.learner_id}: {c.excluded_reason}")
-    if privacy.enabled:
-        report(
-            f"Differential privacy: clip norm {privacy.clip_norm:g}, noise multiplier {privacy.noise_multiplier:g}; "
-            f"epsilon this round {result.epsilon_round:.4g}, total {result.epsilon_total:.4g} "
-            f"at delta {privacy.delta:g} (RDP accountant, sampling rate 1.0: learners are not sampled)"
-        )
-        if result.privacy_warning:
-            report(f"⚠ {result.privacy_warning}")
-    else:
-        report("Differential privacy: OFF (no clipping, no noise, no privacy guarantee)")
+    _report_privacy(result, privacy, report)
 
     candidate_model = with_heads(active_model, result.candidate_heads or head_state(active_model))
     heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
@@ -248,20 +283,20 @@ def _run_round(
             learning_rate=options.learning_rate,
             contributions=[
                 ContributionInput(
-                    c.learner_id, c.weight, c.update_norm, c.clipped, c.excluded_reason, session_of.get(c.learner_id)
+                    c.learner_id,
+                    c.weight,
+                    c.update_norm,
+                    c.clipped,
+                    c.excluded_reason,
+                    session_of.get(c.learner_id),
+                    charged=c.charged,
                 )
                 for c in result.contributions
             ],
             performance_improvement=gate.performance_improvement,
             accuracy_before=gate.heldout_accuracy_before,
             accuracy_after=gate.heldout_accuracy_after,
-            dp_enabled=privacy.enabled,
-            noise_multiplier=privacy.noise_multiplier if privacy.enabled else None,
-            clip_norm=privacy.clip_norm if privacy.enabled else None,
-            sample_rate=result.privacy_event.sampling_rate if result.privacy_event else None,
-            epsilon_round=result.epsilon_round,
-            epsilon_total=result.epsilon_total,
-            privacy_delta=privacy.delta if privacy.enabled else None,
+            **_recorded_privacy(result),
             metrics={
                 "curriculumAccuracyBefore": gate.curriculum_accuracy_before,
                 "curriculumAccuracyAfter": gate.curriculum_accuracy_after,

@@ -20,7 +20,7 @@ import pytest
 from aivo_fl.ml import safe_files
 from aivo_fl.ml.artifacts import MAIN_WEIGHTS_NAME, ArtifactError, load_main_model, main_version_dir
 from aivo_fl.ml.cloning import HEADS_NAME, clone_for_learner, learner_heads, load_learner_model
-from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
+from aivo_fl.ml.federated_round import LearnerUpdate, PrivacyHistory, PrivacySettings, RoundOptions, aggregate_round
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.safe_files import FileRejected, read_verified
 from tests.ml.delta_files import write_delta
@@ -128,10 +128,8 @@ def _round(store: Path, learners: list[str]) -> object:
         ["1.0.0"],
         updates,
         RoundOptions(min_learners=3),
-        # A fixed denominator, so the round with the bad files and the one without add the same noise.
-        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0, expected_learners=3),
-        [],
-        {},
+        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0),
+        PrivacyHistory(),
         NOW,
         np.random.default_rng(0),
         learners_root=store,
@@ -165,8 +163,15 @@ def test_every_hostile_delta_is_excluded_with_its_reason_and_the_round_completes
     assert all(c.weight == 0.0 and c.update_norm is None for c in result.excluded)
     assert result.candidate_heads is not None and result.privacy_event is not None
     clean = _round(store, good)
+    # The bad files add nothing: same sum, same noise. Only the fixed denominator differs (it counts
+    # the eligible learners, whatever their files turn out to be).
+    assert result.denominator == len(good) + len(bad) and clean.denominator == len(good)
     for name in SHAPES:
-        np.testing.assert_array_equal(result.candidate_heads[name], clean.candidate_heads[name])
+        np.testing.assert_allclose(
+            result.candidate_heads[name] * result.denominator,
+            clean.candidate_heads[name] * clean.denominator,
+            rtol=1e-5,
+        )
 
 
 def test_a_path_that_climbs_out_of_the_store_is_refused(dirs: tuple[Path, Path]) -> None:
