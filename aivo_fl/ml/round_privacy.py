@@ -104,10 +104,9 @@ def draw_round(
     _, this_round, after = check_budget(history.rounds, planned, privacy.epsilon_budget)
     drawn = poisson_sample(population, privacy.sample_rate, rng)
     drawn_ids = {learner_of(c) for c in drawn}
-    epsilons = {learner_of(c): _after(history, learner_of(c), planned) for c in population}
-    epsilons |= {
-        learner_of(c): compose_rounds(history.of(learner_of(c)), planned.delta or privacy.delta).epsilon for c in out
-    }
+    delta = planned.delta or privacy.delta
+    epsilons = {learner_of(c): compose_rounds([*history.of(learner_of(c)), planned], delta).epsilon for c in population}
+    epsilons |= {learner_of(c): compose_rounds(history.of(learner_of(c)), delta).epsilon for c in out}
     return RoundDraw(
         planned,
         drawn,
@@ -116,12 +115,8 @@ def draw_round(
         this_round.epsilon,
         after.epsilon,
         epsilons,
-        _warning(after.epsilon, after.no_guarantee_reason, planned.delta or privacy.delta),
+        _warning(after.epsilon, after.no_guarantee_reason, delta),
     )
-
-
-def _after(history: PrivacyHistory, learner: str, planned: RoundPrivacy) -> float | None:
-    return compose_rounds([*history.of(learner), planned], planned.delta or 1e-5).epsilon
 
 
 def _plan(privacy: DpSettings, clip_norm: float, population: int) -> RoundPrivacy:

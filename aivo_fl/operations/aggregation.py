@@ -87,6 +87,7 @@ class AggregationOutcome:
             "performanceImprovement": g.performance_improvement,
             "epsilonRound": r.epsilon_round,
             "epsilonTotal": r.epsilon_total,
+            "privacy": _recorded_privacy(r) if r.privacy_record else {},
         }
 
 
