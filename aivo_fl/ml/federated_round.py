@@ -283,21 +283,11 @@ def aggregate_round(
     if not options.dry_run:  # adaptive clipping releases its noised count with the round
         draw = draw.with_clip_estimate([c.contribution.update_norm or 0.0 for c in used], rng)
 
-    candidate_heads = None
-    aggregate_norm = None
-    if aggregate is not None:
-        aggregate_norm = delta_norm(aggregate)
-        candidate_heads = {
-            name: (np.asarray(base_heads[name], np.float64) + options.learning_rate * aggregate[name]).astype(
-                np.float32
-            )
-            for name in shapes
-        }
     return RoundResult(
         base_version=base_version,
         strategy=options.strategy,
-        candidate_heads=candidate_heads,
-        aggregate_norm=aggregate_norm,
+        candidate_heads=_step(base_heads, aggregate, options.learning_rate),
+        aggregate_norm=delta_norm(aggregate) if aggregate is not None else None,
         contributions=contributions,
         trained_in_window=in_window,
         denominator=draw.denominator,
@@ -310,6 +300,16 @@ def aggregate_round(
         privacy_warning=draw.warning,
         dry_run=options.dry_run,
     )
+
+
+def _step(base_heads: Mapping[str, np.ndarray], aggregate: Delta | None, learning_rate: float) -> Delta | None:
+    """The candidate heads: base + learning rate x aggregate, as float32 (None on a dry run)."""
+    if aggregate is None:
+        return None
+    return {
+        name: (np.asarray(base, np.float64) + learning_rate * aggregate[name]).astype(np.float32)
+        for name, base in base_heads.items()
+    }
 
 
 def _mark_draw(draw: RoundDraw[_Candidate]) -> None:
