@@ -18,6 +18,7 @@ from aivo_fl.ml.artifacts import (
     write_file_atomic,
 )
 from aivo_fl.ml.cloning import (
+    COPY_ON_WRITE,
     DELTA_NAME,
     HEADS_NAME,
     load_learner_model,
@@ -128,7 +129,7 @@ def train_learner(
     )
     # Manifest is written last (inside save_artifact), so it only ever points at complete files.
     new_manifest = {
-        **manifest,
+        **{k: v for k, v in manifest.items() if k != COPY_ON_WRITE},  # its own heads from now on
         "files": {DELTA_NAME: file_record(delta_bytes)},
         "last_training": result.to_json(),
     }

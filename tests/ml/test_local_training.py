@@ -78,13 +78,13 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
     data = generate_learner("learner-0003", seed=0)
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
-    personal_heads, _ = learner_heads(learners, data.learner_id)
+    personal_heads, _ = learner_heads(main_root, learners, data.learner_id)
 
     # epochs=0: rebase only. Same trunk, so the learner keeps its own heads bit for bit.
     result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0", epochs=0)
     assert result.rebased_from == "1.0.0" and result.source_version == "1.1.0"
     assert read_learner_manifest(learners, data.learner_id)["source_version"] == "1.1.0"
-    heads, _ = learner_heads(learners, data.learner_id)
+    heads, _ = learner_heads(main_root, learners, data.learner_id)
     rebased = weight_delta(main_root, learners, data.learner_id)
     new_main = main_head_tensors(main_root, "1.1.0")
     for key in personal_heads:
@@ -115,7 +115,7 @@ def test_rebase_onto_a_retrained_trunk_restarts_from_the_new_heads(tmp_path: Pat
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "2.0.0", epochs=0)
-    heads, manifest = learner_heads(learners, data.learner_id)
+    heads, manifest = learner_heads(main_root, learners, data.learner_id)
     assert manifest["personalisation_kept"] is False
     for key, value in main_head_tensors(main_root, "2.0.0").items():
         np.testing.assert_array_equal(heads[key], value)

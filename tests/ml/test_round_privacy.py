@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,42 +11,42 @@ import pytest
 from aivo_fl.ml.adaptive_clipping import next_clip_norm
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
 from aivo_fl.ml.privacy_ledger import compose_rounds
-from aivo_fl.ml.round_privacy import PrivacyHistory, draw_round
-
-
-@dataclass(frozen=True)
-class Settings:
-    enabled: bool = True
-    noise_multiplier: float = 1.0
-    clip_norm: float = 1.0
-    delta: float = 1e-6
-    epsilon_budget: float | None = None
-    learner_epsilon_budget: float | None = None
-    sample_rate: float = 0.2
-    clip_target_quantile: float | None = None
-
+from aivo_fl.ml.round.accounting import PrivacyHistory, account_round
+from aivo_fl.ml.round.gather import Gathered, Update
+from aivo_fl.ml.round.options import PrivacySettings
 
 LEARNERS = [f"l{i}" for i in range(50)]
+UPDATES = tuple(Update(i, learner, Path("unused"), 100, 0.0, 1.0, 0.5, 0) for i, learner in enumerate(LEARNERS))
 
 
-def _draw(settings: Settings, history: PrivacyHistory, seed: int = 0):  # type: ignore[no-untyped-def]
-    return draw_round(settings, history, LEARNERS, lambda learner: learner, np.random.default_rng(seed))
+def Settings(**kw: object) -> PrivacySettings:
+    fields: dict[str, object] = dict(enabled=True, noise_multiplier=1.0, clip_norm=1.0, delta=1e-6, sample_rate=0.2)
+    return PrivacySettings(**(fields | kw))  # type: ignore[arg-type]
 
 
-def _year(settings: Settings, rounds: int) -> PrivacyHistory:
+def _ids(updates: tuple[Update, ...]) -> list[str]:
+    return [u.learner_id for u in updates]
+
+
+def _draw(settings: PrivacySettings, history: PrivacyHistory, seed: int = 0, rng=None):  # type: ignore[no-untyped-def]
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    return account_round(settings, history, Gathered((), UPDATES, len(UPDATES)), rng, release=True)
+
+
+def _year(settings: PrivacySettings, rounds: int) -> PrivacyHistory:
     history = PrivacyHistory()
     for seed in range(rounds):
         draw = _draw(settings, history, seed)
-        history = history.after(draw.record, [*draw.drawn, *draw.not_sampled])
+        history = history.after(draw.record, _ids(draw.charged))
     return history
 
 
 def test_every_eligible_learner_is_charged_and_the_denominator_is_expected() -> None:
     draw = _draw(Settings(), PrivacyHistory())
-    assert sorted(draw.drawn + draw.not_sampled) == sorted(LEARNERS) and 0 < len(draw.drawn) < len(LEARNERS)
+    assert sorted(_ids(draw.charged)) == sorted(LEARNERS) and 0 < len(draw.included) < len(LEARNERS)
     assert draw.denominator == pytest.approx(0.2 * 50) and draw.record.population == 50
-    history = PrivacyHistory().after(draw.record, [*draw.drawn, *draw.not_sampled])
-    undrawn = draw.not_sampled[0]
+    history = PrivacyHistory().after(draw.record, _ids(draw.charged))
+    undrawn = draw.not_sampled[0].learner_id
     assert compose_rounds(history.of(undrawn), 1e-6).epsilon == pytest.approx(draw.epsilon_round)
 
 
@@ -55,7 +56,7 @@ def test_budgets_refuse_before_any_draw() -> None:
     rng = np.random.default_rng(9)
     state = rng.bit_generator.state
     with pytest.raises(PrivacyBudgetExceeded) as info:
-        draw_round(Settings(epsilon_budget=spent + 1e-3), history, LEARNERS, lambda x: x, rng)
+        _draw(Settings(epsilon_budget=spent + 1e-3), history, rng=rng)
     assert rng.bit_generator.state == state and info.value.spent == pytest.approx(spent)
     # without noise there is no guarantee: any budget refuses, and without a budget the total is None
     with pytest.raises(PrivacyBudgetExceeded, match="no guarantee"):
@@ -70,18 +71,18 @@ def test_learner_budget_leaves_out_only_who_would_cross_it_and_they_are_not_char
     history = PrivacyHistory(history.rounds, {"l0": veteran["l0"]})  # only l0 has a past
     one_more = compose_rounds([*history.of("l0"), _draw(Settings(), PrivacyHistory()).record], 1e-6).epsilon
     draw = _draw(Settings(learner_epsilon_budget=one_more - 1e-3), history)
-    assert draw.out_of_budget == ["l0"] and "l0" not in draw.drawn + draw.not_sampled
+    assert _ids(draw.out_of_budget) == ["l0"] and "l0" not in _ids(draw.charged)
     assert draw.record.population == 49 and draw.denominator == pytest.approx(0.2 * 49)
     assert draw.learner_epsilons["l0"] == pytest.approx(compose_rounds(history.of("l0"), 1e-6).epsilon)
 
 
 def test_adaptive_clip_norm_follows_the_recorded_estimate() -> None:
     adaptive = Settings(clip_target_quantile=0.5, clip_norm=2.0)
-    first = _draw(adaptive, PrivacyHistory())
+    first = _draw(adaptive, PrivacyHistory())  # every update norm is 0.5, under 2.0
     assert first.record.clip_norm == 2.0 and first.record.quantile_noise_multiplier == pytest.approx(2 * 10 / 20)
-    estimated = first.with_clip_estimate([0.1] * len(first.drawn), np.random.default_rng(1))  # all under 2.0
-    fraction = estimated.record.clip_quantile_estimate
-    history = PrivacyHistory().after(estimated.record, LEARNERS)
+    fraction = first.record.clip_quantile_estimate
+    assert fraction is not None
+    history = PrivacyHistory().after(first.record, LEARNERS)
     assert history.clip_norm(adaptive) == pytest.approx(next_clip_norm(2.0, fraction, 0.5))
     assert history.clip_norm(adaptive) < 2.0
     assert history.clip_norm(replace(adaptive, clip_target_quantile=None)) == 2.0  # a fixed clip stays fixed

@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from aivo_fl.ml.federated_round import PrivacySettings, RoundOptions
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
-from aivo_fl.ml.round_privacy import NOT_SAMPLED
+from aivo_fl.ml.round.accounting import NOT_SAMPLED
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.operations.privacy_report import privacy_summary
 from tests.operations.conftest import LEARNERS, Cohort, quiet

@@ -1,6 +1,7 @@
-"""A round's privacy accounting, in one place: who may be drawn, the draw, the fixed denominator,
-both budgets, and the record the round persists. Independent of how the round is structured: it
-takes the round's candidates (anything with a learner id) and hands back who was drawn.
+"""Privacy accounting of a round, in one place: who may be drawn, the draw (Poisson sampling), the
+fixed denominator, both budgets, adaptive clipping's estimate, and the record the round persists.
+The mechanism itself is :class:`aivo_fl.ml.aggregation.DpClipped`; the ledger is
+:mod:`aivo_fl.ml.privacy_ledger`.
 
 Order matters: the round's worst-case charge is known from the settings and the population size
 alone, so both budgets are checked BEFORE any learner is drawn or any noise is drawn.
@@ -8,9 +9,8 @@ alone, so both budgets are checked BEFORE any learner is drawn or any noise is d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -18,21 +18,11 @@ from aivo_fl.ml.adaptive_clipping import next_clip_norm, noised_fraction_below
 from aivo_fl.ml.learner_sampling import poisson_sample
 from aivo_fl.ml.privacy import PrivacyEvent, epsilon_warning
 from aivo_fl.ml.privacy_ledger import RoundPrivacy, check_budget, compose_rounds, planned_round
+from aivo_fl.ml.round.gather import Gathered, Update
+from aivo_fl.ml.round.options import PrivacySettings
 
-T = TypeVar("T")
 THIS_ROUND = "this round"
 NOT_SAMPLED = "not sampled this round"
-
-
-class DpSettings(Protocol):
-    enabled: bool
-    noise_multiplier: float
-    clip_norm: float  # the fixed clip norm, or adaptive clipping's starting value
-    delta: float
-    epsilon_budget: float | None
-    learner_epsilon_budget: float | None
-    sample_rate: float
-    clip_target_quantile: float | None  # None: fixed clip norm
 
 
 @dataclass(frozen=True)
@@ -46,7 +36,7 @@ class PrivacyHistory:
     def of(self, learner_id: str) -> Sequence[RoundPrivacy]:
         return self.learner_rounds.get(learner_id, ())
 
-    def clip_norm(self, privacy: DpSettings) -> float:
+    def clip_norm(self, privacy: PrivacySettings) -> float:
         """This round's clip norm: the fixed one, or (adaptive) the last round's moved by its estimate."""
         if privacy.clip_target_quantile is None:
             return privacy.clip_norm
@@ -65,11 +55,11 @@ class PrivacyHistory:
 
 
 @dataclass(frozen=True)
-class RoundDraw(Generic[T]):
+class PrivacyAccount:
     record: RoundPrivacy  # what the round uses: persist it with the round, DP or not
-    drawn: list[T]  # into the round (every eligible one at sample rate 1)
-    not_sampled: list[T]  # eligible, not drawn: charged all the same
-    out_of_budget: list[T]  # left out before the draw: not charged
+    included: tuple[Update, ...]  # drawn into the round (every eligible one at sample rate 1)
+    not_sampled: tuple[Update, ...]  # eligible, not drawn: charged all the same
+    out_of_budget: tuple[Update, ...]  # left out before the draw: not charged
     epsilon_round: float | None  # None: no guarantee (released without noise)
     epsilon_total: float | None  # the worst-case learner (eligible in every round) after this round
     learner_epsilons: dict[str, float | None]
@@ -81,37 +71,39 @@ class RoundDraw(Generic[T]):
 
     @property
     def denominator(self) -> float:
+        """McMahan's fixed denominator: the expected cohort (1.0 without DP)."""
         return self.record.denominator or 1.0
 
-    def with_clip_estimate(self, norms: Sequence[float], rng: np.random.Generator) -> RoundDraw[T]:
-        """Adaptive clipping: release the noised fraction of drawn norms under the clip (moves the next clip)."""
-        r = self.record
-        if r.target_quantile is None or not r.dp_enabled:
-            return self
-        estimate = noised_fraction_below(norms, r.clip_norm or 0.0, self.denominator, rng)
-        return replace(self, record=replace(r, clip_quantile_estimate=estimate))
+    @property
+    def charged(self) -> tuple[Update, ...]:
+        return self.included + self.not_sampled
 
 
-def draw_round(
-    privacy: DpSettings,
-    history: PrivacyHistory,
-    candidates: Sequence[T],
-    learner_of: Callable[[T], str],
-    rng: np.random.Generator,
-) -> RoundDraw[T]:
-    """Budgets first (raising ``PrivacyBudgetExceeded`` before anything is drawn), then the draw."""
-    population, out, planned = _population(privacy, history, candidates, learner_of)
+def account_round(
+    privacy: PrivacySettings, history: PrivacyHistory, gathered: Gathered, rng: np.random.Generator, *, release: bool
+) -> PrivacyAccount:
+    """Budgets first (raising ``PrivacyBudgetExceeded`` before anything is drawn), then the draw.
+
+    With ``release`` (not a dry run) adaptive clipping also releases its noised count.
+    """
+    population, out, planned = _population(privacy, history, gathered.usable)
     _, this_round, after = check_budget(history.rounds, planned, privacy.epsilon_budget)
     drawn = poisson_sample(population, privacy.sample_rate, rng)
-    drawn_ids = {learner_of(c) for c in drawn}
+    drawn_ids = {u.learner_id for u in drawn}
+    record = planned
+    if release and planned.dp_enabled and planned.target_quantile is not None:
+        estimate = noised_fraction_below(
+            [u.norm for u in drawn], planned.clip_norm or 0.0, planned.denominator or 1.0, rng
+        )
+        record = replace(planned, clip_quantile_estimate=estimate)
     delta = planned.delta or privacy.delta
-    epsilons = {learner_of(c): compose_rounds([*history.of(learner_of(c)), planned], delta).epsilon for c in population}
-    epsilons |= {learner_of(c): compose_rounds(history.of(learner_of(c)), delta).epsilon for c in out}
-    return RoundDraw(
-        planned,
-        drawn,
-        [c for c in population if learner_of(c) not in drawn_ids],
-        out,
+    epsilons = {u.learner_id: compose_rounds([*history.of(u.learner_id), planned], delta).epsilon for u in population}
+    epsilons |= {u.learner_id: compose_rounds(history.of(u.learner_id), delta).epsilon for u in out}
+    return PrivacyAccount(
+        record,
+        tuple(drawn),
+        tuple(u for u in population if u.learner_id not in drawn_ids),
+        tuple(out),
         this_round.epsilon,
         after.epsilon,
         epsilons,
@@ -119,7 +111,7 @@ def draw_round(
     )
 
 
-def _plan(privacy: DpSettings, clip_norm: float, population: int) -> RoundPrivacy:
+def _plan(privacy: PrivacySettings, clip_norm: float, population: int) -> RoundPrivacy:
     return planned_round(
         THIS_ROUND,
         dp_enabled=privacy.enabled,
@@ -133,29 +125,29 @@ def _plan(privacy: DpSettings, clip_norm: float, population: int) -> RoundPrivac
 
 
 def _population(
-    privacy: DpSettings, history: PrivacyHistory, candidates: Sequence[T], learner_of: Callable[[T], str]
-) -> tuple[list[T], list[T], RoundPrivacy]:
-    """Who may be drawn: every candidate with room in their own budget for the round's charge.
+    privacy: PrivacySettings, history: PrivacyHistory, usable: Sequence[Update]
+) -> tuple[list[Update], list[Update], RoundPrivacy]:
+    """Who may be drawn: every usable update whose learner has room in their own budget.
 
     The charge depends a little on the population's size (adaptive clipping's count noise scales
     with the expected cohort), so the check repeats until nobody else drops out.
     """
     clip = history.clip_norm(privacy)
-    population, out = list(candidates), []
+    population, out = list(usable), []
     while True:
         planned = _plan(privacy, clip, len(population))
         budget = privacy.learner_epsilon_budget
         if budget is None:
             return population, out, planned
         over = {
-            learner_of(c)
-            for c in population
-            if compose_rounds([*history.of(learner_of(c)), planned], privacy.delta).over(budget)
+            u.learner_id
+            for u in population
+            if compose_rounds([*history.of(u.learner_id), planned], privacy.delta).over(budget)
         }
         if not over:
             return population, out, planned
-        out += [c for c in population if learner_of(c) in over]
-        population = [c for c in population if learner_of(c) not in over]
+        out += [u for u in population if u.learner_id in over]
+        population = [u for u in population if u.learner_id not in over]
 
 
 def _warning(epsilon: float | None, reason: str | None, delta: float) -> str | None:
