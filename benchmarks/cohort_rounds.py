@@ -23,7 +23,6 @@ from aivo_fl.ml.cloning import clone_for_learner, load_learner_model
 from aivo_fl.ml.data import LearnerData, Samples, generate_cohort, generate_curriculum
 from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import CurriculumNet, head_state
-from aivo_fl.ml.privacy import PrivacyEvent
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, correct_count, federated_accuracy, gate, with_heads
@@ -47,8 +46,7 @@ class Cohort:
     trained: CurriculumNet
     active: CurriculumNet
     lineage: list[str] = field(default_factory=lambda: [FIRST_VERSION])
-    events: list[PrivacyEvent] = field(default_factory=list)
-    ledger: dict[str, list[PrivacyEvent]] = field(default_factory=dict)
+    privacy_history: PrivacyHistory = field(default_factory=PrivacyHistory)
     optimizer_state: State = field(default_factory=dict)
 
 
@@ -105,14 +103,13 @@ def _round(
         list(cohort.lineage),
         updates,
         cohort.learners_root,
-        PrivacyHistory(list(cohort.events), dict(cohort.ledger)),
+        cohort.privacy_history,
         cohort.optimizer_state,
     )
     result = build_candidate(state, options, privacy, max(u.trained_at for u in updates), rng)
-    if result.privacy_event is not None:  # released whatever the gate says
-        cohort.events.append(result.privacy_event)
-        for c in result.included:
-            cohort.ledger.setdefault(c.learner_id, []).append(result.privacy_event)
+    if result.privacy_record is not None:  # released whatever the gate says
+        charged = [c.learner_id for c in result.contributions if c.charged]
+        cohort.privacy_history = cohort.privacy_history.after(result.privacy_record, charged)
     candidate = with_heads(cohort.active, result.candidate_heads)
     heldouts = [learner.heldout for learner in cohort.learners]
     verdict = gate(

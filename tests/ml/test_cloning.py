@@ -79,9 +79,7 @@ def test_a_new_clone_is_a_copy_on_write_manifest_equal_to_main(tmp_path: Path, m
     assert manifest["frozen_layers"] == ["trunk.0", "trunk.2"]
 
 
-def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(
-    tmp_path: Path, main_store: Path
-) -> None:
+def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(tmp_path: Path, main_store: Path) -> None:
     learners = tmp_path / "learners"
     main_files = {p.name: p.read_bytes() for p in main_version_dir(main_store, "1.0.0").iterdir()}
     main_heads = main_head_tensors(main_store, "1.0.0")
