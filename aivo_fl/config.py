@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, alias="BATCH_SIZE", gt=0)
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
+    personalization_depth: Literal["heads", "guide"] = Field("heads", alias="PERSONALIZATION_DEPTH")
+    local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
     clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0)

@@ -69,6 +69,8 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     curriculum_samples: int = 10_000
     data_seed: int = 0
     local_epochs: int = 5
+    personalization_depth: str = "heads"
+    local_proximal_mu: float = 0.1
 
 
 class ReporterResource(dg.ConfigurableResource):
@@ -113,6 +115,8 @@ def build_resources(
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            personalization_depth=settings.personalization_depth,
+            local_proximal_mu=settings.local_proximal_mu,
         ),
         "reporter": ReporterResource(echo=echo),
     }

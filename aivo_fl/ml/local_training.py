@@ -1,4 +1,4 @@
-"""On-device style fine-tuning of a learner's clone: heads only, delta written atomically."""
+"""On-device style fine-tuning of a learner's clone: its personal layers, delta written atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from aivo_fl.ml.artifacts import (
     encode_tensors,
@@ -18,6 +19,7 @@ from aivo_fl.ml.artifacts import (
     validate_version,
     write_file_atomic,
 )
+from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, learner_key, train_one
 from aivo_fl.ml.cloning import (
     DELTA_NAME,
     HEADS_NAME,
@@ -29,9 +31,6 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
 from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
-from aivo_fl.ml.training import make_optimizer, run_epochs
-
-DEFAULT_LOCAL_LEARNING_RATE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -74,15 +73,16 @@ def train_learner(
     train: Samples,
     heldout: Samples,
     active_version: str,
-    epochs: int = 5,
-    batch_size: int = 32,
-    learning_rate: float = DEFAULT_LOCAL_LEARNING_RATE,
-    seed: int = 0,
+    config: LocalTrainingConfig | None = None,
 ) -> TrainingSessionResult:
-    """Fine-tune the learner's heads on `train`, report before/after on `heldout`.
+    """Fine-tune the learner's personal layers on `train`, report before/after on `heldout`.
 
-    If the clone was made from an older main version it is rebased onto `active_version` first.
+    If the clone was made from an older main version it is rebased onto `active_version` first
+    (keeping its personalisation). The delta is this session's update only (trained minus the
+    clone as it started), the FedAvg client update: the personal offset a learner carries from
+    earlier sessions is not sent again every week.
     """
+    config = config or LocalTrainingConfig()
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     if len(train) == 0:
@@ -99,15 +99,14 @@ def train_learner(
     model, manifest = load_learner_model(main_root, learners_root, learner_id)
     before = evaluate(model, heldout)
 
-    x, y = samples_to_tensors(train)
-    # No weight decay: decaying towards zero would erase what the main model knows.
-    optimizer = make_optimizer(model.heads.parameters(), learning_rate, 0.0)
-    run_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed)
+    start = head_state(model)
+    anchor = {k: torch.from_numpy(v) for k, v in main_head_tensors(main_root, active_version).items()}
+    train_one(model, LearnerBatch(learner_key(learner_id), *samples_to_tensors(train)), anchor, config)
     model.eval()
     after = evaluate(model, heldout)
 
     heads = head_state(model)
-    delta = subtract(heads, main_head_tensors(main_root, active_version))
+    delta = subtract(heads, start)
     delta_bytes = encode_tensors(delta)
     delta_path = directory / DELTA_NAME
     write_file_atomic(delta_path, delta_bytes)
@@ -118,7 +117,7 @@ def train_learner(
         source_version=active_version,
         rebased_from=rebased_from,
         samples=len(train),
-        epochs=epochs,
+        epochs=config.epochs,
         loss_before=mean_loss(before),
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
         loss_after=mean_loss(after),

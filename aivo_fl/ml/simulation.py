@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from aivo_fl.ml.artifacts import save_main_model
+from aivo_fl.ml.batched_training import LocalTrainingConfig
 from aivo_fl.ml.cloning import clone_for_learner, load_learner_model
 from aivo_fl.ml.data import LearnerData, generate_cohort, generate_curriculum
 from aivo_fl.ml.federated_round import (
@@ -129,7 +130,7 @@ def _run_rounds(
                 learner.train.subset(chunks[round_no - 1]),
                 learner.heldout,
                 history[-1],
-                epochs=local_epochs,
+                LocalTrainingConfig(epochs=local_epochs),
             )
             updates.append(
                 LearnerUpdate(

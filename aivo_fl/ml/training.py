@@ -202,154 +202,6 @@ def run_epochs(
     return losses
 
 
-class FlatStepper:
-    """Manual forward/backward for CurriculumNet over one flat parameter buffer.
-
-    Same model, same loss, same AdamW maths as the autograd path (a test checks the gradients
-    match). Why: at batch 64 the matmuls take ~0.4 ms/step but autograd + optimizer bookkeeping
-    over 10 parameter tensors took ~1 ms more. Here each step is ~25 kernels, gradients are
-    written straight into one flat buffer, and the fused AdamW updates a single tensor.
-    """
-
-    def __init__(self, model: CurriculumNet, lr: float, weight_decay: float) -> None:
-        self.model = model
-        lin1, lin2 = model.trunk[0], model.trunk[2]
-        heads = [model.heads[name] for name in HEAD_CLASSES]
-        sources = [
-            lin1.weight,
-            lin1.bias,
-            lin2.weight,
-            lin2.bias,
-            torch.cat([h.weight for h in heads]),
-            torch.cat([h.bias for h in heads]),
-        ]
-        self.flat = nn.Parameter(torch.cat([t.detach().reshape(-1) for t in sources]))
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.params = self._views(self.flat.data, sources)
-        self.grads = self._views(self.flat.grad, sources)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.optimizer = make_optimizer([self.flat], lr, weight_decay)  # fallback + reference maths
-        # The public Optimizer.step wrapper costs ~65 us/step here (about 7% of a step); calling the
-        # same fused kernel directly skips it. Falls back to the optimizer if the op is absent.
-        self._direct = hasattr(torch, "_fused_adamw_")
-        self._exp_avg = torch.zeros_like(self.flat)
-        self._exp_avg_sq = torch.zeros_like(self.flat)
-        self._step = torch.zeros((), dtype=torch.float32)
-        sizes = list(HEAD_CLASSES.values())
-        self.offsets = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.int64)
-        self.bounds = [(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
-
-    @staticmethod
-    def _views(buffer: Tensor, like: list[Tensor]) -> list[Tensor]:
-        views, start = [], 0
-        for t in like:
-            views.append(buffer[start : start + t.numel()].view(t.shape))
-            start += t.numel()
-        return views
-
-    @torch.no_grad()
-    def step(self, xb: Tensor, yb: Tensor, running: Tensor) -> None:
-        w1, b1, w2, b2, wh, bh = self.params
-        g_w1, g_b1, g_w2, g_b2, g_wh, g_bh = self.grads
-        h1 = torch.addmm(b1, xb, w1.t()).relu_()
-        h2 = torch.addmm(b2, h1, w2.t()).relu_()
-        logits = torch.addmm(bh, h2, wh.t())
-        log_probs = torch.cat([torch.log_softmax(logits[:, a:b], dim=1) for a, b in self.bounds], dim=1)
-        target_cols = yb + self.offsets
-        scale = 1.0 / (xb.shape[0] * len(self.bounds))  # mean over samples, then over heads
-        running.sub_(log_probs.gather(1, target_cols).sum() * scale)
-        # d(mean CE)/d logits = (softmax - onehot) * scale
-        grad = log_probs.exp_()
-        grad.scatter_add_(1, target_cols, torch.full(target_cols.shape, -1.0))
-        grad.mul_(scale)
-        torch.mm(grad.t(), h2, out=g_wh)
-        torch.sum(grad, 0, out=g_bh)
-        g_h2 = torch.ops.aten.threshold_backward(grad @ wh, h2, 0.0)
-        torch.mm(g_h2.t(), h1, out=g_w2)
-        torch.sum(g_h2, 0, out=g_b2)
-        g_h1 = torch.ops.aten.threshold_backward(g_h2 @ w2, h1, 0.0)
-        torch.mm(g_h1.t(), xb, out=g_w1)
-        torch.sum(g_h1, 0, out=g_b1)
-        self._adamw()
-
-    def _adamw(self) -> None:
-        if not self._direct:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr
-            self.optimizer.step()
-            return
-        self._step += 1
-        torch._fused_adamw_(
-            [self.flat.data],
-            [self.flat.grad],
-            [self._exp_avg],
-            [self._exp_avg_sq],
-            [],
-            [self._step],
-            lr=self.lr,
-            beta1=0.9,
-            beta2=0.999,
-            weight_decay=self.weight_decay,
-            eps=1e-8,
-            amsgrad=False,
-            maximize=False,
-        )
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy the flat buffer into the model's own parameters."""
-        w1, b1, w2, b2, wh, bh = self.params
-        lin1, lin2 = self.model.trunk[0], self.model.trunk[2]
-        lin1.weight.copy_(w1)
-        lin1.bias.copy_(b1)
-        lin2.weight.copy_(w2)
-        lin2.bias.copy_(b2)
-        for (a, b), name in zip(self.bounds, HEAD_CLASSES, strict=True):
-            self.model.heads[name].weight.copy_(wh[a:b])
-            self.model.heads[name].bias.copy_(bh[a:b])
-
-
-def run_epochs_flat(
-    stepper: FlatStepper,
-    x: Tensor,
-    y: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr_at: Callable[[int], float],
-    seed: int,
-    on_epoch: Callable[[int, float], None] | None = None,
-    input_extra_decay: float = 0.0,
-) -> list[float]:
-    """Same schedule and shuffling as run_epochs, using the manual stepper.
-
-    `on_epoch` sees an up-to-date model (the flat buffer is written back first).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    steps = math.ceil(n / batch_size)
-    w1 = stepper.params[0]
-    losses: list[float] = []
-    for epoch in range(epochs):
-        lr = lr_at(epoch)
-        stepper.lr = lr
-        order = torch.randperm(n, generator=generator)
-        x_epoch, y_epoch = x[order], y[order]
-        running = torch.zeros((), dtype=torch.float32)
-        for start in range(0, n, batch_size):
-            stepper.step(x_epoch[start : start + batch_size], y_epoch[start : start + batch_size], running)
-            if input_extra_decay > 0:
-                w1.mul_(1.0 - lr * input_extra_decay)
-        epoch_loss = float(running) / steps
-        losses.append(epoch_loss)
-        if on_epoch is not None:
-            stepper.write_back()
-            on_epoch(epoch, epoch_loss)
-    stepper.write_back()
-    return losses
-
-
 def split_train_val(samples: Samples, val_fraction: float, seed: int) -> tuple[Samples, Samples]:
     n = len(samples)
     n_val = max(1, round(n * val_fraction))
@@ -376,7 +228,7 @@ def train_model(
     train, val = split_train_val(samples, config.val_fraction, config.seed)
     x_train, y_train = samples_to_tensors(train)
     x_val, y_val = samples_to_tensors(val)
-    stepper = FlatStepper(model, config.learning_rate, config.weight_decay)
+    optimizer = make_optimizer(model.parameters(), config.learning_rate, config.weight_decay)
     history: list[EpochStats] = []
 
     def on_epoch(epoch: int, loss: float) -> None:
@@ -400,8 +252,9 @@ def train_model(
         model.train()
 
     started = time.perf_counter()
-    run_epochs_flat(
-        stepper,
+    run_epochs(
+        model,
+        optimizer,
         x_train,
         y_train,
         epochs=config.epochs,
@@ -411,7 +264,7 @@ def train_model(
         ),
         seed=config.seed,
         on_epoch=on_epoch,
-        input_extra_decay=max(0.0, config.input_weight_decay - config.weight_decay),
+        extra_decay=[(model.trunk[0].weight, max(0.0, config.input_weight_decay - config.weight_decay))],
     )
     seconds = time.perf_counter() - started
 

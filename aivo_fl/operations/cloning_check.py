@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from aivo_fl.ml.artifacts import load_main_model
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, load_learner_model, remove_learner, weight_delta
-from aivo_fl.ml.model import TRUNK_PREFIX
+from aivo_fl.ml.model import is_personal
 from aivo_fl.operations.learners import personalized_model_metadata
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
@@ -69,7 +69,7 @@ def run_cloning_check(registry: ModelRegistry, store: ModelStore, report: Report
             "Checking frozen vs trainable layers",
             report,
             lambda: _frozen_split(store, learner_id),
-            "Trunk frozen, heads trainable, no trunk weights stored",
+            "Bottom layers frozen, upper layers trainable, no frozen weights stored",
         )
         _step(
             5,
@@ -127,16 +127,15 @@ def _clone(store: ModelStore, learner_id: str, state: _State) -> None:
 
 def _frozen_split(store: ModelStore, learner_id: str) -> None:
     model, _ = load_learner_model(store.main_root, store.learners_root, learner_id)
-    if any(p.requires_grad for p in model.trunk.parameters()):
-        raise RuntimeError("a trunk parameter is trainable")
-    if not all(p.requires_grad for p in model.heads.parameters()):
-        raise RuntimeError("a head parameter is frozen")
+    wrong = [name for name, p in model.named_parameters() if p.requires_grad != is_personal(model, name)]
+    if wrong:
+        raise RuntimeError(f"parameters with the wrong frozen/trainable state: {wrong}")
     stored = []
     for weights in store.learner_dir(learner_id).glob("*.safetensors"):
         with safe_open(str(weights), framework="numpy") as handle:
             stored.extend(handle.keys())
-    if any(name.startswith(TRUNK_PREFIX) for name in stored):
-        raise RuntimeError("the clone stores trunk weights")
+    if any(not is_personal(model, name) for name in stored):
+        raise RuntimeError("the clone stores frozen weights")
 
 
 def _same_weights(store: ModelStore, learner_id: str, state: _State) -> None:

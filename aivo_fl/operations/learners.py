@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from aivo_fl.ml.artifacts import ArtifactError
+from aivo_fl.ml.batched_training import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.learner_ids import validate_learner_id
@@ -92,9 +93,15 @@ class LearnerTrainingOutcome:
 
 
 def train_learner_locally(
-    registry: ModelRegistry, store: ModelStore, learner_id: str, *, epochs: int = LOCAL_EPOCHS, seed: int = 0
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_id: str,
+    *,
+    epochs: int = LOCAL_EPOCHS,
+    seed: int = 0,
+    proximal_mu: float = DEFAULT_PROXIMAL_MU,
 ) -> LearnerTrainingOutcome:
-    """Fine-tune a learner's heads on their own interactions and record the session."""
+    """Fine-tune a learner's personal layers on their own interactions and record the session."""
     validate_learner_id(learner_id)
     active = registry.get_active_version()
     if active is None:
@@ -108,7 +115,13 @@ def train_learner_locally(
             f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
         )
     result = train_learner(
-        store.main_root, store.learners_root, learner_id, train, heldout, active.version, epochs=epochs, seed=seed
+        store.main_root,
+        store.learners_root,
+        learner_id,
+        train,
+        heldout,
+        active.version,
+        LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu),
     )
     session_id = registry.record_training_session(
         TrainingSessionInput(

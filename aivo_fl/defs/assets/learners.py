@@ -94,7 +94,13 @@ def learner_training(
     outcomes, failures = [], {}
     for learner_id in context.partition_keys:
         try:
-            outcomes.append(train_learner_locally(reg, store, learner_id, epochs=training_settings.local_epochs).result)
+            outcomes.append(train_learner_locally(
+                    reg,
+                    store,
+                    learner_id,
+                    epochs=training_settings.local_epochs,
+                    proximal_mu=training_settings.local_proximal_mu,
+                ).result)
         except (InvalidLearnerId, RegistryError) as exc:
             failures[learner_id] = str(exc)
     rebased = sum(1 for o in outcomes if o.rebased_from is not None)

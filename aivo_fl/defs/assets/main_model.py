@@ -30,6 +30,7 @@ def main_model(
         epochs=training_settings.training_epochs,
         batch_size=training_settings.batch_size,
         data_seed=training_settings.data_seed,
+        personalization_depth=training_settings.personalization_depth,
         report=reporter.for_context(context),
     )
     r, arch = outcome.result, outcome.architecture
