@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint dev bench clean
+.PHONY: demo test lint dev worker bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: $(STAMP)
 ## The Dagster UI with this project's code location, on http://127.0.0.1:3000
 dev: $(STAMP) $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## A Celery worker for the runs Dagster launches when CELERY_BROKER_URL is set (one per host, or more).
+## Needs the deployment's settings (.env), DAGSTER_HOME with deploy/dagster.yaml, a shared model store.
+CELERY_QUEUE ?= dagster
+worker: $(STAMP) $(DAGSTER_HOME)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml -q $(CELERY_QUEUE)
 
 ## Benchmarks: prints a table, writes benchmarks/results/*.json
 bench: $(STAMP)

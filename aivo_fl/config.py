@@ -5,18 +5,44 @@ The variable names are the ones AIVO operators already use (see `.env.federated.
 
 from __future__ import annotations
 
+import math
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from aivo_fl.redaction import hide_secrets, url_password
+
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+# The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
+DEFAULT_BASE_MODEL = "aivo-super-model-v1"
+# The activation guide's cron line: Sundays at 02:00.
+WEEKLY_CRON = "0 2 * * 0"
+# One cron field: digits, names (SUN, JAN), and the operators * / , - ?
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
+AUTO_CLIP = "auto"
+
+# PRIVACY_PRESET=user-level: user-level DP-FedAvg with Poisson sampling and adaptive clipping.
+# dp-accounting's RDP accountant: 52 weekly rounds at q=0.1, z=1.0 (plus the adaptive-clipping
+# count at the noise the preset uses for 1,000 expected learners) cost epsilon 6.84 at delta 1e-6;
+# `python -m benchmarks privacy` recomputes it. On 10,000 learners a round averages ~1,000 of them.
+PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
+    "user-level": {
+        "enable_differential_privacy": True,
+        "noise_multiplier": 1.0,
+        "learner_sample_rate": 0.1,
+        "clip_norm": AUTO_CLIP,
+        "clip_target_quantile": 0.5,
+        "privacy_delta": 1e-6,
+    },
+}
 
 
 class ConfigError(Exception):
@@ -41,6 +67,8 @@ def normalize_database_url(raw: str) -> URL:
         if driver not in ("", "psycopg2"):
             raise ValueError(f"unsupported PostgreSQL driver '{driver}'; use postgresql:// (psycopg2)")
         url = url.set(drivername="postgresql+psycopg2")
+    if url.host and "@" in url.host:  # the password held an '@': half of it would be taken for the host
+        raise ValueError("the password contains '@'; percent-encode it as %40")
     return url
 
 
@@ -59,13 +87,52 @@ class Settings(BaseSettings):
     personalization_depth: Literal["heads", "guide"] = Field("heads", alias="PERSONALIZATION_DEPTH")
     local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
-    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0)
-    clip_norm: float = Field(1.0, alias="CLIP_NORM", gt=0)
-    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1)
-    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0)
-    privacy_learner_epsilon_budget: float | None = Field(None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0)
+    privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
+    # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
+    # off while epsilon is still charged.
+    noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
+    clip_norm: float | Literal["auto"] = Field(1.0, alias="CLIP_NORM")  # "auto": adaptive clipping
+    clip_target_quantile: float = Field(0.5, alias="CLIP_TARGET_QUANTILE", gt=0, lt=1)
+    learner_sample_rate: float = Field(1.0, alias="LEARNER_SAMPLE_RATE", gt=0, le=1)
+    privacy_delta: float = Field(1e-5, alias="PRIVACY_DELTA", gt=0, lt=1, allow_inf_nan=False)
+    privacy_epsilon_budget: float | None = Field(None, alias="PRIVACY_EPSILON_BUDGET", gt=0, allow_inf_nan=False)
+    privacy_learner_epsilon_budget: float | None = Field(
+        None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
+    )
+    # Unset: the CPUs this process may use split between the runs Dagster may run at once
+    # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
+    torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
+    # Set: runs Dagster launches (sensors, schedule, UI) execute each step on Celery workers fed by this
+    # broker (also the result backend), on CELERY_QUEUE; unset: in the run's own process.
+    celery_broker_url: SecretStr | None = Field(None, alias="CELERY_BROKER_URL")
+    celery_queue: str = Field("dagster", alias="CELERY_QUEUE", min_length=1)
     aggregation_timezone: str = Field("UTC", alias="AGGREGATION_TIMEZONE")
+    # Keys the pseudonyms that replace an erased learner's id in past rounds' audit rows.
+    erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
+    # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
+    aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
+    aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
+    aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
+    aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
+    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0, allow_inf_nan=False)
+    # Where the aggregation operation appends its progress (the guide's "review logs").
+    aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
+    # The `baseModel` recorded on each learner's "PersonalizedModel" row.
+    base_model_name: str = Field(DEFAULT_BASE_MODEL, alias="AIVO_BASE_MODEL_NAME", min_length=1)
+    # Alerts: a Slack-compatible webhook (may carry a token, hence secret) and the UI's address for run links.
+    alert_webhook_url: SecretStr | None = Field(None, alias="ALERT_WEBHOOK_URL")
+    dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
+    # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
+    alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
+
+    @field_validator("main_model_path", "learner_models_path", mode="before")
+    @classmethod
+    def _path_not_empty(cls, value: object) -> object:
+        # An empty path would silently mean the working directory.
+        if isinstance(value, str | Path) and not str(value).strip():
+            raise ValueError("must not be empty; give the model store's folder")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -82,10 +149,64 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
         return value
 
-    @field_validator("privacy_epsilon_budget", "privacy_learner_epsilon_budget", mode="before")
+    @field_validator("aggregation_cron")
     @classmethod
-    def _empty_budget_is_none(cls, value: object) -> object:
+    def _check_cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError("expected a 5-field cron line such as '0 2 * * 0' (Sundays 02:00)")
+        return value
+
+    @field_validator("aggregation_strategy")
+    @classmethod
+    def _check_strategy(cls, value: str) -> str:
+        from aivo_fl.ml.aggregation import STRATEGIES  # numpy only; kept out of the CLI's start-up path
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator(
+        "privacy_epsilon_budget",
+        "privacy_learner_epsilon_budget",
+        "alert_webhook_url",
+        "erasure_key",
+        "privacy_preset",
+        "torch_num_threads",
+        "celery_broker_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("clip_norm", mode="before")
+    @classmethod
+    def _check_clip_norm(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == AUTO_CLIP:
+            return AUTO_CLIP
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError("should be a number greater than 0, or auto (adaptive clipping)") from None
+        if not (number > 0 and math.isfinite(number)):
+            raise ValueError("Input should be a finite number greater than 0")
+        return number
+
+    @model_validator(mode="after")
+    def _apply_privacy_preset(self) -> Settings:
+        """The preset sets its knobs; one also set explicitly to another value is a conflict, not an override."""
+        if self.privacy_preset is None:
+            return self
+        for name, value in PRIVACY_PRESETS[self.privacy_preset].items():
+            if name in self.model_fields_set and getattr(self, name) != value:
+                alias = type(self).model_fields[name].alias
+                raise ValueError(
+                    f"PRIVACY_PRESET={self.privacy_preset} sets {alias}={value}; "
+                    f"remove {alias}={getattr(self, name)} or the preset"
+                )
+            object.__setattr__(self, name, value)
+        return self
 
     @cached_property
     def sqlalchemy_url(self) -> URL:
@@ -97,9 +218,14 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
+        problems, secrets = [], []
         for error in exc.errors():
-            variable = str(error["loc"][0]) if error["loc"] else "configuration"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not error["loc"]:  # a rule across variables; its message names them
+                problems.append(message)
+                continue
             given = error.get("input")
-            problems.append(f"{variable}={given!r}: {error['msg']}")
-        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+            secrets.append(url_password(given) if isinstance(given, str) else None)
+            problems.append(f"{error['loc'][0]}={given!r}: {message}")
+        # A URL's password never reaches the screen, whichever part of the message renders it.
+        raise ConfigError(hide_secrets("Invalid configuration: " + "; ".join(problems), *secrets)) from None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "aggregation.json"
 METHODS = ("fedavg", "median", "baseline_mean", "baseline_median")
@@ -38,17 +38,22 @@ def head_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def write_deltas(directory: Path, n: int, seed: int = 0) -> list[Path]:
+    """A learner store as local training leaves it: <learner>/delta.safetensors + manifest.json."""
+    from aivo_fl.ml.artifacts import save_artifact
+    from aivo_fl.ml.cloning import DELTA_NAME
+
     rng = np.random.default_rng(seed)
     shapes = head_shapes()
     paths = []
     for i in range(n):
-        path = directory / f"learner-{i:05d}.safetensors"
-        save_file({k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}, str(path))
-        paths.append(path)
+        directory_i = directory / f"learner-{i:05d}"
+        tensors = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        save_artifact(directory_i, tensors, {"kind": "learner-clone", "learner_id": directory_i.name}, DELTA_NAME)
+        paths.append(directory_i / DELTA_NAME)
     return paths
 
 
-def _run_method(method: str, paths: list[Path]) -> Any:
+def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
     """Returns what the caller keeps afterwards (for aivo-fl: the per-learner records it persists)."""
     from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
 
@@ -70,21 +75,22 @@ def _run_method(method: str, paths: list[Path]) -> Any:
         {},
         _NOW,
         np.random.default_rng(0),
+        learners_root=learners_root,
     )
     assert result.candidate_heads is not None
     return updates, result
 
 
 def _worker(method: str, directory: Path) -> dict[str, Any]:
-    paths = sorted(directory.glob("*.safetensors"))
-    _run_method(method, paths[:3])  # warm imports and caches outside the measurement
+    paths = sorted(directory.glob("*/delta.safetensors"))
+    _run_method(method, paths[:3], directory)  # warm imports and caches outside the measurement
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    _run_method(method, paths)
+    _run_method(method, paths, directory)
     seconds = time.perf_counter() - started
     rss_growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     tracemalloc.start()
-    kept = _run_method(method, paths)
+    kept = _run_method(method, paths, directory)
     # What is still allocated while the output is alive: the input update records and the
     # per-learner contributions (one row each in the registry). The rest of the peak is working
     # memory, the part that must not grow with the learner count.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "sensor.json"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -27,7 +28,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 def _deployment(root: Path) -> tuple[Any, Any, Any]:
     from aivo_fl.config import Settings
-    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.definitions import build_definitions
     from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
     from aivo_fl.operations.store import ModelStore
     from aivo_fl.registry import ModelRegistry, migrate
@@ -78,9 +79,15 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
         root = Path(tmp)
         settings, registry, defs = _deployment(root)
-        from aivo_fl.registry.schema import utcnow
+        from aivo_fl.registry.schema import Learner, utcnow
 
-        registry.add_learners([f"learner-{i:06d}" for i in range(count)], baseline_completed_at=utcnow())
+        # The app creating learners: one bulk insert, as its sign-up flow would over time.
+        now = utcnow()
+        with registry.engine.begin() as conn:
+            conn.execute(
+                sa.insert(Learner),
+                [{"id": f"learner-{i:06d}", "baselineCompletedAt": now, "createdAt": now} for i in range(count)],
+            )
         sensor = defs.resolve_sensor_def("new_learner_sensor")
         tracemalloc.start()
         started = time.perf_counter()
@@ -128,7 +135,7 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
                     "models_registered": registry.get_statistics()["totalLearnerModels"],
                 }
             )
-        registry.dispose()
+        registry.engine.dispose()
         return row
 
 

@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from aivo_fl.registry.database import create_registry_engine
-from aivo_fl.registry.schema import ALEMBIC_VERSION_TABLE, metadata
+from aivo_fl.registry.schema import ALEMBIC_VERSION_TABLE, SCHEMA_ADDITIONS_TABLE, metadata
 
 config = context.config
 
@@ -22,6 +22,7 @@ def _run(connection: Connection) -> None:
         version_table=ALEMBIC_VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=lambda name, type_, _parent: not (type_ == "table" and name == SCHEMA_ADDITIONS_TABLE),
     )
     with context.begin_transaction():
         context.run_migrations()

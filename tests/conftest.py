@@ -73,4 +73,4 @@ def registry(database_url: str) -> Iterator[ModelRegistry]:
     reg = ModelRegistry(database_url)
     migrate(reg.engine)
     yield reg
-    reg.dispose()
+    reg.engine.dispose()

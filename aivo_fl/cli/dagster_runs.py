@@ -6,6 +6,7 @@ Runs go through the same assets as the UI and land in the same instance (`DAGSTE
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -14,15 +15,23 @@ from typing import Any
 
 import dagster as dg
 
+from aivo_fl.cli.dead_runs import process_tags, release_dead_runs
 from aivo_fl.config import Settings
+from aivo_fl.defs.retries import EXIT_CODE_KEY
+from aivo_fl.operations.errors import EXIT_FAILED, OperationFailed
 
 LOCAL_INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.local.yaml"
-# Progress is echoed as plain lines by the reporter resource; Dagster's console logger only speaks on errors.
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-class RunFailed(Exception):
-    """A Dagster run failed; the message is the failing step's own description."""
+class RunFailed(OperationFailed):
+    """A Dagster run failed; the message is the failing step's one line, with its exit code."""
+
+
+def console_config() -> dict[str, Any]:
+    # Progress is echoed as plain lines by the reporter resource and a failure is reported as one
+    # line, so Dagster's console logger stays silent unless `--verbose` turned on debug logging.
+    level = "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "CRITICAL"
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 def local_instance() -> dg.DagsterInstance:
@@ -36,7 +45,7 @@ def local_instance() -> dg.DagsterInstance:
 
 
 def definitions(settings: Settings) -> dg.Definitions:
-    from aivo_fl.defs.definitions import build_definitions
+    from aivo_fl.definitions import build_definitions
 
     return build_definitions(settings, echo=True)
 
@@ -49,39 +58,38 @@ def run_job(
     run_config: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
+    release_dead_runs(instance)
     result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config={**QUIET, **(run_config or {})}, instance=instance, tags=tags, raise_on_error=False
+        run_config={**console_config(), **(run_config or {})},
+        instance=instance,
+        tags={**(tags or {}), **process_tags()},
+        raise_on_error=False,
     )
     if not result.success:
-        raise RunFailed(failure_description(result) or f"Dagster run {result.run_id} of {job_name} failed")
+        raise failure_of(result) or RunFailed(f"Dagster run {result.run_id} of {job_name} failed")
     return result
 
 
-def failure_description(result: dg.ExecuteInProcessResult) -> str | None:
-    for event in result.all_events:
-        if event.event_type_value != "STEP_FAILURE":
+def failure_of(result: dg.ExecuteInProcessResult) -> RunFailed | None:
+    """The run's one line and exit code: a failed blocking check's own description (the gate's
+    "Performance degradation: ..."), else the failing step's (exit code set by `defs.retries`, else 1)."""
+    from aivo_fl.defs.alerting import step_failure_reason
+
+    events = result.all_events
+    for event in events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
             continue
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
-        if data.error is not None:
-            return data.error.message.strip().splitlines()[-1]
-    return None
+        evaluation = event.asset_check_evaluation_data
+        if evaluation.blocking and not evaluation.passed and evaluation.description:
+            return RunFailed(evaluation.description)
+    line = step_failure_reason(events)
+    return RunFailed(line, _exit_code(events)) if line else None
 
 
-def apply_sensor_result(
-    defs: dg.Definitions, instance: dg.DagsterInstance, sensor_name: str, cursor: str | None
-) -> tuple[list[dg.RunRequest], str | None, str | None]:
-    """Tick a sensor as the daemon would: apply its partition requests, return its run requests."""
-    sensor = defs.resolve_sensor_def(sensor_name)
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
-    ) as context:
-        data = sensor.evaluate_tick(context)
-    for request in data.dynamic_partitions_requests or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-    return list(data.run_requests or []), data.cursor, data.skip_message
+def _exit_code(events: list[dg.DagsterEvent]) -> int:
+    for event in events:
+        if event.event_type_value == "STEP_FAILURE":
+            user = event.step_failure_data.user_failure_data
+            code = user.metadata.get(EXIT_CODE_KEY) if user is not None else None
+            return int(code.value) if code is not None else EXIT_FAILED
+    return EXIT_FAILED

@@ -7,10 +7,18 @@ would run), so `make dev` afterwards shows the demo's runs, partitions and check
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import time
+from pathlib import Path
+
+from dotenv import dotenv_values
 
 from aivo_fl.cli import registry_commands
-from aivo_fl.config import load_settings
+from aivo_fl.config import ConfigError, Settings, load_settings
+
+SWITCH = "USE_FEDERATED_LEARNING"
+ERASURE_KEY = "AIVO_ERASURE_KEY"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,14 +37,42 @@ def _stage(title: str) -> float:
 
 
 def _tick_and_run(defs, instance, sensor: str, job: str) -> int:  # type: ignore[no-untyped-def]
-    from aivo_fl.cli.dagster_runs import apply_sensor_result, run_job
+    from aivo_fl.cli.dagster_runs import run_job
+    from aivo_fl.cli.dead_runs import release_dead_runs
+    from aivo_fl.defs.ticks import tick_sensor
 
-    requests, _, skipped = apply_sensor_result(defs, instance, sensor, cursor=None)
-    if skipped:
-        print(f"{sensor}: {skipped}")
-    for request in requests:
+    # A run killed earlier must not look in flight to the sensor (nothing else marks it failed here).
+    release_dead_runs(instance)
+    data = tick_sensor(defs, instance, sensor)
+    if data.skip_message:
+        print(f"{sensor}: {data.skip_message}")
+    for request in data.run_requests or []:
         run_job(defs, instance, job, tags=request.tags)
-    return len(requests)
+    return len(data.run_requests or [])
+
+
+def activate(env_file: Path = Path(".env")) -> Settings:
+    """Switch federated learning on the way the guide's step 3 does: in `.env`, which `make dev` reads too.
+
+    Switching it on only inside the demo's process would leave the UI (another process) with it
+    off: sensors skipping and every federated run failing. An explicit `false` is the operator's
+    decision, so the demo stops rather than overrule it.
+    """
+    present = {**(dotenv_values(env_file) if env_file.exists() else {}), **os.environ}
+    explicit = present.get(SWITCH)
+    if explicit is not None and not load_settings().use_federated_learning:
+        raise ConfigError(
+            f"{SWITCH}={explicit!r} (environment or {env_file}): the demo activates federated learning, set it to true"
+        )
+    added = {SWITCH: "true"} if explicit is None else {}
+    if not present.get(ERASURE_KEY):
+        added[ERASURE_KEY] = secrets.token_hex(32)  # erasing a learner needs a stable key; none is set yet
+    if added:
+        with env_file.open("a", encoding="utf-8") as f:
+            f.write("# Added by `aivo-fl demo` (activation step 3): `make dev` sees the same state.\n")
+            f.writelines(f"{name}={value}\n" for name, value in added.items())
+        print(f"✓ {', '.join(added)} written to {env_file} (the Dagster UI reads it too)")
+    return load_settings()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -45,8 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 
     started = time.perf_counter()
-    # The demo is an activation: it switches federated learning on for its own runs.
-    settings = load_settings(USE_FEDERATED_LEARNING=True)
+    settings = activate()
     _stage("1. Migrate the registry")
     registry_commands.cmd_migrate(argparse.Namespace(revision="head"))
     registry = registry_commands.open_registry(settings)

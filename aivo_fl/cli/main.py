@@ -5,19 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
-from aivo_fl.cli import demo_command, pipeline_commands, registry_commands
-from aivo_fl.config import ConfigError
-from aivo_fl.registry import DatabaseUnavailable, RegistryError
+from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
+from aivo_fl.redaction import HidePasswords, hide_password
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
-COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command]
-
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
-EXIT_REFUSED = 4
+COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aivo-fl",
         description="Federated learning for AIVO: registry, main model, learner clones, aggregation.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug output and show tracebacks and Dagster's own log"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(commands)
@@ -34,22 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Commands print their own progress on stdout; stderr is for problems (so an epoch line logged by
+    # the training loop is not printed a second time there).
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(HidePasswords())  # a logged URL never shows its password
     if not args.verbose:
         # Commands print their own progress; Dagster's beta/superseded notices are for developers.
         warnings.filterwarnings("ignore", message=r".*(is currently in beta|is superseded).*")
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except DatabaseUnavailable as exc:
-        print(f"✗ {exc}. Check DATABASE_URL and that the database is running.", file=sys.stderr)
-        return EXIT_DATABASE
-    except RegistryError as exc:
-        print(f"✗ {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    except Exception as exc:
+        # Imported here: the table pulls in the ML core, which `--help` does not need.
+        from aivo_fl.operations.errors import diagnose
+
+        if args.verbose:
+            traceback.print_exc()
+        diagnosis = diagnose(exc)
+        print(f"✗ {hide_password(diagnosis.line)}", file=sys.stderr)
+        return diagnosis.exit_code
 
 
 if __name__ == "__main__":

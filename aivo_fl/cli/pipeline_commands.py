@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
 from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
-
-EXIT_FAILED = 1
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,34 +58,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _fail(exc: Exception) -> int:
-    print(f"✗ {exc}", file=sys.stderr)
-    return EXIT_FAILED
-
-
 def cmd_train_main_model(args: argparse.Namespace) -> int:
-    from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
+    # A failure (RunFailed, a refusal) propagates to `main`, which prints its one line and exit code.
+    from aivo_fl.cli.dagster_runs import definitions, local_instance, run_job
 
     settings = load_settings()
     open_registry(settings)  # schema check before a long run
     print("=== Training Main AIVO Model ===\n")
-    try:
-        run_job(definitions(settings), local_instance(), "train_main_model")
-    except RunFailed as exc:
-        return _fail(exc)
+    run_job(definitions(settings), local_instance(), "train_main_model")
     return 0
 
 
 def cmd_test_model_cloning(args: argparse.Namespace) -> int:
-    from aivo_fl.operations.cloning_check import CloningCheckFailed, run_cloning_check
+    from aivo_fl.operations.cloning_check import run_cloning_check
     from aivo_fl.operations.store import ModelStore
 
     settings = load_settings()
     registry = open_registry(settings)
-    try:
-        run_cloning_check(registry, ModelStore.from_settings(settings))
-    except CloningCheckFailed as exc:
-        return _fail(exc)
+    run_cloning_check(registry, ModelStore.from_settings(settings))
     return 0
 
 
@@ -101,39 +88,39 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
         "max_stale_days": args.max_stale,
         "learning_rate": args.learning_rate,
     }
-    from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
+    from aivo_fl.cli.dagster_runs import definitions, local_instance, run_job
 
     if args.dry_run:
         # A dry run reads only: it does not even add a run to Dagster's history.
-        from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
-        from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+        from aivo_fl.ml.federated_round import RoundOptions
         from aivo_fl.operations.aggregation import privacy_settings_from, run_federated_aggregation
         from aivo_fl.operations.store import ModelStore
 
         if not settings.use_federated_learning:
             print("(USE_FEDERATED_LEARNING is off: a real round would refuse to run)")
-        try:
-            run_federated_aggregation(
-                registry,
-                ModelStore.from_settings(settings),
-                privacy_settings_from(settings),
-                RoundOptions(**options, dry_run=True),
-            )
-        except (NoEligibleLearners, PrivacyBudgetExceeded, ValueError) as exc:
-            return _fail(exc)
-        return 0
-    try:
-        result = run_job(
-            definitions(settings),
-            local_instance(),
-            "federated_aggregation",
-            run_config={"ops": {"federated_main_model": {"config": options}}},
-            tags={"aivo/trigger": "cli"},
+        run_federated_aggregation(
+            registry,
+            ModelStore.from_settings(settings),
+            privacy_settings_from(settings),
+            RoundOptions(**options, dry_run=True),
         )
-    except RunFailed as exc:
-        return _fail(exc)
-    status = result.asset_materializations_for_node("federated_main_model")[-1].metadata["status"].value
-    return 0 if status == "PROMOTED" else EXIT_FAILED
+        return 0
+    # A rejected round fails the blocking check `candidate_not_degraded`, so the run fails with
+    # the gate's "Performance degradation: ..." line (exit 1).
+    from aivo_fl.cli.dead_runs import release_dead_runs, require_free_slot
+    from aivo_fl.defs.assets.federated import AGGREGATION_POOL
+
+    instance = local_instance()
+    release_dead_runs(instance)
+    require_free_slot(instance, AGGREGATION_POOL)
+    run_job(
+        definitions(settings),
+        instance,
+        "federated_aggregation",
+        run_config={"ops": {"federated_main_model": {"config": options}}},
+        tags={"aivo/trigger": "cli"},
+    )
+    return 0
 
 
 def cmd_simulate_learners(args: argparse.Namespace) -> int:

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import sqlalchemy as sa
 
 from aivo_fl.cli.output import print_fields, print_json, print_table
 from aivo_fl.config import Settings, load_settings
 from aivo_fl.registry import ModelRegistry, migrate
-from aivo_fl.registry.database import describe_target
+from aivo_fl.registry.database import describe_target, unavailable
 
 
 def open_registry(settings: Settings, *, require_schema: bool = True) -> ModelRegistry:
-    registry = ModelRegistry(settings.database_url)
+    with reaching(settings):
+        registry = ModelRegistry(settings.database_url)
     if require_schema:
         registry.require_current_schema()
     return registry
+
+
+@contextmanager
+def reaching(settings: Settings) -> Iterator[None]:
+    """Opening or migrating the database: failing to connect, or to create a SQLite file's folder,
+    is "Can't reach database" naming the target (exit 3), never a traceback."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise unavailable(settings.sqlalchemy_url, exc) from None
+    except OSError as exc:
+        raise unavailable(settings.sqlalchemy_url, OSError(f"{exc.strerror}: {exc.filename}")) from None
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +65,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings, require_schema=False)
     print(f"Migrating registry at {describe_target(registry.engine.url)}...")
-    before, after = migrate(registry.engine, args.revision)
+    with reaching(settings):
+        before, after = migrate(registry.engine, args.revision)
     if before == after:
         print(f"✓ Already at revision {after or 'base'}; nothing to do")
     else:
@@ -57,11 +75,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def statistics_payload(registry: ModelRegistry, settings: Settings) -> dict[str, Any]:
-    # The accountant and the ML core are heavy imports: only `stats` needs them.
-    from aivo_fl.operations.aggregation import privacy_settings_from
+    # The accountant is a heavy import: only `stats` needs it.
     from aivo_fl.operations.privacy_report import privacy_summary
 
-    return {**registry.get_statistics(), "privacy": privacy_summary(registry, privacy_settings_from(settings))}
+    privacy = privacy_summary(
+        registry,
+        enabled=settings.enable_differential_privacy,
+        delta=settings.privacy_delta,
+        epsilon_budget=settings.privacy_epsilon_budget,
+        learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+    )
+    return {**registry.get_statistics(), "privacy": privacy}
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -71,7 +95,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats)
         return 0
-    privacy = stats["privacy"]
     active = registry.get_active_version()
     print_fields(
         "Registry statistics",
@@ -85,21 +108,49 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ],
     )
     print()
+    _print_privacy(stats["privacy"])
+    return 0
+
+
+def _epsilon_text(epsilon: float | None, delta: float) -> str:
+    return "no guarantee" if epsilon is None else f"{epsilon:.4g} at delta {delta:g}"
+
+
+def _print_privacy(privacy: dict[str, Any]) -> None:
+    budget = privacy["epsilonBudget"]
     print_fields(
-        "Differential privacy" + ("" if privacy["enabled"] else " (disabled)"),
+        f"Differential privacy (recomposed from {privacy['rounds']} recorded round(s))",
         [
-            ("Epsilon spent", f"{privacy['epsilonSpent']:.4g} at delta {privacy['delta']:g}"),
-            ("Epsilon budget", privacy["epsilonBudget"] or "none set"),
-            ("Noised rounds", privacy["rounds"]),
-            ("Noise multiplier", privacy["noiseMultiplier"]),
-            ("Clip norm", privacy["clipNorm"]),
-            ("Largest learner epsilon", f"{privacy['maxLearnerEpsilon']:.4g}"),
+            ("Epsilon spent", _epsilon_text(privacy["epsilonSpent"], privacy["delta"])),
+            ("Epsilon budget", "none set" if budget is None else f"{budget:g}"),
+            ("Rounds with noise", f"{privacy['noisedRounds']} of {privacy['rounds']}"),
+            ("Last round's noise multiplier", privacy["noiseMultiplier"]),
+            ("Last round's clip norm", privacy["clipNorm"]),
+            ("Last round's sample rate", privacy["sampleRate"]),
+            ("Largest learner epsilon", _epsilon_text(privacy["maxLearnerEpsilon"], privacy["delta"])),
+            ("Next round", "differential privacy ON" if privacy["enabled"] else "differential privacy OFF"),
             ("Accountant", privacy["accountant"]),
         ],
     )
+    if privacy["overBudget"]:
+        spent = _epsilon_text(privacy["epsilonSpent"], privacy["delta"])
+        print(f"✗ Over budget: epsilon spent {spent} is past PRIVACY_EPSILON_BUDGET {budget:g}")
     if privacy["warning"]:
         print(f"⚠ {privacy['warning']}")
-    return 0
+
+
+def _privacy_line(recorded: dict[str, Any]) -> str:
+    """What a round used, in one line (the raw record is in `history --json` under "privacy")."""
+    if not recorded["dpEnabled"]:
+        return "OFF (released without noise: no guarantee)"
+    clip = f"clip norm {recorded['clipNorm']:.4g}"
+    if recorded.get("clipTargetQuantile") is not None:
+        clip += f" (adaptive, target quantile {recorded['clipTargetQuantile']:g})"
+    population = recorded.get("eligiblePopulation")
+    sampled = f"sample rate {recorded['sampleRate']:g}"
+    if population is not None:
+        sampled += f" of {population:,} eligible (denominator {recorded['denominator']:,.4g})"
+    return f"noise multiplier {recorded['noiseMultiplier']:g}, {clip}, {sampled}, delta {recorded['delta']:g}"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -119,8 +170,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f}'}%")
         if update["accuracyBefore"] is not None:
             print(f"  - Accuracy: {update['accuracyBefore']:.2%} -> {update['accuracyAfter']:.2%} (learners' held-out)")
+        print(f"  - Privacy: {_privacy_line(update['privacy'])}")
         if update["epsilonRound"] is not None:
-            print(f"  - Epsilon: {update['epsilonRound']:.4g} this round, {update['epsilonTotal']:.4g} in total")
+            total = _epsilon_text(update["epsilonTotal"], update["privacy"]["delta"])
+            print(f"  - Epsilon: {update['epsilonRound']:.4g} this round, {total} in total")
         print(f"  - Result: {update['status']} {update['baseVersion']} -> {update['newVersion'] or '(kept)'}")
         if update["rejectionReason"]:
             print(f"  - Reason: {update['rejectionReason']}")

@@ -7,6 +7,7 @@ import dagster as dg
 from aivo_fl.defs.assets.federated import federated_main_model
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.resources import FederatedSettingsResource, RegistryResource
+from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.operations.privacy_report import privacy_summary
 
 # The main model's validation accuracy must come within this many points of the Bayes ceiling.
@@ -25,13 +26,13 @@ def main_model_near_bayes_ceiling(context: dg.AssetCheckExecutionContext) -> dg.
     metadata = _latest_metadata(context, main_model)
     if metadata is None:
         return dg.AssetCheckResult(passed=False, description="main_model has not been materialized")
-    gap = float(metadata["bayes_ceiling"]) - float(metadata["validation_accuracy"])
+    accuracy, ceiling = float(metadata["validation_accuracy_pct"]), float(metadata["bayes_ceiling_pct"])
     return dg.AssetCheckResult(
-        passed=gap <= MAX_GAP_TO_CEILING,
+        passed=ceiling - accuracy <= 100 * MAX_GAP_TO_CEILING,
         metadata={
-            "validation_accuracy": float(metadata["validation_accuracy"]),
-            "bayes_ceiling": float(metadata["bayes_ceiling"]),
-            "gap_points": 100 * gap,
+            "validation_accuracy_pct": accuracy,
+            "bayes_ceiling_pct": ceiling,
+            "gap_points": round(ceiling - accuracy, 2),
             "allowed_gap_points": 100 * MAX_GAP_TO_CEILING,
         },
     )
@@ -46,15 +47,14 @@ def candidate_not_degraded(context: dg.AssetCheckExecutionContext) -> dg.AssetCh
     metadata = _latest_metadata(context, federated_main_model)
     if metadata is None:
         return dg.AssetCheckResult(passed=False, description="federated_main_model has not been materialized")
-    rejected = metadata["status"] == "REJECTED"
+    rejected = metadata["status"] == RoundStatus.REJECTED
     return dg.AssetCheckResult(
         passed=not rejected,
         severity=dg.AssetCheckSeverity.ERROR,
         description=metadata["rejection_reason"] if rejected else f"{metadata['status']}: no degradation",
         metadata={
-            "accuracy_before": float(metadata["accuracy_before"]),
-            "accuracy_after": float(metadata["accuracy_after"]),
-            "performance_improvement": float(metadata["performance_improvement"]),
+            key: float(metadata[key])
+            for key in ("accuracy_before_pct", "accuracy_after_pct", "performance_improvement_points")
         },
     )
 
@@ -63,21 +63,29 @@ def candidate_not_degraded(context: dg.AssetCheckExecutionContext) -> dg.AssetCh
 def privacy_budget_not_exceeded(
     registry: RegistryResource, federated_settings: FederatedSettingsResource
 ) -> dg.AssetCheckResult:
+    """Reads the recorded ledger: every round as it really ran, a round without noise as "no guarantee"."""
     privacy = federated_settings.privacy()
-    summary = privacy_summary(registry.get_registry(), privacy)
-    budget = privacy.epsilon_budget
-    spent = summary["epsilonSpent"]
+    summary = privacy_summary(
+        registry.get_registry(),
+        enabled=privacy.enabled,
+        delta=privacy.delta,
+        epsilon_budget=privacy.epsilon_budget,
+        learner_epsilon_budget=privacy.learner_epsilon_budget,
+    )
+    budget = summary["epsilonBudget"]
+
+    def shown(epsilon: float | None) -> float | str:
+        return "no guarantee" if epsilon is None else round(epsilon, 3)
+
     return dg.AssetCheckResult(
-        passed=budget is None or spent <= budget,
+        passed=not summary["overBudget"],
         description=summary["warning"] or ("no budget set" if budget is None else None),
         metadata={
-            "epsilon_spent": spent,
+            "epsilon_spent": shown(summary["epsilonSpent"]),
             "epsilon_budget": budget if budget is not None else "none",
-            "noised_rounds": summary["rounds"],
-            "max_learner_epsilon": summary["maxLearnerEpsilon"],
+            "recorded_rounds": summary["rounds"],
+            "noised_rounds": summary["noisedRounds"],
+            "max_learner_epsilon": shown(summary["maxLearnerEpsilon"]),
             "delta": summary["delta"],
         },
     )
-
-
-defs = dg.Definitions(asset_checks=[main_model_near_bayes_ceiling, candidate_not_degraded, privacy_budget_not_exceeded])

@@ -22,5 +22,3 @@ federated_aggregation_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(federated_main_model),
     tags={AGGREGATION_RUN_TAG: "true"},
 )
-
-defs = dg.Definitions(jobs=[train_main_model_job, clone_learners_job, train_learners_job, federated_aggregation_job])

@@ -9,7 +9,3 @@ from __future__ import annotations
 import dagster as dg
 
 learner_partitions = dg.DynamicPartitionsDefinition(name="learners")
-
-# Run-level retries for transient infrastructure errors (a database restart, a dropped connection).
-# Validation failures raise `dg.Failure(allow_retries=False)` and are never retried.
-TRANSIENT_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL)

@@ -1,15 +1,18 @@
 """Dagster resources: the registry, the model store, and the federated and training settings."""
 
-import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.config import Settings
+from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
+from aivo_fl.defs.secrets import database_url_reference, secret_reference
 from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.ml.training import cpu_threads
 from aivo_fl.operations.aggregation import privacy_settings_from
+from aivo_fl.operations.alerts import Alert, Delivery, send_alert
+from aivo_fl.operations.faults import crash_point
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
@@ -36,6 +39,8 @@ class ModelStoreResource(dg.ConfigurableResource):
 
     main_model_path: str
     learner_models_path: str
+    # `baseModel` on each learner's "PersonalizedModel" row (AIVO_BASE_MODEL_NAME).
+    base_model_name: str = DEFAULT_BASE_MODEL
 
     def get_store(self) -> ModelStore:
         return ModelStore(main_root=Path(self.main_model_path), learners_root=Path(self.learner_models_path))
@@ -71,15 +76,55 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     local_epochs: int = 5
     personalization_depth: str = "heads"
     local_proximal_mu: float = 0.1
+    torch_num_threads: int | None = None
+
+    def torch_threads(self, instance: dg.DagsterInstance) -> int:
+        """`TORCH_NUM_THREADS`, else the allowed CPUs split between the runs this instance may run at once."""
+        queue = instance.get_concurrency_config().run_queue_config
+        runs = queue.max_concurrent_runs if queue is not None and queue.max_concurrent_runs > 0 else None
+        return cpu_threads(self.torch_num_threads, runs)
+
+
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go (`ALERT_WEBHOOK_URL`, a secret; unset: none sent) and the UI address for run links."""
+
+    webhook_url: str | None = None
+    webserver_url: str = "http://127.0.0.1:3000"
+    # "No eligible learners" alerts only after this many aggregation runs in a row ended that way.
+    empty_rounds: int = 2
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.webserver_url.rstrip('/')}/runs/{run_id}"
+
+    def send(self, alert: Alert) -> Delivery | None:
+        return send_alert(self.webhook_url, alert) if self.webhook_url else None
+
+
+class ErasureResource(dg.ConfigurableResource):
+    """The key of the hash that replaces an erased learner's id (`AIVO_ERASURE_KEY`, a secret)."""
+
+    key: str | None = None
+
+    def require_key(self) -> bytes:
+        if not self.key:
+            # Not retried: without the key the audit trail cannot be pseudonymized consistently.
+            raise dg.Failure(
+                description="AIVO_ERASURE_KEY is not set: erasure needs it to replace learner ids by a keyed hash",
+                allow_retries=False,
+            )
+        return self.key.encode()
 
 
 class ReporterResource(dg.ConfigurableResource):
     """Where progress lines go: always the run's log; with `echo`, also plain stdout (the CLI)."""
 
     echo: bool = False
+    # Aggregation rounds also append their lines here (AGGREGATION_LOG_PATH).
+    aggregation_log_path: str = "./logs/aggregation.log"
 
     def for_context(self, context: dg.OpExecutionContext | dg.AssetExecutionContext) -> Callable[[str], None]:
         def report(line: str) -> None:
+            crash_point(line)
             if line:
                 context.log.info(line)
             if self.echo:
@@ -88,18 +133,14 @@ class ReporterResource(dg.ConfigurableResource):
         return report
 
 
-def build_resources(
-    settings: Settings, *, echo: bool = False, database_url_from_env: bool = False
-) -> dict[str, dg.ConfigurableResource]:
-    # With `database_url_from_env` (the UI's code location) DATABASE_URL goes through Dagster's
-    # EnvVar, so the UI shows the variable's name and never the password.
-    database_url: str | dg.EnvVar = settings.database_url
-    if database_url_from_env and "DATABASE_URL" in os.environ:
-        database_url = dg.EnvVar("DATABASE_URL")
+def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
-        "registry": RegistryResource(database_url=database_url),
+        # The UI and run storage see the variable's name, never the password.
+        "registry": RegistryResource(database_url=database_url_reference(settings)),
         "model_store": ModelStoreResource(
-            main_model_path=str(settings.main_model_path), learner_models_path=str(settings.learner_models_path)
+            main_model_path=str(settings.main_model_path),
+            learner_models_path=str(settings.learner_models_path),
+            base_model_name=settings.base_model_name,
         ),
         "federated_settings": FederatedSettingsResource(
             use_federated_learning=settings.use_federated_learning,
@@ -117,6 +158,13 @@ def build_resources(
             data_seed=settings.data_seed,
             personalization_depth=settings.personalization_depth,
             local_proximal_mu=settings.local_proximal_mu,
+            torch_num_threads=settings.torch_num_threads,
         ),
-        "reporter": ReporterResource(echo=echo),
+        "alerts": AlertsResource(
+            webhook_url=secret_reference("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
+            webserver_url=settings.dagster_webserver_url,
+            empty_rounds=settings.alert_after_empty_rounds,
+        ),
+        "erasure": ErasureResource(key=secret_reference("AIVO_ERASURE_KEY", settings.erasure_key)),
+        "reporter": ReporterResource(echo=echo, aggregation_log_path=str(settings.aggregation_log_path)),
     }

@@ -1,13 +1,13 @@
 """Weight artifacts: safetensors + a JSON manifest with hashes, written atomically.
 
-Loading never unpickles: weights are parsed by ``safetensors.numpy`` from bytes whose size and
-sha256 were first checked against the manifest.
+Loading never unpickles: weights are parsed by ``safetensors.numpy`` from bytes that
+:mod:`aivo_fl.ml.safe_files` read from a regular file inside the store, capped at the manifest's
+size and checked against its sha256.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -35,21 +35,18 @@ from aivo_fl.ml.model import (
     head_layer_names,
     trunk_layer_names,
 )
+from aivo_fl.ml.safe_files import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    ArtifactError,
+    read_verified,
+    sha256_bytes,
+)
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_NAME = "aivo-fl-artifact"
-FORMAT_VERSION = 1
 MAIN_WEIGHTS_NAME = "model.safetensors"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-
-
-class ArtifactError(Exception):
-    """An artifact is missing, corrupt, truncated, or not in the expected format."""
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -131,48 +128,6 @@ def save_artifact(
     _fsync_dir(directory.parent)
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory}: artifact directory does not exist")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: manifest is missing")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: manifest is not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: manifest must be a JSON object")
-    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')!r}, "
-            f"expected {FORMAT_NAME!r} v{FORMAT_VERSION}"
-        )
-    if not isinstance(manifest.get("files"), dict):
-        raise ArtifactError(f"{path}: manifest has no 'files' table")
-    return manifest
-
-
-def read_verified_bytes(directory: Path, name: str, manifest: dict[str, Any]) -> bytes:
-    """The file's bytes, after checking existence, size and sha256 against the manifest."""
-    path = Path(directory) / name
-    record = manifest["files"].get(name)
-    if not isinstance(record, dict) or "sha256" not in record or "bytes" not in record:
-        raise ArtifactError(f"{path}: not listed in {MANIFEST_NAME} (no sha256/size recorded)")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: weight file is missing")
-    data = path.read_bytes()
-    if len(data) != record["bytes"]:
-        raise ArtifactError(
-            f"{path}: size {len(data)} bytes does not match manifest ({record['bytes']} bytes); truncated or replaced"
-        )
-    actual = sha256_bytes(data)
-    if actual != record["sha256"]:
-        raise ArtifactError(f"{path}: sha256 {actual} does not match manifest {record['sha256']}; corrupt")
-    return data
-
-
 def decode_tensors(data: bytes, origin: Path | str) -> dict[str, np.ndarray]:
     """Parse safetensors bytes; anything else (a pickle, garbage) is an ArtifactError."""
     if len(data) < 8:
@@ -187,12 +142,11 @@ def decode_tensors(data: bytes, origin: Path | str) -> dict[str, np.ndarray]:
 
 
 def load_artifact(
-    directory: Path, weights_name: str = MAIN_WEIGHTS_NAME
+    store_root: Path, directory: Path, weights_name: str = MAIN_WEIGHTS_NAME
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    data = read_verified_bytes(directory, weights_name, manifest)
-    return decode_tensors(data, directory / weights_name), manifest
+    """Verified tensors and manifest of ``directory`` (which must lie inside ``store_root``)."""
+    data, manifest = read_verified(store_root, directory, weights_name)
+    return decode_tensors(data, Path(directory) / weights_name), manifest
 
 
 # ---- main model store: <main_root>/<version>/model.safetensors + manifest.json ----
@@ -268,7 +222,7 @@ def _frozen_layers(manifest: dict[str, Any], directory: Path) -> int:
 
 def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[str, Any]]:
     directory = main_version_dir(main_root, version)
-    tensors, manifest = load_artifact(directory, MAIN_WEIGHTS_NAME)
+    tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
     model = build_model(frozen_layers=_frozen_layers(manifest, directory))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -292,7 +246,7 @@ def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[
 def main_head_tensors(main_root: Path, version: str) -> dict[str, np.ndarray]:
     """Only the personal (trainable) tensors of a main version (verified), without building a model."""
     directory = main_version_dir(main_root, version)
-    tensors, manifest = load_artifact(directory, MAIN_WEIGHTS_NAME)
+    tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
     layers = manifest.get("trainable_layers")
     if not isinstance(layers, list) or not layers:
         raise ArtifactError(f"{directory}: manifest does not list the trainable layers")

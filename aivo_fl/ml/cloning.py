@@ -24,7 +24,6 @@ from aivo_fl.ml.artifacts import (
     load_main_model,
     main_head_tensors,
     main_version_dir,
-    read_manifest,
     save_artifact,
     validate_version,
 )
@@ -38,6 +37,7 @@ from aivo_fl.ml.model import (
     load_head_state,
     trunk_state,
 )
+from aivo_fl.ml.safe_files import read_manifest
 
 HEADS_NAME = "heads.safetensors"
 DELTA_NAME = "delta.safetensors"
@@ -91,9 +91,11 @@ def _main_snapshot(main_root: Path, version: str, mtime_ns: int, size: int) -> _
 
 def _verified_main(main_root: Path, version: str) -> _MainSnapshot:
     weights = main_version_dir(main_root, validate_version(version)) / MAIN_WEIGHTS_NAME
-    if not weights.is_file():
+    try:
+        stat = weights.lstat()  # lstat: a file swapped for a link changes the key and is refused
+    except FileNotFoundError:
         load_main_model(main_root, version)  # raises the store's own clear ArtifactError
-    stat = weights.stat()
+        raise
     return _main_snapshot(Path(main_root).resolve(), version, stat.st_mtime_ns, stat.st_size)
 
 
@@ -119,21 +121,30 @@ def clone_for_learner(main_root: Path, learners_root: Path, learner_id: str, ver
     )
 
 
-def read_learner_manifest(learners_root: Path, learner_id: str) -> dict[str, Any]:
-    directory = learner_dir(learners_root, learner_id)
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory}: learner {learner_id!r} has no clone")
-    manifest = read_manifest(directory)
+def _clone_manifest_of(directory: Path, learner_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
     if manifest.get("kind") != "learner-clone" or manifest.get("learner_id") != learner_id:
         raise ArtifactError(f"{directory}: manifest does not describe a clone of learner {learner_id!r}")
     validate_version(manifest.get("source_version", ""))
     return manifest
 
 
+def _clone_dir(learners_root: Path, learner_id: str) -> Path:
+    directory = learner_dir(learners_root, learner_id)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: learner {learner_id!r} has no clone")
+    return directory
+
+
+def read_learner_manifest(learners_root: Path, learner_id: str) -> dict[str, Any]:
+    directory = _clone_dir(learners_root, learner_id)
+    return _clone_manifest_of(directory, learner_id, read_manifest(learners_root, directory))
+
+
 def learner_heads(learners_root: Path, learner_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The learner's verified head tensors and manifest."""
-    read_learner_manifest(learners_root, learner_id)
-    return load_artifact(learner_dir(learners_root, learner_id), HEADS_NAME)
+    directory = _clone_dir(learners_root, learner_id)
+    heads, manifest = load_artifact(learners_root, directory, HEADS_NAME)
+    return heads, _clone_manifest_of(directory, learner_id, manifest)
 
 
 def load_learner_model(main_root: Path, learners_root: Path, learner_id: str) -> tuple[CurriculumNet, dict]:
@@ -159,12 +170,6 @@ def weight_delta(main_root: Path, learners_root: Path, learner_id: str) -> dict[
     """Learner personal tensors minus those of its source main version."""
     heads, manifest = learner_heads(learners_root, learner_id)
     return subtract(heads, main_head_tensors(main_root, manifest["source_version"]))
-
-
-def load_delta(learners_root: Path, learner_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The stored delta.safetensors (hash-checked against the learner manifest)."""
-    read_learner_manifest(learners_root, learner_id)
-    return load_artifact(learner_dir(learners_root, learner_id), DELTA_NAME)
 
 
 def list_learners(learners_root: Path) -> list[str]:

@@ -1,29 +1,63 @@
-"""Read learner delta files defensively.
+"""Read learner delta files defensively, and fast.
 
-A delta file comes from a learner's device or worker, so it is untrusted input. We only ever parse
-it as safetensors (never pickle / torch.load), and we check the 8-byte header length against the
-file size before handing anything to the safetensors parser, so a hostile length cannot make us
-allocate or read garbage. Every rejection carries a short, stable ``reason`` that the round
-records as the learner's exclusion reason.
+A delta file comes from a learner's device or worker, so it is untrusted input. It is read through
+:mod:`aivo_fl.ml.safe_files` (a regular file inside the learners' store, no link anywhere below the
+root, at most the manifest's size, SHA-256 checked against the learner folder's ``manifest.json``),
+then only ever parsed as safetensors (never pickle / torch.load): the header is parsed once and
+checked against the expected names, dtypes and shapes, and the tensors must tile the data section
+exactly, so the whole delta is one float32 vector and each tensor a view of it. Finiteness and the
+L2 norm come from one float64 dot product. Every rejection carries a short, stable ``reason``
+that the round records as the learner's exclusion reason.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import load as st_load
 
-from aivo_fl.ml.aggregation.base import Block, Delta
+from aivo_fl.ml.aggregation.base import Block, Delta, block_of, vector_norm
+from aivo_fl.ml.safe_files import (
+    HASH_MISMATCH,
+    MISSING,
+    NOT_REGULAR,
+    OUTSIDE_STORE,
+    OVERSIZED,
+    SYMLINK,
+    TRUNCATED,
+    FileRejected,
+    read_verified,
+)
 
-# Stable exclusion reasons (stored in the registry; do not reword casually).
-MISSING = "missing file"
-TRUNCATED = "truncated"
+__all__ = [
+    "ABSURD_NORM",
+    "HASH_MISMATCH",
+    "MISSING",
+    "NON_FINITE",
+    "NOT_REGULAR",
+    "NOT_SAFETENSORS",
+    "OUTSIDE_STORE",
+    "OVERSIZED",
+    "SYMLINK",
+    "TRUNCATED",
+    "WRONG_DTYPE",
+    "WRONG_NAMES",
+    "WRONG_SHAPE",
+    "DeltaRejected",
+    "iter_stacked_blocks",
+    "load_delta",
+    "read_block",
+]
+
+# Stable exclusion reasons (stored in the registry; do not reword casually). The file-level ones
+# (missing, outside the store, symbolic link, not a regular file, oversized, truncated, hash
+# mismatch) come from safe_files.
 NOT_SAFETENSORS = "not safetensors"
 WRONG_NAMES = "wrong tensor names"
 WRONG_SHAPE = "wrong shape"
@@ -32,114 +66,136 @@ NON_FINITE = "non-finite values"
 ABSURD_NORM = "absurd norm"
 
 EXPECTED_DTYPE = "F32"
+_F32 = np.dtype("<f4")
 _MAX_HEADER_BYTES = 1 << 20  # heads-only deltas have a few hundred bytes of header
-_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8}
+
+# One exception type for every refusal, file-level or content-level.
+DeltaRejected = FileRejected
 
 
-class DeltaRejected(Exception):
-    """A delta file failed validation; ``reason`` is one of the stable constants above."""
+class _Bad(Exception):
+    """A refusal found by the cached layout parser; the caller adds the file's path."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
 
 
-def _read_verified_bytes(path: Path, expected: Mapping[str, tuple[int, ...]]) -> bytes:
-    """The whole file, after its raw header was checked against ``expected`` and the file size."""
-    data_bytes = sum(math.prod(s) for s in expected.values()) * _DTYPE_BYTES[EXPECTED_DTYPE]
+Layout = tuple[tuple[tuple[str, int, int], ...], int]  # (name, first, last element) per tensor; data bytes
+
+
+@lru_cache(maxsize=64)
+def _layout(header_bytes: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...]) -> Layout:
+    """Validate a safetensors header against the expected tensors; returns where each one lies.
+
+    Cached on the exact header bytes: honest deltas of one model share them byte for byte, so a
+    round parses the JSON once, not once per learner. Refusals raise and are never cached.
+    """
     try:
-        size = path.stat().st_size
-        if size > 8 + _MAX_HEADER_BYTES + data_bytes:  # never read an oversized file into memory
-            raise DeltaRejected(NOT_SAFETENSORS, f"{size} bytes is larger than any valid delta")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DeltaRejected(MISSING, str(path)) from None
-    except IsADirectoryError:
-        raise DeltaRejected(NOT_SAFETENSORS, "is a directory") from None
-    if len(raw) < 8:
-        raise DeltaRejected(TRUNCATED if raw else NOT_SAFETENSORS, f"{len(raw)} bytes")
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    if header_len > _MAX_HEADER_BYTES:
-        raise DeltaRejected(NOT_SAFETENSORS, f"header length {header_len} is implausible")
-    if header_len > len(raw) - 8:
-        raise DeltaRejected(TRUNCATED, f"header claims {header_len} bytes, file has {len(raw) - 8}")
-    try:
-        header = json.loads(raw[8 : 8 + header_len].decode("utf-8"))
+        header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DeltaRejected(NOT_SAFETENSORS, "header is not JSON") from None
+        raise _Bad(NOT_SAFETENSORS, "header is not JSON") from None
     if not isinstance(header, dict):
-        raise DeltaRejected(NOT_SAFETENSORS, "header is not a JSON object")
+        raise _Bad(NOT_SAFETENSORS, "header is not a JSON object")
     header.pop("__metadata__", None)
-    if set(header) != set(expected):
-        missing = sorted(set(expected) - set(header))
-        extra = sorted(set(header) - set(expected))
-        raise DeltaRejected(WRONG_NAMES, f"missing={missing} unexpected={extra}")
-    data_len = len(raw) - 8 - header_len
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
-            raise DeltaRejected(NOT_SAFETENSORS, f"bad header entry for {name!r}")
-        if entry["dtype"] != EXPECTED_DTYPE:
-            raise DeltaRejected(WRONG_DTYPE, f"{name}: {entry['dtype']}, expected {EXPECTED_DTYPE}")
-        if not isinstance(entry["shape"], list) or tuple(entry["shape"]) != tuple(expected[name]):
-            raise DeltaRejected(WRONG_SHAPE, f"{name}: {entry['shape']}, expected {list(expected[name])}")
-        offsets = entry["data_offsets"]
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise DeltaRejected(NOT_SAFETENSORS, f"{name}: bad data_offsets")
-        start, stop = offsets
-        if stop > data_len:
-            raise DeltaRejected(TRUNCATED, f"{name} ends at byte {stop}, data has {data_len}")
-        if start < 0 or stop - start != math.prod(expected[name]) * _DTYPE_BYTES[EXPECTED_DTYPE]:
-            raise DeltaRejected(NOT_SAFETENSORS, f"{name}: byte range does not match its shape")
-    return raw
+    shapes = dict(expected)
+    if header.keys() != shapes.keys():
+        missing, extra = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
+        raise _Bad(WRONG_NAMES, f"missing={missing} unexpected={extra}")
+    spans = sorted((*_span(name, entry, shapes[name]), name) for name, entry in header.items())
+    position = 0
+    for start, stop, name in spans:
+        if start != position:
+            raise _Bad(NOT_SAFETENSORS, f"{name}: tensors overlap or leave a gap")
+        position = stop
+    size = _F32.itemsize
+    return tuple((name, start // size, stop // size) for start, stop, name in spans), position
 
 
-def load_delta(path: Path, expected: Mapping[str, tuple[int, ...]], max_norm: float) -> Delta:
-    """Load and validate one delta; raises :class:`DeltaRejected` with a stable reason."""
-    raw = _read_verified_bytes(Path(path), expected)
+def _span(name: str, entry: object, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The entry's [start, stop) byte range, after its dtype and shape were checked."""
+    if not isinstance(entry, dict):
+        raise _Bad(NOT_SAFETENSORS, f"bad header entry for {name!r}")
+    if entry.get("dtype") != EXPECTED_DTYPE:
+        raise _Bad(WRONG_DTYPE, f"{name}: {entry.get('dtype')}, expected {EXPECTED_DTYPE}")
+    given = entry.get("shape")
+    if not isinstance(given, list) or tuple(given) != tuple(shape):
+        raise _Bad(WRONG_SHAPE, f"{name}: {given}, expected {list(shape)}")
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise _Bad(NOT_SAFETENSORS, f"{name}: bad data_offsets")
+    start, stop = offsets
+    if start < 0 or stop - start != math.prod(shape) * _F32.itemsize:
+        raise _Bad(NOT_SAFETENSORS, f"{name}: byte range does not match its shape")
+    return start, stop
+
+
+def _decode(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path | str) -> tuple[Delta, np.ndarray]:
+    """Tensors (read-only float32 views) and the whole data section as one flat vector.
+
+    The tensors must tile the data section with no gap, overlap or trailing bytes (what the
+    safetensors format requires), so one ``frombuffer`` covers them all.
+    """
+    if len(raw) < 8:
+        raise DeltaRejected(TRUNCATED if raw else NOT_SAFETENSORS, path, f"{len(raw)} bytes")
+    (header_len,) = struct.unpack_from("<Q", raw)
+    if header_len > _MAX_HEADER_BYTES:
+        raise DeltaRejected(NOT_SAFETENSORS, path, f"header length {header_len} is implausible")
+    data_start = 8 + header_len
+    if data_start > len(raw):
+        raise DeltaRejected(TRUNCATED, path, f"header claims {header_len} bytes, file has {len(raw) - 8}")
     try:
-        delta = st_load(raw)  # safetensors' own parser re-checks the layout (overlaps, alignment)
-    except Exception as exc:  # anything the parser refuses is not a valid file
-        raise DeltaRejected(NOT_SAFETENSORS, type(exc).__name__) from None
-    sq = 0.0
-    for name, value in delta.items():
-        flat = value.reshape(-1).astype(np.float64)
-        if not np.all(np.isfinite(flat)):
-            raise DeltaRejected(NON_FINITE, name)
-        sq += float(np.dot(flat, flat))
-    norm = math.sqrt(sq)
+        spans, data_bytes = _layout(raw[8:data_start], tuple(expected.items()))
+    except _Bad as bad:
+        raise DeltaRejected(bad.reason, path, bad.detail) from None
+    if data_bytes != len(raw) - data_start:
+        reason = TRUNCATED if data_bytes > len(raw) - data_start else NOT_SAFETENSORS
+        raise DeltaRejected(reason, path, f"tensors take {data_bytes} bytes, the file has {len(raw) - data_start}")
+    flat = np.frombuffer(raw, dtype=_F32, count=data_bytes // _F32.itemsize, offset=data_start)
+    return {name: flat[first:last].reshape(expected[name]) for name, first, last in spans}, flat
+
+
+def load_delta(
+    path: Path, store_root: Path, expected: Mapping[str, tuple[int, ...]], max_norm: float
+) -> tuple[Delta, float]:
+    """One validated delta and its L2 norm; raises :class:`DeltaRejected` with a stable reason.
+
+    ``path`` is ``<learner folder>/delta.safetensors``; the folder's ``manifest.json`` (written by
+    local training) holds its size and sha256, and the folder must lie inside ``store_root``.
+    """
+    directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
+    raw, _ = read_verified(store_root, directory, name)
+    delta, flat = _decode(raw, expected, path)
+    norm = vector_norm(flat)
+    if not math.isfinite(norm):
+        bad = next(name for name, value in delta.items() if not np.all(np.isfinite(value)))
+        raise DeltaRejected(NON_FINITE, path, bad)
     if norm > max_norm:
-        raise DeltaRejected(ABSURD_NORM, f"L2 norm {norm:.3g} > {max_norm:.3g}")
-    return delta
+        raise DeltaRejected(ABSURD_NORM, path, f"L2 norm {norm:.3g} > {max_norm:.3g}")
+    return delta, norm
 
 
-def delta_norm(delta: Mapping[str, np.ndarray]) -> float:
-    """Whole-delta L2 norm across all tensors, accumulated in float64."""
-    return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
-
-
-def read_block(path: Path, block: Block) -> np.ndarray:
+def read_block(path: Path, store_root: Path, shapes: Mapping[str, tuple[int, ...]], block: Block) -> np.ndarray:
     """One block of one (already validated) delta file, flattened, as float32.
 
-    ``safe_open`` memory-maps the file and ``get_slice`` copies only the requested rows, so reading
-    a block costs memory proportional to the block, not the file.
+    The file is read again under every check of :func:`load_delta` (it may have been replaced since
+    validation: a changed file fails its hash), so a round's memory stays one file plus the block.
     """
-    parts: list[np.ndarray] = []
-    with safe_open(str(path), framework="numpy") as handle:
-        for seg in block.segments:
-            sliced = handle.get_slice(seg.name)
-            if len(sliced.get_shape()) == 0:
-                parts.append(np.asarray(handle.get_tensor(seg.name)).reshape(1))
-            else:
-                parts.append(np.asarray(sliced[seg.row_start : seg.row_stop]).reshape(-1))
-    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    if not np.all(np.isfinite(out)):  # the file may have changed since validation
-        raise DeltaRejected(NON_FINITE, f"{path.name} changed after validation")
+    path = Path(path)
+    raw, _ = read_verified(store_root, path.parent, path.name)
+    delta, _ = _decode(raw, shapes, path)
+    out = block_of(delta, block)
+    if not np.all(np.isfinite(out)):  # the manifest may have been rewritten along with the file
+        raise DeltaRejected(NON_FINITE, path, "changed after validation")
     return out
 
 
 def iter_stacked_blocks(
-    paths: Sequence[Path], blocks: Sequence[Block], scales: Sequence[float] | None = None
+    paths: Sequence[Path],
+    store_root: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    blocks: Sequence[Block],
+    scales: Sequence[float] | None = None,
 ) -> Iterator[tuple[Block, np.ndarray]]:
     """Yield (block, matrix) with matrix[i] = learner i's values in that block (times scales[i]).
 
@@ -148,7 +204,7 @@ def iter_stacked_blocks(
     for block in blocks:
         matrix = np.empty((len(paths), block.size), dtype=np.float64)
         for i, path in enumerate(paths):
-            matrix[i] = read_block(path, block)
+            matrix[i] = read_block(path, store_root, shapes, block)
             if scales is not None:
                 matrix[i] *= scales[i]
         yield block, matrix

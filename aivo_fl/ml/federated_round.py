@@ -29,10 +29,10 @@ from aivo_fl.ml.aggregation import (
     raw_weight,
     trimmed_mean,
 )
-from aivo_fl.ml.aggregation.base import Delta, shapes_of
+from aivo_fl.ml.aggregation.base import Delta, delta_norm, shapes_of
 from aivo_fl.ml.aggregation.trimmed_mean import TRIM_FRACTION
 from aivo_fl.ml.aggregation.weighted import improvement_factor
-from aivo_fl.ml.deltas import DeltaRejected, delta_norm, iter_stacked_blocks, load_delta
+from aivo_fl.ml.deltas import DeltaRejected, iter_stacked_blocks, load_delta
 from aivo_fl.ml.privacy import (
     BUDGET_SPENT,
     DEFAULT_DELTA,
@@ -253,8 +253,13 @@ def aggregate_round(
     learner_rounds_so_far: Mapping[str, Sequence[PrivacyEvent] | int],
     now: datetime,
     rng: np.random.Generator,
+    *,
+    learners_root: Path,
 ) -> RoundResult:
     """Screen, validate and aggregate the learners' deltas into candidate heads.
+
+    Every delta file must lie inside ``learners_root`` (the learners' model store) and match its
+    folder's manifest; see :func:`aivo_fl.ml.deltas.load_delta`.
 
     Raises ``ValueError`` (bad strategy/options), ``PrivacyBudgetExceeded`` (global budget) and
     ``NoEligibleLearners`` (fewer than ``min_learners`` usable updates). Bad files only exclude
@@ -291,7 +296,7 @@ def aggregate_round(
         candidates = kept
 
     denominator = float(privacy.expected_learners or max(in_window, 1)) if privacy.enabled else 1.0
-    aggregate, used = _aggregate(candidates, shapes, options, privacy, denominator, rng)
+    aggregate, used = _aggregate(candidates, shapes, options, privacy, denominator, rng, learners_root)
 
     if len(used) < options.min_learners:
         raise NoEligibleLearners(len(used), in_window, options.min_learners, options.max_stale_days)
@@ -344,6 +349,7 @@ def _aggregate(
     privacy: PrivacySettings,
     denominator: float,
     rng: np.random.Generator,
+    learners_root: Path,
 ) -> tuple[Delta | None, list[_Candidate]]:
     """Validate every file (one at a time) and fold it into the strategy; returns (aggregate, used)."""
     robust = options.strategy in ROBUST_STRATEGIES
@@ -354,17 +360,16 @@ def _aggregate(
     for cand in candidates:
         u, c = cand.update, cand.contribution
         try:
-            delta = load_delta(u.delta_path, shapes, options.max_delta_norm)
+            delta, c.update_norm = load_delta(u.delta_path, learners_root, shapes, options.max_delta_norm)
         except DeltaRejected as exc:
             c.excluded_reason = exc.reason
             continue
-        c.update_norm = delta_norm(delta)
         used.append(cand)
         if robust:
             weights.append(cand.factor)
         elif dp_sum is not None:
             w = dp_weight(u.num_samples, privacy.sample_cap, cand.factor * _dp_extra(options.strategy, u))
-            _, c.clipped = dp_sum.add(delta, w)
+            _, c.clipped = dp_sum.add(delta, w, c.update_norm)
             weights.append(w)
         else:
             w = raw_weight(options.strategy, u.num_samples, u.improvement) * cand.factor
@@ -390,7 +395,7 @@ def _aggregate(
     if robust:
         paths = [c.update.delta_path for c in used]
         block_elems = max(1, options.block_bytes // (8 * len(paths)))
-        blocks = iter_stacked_blocks(paths, plan_blocks(shapes, block_elems), scales=weights)
+        blocks = iter_stacked_blocks(paths, learners_root, shapes, plan_blocks(shapes, block_elems), scales=weights)
         if options.strategy == "median":
             return median(blocks, shapes), used
         return trimmed_mean(blocks, shapes, options.trim_fraction), used

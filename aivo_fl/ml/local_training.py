@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.artifacts import (
     encode_tensors,
     file_record,
@@ -31,6 +31,7 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
 from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
+from aivo_fl.ml.training import configure_cpu
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,6 @@ class TrainingSessionResult:
         return out
 
 
-def tensor_norm(tensors: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in tensors.values())))
-
-
 def train_learner(
     main_root: Path,
     learners_root: Path,
@@ -74,6 +71,7 @@ def train_learner(
     heldout: Samples,
     active_version: str,
     config: LocalTrainingConfig | None = None,
+    num_threads: int | None = None,
 ) -> TrainingSessionResult:
     """Fine-tune the learner's personal layers on `train`, report before/after on `heldout`.
 
@@ -101,6 +99,7 @@ def train_learner(
 
     start = head_state(model)
     anchor = {k: torch.from_numpy(v) for k, v in main_head_tensors(main_root, active_version).items()}
+    configure_cpu(num_threads)
     train_one(model, LearnerBatch(learner_key(learner_id), *samples_to_tensors(train)), anchor, config)
     model.eval()
     after = evaluate(model, heldout)
@@ -122,7 +121,7 @@ def train_learner(
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
         loss_after=mean_loss(after),
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
-        delta_norm=tensor_norm(delta),
+        delta_norm=delta_norm(delta),
         delta_path=delta_path,
         started_at=started_at,
         finished_at=finished_at,

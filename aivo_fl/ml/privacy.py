@@ -15,26 +15,28 @@ Mechanism, per round:
    being added or removed, and the clean sensitivity bound would no longer hold.
 
 Accounting uses dp-accounting's RDP accountant with add-or-remove-one-learner adjacency
-(user-level DP: the unit of privacy is a learner's entire contribution to a round). We do NOT
-sample learners: every eligible learner takes part, so each round is a plain ``GaussianDpEvent``
-(sampling rate 1.0, no amplification by sampling). ``PoissonSampledDpEvent`` is used only for an
-event recorded with a sampling rate < 1, which callers must only record if learners really were
-Poisson-sampled with that rate.
+(user-level DP: the unit of privacy is a learner's entire contribution to a round). With
+``LEARNER_SAMPLE_RATE`` q < 1 every eligible learner joins a round independently with probability
+q (:mod:`aivo_fl.ml.learner_sampling`) and the round is ``PoissonSampledDpEvent(q,
+GaussianDpEvent(z))``; at q = 1 it is a plain ``GaussianDpEvent(z)``. What each round used is
+recorded and recomposed by :mod:`aivo_fl.ml.privacy_ledger`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import dp_accounting
 import numpy as np
 from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum
+from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum, delta_norm
 
 DEFAULT_DELTA = 1e-5
 DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
@@ -71,12 +73,17 @@ class PrivacyEvent:
 
 
 class PrivacyBudgetExceeded(Exception):
-    """The next round would push the composed epsilon over the configured budget."""
+    """The next round would push the composed epsilon over the configured budget.
 
-    def __init__(self, spent: float, this_round: float, projected: float, budget: float) -> None:
+    An epsilon of ``None`` means "no guarantee" (a round released without noise).
+    """
+
+    def __init__(
+        self, spent: float | None, this_round: float | None, projected: float | None, budget: float, who: str = ""
+    ) -> None:
         super().__init__(
-            f"Privacy budget exceeded: spent epsilon {spent:.4g}, this round would cost {this_round:.4g} "
-            f"(total {projected:.4g}), budget {budget:.4g}"
+            f"Privacy budget exceeded{who}: spent epsilon {_shown(spent)}, this round would cost "
+            f"{_shown(this_round)} (total {_shown(projected)}), budget {budget:.4g}"
         )
         self.spent = spent
         self.this_round = this_round
@@ -84,13 +91,35 @@ class PrivacyBudgetExceeded(Exception):
         self.budget = budget
 
 
+def _shown(epsilon: float | None) -> str:
+    return "no guarantee (released without noise)" if epsilon is None else f"{epsilon:.4g}"
+
+
+class _ExcludedOrderFilter(logging.Filter):
+    """dp-accounting logs a warning for every fractional RDP order whose series does not converge
+    at small q; it then leaves that order out, which can only make epsilon larger (safe side)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("_compute_log_a_frac failed to converge")
+
+
+logging.getLogger("absl").addFilter(_ExcludedOrderFilter())
+
+
 def epsilon_for_events(events: Iterable[PrivacyEvent], delta: float = DEFAULT_DELTA) -> float:
-    """Epsilon at ``delta`` of all ``events`` composed (RDP accountant); 0.0 for no events."""
-    counts = Counter(events)
-    if not counts:
-        return 0.0
+    """Epsilon at ``delta`` of all ``events`` composed (RDP accountant); 0.0 for no events.
+
+    Composition does not depend on order, so a history is a multiset of events; its epsilon is
+    computed once and cached (10,000 learners share a handful of distinct histories).
+    """
+    counts = tuple(sorted(Counter(events).items(), key=lambda item: (item[0].noise_multiplier, item[0].sampling_rate)))
+    return _epsilon_of_counts(counts, delta) if counts else 0.0
+
+
+@lru_cache(maxsize=4096)
+def _epsilon_of_counts(counts: tuple[tuple[PrivacyEvent, int], ...], delta: float) -> float:
     accountant = RdpAccountant()
-    for event, count in counts.items():
+    for event, count in counts:
         accountant.compose(event.dp_event(), count)  # identical rounds compose in one step
     return float(accountant.get_epsilon(delta))
 
@@ -141,11 +170,16 @@ def epsilon_warning(epsilon: float, delta: float = DEFAULT_DELTA) -> str | None:
     )
 
 
-def clip_delta(delta: Mapping[str, np.ndarray], clip_norm: float) -> tuple[Delta, float, bool]:
-    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``."""
+def clip_delta(
+    delta: Mapping[str, np.ndarray], clip_norm: float, norm: float | None = None
+) -> tuple[Delta, float, bool]:
+    """Scale the whole delta so its L2 norm (across all tensors) is at most ``clip_norm``.
+
+    ``norm`` is the delta's norm when the caller already has it (the delta reader computes it).
+    """
     if not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
-    norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in delta.values()))
+    norm = delta_norm(delta) if norm is None else norm
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     clipped = {k: np.asarray(v, dtype=np.float64) * scale for k, v in delta.items()}
     return clipped, norm, scale < 1.0
@@ -174,11 +208,11 @@ class DpSum:
         self.noise_multiplier = noise_multiplier
         self.denominator = float(denominator)
 
-    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> tuple[float, bool]:
+    def add(self, delta: Mapping[str, np.ndarray], weight: float, norm: float | None = None) -> tuple[float, bool]:
         """Add one learner; returns (its norm before clipping, whether it was clipped)."""
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"DP weights must be in [0, 1] to bound sensitivity, got {weight}")
-        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm)
+        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm, norm)
         self._sum.add(clipped, weight)
         return norm, was_clipped
 

@@ -154,6 +154,7 @@ def _run_rounds(
             ledger,
             now if now.tzinfo else now.replace(tzinfo=UTC),
             rng,
+            learners_root=learners_root,
         )
         if result.privacy_event is not None:
             events.append(result.privacy_event)

@@ -1,8 +1,9 @@
-"""Fast CPU training of the main model (and the shared epoch loop used for head fine-tuning).
+"""CPU training of the main model (and the shared epoch loop used for head fine-tuning).
 
-Speed comes from removing per-step overhead, not from changing the maths: the data lives in
-one tensor indexed by a per-epoch permutation, the heads run as one fused matmul, the optimiser
-is a fused/foreach Adam, and losses are accumulated on-tensor so there is no host sync per step.
+Plain autograd on public PyTorch APIs; the speed comes from removing per-step overhead, not from
+changing the maths: the data lives in one tensor indexed by a per-epoch permutation (each batch
+is a slice), the heads run as one fused matmul, the optimiser is PyTorch's fused CPU AdamW, and
+losses are accumulated on-tensor so there is no host sync per step.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TrainingConfig:
     val_fraction: float = 0.2
     seed: int = 0
     log_every: int = 10
-    num_threads: int | None = None  # None: all cores
+    num_threads: int | None = None  # None: cpu_threads()'s default (see there)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -81,6 +82,7 @@ class TrainingResult:
     n_train: int
     n_val: int
     seconds: float
+    threads: int  # torch threads the training ran on
     history: list[EpochStats] = field(default_factory=list)
 
     @property
@@ -112,15 +114,38 @@ def format_training_results(result: TrainingResult) -> str:
     )
 
 
+def allowed_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads(requested: int | None = None, concurrent_runs: int | None = None) -> int:
+    """Torch threads for one training: never more than the affinity mask allows.
+
+    An explicit request (`TORCH_NUM_THREADS`) is capped at the allowed CPUs. Otherwise the CPUs are
+    split between the runs that may share them (`concurrent_runs`, e.g. Dagster's
+    `max_concurrent_runs`); unknown means as many runs as CPUs, so 1 thread each. Why so careful:
+    torch's OpenMP threads spin while they wait, and two threads on a busy 2-core machine ran an
+    epoch 19x slower (median) than one.
+    """
+    cpus = allowed_cpus()
+    if requested is not None:
+        return max(1, min(requested, cpus))
+    return max(1, cpus // max(1, concurrent_runs or cpus))
+
+
 def configure_cpu(num_threads: int | None) -> None:
-    """Thread count, and denormals flushed to zero.
+    """Thread count (`cpu_threads(num_threads)`), and denormals flushed to zero.
 
     Weight decay shrinks the unused input weights geometrically towards zero; once they reach the
     denormal range every matmul touching them runs on the slow microcode path, and an epoch took
     1.8-2.3 s instead of 0.11 s from epoch ~30 on (measured on this machine's Xeon). Flushing them
     changes no accuracy figure (66.00% either way) and the saved weights hold zeros instead.
     """
-    torch.set_num_threads(max(1, num_threads or os.cpu_count() or 1))
+    torch.set_num_threads(cpu_threads(num_threads))
     torch.set_flush_denormal(True)
 
 
@@ -145,11 +170,9 @@ def cosine_lr(epoch: int, epochs: int, base: float, final: float, warmup: int) -
 def make_optimizer(
     params: Iterable[nn.Parameter] | list[dict[str, Any]], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    params = list(params)
-    try:  # fused CPU AdamW: one kernel for the whole update
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    # Fused CPU AdamW (public since torch 2.4): one kernel per parameter group, measured 0.10 s/epoch
+    # against 0.17 for foreach=True on the main model.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def run_epochs(
@@ -163,7 +186,6 @@ def run_epochs(
     lr_at: Callable[[int], float],
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
-    extra_decay: list[tuple[Tensor, float]] | None = None,
 ) -> list[float]:
     """The hot loop. Returns the mean training loss of each epoch.
 
@@ -173,7 +195,6 @@ def run_epochs(
     generator = torch.Generator().manual_seed(seed)
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
-    decay = extra_decay or []
     losses: list[float] = []
     model.train()
     for epoch in range(epochs):
@@ -190,10 +211,6 @@ def run_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if decay:
-                with torch.no_grad():
-                    for param, coefficient in decay:
-                        param.mul_(1.0 - lr * coefficient)
             running += loss.detach()
         epoch_loss = float(running) / steps
         losses.append(epoch_loss)
@@ -209,6 +226,47 @@ def split_train_val(samples: Samples, val_fraction: float, seed: int) -> tuple[S
         raise ValueError(f"need at least 2 samples to split, got {n}")
     order = np.random.default_rng([seed, 1]).permutation(n)
     return samples.subset(np.sort(order[n_val:])), samples.subset(np.sort(order[:n_val]))
+
+
+def _input_decay_optimizer(model: CurriculumNet, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with the input layer in its own parameter group (see TrainingConfig.input_weight_decay)."""
+    first = model.trunk[0].weight
+    groups = [
+        {"params": [first], "weight_decay": config.input_weight_decay},
+        {"params": [p for p in model.parameters() if p is not first]},
+    ]
+    return make_optimizer(groups, config.learning_rate, config.weight_decay)
+
+
+def _epoch_reporter(
+    model: CurriculumNet,
+    config: TrainingConfig,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    history: list[EpochStats],
+    callback: EpochCallback | None,
+) -> Callable[[int, float], None]:
+    """Every `log_every` epochs (and the last): EpochStats into `history`, the log and `callback`."""
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        done = epoch + 1
+        if done % config.log_every and done != config.epochs:
+            return
+        val_metrics = evaluate_tensors(model, *val)
+        stats = EpochStats(
+            epoch=done,
+            epochs=config.epochs,
+            loss=loss,
+            accuracy=evaluate_tensors(model, *train)[PRIMARY_HEAD]["accuracy"],
+            val_loss=mean_loss(val_metrics),
+            val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],
+        )
+        history.append(stats)
+        logger.info(format_epoch(stats))
+        if callback is not None:
+            callback(stats)
+
+    return on_epoch
 
 
 def train_model(
@@ -228,33 +286,11 @@ def train_model(
     train, val = split_train_val(samples, config.val_fraction, config.seed)
     x_train, y_train = samples_to_tensors(train)
     x_val, y_val = samples_to_tensors(val)
-    optimizer = make_optimizer(model.parameters(), config.learning_rate, config.weight_decay)
     history: list[EpochStats] = []
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        done = epoch + 1
-        if done % config.log_every and done != config.epochs:
-            return
-        train_acc = evaluate_tensors(model, x_train, y_train)[PRIMARY_HEAD]["accuracy"]
-        val_metrics = evaluate_tensors(model, x_val, y_val)
-        stats = EpochStats(
-            epoch=done,
-            epochs=config.epochs,
-            loss=loss,
-            accuracy=train_acc,
-            val_loss=mean_loss(val_metrics),
-            val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],
-        )
-        history.append(stats)
-        logger.info(format_epoch(stats))
-        if callback is not None:
-            callback(stats)
-        model.train()
-
     started = time.perf_counter()
     run_epochs(
         model,
-        optimizer,
+        _input_decay_optimizer(model, config),
         x_train,
         y_train,
         epochs=config.epochs,
@@ -263,8 +299,7 @@ def train_model(
             e, config.epochs, config.learning_rate, config.final_learning_rate, config.warmup_epochs
         ),
         seed=config.seed,
-        on_epoch=on_epoch,
-        extra_decay=[(model.trunk[0].weight, max(0.0, config.input_weight_decay - config.weight_decay))],
+        on_epoch=_epoch_reporter(model, config, (x_train, y_train), (x_val, y_val), history, callback),
     )
     seconds = time.perf_counter() - started
 
@@ -273,7 +308,7 @@ def train_model(
     ceiling = bayes_ceiling(val)
     model.eval()
     return model, TrainingResult(
-        final_loss=mean_loss(train_metrics),
+        final_loss=history[-1].loss,  # the guide's "Final Loss" is the last epoch's loss, as printed
         final_accuracy=train_metrics[PRIMARY_HEAD]["accuracy"],
         val_loss=mean_loss(val_metrics),
         val_accuracy=val_metrics[PRIMARY_HEAD]["accuracy"],
@@ -286,5 +321,6 @@ def train_model(
         n_train=len(train),
         n_val=len(val),
         seconds=seconds,
+        threads=torch.get_num_threads(),
         history=history,
     )

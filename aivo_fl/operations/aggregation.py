@@ -30,14 +30,14 @@ from aivo_fl.ml.federated_round import (
     aggregate_round,
 )
 from aivo_fl.ml.model import head_state
-from aivo_fl.ml.privacy import PrivacyEvent
+from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.training import split_train_val
 from aivo_fl.ml.validation_gate import GateResult, validate_candidate, with_heads
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
+from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.operations.versions import next_free_version
-from aivo_fl.registry import ModelRegistry
-from aivo_fl.registry.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord
+from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
 from aivo_fl.registry.schema import ModelVersionStatus, utcnow
 
 Report = Callable[[str], None]
@@ -58,6 +58,12 @@ class AggregationOutcome:
     def promoted(self) -> bool:
         return self.new_version is not None
 
+    @property
+    def status(self) -> RoundStatus:
+        if self.dry_run:
+            return RoundStatus.DRY_RUN
+        return RoundStatus.PROMOTED if self.promoted else RoundStatus.REJECTED
+
     def summary(self) -> dict[str, Any]:
         r, g = self.round, self.gate
         return {
@@ -66,7 +72,7 @@ class AggregationOutcome:
             "baseVersion": self.base_version,
             "newVersion": self.new_version,
             "candidateVersion": self.candidate_version,
-            "status": "DRY_RUN" if self.dry_run else ("PROMOTED" if self.promoted else "REJECTED"),
+            "status": self.status.value,
             "rejectionReason": g.reason,
             "strategy": r.strategy,
             "contributingLearners": [c.learner_id for c in r.included],
@@ -148,15 +154,15 @@ def _run_round(
 ) -> AggregationOutcome:
     report("=== Federated Aggregation ===" + (" (dry run: nothing will be written)" if options.dry_run else ""))
     report(f"Active main version: {active.version}")
-    eligible = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
-    consumed = registry.aggregated_session_ids(e.session_id for e in eligible)
-    fresh = [e for e in eligible if e.session_id not in consumed]
+    fresh = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
+    consumed = registry.count_already_aggregated(options.max_stale_days, now=now)
+    trained = len(fresh) + consumed
     report(
-        f"Learners trained in the last {options.max_stale_days} days: {len(eligible)}"
-        f" ({len(consumed)} already aggregated, {len(fresh)} offered)"
+        f"Learners trained in the last {options.max_stale_days} days: {trained}"
+        f" ({consumed} already aggregated, {len(fresh)} offered)"
     )
     if len(fresh) < options.min_learners:
-        raise NoEligibleLearners(len(fresh), len(eligible), options.min_learners, options.max_stale_days, len(consumed))
+        raise NoEligibleLearners(len(fresh), trained, options.min_learners, options.max_stale_days, consumed)
     session_of = {e.learner_id: e.session_id for e in fresh}
     updates = [
         LearnerUpdate(e.learner_id, Path(e.delta_path), e.samples, e.source_version, e.completed_at, e.improvement)
@@ -167,14 +173,25 @@ def _run_round(
         for v in registry.list_main_versions()
         if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
     ]
-    events = [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in registry.privacy_events()]
+    rounds = recorded_rounds(registry)
+    events = [e for r in rounds if (e := r.event()) is not None]
     ledger = {
-        learner: [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in noise]
-        for learner, noise in registry.learner_privacy_events(session_of).items()
+        learner: [e for r in charged if (e := r.event()) is not None]
+        for learner, charged in learner_ledgers(registry, rounds, session_of).items()
     }
     active_model, _ = load_main_model(store.main_root, active.version)
     result = aggregate_round(
-        head_state(active_model), active.version, lineage, updates, options, privacy, events, ledger, now, rng
+        head_state(active_model),
+        active.version,
+        lineage,
+        updates,
+        options,
+        privacy,
+        events,
+        ledger,
+        now,
+        rng,
+        learners_root=store.learners_root,
     )
     report(
         f"Strategy: {result.strategy}, learning rate {options.learning_rate:g}, "
@@ -206,7 +223,7 @@ def _run_round(
     if options.dry_run:
         verdict = f"promote it as {candidate_version}" if gate.accepted else f"reject it ({gate.reason})"
         report(f"[dry run] The round would {verdict}. Nothing was written.")
-        return AggregationOutcome(result, gate, active.version, None, candidate_version, None, len(consumed), True)
+        return AggregationOutcome(result, gate, active.version, None, candidate_version, None, consumed, True)
 
     metrics = {
         "validationAccuracy": gate.curriculum_accuracy_after,
@@ -225,7 +242,7 @@ def _run_round(
         FederatedUpdateInput(
             base_version=active.version,
             new_version=candidate_version,
-            status="PROMOTED" if gate.accepted else "REJECTED",
+            status=RoundStatus.PROMOTED if gate.accepted else RoundStatus.REJECTED,
             rejection_reason=gate.reason,
             strategy=result.strategy,
             learning_rate=options.learning_rate,
@@ -251,7 +268,7 @@ def _run_round(
                 "heldoutSamples": gate.heldout_samples,
                 "aggregateNorm": result.aggregate_norm,
                 "trainedInWindow": result.trained_in_window,
-                "alreadyAggregated": len(consumed),
+                "alreadyAggregated": consumed,
                 "maxStaleDays": options.max_stale_days,
                 "minLearners": options.min_learners,
                 "learnerEpsilons": result.learner_epsilons,
@@ -264,7 +281,7 @@ def _run_round(
     if gate.accepted:
         report(f"✓ Promoted version {candidate_version} (update {update_id})")
         return AggregationOutcome(
-            result, gate, active.version, candidate_version, candidate_version, update_id, len(consumed), False
+            result, gate, active.version, candidate_version, candidate_version, update_id, consumed, False
         )
     report(f"✗ {gate.reason}. Version {active.version} stays active (update {update_id}).")
-    return AggregationOutcome(result, gate, active.version, None, candidate_version, update_id, len(consumed), False)
+    return AggregationOutcome(result, gate, active.version, None, candidate_version, update_id, consumed, False)

@@ -6,23 +6,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from safetensors import safe_open
 
-from aivo_fl.ml.artifacts import load_main_model
-from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, load_learner_model, remove_learner, weight_delta
+from aivo_fl.ml.aggregation.base import delta_norm
+from aivo_fl.ml.artifacts import load_artifact, load_main_model
+from aivo_fl.ml.cloning import (
+    CloneInfo,
+    clone_for_learner,
+    load_learner_model,
+    read_learner_manifest,
+    remove_learner,
+    weight_delta,
+)
 from aivo_fl.ml.model import is_personal
-from aivo_fl.operations.learners import personalized_model_metadata
+from aivo_fl.operations.errors import OperationFailed, diagnose
+from aivo_fl.operations.learners import MainModelMissing, personalized_model_metadata
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 
 Report = Callable[[str], None]
 
 
-class CloningCheckFailed(Exception):
-    def __init__(self, step: int, name: str, reason: str) -> None:
-        super().__init__(f"Step {step} failed ({name}): {reason}")
+class CloningCheckFailed(OperationFailed):
+    def __init__(self, step: int, name: str, cause: Exception) -> None:
+        # The step's cause keeps its own exit code ("Main model not found" is 4 everywhere).
+        diagnosis = diagnose(cause)
+        super().__init__(f"Step {step} failed ({name}): {diagnosis.line}", diagnosis.exit_code)
 
 
 @dataclass
@@ -109,14 +118,14 @@ def _step(number: int, name: str, report: Report, check: Callable[[], object], d
     except CloningCheckFailed:
         raise
     except Exception as exc:  # every failure, whatever its type, is reported as this step's
-        raise CloningCheckFailed(number, name, f"{type(exc).__name__}: {exc}") from exc
+        raise CloningCheckFailed(number, name, exc) from exc
     report(f"✓ {done}")
 
 
 def _main_exists(registry: ModelRegistry, store: ModelStore, state: _State) -> None:
     active = registry.get_active_version()
     if active is None:
-        raise RuntimeError("Main model not found: train it first with `aivo-fl train-main-model`")
+        raise MainModelMissing()
     load_main_model(store.main_root, active.version)  # verifies manifest and hashes
     state.version = active.version
 
@@ -130,10 +139,10 @@ def _frozen_split(store: ModelStore, learner_id: str) -> None:
     wrong = [name for name, p in model.named_parameters() if p.requires_grad != is_personal(model, name)]
     if wrong:
         raise RuntimeError(f"parameters with the wrong frozen/trainable state: {wrong}")
+    directory = store.learner_dir(learner_id)
     stored = []
-    for weights in store.learner_dir(learner_id).glob("*.safetensors"):
-        with safe_open(str(weights), framework="numpy") as handle:
-            stored.extend(handle.keys())
+    for weights in read_learner_manifest(store.learners_root, learner_id)["files"]:  # verified reads
+        stored.extend(load_artifact(store.learners_root, directory, weights)[0])
     if any(not is_personal(model, name) for name in stored):
         raise RuntimeError("the clone stores frozen weights")
 
@@ -149,7 +158,7 @@ def _same_weights(store: ModelStore, learner_id: str, state: _State) -> None:
 
 def _zero_delta(store: ModelStore, learner_id: str) -> None:
     delta = weight_delta(store.main_root, store.learners_root, learner_id)
-    norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())))
+    norm = delta_norm(delta)
     if norm != 0.0:
         raise RuntimeError(f"delta right after cloning has L2 norm {norm}, expected 0")
 

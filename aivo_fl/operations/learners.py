@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.batched_training import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
@@ -15,8 +16,7 @@ from aivo_fl.ml.learner_ids import validate_learner_id
 from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, RegistryError
-from aivo_fl.registry.registry import LearnerInteractions, TrainingSessionInput
+from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
@@ -59,8 +59,10 @@ def personalized_model_metadata(clone: CloneInfo) -> dict[str, Any]:
     }
 
 
-def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -> CloneInfo:
-    """Clone the active main version for a learner and register the personalized model."""
+def clone_learner(
+    registry: ModelRegistry, store: ModelStore, learner_id: str, *, base_model: str = DEFAULT_BASE_MODEL
+) -> CloneInfo:
+    """Clone the active main version for a learner and register the personalized model (`baseModel` named)."""
     validate_learner_id(learner_id)
     active = registry.get_active_version()
     if active is None:
@@ -82,7 +84,7 @@ def clone_learner(registry: ModelRegistry, store: ModelStore, learner_id: str) -
         except (ArtifactError, KeyError, TypeError):
             remove_learner(store.learners_root, learner_id)
             clone = clone_for_learner(store.main_root, store.learners_root, learner_id, active.version)
-    registry.register_personalized_model(learner_id, personalized_model_metadata(clone))
+    registry.register_personalized_model(learner_id, personalized_model_metadata(clone), base_model=base_model)
     return clone
 
 
@@ -100,6 +102,7 @@ def train_learner_locally(
     epochs: int = LOCAL_EPOCHS,
     seed: int = 0,
     proximal_mu: float = DEFAULT_PROXIMAL_MU,
+    num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
     """Fine-tune a learner's personal layers on their own interactions and record the session."""
     validate_learner_id(learner_id)
@@ -122,6 +125,7 @@ def train_learner_locally(
         heldout,
         active.version,
         LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu),
+        num_threads=num_threads,
     )
     session_id = registry.record_training_session(
         TrainingSessionInput(
@@ -145,14 +149,6 @@ def train_learner_locally(
         metadata = dict(record.metadata) if record else {}
         registry.register_personalized_model(learner_id, {**metadata, "sourceVersion": result.source_version})
     return LearnerTrainingOutcome(session_id, result)
-
-
-def remove_learner_model(registry: ModelRegistry, store: ModelStore, learner_id: str) -> bool:
-    """Delete a learner's model files and registry row (the learner left the app)."""
-    validate_learner_id(learner_id)
-    removed_files = remove_learner(store.learners_root, learner_id)
-    removed_row = registry.delete_personalized_model(learner_id)
-    return removed_files or removed_row
 
 
 def session_summary(outcome: LearnerTrainingOutcome) -> dict[str, Any]:

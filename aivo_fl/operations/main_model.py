@@ -17,6 +17,7 @@ from aivo_fl.ml.model import (
     frozen_layers_for,
 )
 from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, format_training_results, train_model
+from aivo_fl.operations.recovery import clean_store, reclaim_unregistered_version
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
 from aivo_fl.operations.versions import next_free_version
 from aivo_fl.registry import ModelRegistry
@@ -47,6 +48,17 @@ def build_curriculum_dataset(store: ModelStore, n_samples: int, seed: int, repor
         for head, classes in HEAD_CLASSES.items()
     }
     return DatasetSummary(path, len(samples), seed, balance, bayes_ceiling(samples))
+
+
+def _version_to_train(registry: ModelRegistry, store: ModelStore, active: str | None, report: Report) -> str:
+    """The first model is 1.0.0 even after a crash left an unregistered 1.0.0 folder behind."""
+    if active is not None:
+        return next_free_version(registry, store, active, "major")
+    registered = [v.version for v in registry.list_main_versions()]
+    if FIRST_VERSION not in registered:
+        reclaim_unregistered_version(registry, store, FIRST_VERSION, report)
+        return FIRST_VERSION
+    return next_free_version(registry, store, FIRST_VERSION, "major")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ def train_and_register_main_model(
     batch_size: int,
     data_seed: int,
     personalization_depth: str = DEFAULT_PERSONALIZATION_DEPTH,
+    num_threads: int | None = None,
     report: Report = print,
 ) -> MainModelOutcome:
     """Train on the stored dataset, write the version atomically, then register it as active.
@@ -88,15 +101,16 @@ def train_and_register_main_model(
     rounds take minor versions), so the two kinds of change are told apart at a glance.
     """
     samples: Samples = load_samples(dataset_path)
+    clean_store(store, report)
     report("Initializing MainModelTrainer...")
-    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed)
+    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed, num_threads=num_threads)
     report("✓ Trainer initialized")
     report("")
     report("Training model...")
     model = build_model(data_seed, frozen_layers_for(personalization_depth))
     model, result = train_model(samples, config, model, callback=lambda stats: report(format_epoch(stats)))
     active = registry.get_active_version()
-    version = FIRST_VERSION if active is None else next_free_version(registry, store, active.version, "major")
+    version = _version_to_train(registry, store, active.version if active else None, report)
     outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))
     report("")
     for line in format_training_results(result).splitlines():

@@ -1,42 +1,94 @@
-"""The privacy figures `aivo-fl stats --json` reports, recomposed from the registry's records."""
+"""The privacy figures of `aivo-fl stats`, recomposed from the rounds the registry recorded.
+
+Only recorded rounds count: each round's own noise multiplier, clip norm, sample rate,
+population, denominator and delta (``history --json`` shows them under ``privacy``), so
+``stats`` can be re-derived from ``history`` alone and never mixes in today's settings.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aivo_fl.ml.federated_round import PrivacySettings
-from aivo_fl.ml.privacy import PrivacyEvent, epsilon_for_events, epsilon_warning
+from aivo_fl.ml.privacy import epsilon_warning
+from aivo_fl.ml.privacy_ledger import (
+    LedgerTotal,
+    RoundPrivacy,
+    compose_rounds,
+    learner_totals,
+    ledger_delta,
+    worst_learner,
+)
 from aivo_fl.registry import ModelRegistry
 
-ACCOUNTANT = "dp-accounting RDP (Gaussian mechanism, composed over rounds)"
+ACCOUNTANT = "dp-accounting RDP: PoissonSampled(sampleRate, Gaussian(noise multiplier)) per recorded round"
 
 
-def privacy_summary(registry: ModelRegistry, privacy: PrivacySettings) -> dict[str, Any]:
-    """Epsilon spent so far and the largest per-learner epsilon.
+def recorded_rounds(registry: ModelRegistry) -> list[RoundPrivacy]:
+    """Every recorded round, oldest first (promoted or rejected: both released information)."""
+    return [RoundPrivacy.from_json(r["updateId"], r["privacy"]) for r in registry.round_privacy_records()]
 
-    Totals are recomposed by the accountant from the recorded rounds on every call, so they
-    survive restarts and can never drift from what was actually run.
-    """
-    delta = privacy.delta
-    events = [PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in registry.privacy_events()]
-    spent = epsilon_for_events(events, delta)
-    learner_eps = {
-        learner: epsilon_for_events([PrivacyEvent(n.noise_multiplier, n.sample_rate) for n in noise], delta)
-        for learner, noise in registry.learner_privacy_events().items()
-    }
-    worst = max(learner_eps.items(), key=lambda item: item[1], default=(None, 0.0))
+
+def learner_ledgers(
+    registry: ModelRegistry, rounds: Sequence[RoundPrivacy], learner_ids: Iterable[str] | None = None
+) -> dict[str, list[RoundPrivacy]]:
+    """For each learner, the recorded rounds in which they could have been sampled."""
+    by_id = {r.round_id: r for r in rounds}
+    charged = registry.learner_charged_rounds(learner_ids)
+    return {learner: [by_id[i] for i in ids if i in by_id] for learner, ids in charged.items()}
+
+
+def ledger_figures(
+    rounds: Sequence[RoundPrivacy], ledgers: Mapping[str, Sequence[RoundPrivacy]], fallback_delta: float
+) -> dict[str, Any]:
+    """The figures that depend on the recorded rounds only (what ``history --json`` re-derives)."""
+    delta = ledger_delta(rounds, fallback_delta)
+    total = compose_rounds(rounds, delta)
+    worst_id, worst = worst_learner(learner_totals(ledgers, delta))
+    last = rounds[-1] if rounds else None
     return {
-        "enabled": privacy.enabled,
-        "epsilonSpent": spent,
+        "epsilonSpent": total.epsilon,
+        "noGuarantee": total.no_guarantee_reason,
         "delta": delta,
-        "epsilonBudget": privacy.epsilon_budget,
-        "rounds": len(events),
-        "noiseMultiplier": privacy.noise_multiplier,
-        "clipNorm": privacy.clip_norm,
-        # Learners are not sampled at random, so no amplification by sampling is claimed.
-        "sampleRate": max((e.sampling_rate for e in events), default=1.0),
-        "accountant": ACCOUNTANT,
-        "maxLearnerEpsilon": worst[1],
-        "maxLearnerEpsilonLearner": worst[0],
-        "warning": epsilon_warning(spent, delta) if events else None,
+        "rounds": total.rounds,
+        "noisedRounds": total.noised_rounds,
+        # What the latest round really used (not today's settings).
+        "noiseMultiplier": last.noise_multiplier if last else None,
+        "clipNorm": last.clip_norm if last else None,
+        "sampleRate": last.sample_rate if last else None,
+        "maxLearnerEpsilon": worst.epsilon if worst else 0.0,
+        "maxLearnerEpsilonLearner": worst_id,
     }
+
+
+def privacy_summary(
+    registry: ModelRegistry,
+    *,
+    enabled: bool,
+    delta: float,
+    epsilon_budget: float | None,
+    learner_epsilon_budget: float | None,
+) -> dict[str, Any]:
+    """The ledger's figures plus today's settings for the next round (labelled as such).
+
+    ``delta`` is only the fallback before any round recorded one.
+    """
+    rounds = recorded_rounds(registry)
+    figures = ledger_figures(rounds, learner_ledgers(registry, rounds), delta)
+    budget = epsilon_budget
+    total = LedgerTotal(figures["epsilonSpent"], figures["delta"], figures["rounds"], figures["noisedRounds"])
+    return {
+        "enabled": enabled,
+        **figures,
+        "epsilonBudget": budget,
+        "overBudget": total.over(budget),
+        "learnerEpsilonBudget": learner_epsilon_budget,
+        "accountant": ACCOUNTANT,
+        "warning": summary_warning(figures),
+    }
+
+
+def summary_warning(figures: Mapping[str, Any]) -> str | None:
+    if figures["noGuarantee"]:
+        return f"No privacy guarantee: {figures['noGuarantee']}."
+    return epsilon_warning(figures["epsilonSpent"], figures["delta"]) if figures["rounds"] else None

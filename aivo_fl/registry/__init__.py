@@ -1,19 +1,28 @@
-"""The registry: one module (`registry.py`) behind one Dagster resource."""
+"""The registry: `ModelRegistry`, one facade over one module per concern, behind one Dagster resource."""
 
+from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, RegistryError
 from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
-from aivo_fl.registry.registry import (
-    AggregationInProgress,
-    ModelRegistry,
-    PromotionConflict,
-    RegistryError,
-)
+from aivo_fl.registry.erasure import ErasureReport
+from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
+from aivo_fl.registry.registry import ModelRegistry
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput
+from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
+from aivo_fl.registry.versions import MainVersionRecord
 
 __all__ = [
     "AggregationInProgress",
+    "ContributionInput",
     "DatabaseUnavailable",
+    "EligibleLearner",
+    "ErasureReport",
+    "FederatedUpdateInput",
+    "LearnerInteractions",
+    "MainVersionRecord",
     "ModelRegistry",
+    "PersonalizedModelRecord",
     "PromotionConflict",
     "RegistryError",
+    "TrainingSessionInput",
     "create_registry_engine",
     "migrate",
 ]

@@ -90,6 +90,8 @@ def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
         target = script.get_current_head() if revision == "head" else revision
         if target == "base" or (before is not None and _is_ancestor(script, target, before)):
             command.downgrade(config, revision)
+            if target == "base":  # leave the database exactly as it was before the first upgrade
+                sa.Table(ALEMBIC_VERSION_TABLE, sa.MetaData()).drop(conn, checkfirst=True)
         else:
             command.upgrade(config, revision)
     return before, current_revision(engine)

@@ -8,6 +8,7 @@ AIVO's production database is managed by Prisma, so tables and columns keep Pris
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -16,8 +17,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from aivo_fl.ml.learner_ids import MAX_LEARNER_ID_LENGTH
+
 # Dagster's own storage keeps `alembic_version` in the same schema when it shares AIVO's database.
 ALEMBIC_VERSION_TABLE = "aivo_fl_alembic_version"
+# What the migration added to a database the app already had (so the downgrade removes only that).
+SCHEMA_ADDITIONS_TABLE = "aivo_fl_schema_additions"
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
@@ -41,6 +46,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_record_id() -> str:
+    """A text id shaped like Prisma's cuid() (25 characters, starting with a letter), made here
+    because Prisma generates ids in the app, so the app's tables have no database default."""
+    return "c" + uuid.uuid4().hex[:24]
 
 
 class ModelVersionStatus(enum.StrEnum):
@@ -69,7 +80,7 @@ class Base(DeclarativeBase):
 class Learner(Base):
     __tablename__ = "Learner"
 
-    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(MAX_LEARNER_ID_LENGTH), primary_key=True)
     baselineCompletedAt: Mapped[datetime | None] = mapped_column()
     deletedAt: Mapped[datetime | None] = mapped_column()
     createdAt: Mapped[datetime] = mapped_column(default=utcnow)
@@ -122,8 +133,8 @@ class MainModelVersion(Base):
 class PersonalizedModel(Base):
     __tablename__ = "PersonalizedModel"
 
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    learnerId: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_record_id)
+    learnerId: Mapped[str] = mapped_column(sa.String(MAX_LEARNER_ID_LENGTH), unique=True)
     baseModel: Mapped[str] = mapped_column(sa.String(128))
     status: Mapped[str] = mapped_column(sa.String(32), default="ACTIVE")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
@@ -135,7 +146,7 @@ class ModelTrainingSession(Base):
     __tablename__ = "ModelTrainingSession"
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    learnerId: Mapped[str] = mapped_column(sa.String(128))
+    learnerId: Mapped[str] = mapped_column(sa.String(MAX_LEARNER_ID_LENGTH))
     sourceVersion: Mapped[str] = mapped_column(sa.String(32))
     rebasedFrom: Mapped[str | None] = mapped_column(sa.String(32))
     samples: Mapped[int] = mapped_column(sa.Integer)
@@ -163,7 +174,7 @@ class FederatedUpdate(Base):
     aggregatedAt: Mapped[datetime] = mapped_column(default=utcnow)
     baseVersion: Mapped[str] = mapped_column(sa.String(32))
     newVersion: Mapped[str | None] = mapped_column(sa.String(32))
-    status: Mapped[str] = mapped_column(sa.String(16))  # PROMOTED or REJECTED
+    status: Mapped[str] = mapped_column(sa.String(16))  # a RoundStatus: PROMOTED or REJECTED
     rejectionReason: Mapped[str | None] = mapped_column(sa.Text)
     aggregationStrategy: Mapped[str] = mapped_column(sa.String(32))
     learningRate: Mapped[float] = mapped_column(sa.Float)
@@ -180,6 +191,13 @@ class FederatedUpdate(Base):
     epsilonRound: Mapped[float | None] = mapped_column(sa.Float)
     epsilonTotal: Mapped[float | None] = mapped_column(sa.Float)
     privacyDelta: Mapped[float | None] = mapped_column(sa.Float)
+    # What sampling and adaptive clipping used (revision 0002): the learners eligible to be sampled,
+    # the fixed denominator, and the clip norm's target quantile, count noise and released estimate.
+    eligiblePopulation: Mapped[int | None] = mapped_column(sa.Integer)
+    dpDenominator: Mapped[float | None] = mapped_column(sa.Float)
+    clipTargetQuantile: Mapped[float | None] = mapped_column(sa.Float)
+    quantileNoiseMultiplier: Mapped[float | None] = mapped_column(sa.Float)
+    clipQuantileEstimate: Mapped[float | None] = mapped_column(sa.Float)
 
     __table_args__ = (sa.Index("FederatedUpdate_aggregatedAt_idx", "aggregatedAt"),)
 
@@ -191,12 +209,14 @@ class FederatedUpdateContribution(Base):
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     federatedUpdateId: Mapped[int] = mapped_column(sa.ForeignKey("FederatedUpdate.id", ondelete="CASCADE"))
-    learnerId: Mapped[str] = mapped_column(sa.String(128))
+    learnerId: Mapped[str] = mapped_column(sa.String(MAX_LEARNER_ID_LENGTH))
     # The session whose delta was offered; a delta already aggregated is never counted twice.
     trainingSessionId: Mapped[int | None] = mapped_column(sa.Integer)
     weight: Mapped[float] = mapped_column(sa.Float)
     updateNorm: Mapped[float | None] = mapped_column(sa.Float)
     clipped: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # In the round's population (could have been sampled): the learner's privacy ledger pays for it.
+    charged: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     excludedReason: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
@@ -207,14 +227,20 @@ class FederatedUpdateContribution(Base):
 
 
 class AggregationLock(Base):
-    """A lease that keeps two aggregation rounds from overlapping, whoever started them."""
+    """A lease that keeps two aggregation rounds from overlapping, whoever started them.
+
+    `host` and `pid` name the holding process so a dead holder is recognised at once on its own
+    host; `heartbeatAt` is refreshed while it runs so a dead holder elsewhere ages out quickly.
+    """
 
     __tablename__ = "AggregationLock"
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(sa.String(256))
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int] = mapped_column(sa.Integer)
     acquiredAt: Mapped[datetime] = mapped_column()
-    expiresAt: Mapped[datetime] = mapped_column()
+    heartbeatAt: Mapped[datetime] = mapped_column()
 
 
 metadata = Base.metadata

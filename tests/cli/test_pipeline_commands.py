@@ -59,7 +59,7 @@ def test_cloning_test_names_the_failing_step_then_passes_once_trained(
     run_cli: RunCli, migrated: dict[str, str]
 ) -> None:
     missing = run_cli("test-model-cloning", env=migrated)
-    assert missing.returncode == 1
+    assert missing.returncode == 4  # "Main model not found" is exit 4 everywhere
     assert "Step 1 failed (Verifying main model exists)" in missing.stderr
     assert "Main model not found" in missing.stderr
 

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from aivo_fl.config import Settings
-from aivo_fl.defs.definitions import build_definitions
+from aivo_fl.definitions import build_definitions
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
 
@@ -37,6 +37,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "database_url": database_url,
         "main_model_path": tmp_path / "models" / "main-aivo",
         "learner_models_path": tmp_path / "models" / "learners",
+        "aggregation_log_path": tmp_path / "logs" / "aggregation.log",
         "training_epochs": 40,
         "curriculum_samples": 5000,
     }
@@ -51,4 +52,4 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     migrate(registry.engine)
     with dg.instance_for_test() as instance:
         yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
-    registry.dispose()
+    registry.engine.dispose()

@@ -1,12 +1,14 @@
-"""The weekly aggregation schedule, evaluated on a real temporary instance."""
+"""The aggregation schedule, evaluated on a real temporary instance, with its options from settings."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._utils.schedules import cron_string_iterator
+import pytest
 
+from aivo_fl.config import ConfigError, load_settings
+from aivo_fl.definitions import build_definitions
 from aivo_fl.defs.resources import DISABLED_REASON
 from tests.defs.conftest import Deployment
 
@@ -21,22 +23,68 @@ def evaluate(deployment: Deployment, when: datetime) -> dg.ScheduleExecutionData
         return schedule.evaluate_tick(context)
 
 
-def test_sunday_two_am_tick_requests_one_aggregation_run(deployment: Deployment) -> None:
+def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: Deployment) -> None:
     schedule = deployment.defs.resolve_schedule_def("weekly_aggregation_schedule")
-    assert schedule.cron_schedule == "0 2 * * 0"
-    assert schedule.job_name == "federated_aggregation"
-    assert schedule.execution_timezone == "UTC"
-    data = evaluate(deployment, SUNDAY_2AM)
-    [request] = data.run_requests
-    assert request.tags["aivo/trigger"] == "weekly_schedule"
-    # From a Saturday evening, the next ticks are Sundays at 02:00.
-    ticks = cron_string_iterator(datetime(2026, 11, 28, 20, 0, tzinfo=UTC).timestamp(), "0 2 * * 0", "UTC")
-    assert [next(ticks) for _ in range(2)] == [SUNDAY_2AM, datetime(2026, 12, 6, 2, 0, tzinfo=UTC)]
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * 0", "UTC")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    [request] = evaluate(deployment, SUNDAY_2AM).run_requests
+    assert request.run_config == {
+        "ops": {
+            "federated_main_model": {
+                "config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7, "learning_rate": 1.0}
+            }
+        }
+    }
+    assert request.tags["aivo/trigger"] == "schedule"
 
 
-def test_time_zone_comes_from_the_settings(deployment: Deployment) -> None:
-    berlin = deployment.with_settings(aggregation_timezone="Europe/Berlin")
-    assert berlin.defs.resolve_schedule_def("weekly_aggregation_schedule").execution_timezone == "Europe/Berlin"
+def test_cron_and_round_options_come_from_the_environment(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "AGGREGATION_CRON": "30 3 * * 1",
+        "AGGREGATION_TIMEZONE": "Europe/Berlin",
+        "AGGREGATION_MIN_LEARNERS": "10",
+        "AGGREGATION_STRATEGY": "weighted",
+        "AGGREGATION_MAX_STALE_DAYS": "14",
+        "AGGREGATION_LEARNING_RATE": "0.05",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(
+        TRAINING_EPOCHS=2,
+        CURRICULUM_SAMPLES=500,
+        DATABASE_URL=deployment.settings.database_url,
+        AIVO_MAIN_MODEL_PATH=deployment.settings.main_model_path,
+        AIVO_LEARNER_MODELS_PATH=deployment.settings.learner_models_path,
+        USE_FEDERATED_LEARNING=True,
+    )
+    custom = Deployment(
+        settings, build_definitions(settings), deployment.instance, deployment.registry, deployment.store
+    )
+    schedule = custom.defs.resolve_schedule_def("weekly_aggregation_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * 1", "Europe/Berlin")
+    assert schedule.metadata["min_learners"].value == 10  # shown on the schedule's page in the UI
+
+    [request] = evaluate(custom, datetime(2026, 11, 30, 3, 30, tzinfo=UTC)).run_requests
+    assert request.tags["aivo/strategy"] == "weighted"
+    # The request really launches a round with those options: it asks for 10 learners.
+    assert custom.run("train_main_model").success
+    result = custom.run("federated_aggregation", run_config=request.run_config, tags=request.tags)
+    assert not result.success
+    run = custom.instance.get_run_by_id(result.run_id)
+    assert run.run_config["ops"]["federated_main_model"]["config"]["learning_rate"] == 0.05
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "at least 10 (min_learners)" in failures[0].step_failure_data.user_failure_data.description
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AGGREGATION_CRON", "every sunday"), ("AGGREGATION_STRATEGY", "mean"), ("AGGREGATION_MIN_LEARNERS", "0")],
+)
+def test_a_bad_schedule_setting_is_one_line_naming_it(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^Invalid configuration: {variable}=") as caught:
+        load_settings(**{variable: value})
+    assert "\n" not in str(caught.value)
 
 
 def test_switched_off_the_schedule_skips_with_the_reason(deployment: Deployment) -> None:

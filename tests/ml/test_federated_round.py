@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from aivo_fl.ml import deltas
+from aivo_fl.ml.cloning import DELTA_NAME
 from aivo_fl.ml.data import generate_cohort, generate_curriculum
 from aivo_fl.ml.federated_round import (
     LearnerUpdate,
@@ -25,6 +26,7 @@ from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
 from aivo_fl.ml.training import TrainingConfig, train_model
 from aivo_fl.ml.validation_gate import validate_candidate, with_heads
+from tests.ml.delta_files import write_delta, write_raw
 
 SHAPES = {"heads.d.weight": (5, 8), "heads.d.bias": (5,), "heads.s.weight": (2, 8), "heads.s.bias": (2,)}
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -42,9 +44,9 @@ def _delta(seed: int, scale: float = 0.1) -> dict[str, np.ndarray]:
 
 
 def _update(tmp: Path, i: int, delta: dict | None = None, **kw: object) -> LearnerUpdate:
-    path = tmp / f"learner-{i}.safetensors"
+    path = tmp / f"learner-{i}" / DELTA_NAME  # the learner store's layout, manifest included
     if delta is not None or not kw.pop("no_file", False):
-        save_file(delta if delta is not None else _delta(i), str(path))
+        write_delta(tmp, f"learner-{i}", delta if delta is not None else _delta(i))
     fields = {
         "learner_id": f"learner-{i}",
         "delta_path": path,
@@ -76,6 +78,7 @@ def _run(
         ledger or {},
         NOW,
         np.random.default_rng(seed),
+        learners_root=Path(os.path.commonpath([u.delta_path.parent.parent for u in updates])),
     )
 
 
@@ -114,9 +117,10 @@ def test_each_bad_delta_is_excluded_with_its_reason_and_the_round_goes_on(tmp_pa
         _update(bad_dir, 18),
     ]
     raw = bad[6].delta_path.read_bytes()
-    bad[6].delta_path.write_bytes(raw[:-7])
-    bad[7].delta_path.write_bytes(pickle.dumps({"heads.d.bias": [0.0] * 5}))
-    bad[8].delta_path.write_bytes(np.random.default_rng(3).bytes(999))
+    # The manifests vouch for these bytes: the content checks must catch them on their own.
+    write_raw(bad_dir, "learner-16", raw[:-7])
+    write_raw(bad_dir, "learner-17", pickle.dumps({"heads.d.bias": [0.0] * 5}))
+    write_raw(bad_dir, "learner-18", np.random.default_rng(3).bytes(999))
     result = _run(good + bad)
     reasons = {c.learner_id: c.excluded_reason for c in result.contributions}
     assert reasons == {

@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from aivo_fl.ml.aggregation.base import shapes_of
 from aivo_fl.ml.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
 from aivo_fl.ml.cloning import (
     DELTA_NAME,
     clone_for_learner,
     learner_heads,
-    load_delta,
     load_learner_model,
     rebase_clone,
     weight_delta,
 )
 from aivo_fl.ml.data import PRIMARY_HEAD, generate_cohort, generate_learner
+from aivo_fl.ml.deltas import load_delta
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import evaluate, trunk_state
@@ -35,8 +36,9 @@ def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_stor
         np.testing.assert_array_equal(value, trunk_before[key])  # bit-identical
     assert result.samples == 150 and result.epochs == 5 and result.rebased_from is None
     assert result.delta_path == learners.resolve() / data.learner_id / DELTA_NAME
-    stored, _ = load_delta(learners, data.learner_id)  # hash-checked via the manifest
     expected = weight_delta(main_store, learners, data.learner_id)
+    stored, norm = load_delta(result.delta_path, learners, shapes_of(expected), 1e3)  # hash-checked
+    assert norm == pytest.approx(result.delta_norm, rel=1e-6)
     assert stored.keys() == expected.keys()
     for key in expected:
         np.testing.assert_allclose(stored[key], expected[key], rtol=0, atol=1e-7)

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,8 @@ from aivo_fl.ml.model import (
 )
 from aivo_fl.ml.training import (
     TrainingConfig,
+    allowed_cpus,
+    cpu_threads,
     format_training_results,
     train_model,
 )
@@ -113,3 +120,52 @@ def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(
     smallest_normal = torch.finfo(torch.float32).tiny
     for name, weight in model.state_dict().items():
         assert not ((weight != 0) & (weight.abs() < smallest_normal)).any(), name
+
+
+def test_input_layer_gets_its_own_heavier_weight_decay() -> None:
+    samples = generate_curriculum(400, seed=2)
+    norms = {}
+    for decay in (0.01, 20.0):
+        model, _ = train_model(samples, TrainingConfig(epochs=8, input_weight_decay=decay, log_every=100))
+        norms[decay] = (float(model.trunk[0].weight.detach().norm()), float(model.trunk[2].weight.detach().norm()))
+    # Decoupled decay of lr x 20 per step shrinks the input layer; the next layer keeps its own 0.01.
+    assert norms[20.0][0] < 0.5 * norms[0.01][0]
+    assert norms[20.0][1] == pytest.approx(norms[0.01][1], rel=0.3)
+
+
+def test_project_uses_public_pytorch_apis_only() -> None:
+    root = Path(__file__).resolve().parents[2]
+    private = re.compile(r"\btorch\.(ops\b|_(?!_))")  # torch.__version__ is public
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("aivo_fl", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []
+
+
+def test_cpu_threads_never_exceed_the_allowed_cpus_and_split_between_runs() -> None:
+    cpus = allowed_cpus()
+    assert cpu_threads(10_000) == cpus
+    assert cpu_threads(1) == 1
+    assert cpu_threads(None, concurrent_runs=1) == cpus
+    assert cpu_threads(None, concurrent_runs=10_000) == 1
+    assert cpu_threads(None) == 1  # runs sharing unknown: as many as CPUs, one thread each
+
+
+def test_training_in_a_process_pinned_to_one_cpu_uses_one_thread() -> None:
+    script = (
+        "import os, json\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from aivo_fl.ml.data import generate_curriculum\n"
+        "from aivo_fl.ml.training import TrainingConfig, train_model\n"
+        "_, r = train_model(generate_curriculum(100, seed=0), TrainingConfig(epochs=1, num_threads=8))\n"
+        "import torch\n"
+        "print(json.dumps([r.threads, torch.get_num_threads()]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "8"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, 1]

@@ -42,4 +42,4 @@ def cohort(tmp_path: Path, database_url: str) -> Iterator[Cohort]:
         clone_learner(registry, store, learner_id)
         train_learner_locally(registry, store, learner_id)
     yield Cohort(registry, store, learners)
-    registry.dispose()
+    registry.engine.dispose()

@@ -8,6 +8,7 @@ from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
 from aivo_fl.operations.aggregation import run_federated_aggregation
 from aivo_fl.registry import AggregationInProgress
 from aivo_fl.registry.schema import ModelVersionStatus
+from tests.app_side import contribution_reasons
 from tests.operations.conftest import LEARNERS, PRIVACY, Cohort, quiet
 
 
@@ -34,7 +35,7 @@ def test_a_crash_between_writing_weights_and_registering_leaves_the_old_version(
     # The registry never saw the round: 1.0.0 is still active, complete and loadable.
     assert cohort.registry.get_active_version().version == "1.0.0"
     assert cohort.registry.get_federated_updates() == []
-    assert cohort.registry.privacy_events() == []
+    assert cohort.registry.round_privacy_records() == []
     orphan = cohort.store.main_root / "1.1.0"
     assert orphan.is_dir()  # written whole (atomic rename), just never registered
     # The lease was released, and the orphan's number is never reused.
@@ -52,9 +53,10 @@ def test_a_round_started_elsewhere_holds_the_lease(cohort: Cohort) -> None:
 
 
 def test_corrupt_delta_files_are_excluded_with_their_reason_and_the_round_goes_on(cohort: Cohort) -> None:
+    flipped = cohort.store.learner_dir(cohort.learners[1]) / "delta.safetensors"
     broken = {
         cohort.learners[0]: b"",  # truncated to nothing
-        cohort.learners[1]: b"\x80\x04\x95 not a safetensors file, maybe a pickle",
+        cohort.learners[1]: flipped.read_bytes()[:-1] + bytes([flipped.read_bytes()[-1] ^ 1]),  # one bit flipped
     }
     for learner_id, content in broken.items():
         (cohort.store.learner_dir(learner_id) / "delta.safetensors").write_bytes(content)
@@ -63,10 +65,11 @@ def test_corrupt_delta_files_are_excluded_with_their_reason_and_the_round_goes_o
     excluded = outcome.summary()["excludedLearners"]
     assert set(excluded) == {cohort.learners[0], cohort.learners[1], cohort.learners[2]}
     assert excluded[cohort.learners[2]].startswith("missing file")
-    assert excluded[cohort.learners[1]].startswith("not safetensors")
+    assert excluded[cohort.learners[0]] == "truncated"
+    assert excluded[cohort.learners[1]] == "hash mismatch"
     assert len(outcome.round.included) == LEARNERS - 3
     [update] = cohort.registry.get_federated_updates()
-    recorded = {c.learner_id: c.excluded_reason for c in cohort.registry.get_contributions(update["updateId"])}
+    recorded = contribution_reasons(cohort.registry, update["updateId"])
     assert {k for k, v in recorded.items() if v} == set(excluded)
 
 

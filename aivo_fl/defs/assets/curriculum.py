@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from aivo_fl.defs.readable import percent
 from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource
+from aivo_fl.defs.retries import fail_fast_unless_transient
 from aivo_fl.ml.data import HEAD_CLASSES
 from aivo_fl.operations.main_model import build_curriculum_dataset
 
@@ -15,21 +17,21 @@ def curriculum_dataset(
     reporter: ReporterResource,
 ) -> dg.MaterializeResult:
     """Seeded synthetic curriculum samples: 256 features, a label per head, known Bayes ceiling."""
-    summary = build_curriculum_dataset(
-        model_store.get_store(),
-        training_settings.curriculum_samples,
-        training_settings.data_seed,
-        reporter.for_context(context),
-    )
+    with fail_fast_unless_transient():
+        summary = build_curriculum_dataset(
+            model_store.get_store(),
+            training_settings.curriculum_samples,
+            training_settings.data_seed,
+            reporter.for_context(context),
+        )
     return dg.MaterializeResult(
         metadata={
             "rows": summary.rows,
             "seed": summary.seed,
             "path": dg.MetadataValue.path(str(summary.path)),
-            "class_balance": dg.MetadataValue.json(summary.class_balance),
-            **{f"bayes_ceiling_{head}": summary.bayes_ceiling[head] for head in HEAD_CLASSES},
+            "class_balance_pct": dg.MetadataValue.json(
+                {head: [percent(p) for p in shares] for head, shares in summary.class_balance.items()}
+            ),
+            **{f"bayes_ceiling_{head}_pct": percent(summary.bayes_ceiling[head]) for head in HEAD_CLASSES},
         }
     )
-
-
-defs = dg.Definitions(assets=[curriculum_dataset])

@@ -4,12 +4,15 @@ Both use a single-run backfill policy: a sensor tick that finds many learners as
 over a range of partitions instead of one run per learner.
 """
 
+from collections.abc import Callable, Sequence
 from statistics import fmean
+from typing import TypeVar
 
 import dagster as dg
 
 from aivo_fl.defs.assets.main_model import main_model
-from aivo_fl.defs.partitions import TRANSIENT_RETRY, learner_partitions
+from aivo_fl.defs.partitions import learner_partitions
+from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
     ModelStoreResource,
@@ -17,9 +20,17 @@ from aivo_fl.defs.resources import (
     ReporterResource,
     TrainingSettingsResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
+from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.recovery import clean_store
 from aivo_fl.registry import RegistryError
+
+# One learner's bad file or refused row fails that learner, not the batch.
+PER_LEARNER_ERRORS = (InvalidLearnerId, RegistryError, ArtifactError, OSError)
+T = TypeVar("T")
 
 
 def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:
@@ -31,6 +42,19 @@ def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:
             metadata={"failed": dg.MetadataValue.json(failures), "succeeded": done},
             allow_retries=False,
         )
+
+
+def _for_each_learner(keys: Sequence[str], work: Callable[[str], T]) -> tuple[list[T], dict[str, str]]:
+    """Run `work` per learner: a learner's own error fails that learner; anything else fails the run
+    (retried only when transient)."""
+    done, failures = [], {}
+    with fail_fast_unless_transient():
+        for learner_id in keys:
+            try:
+                done.append(work(learner_id))
+            except PER_LEARNER_ERRORS as exc:
+                failures[learner_id] = diagnose(exc).line
+    return done, failures
 
 
 @dg.asset(
@@ -51,23 +75,20 @@ def learner_models(
     """Each learner's personalized clone of the active main version: frozen trunk, own heads."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
-    cloned, failures, sizes, version = 0, {}, [], None
-    for learner_id in context.partition_keys:
-        try:
-            clone = clone_learner(reg, store, learner_id)
-        except (InvalidLearnerId, RegistryError) as exc:
-            failures[learner_id] = str(exc)
-            continue
-        cloned += 1
-        sizes.append(clone.bytes_on_disk)
-        version = clone.source_version
-    report(f"✓ Cloned {cloned} learner model(s) from main version {version}")
-    _fail_if_any(failures, cloned, "Cloning")
+    clean_store(store, report)
+    report(f"Cloning {len(context.partition_keys)} learner model(s)...")
+    clones, failures = _for_each_learner(
+        context.partition_keys,
+        lambda learner: clone_learner(reg, store, learner, base_model=model_store.base_model_name),
+    )
+    version = clones[-1].source_version if clones else None
+    report(f"✓ Cloned {len(clones)} learner model(s) from main version {version}")
+    _fail_if_any(failures, len(clones), "Cloning")
     return dg.MaterializeResult(
         metadata={
-            "learners": cloned,
+            "learners": len(clones),
             "source_version": version or "-",
-            "bytes_per_learner": fmean(sizes) if sizes else 0.0,
+            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in clones)) if clones else 0,
         }
     )
 
@@ -91,18 +112,19 @@ def learner_training(
     """Local training of each learner's heads on their own interactions; one session row per run."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
-    outcomes, failures = [], {}
-    for learner_id in context.partition_keys:
-        try:
-            outcomes.append(train_learner_locally(
-                    reg,
-                    store,
-                    learner_id,
-                    epochs=training_settings.local_epochs,
-                    proximal_mu=training_settings.local_proximal_mu,
-                ).result)
-        except (InvalidLearnerId, RegistryError) as exc:
-            failures[learner_id] = str(exc)
+    threads = training_settings.torch_threads(context.instance)
+    trained, failures = _for_each_learner(
+        context.partition_keys,
+        lambda learner: train_learner_locally(
+            reg,
+            store,
+            learner,
+            epochs=training_settings.local_epochs,
+            proximal_mu=training_settings.local_proximal_mu,
+            num_threads=threads,
+        ),
+    )
+    outcomes = [t.result for t in trained]
     rebased = sum(1 for o in outcomes if o.rebased_from is not None)
     if outcomes:
         report(
@@ -115,12 +137,9 @@ def learner_training(
         metadata={
             "learners": len(outcomes),
             "rebased": rebased,
-            "mean_accuracy_before": fmean(o.accuracy_before for o in outcomes) if outcomes else 0.0,
-            "mean_accuracy_after": fmean(o.accuracy_after for o in outcomes) if outcomes else 0.0,
-            "mean_delta_norm": fmean(o.delta_norm for o in outcomes) if outcomes else 0.0,
+            "mean_accuracy_before_pct": percent(fmean(o.accuracy_before for o in outcomes)) if outcomes else 0.0,
+            "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
+            "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
             "samples": sum(o.samples for o in outcomes),
         }
     )
-
-
-defs = dg.Definitions(assets=[learner_models, learner_training])

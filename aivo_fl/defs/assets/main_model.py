@@ -3,13 +3,14 @@
 import dagster as dg
 
 from aivo_fl.defs.assets.curriculum import curriculum_dataset
-from aivo_fl.defs.partitions import TRANSIENT_RETRY
+from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     ModelStoreResource,
     RegistryResource,
     ReporterResource,
     TrainingSettingsResource,
 )
+from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.operations.main_model import train_and_register_main_model
 
 
@@ -23,34 +24,34 @@ def main_model(
 ) -> dg.MaterializeResult:
     """Multi-head network (shared trunk, one head per decision), saved as safetensors and registered."""
     store = model_store.get_store()
-    outcome = train_and_register_main_model(
-        registry.get_registry(),
-        store,
-        store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
-        epochs=training_settings.training_epochs,
-        batch_size=training_settings.batch_size,
-        data_seed=training_settings.data_seed,
-        personalization_depth=training_settings.personalization_depth,
-        report=reporter.for_context(context),
-    )
+    with fail_fast_unless_transient():
+        outcome = train_and_register_main_model(
+            registry.get_registry(),
+            store,
+            store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
+            epochs=training_settings.training_epochs,
+            batch_size=training_settings.batch_size,
+            data_seed=training_settings.data_seed,
+            personalization_depth=training_settings.personalization_depth,
+            num_threads=training_settings.torch_threads(context.instance),
+            report=reporter.for_context(context),
+        )
     r, arch = outcome.result, outcome.architecture
     return dg.MaterializeResult(
         metadata={
             "version": outcome.version,
             "path": dg.MetadataValue.path(str(outcome.path)),
-            "final_loss": r.final_loss,
-            "final_accuracy": r.final_accuracy,
-            "validation_loss": r.val_loss,
-            "validation_accuracy": r.val_accuracy,
-            "bayes_ceiling": r.bayes_ceiling,
-            "gap_to_ceiling": r.gap_to_ceiling,
+            "final_loss": rounded(r.final_loss),
+            "final_accuracy_pct": percent(r.final_accuracy),
+            "validation_loss": rounded(r.val_loss),
+            "validation_accuracy_pct": percent(r.val_accuracy),
+            "bayes_ceiling_pct": percent(r.bayes_ceiling),
+            "gap_to_ceiling_points": percent(r.gap_to_ceiling),
             "total_parameters": arch.total_params,
             "frozen_parameters": arch.frozen_params,
             "trainable_parameters": arch.trainable_params,
             "total_layers": arch.total_layers,
-            "seconds_per_epoch": r.seconds_per_epoch,
+            "seconds_per_epoch": rounded(r.seconds_per_epoch, 3),
+            "torch_threads": r.threads,
         }
     )
-
-
-defs = dg.Definitions(assets=[main_model])

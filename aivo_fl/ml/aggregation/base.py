@@ -123,5 +123,17 @@ class WeightedSum:
         return {name: acc / self.weight for name, acc in self.total.items()}
 
 
+def vector_norm(values: np.ndarray) -> float:
+    """L2 norm accumulated in float64. float32 squares cannot overflow float64, so for float32
+    input the result is finite exactly when every value is (one dot product checks both)."""
+    wide = np.asarray(values, dtype=np.float64).reshape(-1)
+    return math.sqrt(float(wide @ wide))
+
+
+def delta_norm(delta: Mapping[str, np.ndarray]) -> float:
+    """Whole-delta L2 norm across all tensors, accumulated in float64: the project's one norm."""
+    return math.sqrt(sum(vector_norm(v) ** 2 for v in delta.values()))
+
+
 def shapes_of(delta: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(np.shape(v)) for name, v in delta.items()}

@@ -1,0 +1,241 @@
+"""Federated rounds: the update, what each learner contributed, and the privacy ledger."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
+from aivo_fl.registry.schema import (
+    FederatedUpdate,
+    FederatedUpdateContribution,
+    MainModelVersion,
+    ModelVersionStatus,
+    utcnow,
+)
+from aivo_fl.registry.versions import promote_row
+
+
+@dataclass(frozen=True)
+class ContributionInput:
+    learner_id: str
+    weight: float
+    update_norm: float | None
+    clipped: bool
+    excluded_reason: str | None
+    training_session_id: int | None = None
+    # The learner was in the round's population (could have been sampled), so their privacy ledger
+    # pays for the round. None: charged exactly when included (rounds that sample nobody).
+    charged: bool | None = None
+
+    @property
+    def is_charged(self) -> bool:
+        return self.excluded_reason is None if self.charged is None else self.charged
+
+
+@dataclass(frozen=True)
+class FederatedUpdateInput:
+    base_version: str
+    new_version: str | None
+    status: RoundStatus  # PROMOTED or REJECTED
+    strategy: str
+    learning_rate: float
+    contributions: Sequence[ContributionInput]
+    performance_improvement: float | None
+    accuracy_before: float | None
+    accuracy_after: float | None
+    dp_enabled: bool
+    noise_multiplier: float | None
+    clip_norm: float | None
+    sample_rate: float | None
+    epsilon_round: float | None
+    epsilon_total: float | None
+    privacy_delta: float | None
+    rejection_reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    aggregated_at: datetime | None = None
+    # Where the candidate's weights were written (promoted rounds) and what it scored.
+    new_version_path: str | None = None
+    new_version_metrics: dict[str, Any] = field(default_factory=dict)
+    # Learner sampling and adaptive clipping (None: every learner offered, fixed clip norm).
+    eligible_population: int | None = None
+    dp_denominator: float | None = None
+    clip_target_quantile: float | None = None
+    quantile_noise_multiplier: float | None = None
+    clip_quantile_estimate: float | None = None
+
+
+class Rounds(RegistryBase):
+    def record_federated_update(self, update: FederatedUpdateInput) -> str:
+        """Write the round in one transaction and return its updateId.
+
+        A PROMOTED round registers `new_version` and promotes it over `base_version` (losing with
+        PromotionConflict if the active version moved meanwhile); a REJECTED round records its
+        candidate version as REJECTED. Either all of it is committed or none of it.
+        """
+        if update.status not in (RoundStatus.PROMOTED, RoundStatus.REJECTED):
+            raise RegistryError(f"A round is recorded as PROMOTED or REJECTED, not {update.status}")
+        for contribution in update.contributions:
+            checked_learner_id(contribution.learner_id)
+        aggregated_at = update.aggregated_at or utcnow()
+        update_id = f"fu-{aggregated_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+        with self._session() as session:
+            if update.new_version is not None:
+                _record_candidate(session, update, update_id)
+            row = _update_row(update, update_id, aggregated_at)
+            session.add(row)
+            session.flush()
+            if update.contributions:
+                session.execute(
+                    sa.insert(FederatedUpdateContribution),
+                    [
+                        {
+                            "federatedUpdateId": row.id,
+                            "learnerId": c.learner_id,
+                            "trainingSessionId": c.training_session_id,
+                            "weight": c.weight,
+                            "updateNorm": c.update_norm,
+                            "clipped": c.clipped,
+                            "excludedReason": c.excluded_reason,
+                            "charged": c.is_charged,
+                        }
+                        for c in update.contributions
+                    ],
+                )
+        return update_id
+
+    def get_federated_updates(self) -> list[dict[str, Any]]:
+        """Aggregation history, oldest first, in the shape AIVO's dashboard reads.
+
+        Each update also carries what its privacy accounting used (``privacy``) and who it charged
+        (``chargedLearners``), so every privacy figure of ``stats`` can be re-derived from it.
+        """
+        charged: dict[int, list[str]] = {}
+        with self._session() as session:
+            rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
+            query = sa.select(FederatedUpdateContribution.federatedUpdateId, FederatedUpdateContribution.learnerId)
+            for update_pk, learner_id in session.execute(
+                query.where(FederatedUpdateContribution.charged.is_(True)).order_by(FederatedUpdateContribution.id)
+            ):
+                charged.setdefault(update_pk, []).append(learner_id)
+            return [_update_dict(r) | {"chargedLearners": charged.get(r.id, [])} for r in rows]
+
+    def round_privacy_records(self) -> list[dict[str, Any]]:
+        """Every recorded round's privacy parameters, oldest first: what the accountant recomposes.
+
+        Promoted and rejected rounds alike (both released information), with DP or without.
+        """
+        with self._session() as session:
+            rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
+            return [{"updateId": r.updateId, "privacy": _privacy_dict(r)} for r in rows]
+
+    def learner_charged_rounds(self, learner_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """For each learner, the updateIds of the rounds whose population they were in, oldest first."""
+        query = (
+            sa.select(FederatedUpdateContribution.learnerId, FederatedUpdate.updateId)
+            .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
+            .where(FederatedUpdateContribution.charged.is_(True))
+            .order_by(FederatedUpdate.id)
+        )
+        if learner_ids is not None:
+            query = query.where(FederatedUpdateContribution.learnerId.in_([checked_learner_id(i) for i in learner_ids]))
+        ledger: dict[str, list[str]] = {}
+        with self._session() as session:
+            for learner_id, update_id in session.execute(query):
+                ledger.setdefault(learner_id, []).append(update_id)
+        return ledger
+
+
+def _record_candidate(session: Session, update: FederatedUpdateInput, update_id: str) -> None:
+    """The round's candidate version: promoted over the base, or kept as REJECTED with the reason."""
+    promoted = update.status == RoundStatus.PROMOTED
+    version_row = MainModelVersion(
+        version=update.new_version,
+        status=ModelVersionStatus.CANDIDATE if promoted else ModelVersionStatus.REJECTED,
+        modelPath=update.new_version_path or "",
+        parentVersion=update.base_version,
+        metrics={**update.new_version_metrics, "updateId": update_id}
+        | ({} if promoted else {"rejectionReason": update.rejection_reason}),
+    )
+    session.add(version_row)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise RegistryError(f"Main model version {update.new_version} is already registered") from exc
+    if promoted:
+        promote_row(session, version_row, expected_active=update.base_version)
+
+
+def _update_row(update: FederatedUpdateInput, update_id: str, aggregated_at: datetime) -> FederatedUpdate:
+    return FederatedUpdate(
+        updateId=update_id,
+        aggregatedAt=aggregated_at,
+        baseVersion=update.base_version,
+        newVersion=update.new_version,
+        status=RoundStatus(update.status).value,
+        rejectionReason=update.rejection_reason,
+        aggregationStrategy=update.strategy,
+        learningRate=update.learning_rate,
+        contributingLearners=[c.learner_id for c in update.contributions if c.excluded_reason is None],
+        performanceImprovement=update.performance_improvement,
+        accuracyBefore=update.accuracy_before,
+        accuracyAfter=update.accuracy_after,
+        metrics=update.metrics,
+        dpEnabled=update.dp_enabled,
+        noiseMultiplier=update.noise_multiplier,
+        clipNorm=update.clip_norm,
+        sampleRate=update.sample_rate,
+        epsilonRound=update.epsilon_round,
+        epsilonTotal=update.epsilon_total,
+        privacyDelta=update.privacy_delta,
+        eligiblePopulation=update.eligible_population,
+        dpDenominator=update.dp_denominator,
+        clipTargetQuantile=update.clip_target_quantile,
+        quantileNoiseMultiplier=update.quantile_noise_multiplier,
+        clipQuantileEstimate=update.clip_quantile_estimate,
+    )
+
+
+def _update_dict(row: FederatedUpdate) -> dict[str, Any]:
+    return {
+        "updateId": row.updateId,
+        "aggregatedAt": row.aggregatedAt.isoformat(),
+        "baseVersion": row.baseVersion,
+        "newVersion": row.newVersion,
+        "status": row.status,
+        "rejectionReason": row.rejectionReason,
+        "contributingLearners": list(row.contributingLearners or []),
+        "aggregationStrategy": row.aggregationStrategy,
+        "learningRate": row.learningRate,
+        "performanceImprovement": row.performanceImprovement,
+        "accuracyBefore": row.accuracyBefore,
+        "accuracyAfter": row.accuracyAfter,
+        "epsilonRound": row.epsilonRound,
+        "epsilonTotal": row.epsilonTotal,
+        "privacy": _privacy_dict(row),
+        "metrics": dict(row.metrics or {}),
+    }
+
+
+def _privacy_dict(row: FederatedUpdate) -> dict[str, Any]:
+    """What the round's privacy accounting used, as recorded (keys of ``RoundPrivacy.from_json``)."""
+    return {
+        "dpEnabled": row.dpEnabled,
+        "noiseMultiplier": row.noiseMultiplier,
+        "clipNorm": row.clipNorm,
+        "sampleRate": row.sampleRate if row.sampleRate is not None else 1.0,
+        "eligiblePopulation": row.eligiblePopulation,
+        "denominator": row.dpDenominator,
+        "delta": row.privacyDelta,
+        "clipTargetQuantile": row.clipTargetQuantile,
+        "quantileNoiseMultiplier": row.quantileNoiseMultiplier,
+        "clipQuantileEstimate": row.clipQuantileEstimate,
+    }

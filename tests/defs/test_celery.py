@@ -1,0 +1,202 @@
+"""The Celery path: a real worker subprocess executes a real cloning run and a real aggregation run.
+
+Everything is shared the way several hosts would share it: Dagster's instance on PostgreSQL
+(deploy/dagster.yaml), the registry in the same database, the broker on Redis, the model store
+under one path; the worker gets its settings from its own environment, not from this process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from aivo_fl.cli.dagster_runs import apply_sensor_result
+from aivo_fl.config import load_settings
+from aivo_fl.definitions import build_definitions
+from aivo_fl.operations.app_simulation import simulate_new_learners
+from aivo_fl.registry import ModelRegistry, migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("AIVO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+LEARNERS = 4
+RUN_TIMEOUT = 300  # seconds; a stuck worker fails the test instead of hanging it
+
+
+def clone_learners_job() -> dg.JobDefinition:
+    # What the worker rebuilds: the job from this code location, bound to *its* environment's settings.
+    return build_definitions(load_settings()).resolve_job_def("clone_learners")
+
+
+def federated_aggregation_job() -> dg.JobDefinition:
+    return build_definitions(load_settings()).resolve_job_def("federated_aggregation")
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    worker_name: str
+    log: Path
+
+
+def _redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if "ready." in log.read_text(errors="replace"):
+            return
+        if worker.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"Celery worker did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    # The worker is the leader of its own session: end it and the `celery` process it spawned.
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(worker.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            worker.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture
+def cluster(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    _redis_or_skip()
+    url = sa.engine.make_url(postgres_url)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    queue = f"aivo-test-{uuid.uuid4().hex[:10]}"  # this test's own queue: other workers never take its steps
+    settings = {
+        "USE_FEDERATED_LEARNING": "true",
+        "DATABASE_URL": postgres_url,
+        "AIVO_MAIN_MODEL_PATH": str(tmp_path / "shared" / "main-aivo"),
+        "AIVO_LEARNER_MODELS_PATH": str(tmp_path / "shared" / "learners"),
+        "AGGREGATION_LOG_PATH": str(tmp_path / "shared" / "aggregation.log"),
+        "TRAINING_EPOCHS": "10",
+        "CURRICULUM_SAMPLES": "2000",
+        "CELERY_BROKER_URL": REDIS_URL,
+        "CELERY_QUEUE": queue,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": url.host or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "DAGSTER_PG_USER": url.username or "postgres",
+        "DAGSTER_PG_PASSWORD": url.password or "",
+        "DAGSTER_PG_DB": url.database or "",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    name = f"aivo-test-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    worker_dir = tmp_path / "worker"  # not the test's working directory: no shared .env, no shared cwd
+    worker_dir.mkdir()
+    command = [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-n", name]
+    command += ["-y", str(ROOT / "deploy" / "celery.yaml"), "-q", queue, "--", "--pool=solo"]
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            command, env=env, cwd=worker_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_ready(worker, log)
+        yield Cluster(env, name, log)
+    finally:
+        _stop(worker)
+
+
+def _execute(job: Callable[[], dg.JobDefinition], instance: dg.DagsterInstance, log: Path, **kwargs: object) -> Any:
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            recon = dg.reconstructable(job)
+            outcome["result"] = dg.execute_job(recon, instance=instance, raise_on_error=False, **kwargs)
+        except Exception as exc:  # reported below with the worker's log
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(RUN_TIMEOUT)
+    if "result" not in outcome:
+        pytest.fail(f"run did not finish ({outcome.get('error')!r}):\n{log.read_text(errors='replace')[-3000:]}")
+    return outcome["result"]  # type: ignore[return-value]
+
+
+def _celery_workers(result: Any) -> set[str]:
+    """The workers that the run's engine events say executed its steps."""
+    return {
+        str(event.event_specific_data.metadata["Celery worker"].value)
+        for event in result.all_events
+        if event.event_type_value == "ENGINE_EVENT" and "Celery worker" in event.event_specific_data.metadata
+    }
+
+
+def test_celery_worker_executes_cloning_and_aggregation(cluster: Cluster, tmp_path: Path) -> None:
+    settings = load_settings()
+    registry = ModelRegistry(settings.database_url)
+    migrate(registry.engine)
+    defs = build_definitions(settings)
+    with dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance:
+        assert defs.resolve_job_def("train_main_model").execute_in_process(instance=instance).success
+        learners = simulate_new_learners(registry, LEARNERS)
+
+        [request], _, _ = apply_sensor_result(defs, instance, "new_learner_sensor", None)
+        cloned = _execute(clone_learners_job, instance, cluster.log, tags=request.tags)
+        assert cloned.success, cluster.log.read_text(errors="replace")[-3000:]
+        assert _celery_workers(cloned) == {f"{cluster.worker_name}@{os.uname().nodename}"}
+        for learner in learners:
+            record = registry.get_personalized_model(learner)
+            assert record is not None and record.metadata["sourceVersion"] == "1.0.0"
+            assert Path(record.metadata["clonedModelPath"]).is_dir()
+
+        [request], _, _ = apply_sensor_result(defs, instance, "learner_activity_sensor", None)
+        trained = defs.resolve_job_def("train_learners").execute_in_process(instance=instance, tags=request.tags)
+        assert trained.success
+
+        aggregated = _execute(federated_aggregation_job, instance, cluster.log)
+        # The round ran on the worker, and so did its checks (whether the validation gate promotes
+        # this tiny test model is the checks' business, asserted in test_federated_cycle).
+        assert aggregated.is_node_success("federated_main_model"), cluster.log.read_text(errors="replace")[-3000:]
+        assert _celery_workers(aggregated) == {f"{cluster.worker_name}@{os.uname().nodename}"}
+        checks = {evaluation.check_name for evaluation in aggregated.get_asset_check_evaluations()}
+        assert checks == {"candidate_not_degraded", "privacy_budget_not_exceeded"}
+        [update] = registry.get_federated_updates()
+        assert sorted(update["contributingLearners"]) == learners
+        # The worker appended the round's log under the shared path it was given, not in its own cwd.
+        assert aggregated.run_id in (tmp_path / "shared" / "aggregation.log").read_text()
+    registry.engine.dispose()
