@@ -63,6 +63,15 @@ class TrainingSessionResult:
         return out
 
 
+def _rebase_if_behind(main_root: Path, learners_root: Path, learner_id: str, active_version: str) -> str | None:
+    """Rebase the clone onto `active_version` if it was made from another; the version it left, or None."""
+    source = read_learner_manifest(learners_root, learner_id)["source_version"]
+    if source == active_version:
+        return None
+    rebase_clone(main_root, learners_root, learner_id, active_version)
+    return source
+
+
 def train_learner(
     main_root: Path,
     learners_root: Path,
@@ -87,13 +96,7 @@ def train_learner(
         raise ValueError(f"learner {learner_id!r}: no training samples")
     validate_version(active_version)
     directory = learner_dir(learners_root, learner_id)
-    manifest = read_learner_manifest(learners_root, learner_id)
-
-    rebased_from: str | None = None
-    if manifest["source_version"] != active_version:
-        rebased_from = manifest["source_version"]
-        rebase_clone(main_root, learners_root, learner_id, active_version)
-
+    rebased_from = _rebase_if_behind(main_root, learners_root, learner_id, active_version)
     model, manifest = load_learner_model(main_root, learners_root, learner_id)
     before = evaluate(model, heldout)
 
