@@ -95,7 +95,7 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
     result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
     assert result.rebased_from is None and result.source_version == "1.1.0"
     trained_heads, _ = learner_heads(learners, data.learner_id)
-    stored, _ = load_delta(learners, data.learner_id)
+    stored, _ = load_delta(result.delta_path, learners, shapes_of(trained_heads), 1e3)
     for key in stored:
         np.testing.assert_allclose(stored[key], trained_heads[key] - heads[key], atol=1e-6)
     clone, _ = load_learner_model(main_root, learners, data.learner_id)
