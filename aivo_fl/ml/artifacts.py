@@ -15,6 +15,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +86,7 @@ def file_record(data: bytes) -> dict[str, Any]:
     return {"sha256": sha256_bytes(data), "bytes": len(data)}
 
 
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
@@ -94,8 +95,9 @@ def save_artifact(
     tensors: dict[str, np.ndarray],
     manifest: dict[str, Any],
     weights_name: str = MAIN_WEIGHTS_NAME,
+    extra_files: Mapping[str, dict[str, np.ndarray]] | None = None,
 ) -> None:
-    """Write `weights_name` + manifest.json into `directory`.
+    """Write `weights_name` (and `extra_files`, more safetensors files) + manifest.json into `directory`.
 
     A new directory is assembled as a temp sibling and renamed into place in one step. An existing
     directory (e.g. a learner dir that also holds a delta) gets per-file atomic replaces, weights
@@ -103,15 +105,17 @@ def save_artifact(
     Entries already in ``manifest["files"]`` (other weight files) are kept.
     """
     directory = Path(directory)
-    data = encode_tensors(tensors)
+    files = {weights_name: encode_tensors(tensors)}
+    files.update({name: encode_tensors(dict(extra)) for name, extra in (extra_files or {}).items()})
     full = dict(manifest)
     full["format"] = FORMAT_NAME
     full["format_version"] = FORMAT_VERSION
-    full["files"] = {**dict(manifest.get("files", {})), weights_name: file_record(data)}
-    manifest_data = _manifest_bytes(full)
+    full["files"] = {**dict(manifest.get("files", {})), **{name: file_record(data) for name, data in files.items()}}
+    manifest_data = manifest_bytes(full)
 
     if directory.exists():
-        write_file_atomic(directory / weights_name, data)
+        for name, data in files.items():
+            write_file_atomic(directory / name, data)
         write_file_atomic(directory / MANIFEST_NAME, manifest_data)
         return
 
@@ -119,7 +123,8 @@ def save_artifact(
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        write_file_atomic(staging / weights_name, data)
+        for name, data in files.items():
+            write_file_atomic(staging / name, data)
         write_file_atomic(staging / MANIFEST_NAME, manifest_data)
         os.replace(staging, directory)  # fails if someone else created it meanwhile: no clobbering
     except BaseException:
@@ -192,8 +197,10 @@ def save_main_model(
     metrics: dict[str, Any],
     data_seed: int,
     parent_version: str | None = None,
+    extra_files: Mapping[str, dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Store an immutable main version; refuses to overwrite an existing one."""
+    """Store an immutable main version; refuses to overwrite an existing one. ``extra_files`` (name
+    -> tensors) are stored beside the weights and listed in the manifest (e.g. optimizer state)."""
     directory = main_version_dir(main_root, version)
     if parent_version is not None:
         validate_version(parent_version)
@@ -209,7 +216,7 @@ def save_main_model(
         "data_seed": data_seed,
         **model_description(model),
     }
-    save_artifact(directory, tensors, manifest, MAIN_WEIGHTS_NAME)
+    save_artifact(directory, tensors, manifest, MAIN_WEIGHTS_NAME, extra_files)
     return directory
 
 

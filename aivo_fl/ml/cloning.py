@@ -1,7 +1,13 @@
 """Per-learner clones: only the personal (trainable) tensors are stored; the rest is read from the main version.
 
-Learner store layout: <learners_root>/<learner_id>/heads.safetensors + manifest.json
-(+ delta.safetensors once the learner has trained locally).
+Learner store layout: <learners_root>/<learner_id>/manifest.json, + heads.safetensors and
+delta.safetensors once the learner has trained locally.
+
+A new clone is copy-on-write: its heads are byte for byte its source main version's, so it is
+only a manifest recording that version and the SHA-256 of its weight file. Reads of its heads
+come from the main version, verified against the main manifest and against that recorded hash;
+the first training writes the learner's own heads.safetensors and the main version is never
+written (versions are immutable).
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from aivo_fl.ml.artifacts import (
     load_main_model,
     main_head_tensors,
     main_version_dir,
+    manifest_bytes,
     save_artifact,
     validate_version,
+    write_file_atomic,
 )
 from aivo_fl.ml.learner_ids import learner_dir, validate_learner_id
 from aivo_fl.ml.model import (
@@ -37,10 +45,19 @@ from aivo_fl.ml.model import (
     load_head_state,
     trunk_state,
 )
-from aivo_fl.ml.safe_files import read_manifest
+from aivo_fl.ml.safe_files import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HASH_MISMATCH,
+    MANIFEST_NAME,
+    FileRejected,
+    read_manifest,
+)
 
 HEADS_NAME = "heads.safetensors"
 DELTA_NAME = "delta.safetensors"
+# Manifest flag of a clone whose heads are still its source main version's (no heads file yet).
+COPY_ON_WRITE = "copy_on_write"
 
 
 @dataclass(frozen=True)
@@ -80,9 +97,10 @@ class _MainSnapshot:
 
 
 @lru_cache(maxsize=4)
-def _main_snapshot(main_root: Path, version: str, mtime_ns: int, size: int) -> _MainSnapshot:
-    # Keyed by the weight file's mtime and size as well: versions are immutable, and a file
-    # replaced behind our back is loaded (and hash-verified) afresh.
+def _main_snapshot(main_root: Path, version: str, identity: tuple[int, ...]) -> _MainSnapshot:
+    # Keyed by the identity of the version folder and weight file as well: versions are immutable,
+    # and a file or folder replaced behind our back (or swapped for a link) is loaded and
+    # hash-verified afresh.
     model, manifest = load_main_model(main_root, version)
     return _MainSnapshot(
         head_state(model), manifest, architecture_summary(model), clone_manifest("", version, manifest, model)
@@ -90,28 +108,43 @@ def _main_snapshot(main_root: Path, version: str, mtime_ns: int, size: int) -> _
 
 
 def _verified_main(main_root: Path, version: str) -> _MainSnapshot:
-    weights = main_version_dir(main_root, validate_version(version)) / MAIN_WEIGHTS_NAME
+    folder = main_version_dir(main_root, validate_version(version))
     try:
-        stat = weights.lstat()  # lstat: a file swapped for a link changes the key and is refused
+        # lstat: a file or folder swapped for a link has another inode, so it misses the cache and is refused
+        folder_stat, stat = folder.lstat(), (folder / MAIN_WEIGHTS_NAME).lstat()
     except FileNotFoundError:
         load_main_model(main_root, version)  # raises the store's own clear ArtifactError
         raise
-    return _main_snapshot(Path(main_root).resolve(), version, stat.st_mtime_ns, stat.st_size)
+    identity = (folder_stat.st_dev, folder_stat.st_ino, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return _main_snapshot(Path(main_root).resolve(), version, identity)
+
+
+def _copy_on_write_manifest(main: _MainSnapshot, learner_id: str, **fields: Any) -> dict[str, Any]:
+    template = {**main.template, "learner_id": learner_id, **fields, COPY_ON_WRITE: True}
+    return {**template, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": {}}
 
 
 def clone_for_learner(main_root: Path, learners_root: Path, learner_id: str, version: str) -> CloneInfo:
-    """Create the learner's clone of main `version`. Refuses to overwrite an existing clone.
+    """Create the learner's copy-on-write clone of main `version`. Refuses to overwrite an existing clone.
 
-    The verified main heads are cached per version, so cloning a batch of learners reads and
-    hashes the main model once, not once per learner.
+    Writes one small manifest and does not fsync it: a batch of clones is made durable at once by
+    the caller (`operations.learners.clone_learners`) before the registry rows that point at them.
+    The verified main heads are cached per version, so a batch reads and hashes the main model once.
     """
     directory = learner_dir(learners_root, learner_id)  # validates before anything is written
     validate_version(version)
     if directory.exists():
         raise FileExistsError(f"{directory}: learner {learner_id!r} already has a clone")
     main = _verified_main(main_root, version)
-    manifest = {**main.template, "learner_id": learner_id, "created_at": datetime.now(UTC).isoformat()}
-    save_artifact(directory, main.heads, manifest, HEADS_NAME)
+    manifest = _copy_on_write_manifest(main, learner_id, created_at=datetime.now(UTC).isoformat())
+    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+        os.replace(staging, directory)  # whole or not at all; fails if someone else created it meanwhile
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return CloneInfo(
         learner_id=learner_id,
         source_version=version,
@@ -140,16 +173,28 @@ def read_learner_manifest(learners_root: Path, learner_id: str) -> dict[str, Any
     return _clone_manifest_of(directory, learner_id, read_manifest(learners_root, directory))
 
 
-def learner_heads(learners_root: Path, learner_id: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The learner's verified head tensors and manifest."""
+def learner_heads(
+    main_root: Path, learners_root: Path, learner_id: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The learner's verified head tensors (its own, or its source version's if copy-on-write) and manifest."""
     directory = _clone_dir(learners_root, learner_id)
-    heads, manifest = load_artifact(learners_root, directory, HEADS_NAME)
-    return heads, _clone_manifest_of(directory, learner_id, manifest)
+    manifest = _clone_manifest_of(directory, learner_id, read_manifest(learners_root, directory))
+    if HEADS_NAME in manifest["files"] or not manifest.get(COPY_ON_WRITE):
+        heads, manifest = load_artifact(learners_root, directory, HEADS_NAME)
+        return heads, _clone_manifest_of(directory, learner_id, manifest)
+    main = _verified_main(main_root, manifest["source_version"])
+    if main.manifest["files"][MAIN_WEIGHTS_NAME]["sha256"] != manifest.get("source_sha256"):
+        raise FileRejected(
+            HASH_MISMATCH,
+            main_version_dir(main_root, manifest["source_version"]) / MAIN_WEIGHTS_NAME,
+            f"not the file learner {learner_id!r} was cloned from",
+        )
+    return {name: tensor.copy() for name, tensor in main.heads.items()}, manifest
 
 
 def load_learner_model(main_root: Path, learners_root: Path, learner_id: str) -> tuple[CurriculumNet, dict]:
     """Frozen layers from the clone's source main version, personal layers from the clone (trainable)."""
-    heads, manifest = learner_heads(learners_root, learner_id)
+    heads, manifest = learner_heads(main_root, learners_root, learner_id)
     model, _ = load_main_model(main_root, manifest["source_version"])
     try:
         load_head_state(model, heads)
@@ -168,7 +213,7 @@ def subtract(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np
 
 def weight_delta(main_root: Path, learners_root: Path, learner_id: str) -> dict[str, np.ndarray]:
     """Learner personal tensors minus those of its source main version."""
-    heads, manifest = learner_heads(learners_root, learner_id)
+    heads, manifest = learner_heads(main_root, learners_root, learner_id)
     return subtract(heads, main_head_tensors(main_root, manifest["source_version"]))
 
 
@@ -208,8 +253,16 @@ def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_vers
     A stale delta (relative to the old version) is dropped.
     """
     directory = learner_dir(learners_root, learner_id)
-    heads, manifest = learner_heads(learners_root, learner_id)
+    heads, manifest = learner_heads(main_root, learners_root, learner_id)
     old_version = manifest["source_version"]
+    if HEADS_NAME not in manifest["files"]:
+        # Never trained, nothing personal to keep: the clone follows the new version, still copy-on-write.
+        main = _verified_main(main_root, validate_version(new_version))
+        fields = {"created_at": manifest.get("created_at"), "rebased_from": old_version}
+        new_manifest = _copy_on_write_manifest(main, learner_id, **fields, rebased_at=datetime.now(UTC).isoformat())
+        write_file_atomic(directory / MANIFEST_NAME, manifest_bytes(new_manifest))
+        (directory / DELTA_NAME).unlink(missing_ok=True)
+        return read_learner_manifest(learners_root, learner_id)
     old_model, _ = load_main_model(main_root, old_version)
     new_model, new_main_manifest = load_main_model(main_root, validate_version(new_version))
     old_frozen, new_frozen = trunk_state(old_model), trunk_state(new_model)

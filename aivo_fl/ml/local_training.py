@@ -21,6 +21,7 @@ from aivo_fl.ml.artifacts import (
 )
 from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, learner_key, train_one
 from aivo_fl.ml.cloning import (
+    COPY_ON_WRITE,
     DELTA_NAME,
     HEADS_NAME,
     load_learner_model,
@@ -132,7 +133,7 @@ def train_learner(
     )
     # Manifest is written last (inside save_artifact), so it only ever points at complete files.
     new_manifest = {
-        **manifest,
+        **{k: v for k, v in manifest.items() if k != COPY_ON_WRITE},  # its own heads from now on
         "files": {DELTA_NAME: file_record(delta_bytes)},
         "last_training": result.to_json(),
     }

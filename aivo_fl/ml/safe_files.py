@@ -143,12 +143,14 @@ def read_at(dir_fd: int, name: str, limit: int, root: Path | str, directory: Pat
     except OSError as exc:
         raise _refusal(exc, os.fspath(root), dir_fd, name, os.path.join(directory, name)) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):  # before any read: a FIFO or a device never gets read
-            raise FileRejected(NOT_REGULAR, os.path.join(directory, name), _kind(mode))
-        data = os.read(fd, limit + 1)
-        while len(data) <= limit:  # read until end of file or one byte past the limit
-            chunk = os.read(fd, limit + 1 - len(data))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before any read: a FIFO or a device never gets read
+            raise FileRejected(NOT_REGULAR, os.path.join(directory, name), _kind(info.st_mode))
+        # Sized by fstat, so a 1 MiB cap is not a 1 MiB buffer. A regular file's read stops short
+        # only at its end; one that grew since fstat is read on, never past the cap.
+        data = os.read(fd, min(limit, info.st_size) + 1)
+        while info.st_size < len(data) <= limit:
+            chunk = os.read(fd, min(limit + 1 - len(data), 1 << 16))
             if not chunk:
                 break
             data += chunk

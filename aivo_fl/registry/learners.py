@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -143,17 +144,30 @@ class Learners(RegistryBase):
     def register_personalized_model(
         self, learner_id: str, metadata: dict[str, Any], *, base_model: str = DEFAULT_BASE_MODEL
     ) -> PersonalizedModelRecord:
-        checked_learner_id(learner_id)
+        self.register_personalized_models({learner_id: metadata}, base_model=base_model)
+        record = self.get_personalized_model(learner_id)
+        assert record is not None  # just written in its own committed transaction
+        return record
+
+    def register_personalized_models(
+        self, models: Mapping[str, dict[str, Any]], *, base_model: str = DEFAULT_BASE_MODEL
+    ) -> None:
+        """Register (or refresh and reactivate) many learners' personalized models in one transaction."""
+        for learner_id in models:
+            checked_learner_id(learner_id)
         with self._session() as session:
-            row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
-            if row is None:
-                row = PersonalizedModel(learnerId=learner_id, baseModel=base_model, metadata_=metadata)
-                session.add(row)
-            else:
-                row.metadata_ = metadata
-                row.status = "ACTIVE"
-            session.flush()
-            return _personalized_record(row)
+            ids = list(models)
+            for start in range(0, len(ids), 1_000):  # bounded IN lists on every backend
+                chunk = ids[start : start + 1_000]
+                existing = session.scalars(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId.in_(chunk)))
+                rows = {row.learnerId: row for row in existing}
+                for learner_id in chunk:
+                    row, metadata = rows.get(learner_id), models[learner_id]
+                    if row is None:
+                        session.add(PersonalizedModel(learnerId=learner_id, baseModel=base_model, metadata_=metadata))
+                    else:
+                        row.metadata_ = metadata
+                        row.status = "ACTIVE"
 
     def get_personalized_model(self, learner_id: str) -> PersonalizedModelRecord | None:
         checked_learner_id(learner_id)

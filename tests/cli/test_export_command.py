@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aivo_fl.operations.app_simulation import simulate_new_learners
-from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
@@ -29,8 +29,8 @@ def deployment_env(tmp_path: Path) -> dict[str, str]:
         registry, store, dataset.path, epochs=2, batch_size=64, data_seed=0, report=lambda _: None
     )
     [learner] = simulate_new_learners(registry, 1)
-    clone_learner(registry, store, learner)
-    train_learner_locally(registry, store, learner)
+    clone_learners(registry, store, [learner])
+    train_learner_locally(registry, store, learner, epochs=5)
     registry.engine.dispose()
     return {
         "DATABASE_URL": url,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from aivo_fl.registry import ModelRegistry
 from tests.cli.conftest import AIVO_FL, CONFIG_VARIABLES, RunCli
 from tests.conftest import _admin_engine
 
@@ -109,6 +110,17 @@ def test_gate_rejection_in_the_guides_words_and_verbose_shows_more(after_demo: A
     assert verbose.returncode == 1
     assert len(verbose.stderr.splitlines()) > 1
     assert verbose.stderr.splitlines()[-1].startswith("✗ No eligible learners")
+
+
+def test_a_round_held_by_a_live_process_is_refused_at_once_with_exit_5(after_demo: AfterDemo) -> None:
+    registry = ModelRegistry(after_demo.env["DATABASE_URL"])
+    try:
+        with registry.aggregation_lock("operator-shell"):  # this test process: alive
+            result = after_demo("run-federated-aggregation")
+    finally:
+        registry.engine.dispose()
+    line = one_line(result, 5, "Another aggregation round is running: operator-shell")
+    assert line.endswith("try again when it has finished")
 
 
 def test_corrupt_main_model_fails_at_once_naming_the_problem(after_demo: AfterDemo) -> None:

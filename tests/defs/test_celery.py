@@ -24,9 +24,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from aivo_fl.cli.dagster_runs import apply_sensor_result
 from aivo_fl.config import load_settings
 from aivo_fl.definitions import build_definitions
+from aivo_fl.defs.ticks import tick_sensor
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.registry import ModelRegistry, migrate
 
@@ -175,7 +175,7 @@ def test_celery_worker_executes_cloning_and_aggregation(cluster: Cluster, tmp_pa
         assert defs.resolve_job_def("train_main_model").execute_in_process(instance=instance).success
         learners = simulate_new_learners(registry, LEARNERS)
 
-        [request], _, _ = apply_sensor_result(defs, instance, "new_learner_sensor", None)
+        [request] = tick_sensor(defs, instance, "new_learner_sensor").run_requests
         cloned = _execute(clone_learners_job, instance, cluster.log, tags=request.tags)
         assert cloned.success, cluster.log.read_text(errors="replace")[-3000:]
         assert _celery_workers(cloned) == {f"{cluster.worker_name}@{os.uname().nodename}"}
@@ -184,7 +184,7 @@ def test_celery_worker_executes_cloning_and_aggregation(cluster: Cluster, tmp_pa
             assert record is not None and record.metadata["sourceVersion"] == "1.0.0"
             assert Path(record.metadata["clonedModelPath"]).is_dir()
 
-        [request], _, _ = apply_sensor_result(defs, instance, "learner_activity_sensor", None)
+        [request] = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
         trained = defs.resolve_job_def("train_learners").execute_in_process(instance=instance, tags=request.tags)
         assert trained.success
 

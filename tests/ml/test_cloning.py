@@ -5,18 +5,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file
 
-from aivo_fl.ml.artifacts import load_main_model
+from aivo_fl.ml.aggregation.base import delta_norm
+from aivo_fl.ml.artifacts import MAIN_WEIGHTS_NAME, load_main_model, main_head_tensors, main_version_dir
 from aivo_fl.ml.cloning import (
+    COPY_ON_WRITE,
     HEADS_NAME,
     clone_for_learner,
+    learner_heads,
     load_learner_model,
     remove_learner,
     weight_delta,
 )
+from aivo_fl.ml.data import generate_learner
 from aivo_fl.ml.learner_ids import InvalidLearnerId, learner_dir, validate_learner_id
+from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import architecture_summary, build_model, frozen_layers_for, is_personal
+from aivo_fl.ml.safe_files import MANIFEST_NAME
 
 BAD_IDS = ["..", "../x", "/etc", "a/b", "a\\b", "a\x00b", "", "x" * 200, ".hidden", "a b", "é"]
 
@@ -40,33 +45,35 @@ def test_valid_ids_and_learner_dir(tmp_path: Path) -> None:
         learner_dir(tmp_path, "link")
 
 
-def test_clone_stores_only_personal_tensors_and_matches_main(tmp_path: Path, depth_store: Path) -> None:
+def test_a_new_clone_is_a_copy_on_write_manifest_equal_to_main(tmp_path: Path, depth_store: Path) -> None:
     learners = tmp_path / "learners"
     info = clone_for_learner(depth_store, learners, "learner-0001", "1.0.0")
     assert info.source_version == "1.0.0" and info.path == learners.resolve() / "learner-0001"
-    on_disk = {}
-    for f in info.path.glob("*.safetensors"):
-        on_disk.update(load_file(f))
-    main, _ = load_main_model(depth_store, "1.0.0")
-    personal = {k for k in main.state_dict() if is_personal(main, k)}
-    assert on_disk and set(on_disk) == personal  # only the trainable layers, all of them
-    assert info.bytes_on_disk == sum(p.stat().st_size for p in info.path.iterdir())
+    # Only a manifest: no weights of its own until the learner first trains.
+    assert [p.name for p in info.path.iterdir()] == [MANIFEST_NAME]
+    assert info.bytes_on_disk == (info.path / MANIFEST_NAME).stat().st_size < 5_000
 
+    main, main_manifest = load_main_model(depth_store, "1.0.0")
     clone, manifest = load_learner_model(depth_store, learners, "learner-0001")
+    assert manifest[COPY_ON_WRITE] is True and manifest["files"] == {}
+    assert manifest["source_sha256"] == main_manifest["files"][MAIN_WEIGHTS_NAME]["sha256"]
     x = torch.randn(32, 256)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), main(x), rtol=0, atol=0)
     assert manifest["source_version"] == "1.0.0"
+    personal = {k for k in main.state_dict() if is_personal(main, k)}
     assert {k for k, p in clone.named_parameters() if p.requires_grad} == personal
 
+    heads, _ = learner_heads(depth_store, learners, "learner-0001")
+    assert set(heads) == personal  # the trainable layers, all of them, nothing frozen
     delta = weight_delta(depth_store, learners, "learner-0001")
-    assert delta.keys() == on_disk.keys() and all(np.all(v == 0) for v in delta.values())
+    assert delta.keys() == heads.keys() and all(np.all(v == 0) for v in delta.values())
 
     s = info.architecture
     assert s == architecture_summary(clone)
     assert s.total_layers == s.frozen_layers + s.trainable_layers == 15
     assert s.total_params == s.frozen_params + s.trainable_params == sum(p.numel() for p in clone.parameters())
-    assert s.trainable_params == sum(v.size for v in on_disk.values())
+    assert s.trainable_params == sum(v.size for v in heads.values())
     assert manifest["frozen_layers"] == clone.layer_names()[: clone.frozen_layers]
 
 
@@ -80,12 +87,34 @@ def test_guide_depth_has_the_guides_counts() -> None:
         frozen_layers_for("everything")
 
 
+def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(tmp_path: Path, main_store: Path) -> None:
+    learners = tmp_path / "learners"
+    main_files = {p.name: p.read_bytes() for p in main_version_dir(main_store, "1.0.0").iterdir()}
+    main_heads = main_head_tensors(main_store, "1.0.0")
+    trained, untouched = generate_learner("learner-a", seed=1), "learner-b"
+    clone_for_learner(main_store, learners, trained.learner_id, "1.0.0")
+    clone_for_learner(main_store, learners, untouched, "1.0.0")
+
+    train_learner(main_store, learners, trained.learner_id, trained.train, trained.heldout, "1.0.0")
+
+    own, manifest = learner_heads(main_store, learners, trained.learner_id)
+    assert COPY_ON_WRITE not in manifest and HEADS_NAME in manifest["files"]  # its own heads now
+    assert (learners / trained.learner_id / HEADS_NAME).is_file()
+    assert any(not np.array_equal(own[k], main_heads[k]) for k in main_heads)
+    assert delta_norm(weight_delta(main_store, learners, trained.learner_id)) > 0
+    # The other clone and the main version are exactly as they were.
+    shared, other_manifest = learner_heads(main_store, learners, untouched)
+    assert other_manifest[COPY_ON_WRITE] is True
+    assert all(np.array_equal(shared[k], main_heads[k]) for k in main_heads)
+    assert {p.name: p.read_bytes() for p in main_version_dir(main_store, "1.0.0").iterdir()} == main_files
+
+
 def test_clone_refuses_overwrite_and_remove(tmp_path: Path, main_store: Path) -> None:
     learners = tmp_path / "learners"
     clone_for_learner(main_store, learners, "learner-0002", "1.0.0")
     with pytest.raises(FileExistsError):
         clone_for_learner(main_store, learners, "learner-0002", "1.0.0")
-    assert (learners / "learner-0002" / HEADS_NAME).exists()
+    assert (learners / "learner-0002" / MANIFEST_NAME).exists()
     assert remove_learner(learners, "learner-0002") is True
     assert remove_learner(learners, "learner-0002") is False
     assert list(learners.iterdir()) == []

@@ -7,6 +7,7 @@ A FIFO must not block: every test here runs under an alarm that fails it instead
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
@@ -16,12 +17,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aivo_fl.ml import safe_files
-from aivo_fl.ml.artifacts import MAIN_WEIGHTS_NAME, ArtifactError, load_main_model, main_version_dir
-from aivo_fl.ml.cloning import HEADS_NAME, clone_for_learner, learner_heads, load_learner_model
-from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
+from aivo_fl.ml.artifacts import (
+    MAIN_WEIGHTS_NAME,
+    ArtifactError,
+    load_main_model,
+    main_version_dir,
+    save_artifact,
+    save_main_model,
+)
+from aivo_fl.ml.cloning import (
+    COPY_ON_WRITE,
+    HEADS_NAME,
+    CloneInfo,
+    clone_for_learner,
+    learner_heads,
+    load_learner_model,
+)
 from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.ml.round.candidate import RoundState, build_candidate
+from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.safe_files import FileRejected, read_verified
 from tests.ml.delta_files import write_delta
 
@@ -122,19 +140,12 @@ def _round(store: Path, learners: list[str]) -> object:
         LearnerUpdate(learner, store / learner / "delta.safetensors", 100, "1.0.0", NOW - timedelta(hours=1), 0.0)
         for learner in learners
     ]
-    return aggregate_round(
-        {k: np.zeros(s, np.float32) for k, s in SHAPES.items()},
-        "1.0.0",
-        ["1.0.0"],
-        updates,
+    return build_candidate(
+        RoundState("1.0.0", {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, ["1.0.0"], updates, store),
         RoundOptions(min_learners=3),
-        # A fixed denominator, so the round with the bad files and the one without add the same noise.
-        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0, expected_learners=3),
-        [],
-        {},
+        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0),
         NOW,
         np.random.default_rng(0),
-        learners_root=store,
     )
 
 
@@ -220,17 +231,25 @@ def test_a_hostile_main_version_is_refused(tmp_path: Path, main_store: Path, att
     assert str(info.value).startswith(str(main_version_dir(root, "1.0.0"))) and reason in str(info.value)
 
 
+def _trained_clone(main_store: Path, learners: Path, learner_id: str) -> CloneInfo:
+    """A clone with its own heads file (what training leaves), the file the attacks below replace."""
+    info = clone_for_learner(main_store, learners, learner_id, "1.0.0")
+    heads, manifest = learner_heads(main_store, learners, learner_id)
+    save_artifact(info.path, heads, {k: v for k, v in manifest.items() if k != COPY_ON_WRITE}, HEADS_NAME)
+    return info
+
+
 @pytest.mark.parametrize(
     "attack", [a for a in ATTACKS if a != FOLDER_OUT], ids=[_attack_id(a) for a in ATTACKS if a != FOLDER_OUT]
 )
 def test_a_hostile_clone_is_refused(tmp_path: Path, main_store: Path, attack: str) -> None:
     learners, outside = tmp_path / "learners", tmp_path / "outside"
     outside.mkdir()
-    info_clone = clone_for_learner(main_store, learners, "learner-1", "1.0.0")
+    info_clone = _trained_clone(main_store, learners, "learner-1")
     make_hostile, reason = ATTACKS[attack]
     make_hostile(info_clone.path / HEADS_NAME, learners, outside)
     for load in (
-        lambda: learner_heads(learners, "learner-1"),
+        lambda: learner_heads(main_store, learners, "learner-1"),
         lambda: load_learner_model(main_store, learners, "learner-1"),
     ):
         with pytest.raises(ArtifactError) as info:
@@ -241,8 +260,49 @@ def test_a_hostile_clone_is_refused(tmp_path: Path, main_store: Path, attack: st
 def test_a_clone_folder_linked_out_of_the_store_is_refused(tmp_path: Path, main_store: Path) -> None:
     learners, outside = tmp_path / "learners", tmp_path / "outside"
     outside.mkdir()
-    info_clone = clone_for_learner(main_store, learners, "learner-1", "1.0.0")
+    info_clone = _trained_clone(main_store, learners, "learner-1")
     _folder_link_out(info_clone.path / HEADS_NAME, learners, outside)
     # Refused by the learner-id check already (which also protects writes into the folder).
     with pytest.raises(InvalidLearnerId, match="resolves outside the learner store"):
-        learner_heads(learners, "learner-1")
+        learner_heads(main_store, learners, "learner-1")
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS), ids=[_attack_id(a) for a in ATTACKS])
+def test_a_copy_on_write_clone_refuses_a_hostile_main_version(tmp_path: Path, main_store: Path, attack: str) -> None:
+    # The clone has no heads file: its heads are read from the main version, under the same rules.
+    root, learners, outside = tmp_path / "main", tmp_path / "learners", tmp_path / "outside"
+    shutil.copytree(main_store, root)
+    outside.mkdir()
+    clone_for_learner(root, learners, "learner-1", "1.0.0")
+    make_hostile, reason = ATTACKS[attack]
+    make_hostile(main_version_dir(root, "1.0.0") / MAIN_WEIGHTS_NAME, root, outside)
+    for load in (
+        lambda: learner_heads(root, learners, "learner-1"),
+        lambda: load_learner_model(root, learners, "learner-1"),
+    ):
+        with pytest.raises(ArtifactError) as info:
+            load()
+        assert isinstance(info.value, FileRejected) and info.value.reason == reason
+
+
+def test_a_copy_on_write_clone_refuses_a_main_file_it_was_not_cloned_from(
+    tmp_path: Path, main_store: Path, trained_small: tuple
+) -> None:
+    # A main version replaced wholesale, manifest and all, is self-consistent, but not the file the
+    # clone recorded: the clone's own record of its source hash refuses it.
+    root, learners = tmp_path / "main", tmp_path / "learners"
+    shutil.copytree(main_store, root)
+    clone_for_learner(root, learners, "learner-1", "1.0.0")
+    model, _ = trained_small
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other.heads.parameters():
+            parameter.add_(0.25)
+    shutil.rmtree(main_version_dir(root, "1.0.0"))
+    save_main_model(root, "1.0.0", other, {}, data_seed=0)
+    load_main_model(root, "1.0.0")  # the replaced version verifies on its own
+    with pytest.raises(FileRejected) as info:
+        learner_heads(root, learners, "learner-1")
+    assert info.value.reason == safe_files.HASH_MISMATCH and "not the file learner 'learner-1' was cloned from" in str(
+        info.value
+    )

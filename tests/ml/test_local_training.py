@@ -77,12 +77,12 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
     data = generate_learner("learner-0003", seed=0)
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
-    personal_heads, _ = learner_heads(learners, data.learner_id)
+    personal_heads, _ = learner_heads(main_root, learners, data.learner_id)
 
     old_main, new_main = main_head_tensors(main_root, "1.0.0"), main_head_tensors(main_root, "1.1.0")
     manifest = rebase_clone(main_root, learners, data.learner_id, "1.1.0")
     assert manifest["source_version"] == "1.1.0" and manifest["personalisation_kept"] is True
-    heads, _ = learner_heads(learners, data.learner_id)
+    heads, _ = learner_heads(main_root, learners, data.learner_id)
     offset = weight_delta(main_root, learners, data.learner_id)
     for key in personal_heads:
         # The learner's personal offset rides on the new main: it gets what the population taught
@@ -94,7 +94,7 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
     # The next delta is that session's update only, not the carried offset again.
     result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
     assert result.rebased_from is None and result.source_version == "1.1.0"
-    trained_heads, _ = learner_heads(learners, data.learner_id)
+    trained_heads, _ = learner_heads(main_root, learners, data.learner_id)
     stored, _ = load_delta(result.delta_path, learners, shapes_of(trained_heads), 1e3)
     for key in stored:
         np.testing.assert_allclose(stored[key], trained_heads[key] - heads[key], atol=1e-6)
@@ -120,7 +120,7 @@ def test_rebase_onto_a_retrained_trunk_restarts_from_the_new_heads(tmp_path: Pat
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
     rebase_clone(main_root, learners, data.learner_id, "2.0.0")
-    heads, manifest = learner_heads(learners, data.learner_id)
+    heads, manifest = learner_heads(main_root, learners, data.learner_id)
     assert manifest["personalisation_kept"] is False
     for key, value in main_head_tensors(main_root, "2.0.0").items():
         np.testing.assert_array_equal(heads[key], value)

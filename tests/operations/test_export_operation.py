@@ -19,7 +19,7 @@ from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.model import build_model, head_state
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.export import export_learner_model
-from aivo_fl.operations.learners import clone_learner, split_interactions, train_learner_locally
+from aivo_fl.operations.learners import clone_learners, split_interactions, train_learner_locally
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, RegistryError, migrate
@@ -41,8 +41,8 @@ def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
     dataset = build_curriculum_dataset(store, 1000, 0, report=quiet)
     train_and_register_main_model(registry, store, dataset.path, epochs=3, batch_size=64, data_seed=0, report=quiet)
     [learner] = simulate_new_learners(registry, 1)
-    clone_learner(registry, store, learner)
-    train_learner_locally(registry, store, learner)
+    clone_learners(registry, store, [learner])
+    train_learner_locally(registry, store, learner, epochs=5)
     yield Trained(registry, store, learner)
     registry.engine.dispose()
 

@@ -24,7 +24,7 @@ from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.operations.errors import diagnose
-from aivo_fl.operations.learners import clone_learner, train_learner_locally
+from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.operations.recovery import clean_store
 from aivo_fl.registry import RegistryError
 
@@ -77,18 +77,16 @@ def learner_models(
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     clean_store(store, report)
     report(f"Cloning {len(context.partition_keys)} learner model(s)...")
-    clones, failures = _for_each_learner(
-        context.partition_keys,
-        lambda learner: clone_learner(reg, store, learner, base_model=model_store.base_model_name),
-    )
-    version = clones[-1].source_version if clones else None
-    report(f"✓ Cloned {len(clones)} learner model(s) from main version {version}")
-    _fail_if_any(failures, len(clones), "Cloning")
+    with fail_fast_unless_transient():
+        batch = clone_learners(reg, store, context.partition_keys, base_model=model_store.base_model_name)
+    version = batch.clones[-1].source_version if batch.clones else None
+    report(f"✓ Cloned {len(batch.clones)} learner model(s) from main version {version}")
+    _fail_if_any(batch.failures, len(batch.clones), "Cloning")
     return dg.MaterializeResult(
         metadata={
-            "learners": len(clones),
+            "learners": len(batch.clones),
             "source_version": version or "-",
-            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in clones)) if clones else 0,
+            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in batch.clones)) if batch.clones else 0,
         }
     )
 
