@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, alias="BATCH_SIZE", gt=0)
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
+    personalization_depth: Literal["heads", "guide"] = Field("heads", alias="PERSONALIZATION_DEPTH")
+    local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
     local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")

@@ -86,6 +86,8 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     curriculum_samples: int
     data_seed: int
     local_epochs: int
+    personalization_depth: str
+    local_proximal_mu: float
     torch_num_threads: int | None
 
     def torch_threads(self, instance: dg.DagsterInstance) -> int:
@@ -171,6 +173,8 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            personalization_depth=settings.personalization_depth,
+            local_proximal_mu=settings.local_proximal_mu,
             local_epochs=settings.local_epochs,
             torch_num_threads=settings.torch_num_threads,
         ),
