@@ -123,25 +123,42 @@ class Lineage:
 def _offered(world: World, learners: list[int], samples: list[int], version: str, now: datetime) -> list[LearnerUpdate]:
     ids = world.population.ids
     # FedAvg weighs by samples only; the local improvement is not measured here (NaN = not known).
-    return [LearnerUpdate(ids[i], Path(ids[i]), n, version, now, float("nan")) for i, n in zip(learners, samples)]
+    return [
+        LearnerUpdate(ids[i], Path(ids[i]), n, version, now, float("nan"))
+        for i, n in zip(learners, samples, strict=True)
+    ]
 
 
-def _round(world: World, lineage: Lineage, week: int, privacy: PrivacySettings, options: RoundOptions,
-           knobs: Knobs, rng: np.random.Generator) -> dict[str, Any]:
+def _round(
+    world: World,
+    lineage: Lineage,
+    week: int,
+    privacy: PrivacySettings,
+    options: RoundOptions,
+    knobs: Knobs,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     data = world.population.week(week)
     update = train_active_learners(lineage.active, data.train(), lineage.offsets, replace(knobs.local, seed=week))
     lineage.offsets = update.offsets
     now = datetime(2026, 1, 5, tzinfo=UTC) + timedelta(weeks=week)
     ids = world.population.ids
-    deltas = {ids[i]: {k: v.numpy() for k, v in d.items()} for i, d in zip(update.learners, update.deltas)}
+    deltas = {ids[i]: {k: v.numpy() for k, v in d.items()} for i, d in zip(update.learners, update.deltas, strict=True)}
     state = RoundState(
-        lineage.versions[-1], head_state(lineage.active), list(lineage.versions),
-        _offered(world, update.learners, update.samples, lineage.versions[-1], now), Path("."),
-        lineage.privacy, lineage.optimizer_state, in_memory=deltas,
+        lineage.versions[-1],
+        head_state(lineage.active),
+        list(lineage.versions),
+        _offered(world, update.learners, update.samples, lineage.versions[-1], now),
+        Path("."),
+        lineage.privacy,
+        lineage.optimizer_state,
+        in_memory=deltas,
     )
     result = build_candidate(state, options, privacy, now, rng)
     if result.privacy_record is not None:  # released whatever the gate says
-        lineage.privacy = lineage.privacy.after(result.privacy_record, [c.learner_id for c in result.contributions if c.charged])
+        lineage.privacy = lineage.privacy.after(
+            result.privacy_record, [c.learner_id for c in result.contributions if c.charged]
+        )
     candidate = with_heads(lineage.active, result.candidate_heads)
     # Pooled (correct, total) counts are the same whether learners' sets are scored apart or together.
     evaluation = EvaluationSet({CONTRIBUTORS: [data.evaluation().samples]}, world.curriculum_val)
@@ -186,8 +203,14 @@ def run_configuration(world: World, privacy: PrivacySettings, knobs: Knobs, seed
     for week in range(1, world.weeks + 1):
         started = time.perf_counter()
         row = _round(world, lineage, week, privacy, options, knobs, rng)
-        rows.append({"round": week, **_scores(world, lineage.active, round0_cold), **row,
-                     "seconds": time.perf_counter() - started})
+        rows.append(
+            {
+                "round": week,
+                **_scores(world, lineage.active, round0_cold),
+                **row,
+                "seconds": time.perf_counter() - started,
+            }
+        )
     recorded = list(lineage.privacy.rounds)
     year = recorded + [recorded[-1]] * (YEAR - len(recorded)) if recorded else []
     return {
@@ -203,8 +226,9 @@ def privacy_of(configuration: str) -> PrivacySettings:
     return privacy_settings_from(load_settings(**CONFIGURATIONS[configuration]))
 
 
-def run(quick: bool = False, knobs: Knobs | None = None, n_learners: int | None = None,
-        weeks: int | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, knobs: Knobs | None = None, n_learners: int | None = None, weeks: int | None = None
+) -> dict[str, Any]:
     configure_cpu(1)
     torch.manual_seed(0)
     knobs = knobs or Knobs()
@@ -239,19 +263,27 @@ def _fmt(value: float | None, pattern: str = "{:.2%}") -> str:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
-          f"{result['weeks']} weekly rounds; knobs {result['knobs']}; oracle {result['oracle']:.2%}")
-    print(f"{'configuration':<18} {'round':>5} {'cold start':>10} {'clones':>7} {'main':>7} {'curric.':>7} "
-          f"{'epsilon':>9} {'gap':>6} {'gate':>6} {'s':>6}")
+    print(
+        f"{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
+        f"{result['weeks']} weekly rounds; knobs {result['knobs']}; oracle {result['oracle']:.2%}"
+    )
+    print(
+        f"{'configuration':<18} {'round':>5} {'cold start':>10} {'clones':>7} {'main':>7} {'curric.':>7} "
+        f"{'epsilon':>9} {'gap':>6} {'gate':>6} {'s':>6}"
+    )
     for name, c in result["configurations"].items():
         for r in c["rounds"]:
             gate_verdict = "" if r["round"] == 0 else ("ok" if r["accepted"] else "reject")
-            print(f"{name:<18} {r['round']:>5} {_fmt(r['cold_start']):>10} "
-                  f"{_fmt(r.get('personalized_clones', math.nan)):>7} {_fmt(r.get('personalized_main', math.nan)):>7} "
-                  f"{_fmt(r['curriculum']):>7} {_fmt(r['epsilon'], '{:.3g}'):>9} {_fmt(r['gap_closed'], '{:.0%}'):>6} "
-                  f"{gate_verdict:>6} {r['seconds']:>6.1f}")
-        print(f"{name:<18} epsilon after 1 round {_fmt(c['epsilon_1'], '{:.3g}')}, after {YEAR} "
-              f"{_fmt(c['epsilon_52'], '{:.3g}')} (delta {c['privacy']['delta']:g})")
+            print(
+                f"{name:<18} {r['round']:>5} {_fmt(r['cold_start']):>10} "
+                f"{_fmt(r.get('personalized_clones', math.nan)):>7} {_fmt(r.get('personalized_main', math.nan)):>7} "
+                f"{_fmt(r['curriculum']):>7} {_fmt(r['epsilon'], '{:.3g}'):>9} {_fmt(r['gap_closed'], '{:.0%}'):>6} "
+                f"{gate_verdict:>6} {r['seconds']:>6.1f}"
+            )
+        print(
+            f"{name:<18} epsilon after 1 round {_fmt(c['epsilon_1'], '{:.3g}')}, after {YEAR} "
+            f"{_fmt(c['epsilon_52'], '{:.3g}')} (delta {c['privacy']['delta']:g})"
+        )
 
 
 def _plot(result: dict[str, Any]) -> None:
