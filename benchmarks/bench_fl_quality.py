@@ -218,8 +218,11 @@ def _scores(world: World, model: CurriculumNet, round0_cold: float) -> dict[str,
     }
 
 
-def run_configuration(world: World, privacy: PrivacySettings, knobs: Knobs, seed: int = 0) -> dict[str, Any]:
-    """Every week's round under ``privacy``; one row per round (round 0 = the curriculum model)."""
+def run_configuration(
+    world: World, privacy: PrivacySettings, knobs: Knobs, seed: int = 0, name: str | None = None
+) -> dict[str, Any]:
+    """Every week's round under ``privacy``; one row per round (round 0 = the curriculum model),
+    printed as it completes when ``name`` is given."""
     options = RoundOptions(server_optimizer=knobs.server_optimizer, learning_rate=knobs.server_learning_rate)
     lineage = Lineage(copy.deepcopy(world.round0))
     round0_cold = cold_start_accuracy(world.round0, world.population.evaluation_cohort)
@@ -236,6 +239,8 @@ def run_configuration(world: World, privacy: PrivacySettings, knobs: Knobs, seed
                 "seconds": time.perf_counter() - started,
             }
         )
+        if name is not None:
+            print(_row(name, rows[-1]), flush=True)
     recorded = list(lineage.privacy.rounds)
     year = recorded + [recorded[-1]] * (YEAR - len(recorded)) if recorded else []
     return {
@@ -262,7 +267,8 @@ def run(
     started = time.perf_counter()
     world = build_world(train_round0(quick), population_of(n_learners), weeks, knobs.depth)
     setup = time.perf_counter() - started
-    configurations = {name: run_configuration(world, privacy_of(name), knobs) for name in CONFIGURATIONS}
+    print(HEADER, flush=True)
+    configurations = {name: run_configuration(world, privacy_of(name), knobs, name=name) for name in CONFIGURATIONS}
     result = {
         "benchmark": "fl_quality",
         "quick": quick,
@@ -288,25 +294,32 @@ def _fmt(value: float | None, pattern: str = "{:.2%}") -> str:
     return "-" if isinstance(value, float) and math.isnan(value) else pattern.format(value)
 
 
+HEADER = (
+    f"{'configuration':<18} {'round':>5} {'cold start':>10} {'clones':>7} {'main':>7} {'curric.':>7} "
+    f"{'epsilon':>9} {'gap':>6} {'gate':>6} {'s':>6}"
+)
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    gate_verdict = "" if r["round"] == 0 else ("ok" if r["accepted"] else "reject")
+    return (
+        f"{name:<18} {r['round']:>5} {_fmt(r['cold_start']):>10} "
+        f"{_fmt(r.get('personalized_clones', math.nan)):>7} {_fmt(r.get('personalized_main', math.nan)):>7} "
+        f"{_fmt(r['curriculum']):>7} {_fmt(r['epsilon'], '{:.3g}'):>9} {_fmt(r['gap_closed'], '{:.0%}'):>6} "
+        f"{gate_verdict:>6} {r['seconds']:>6.1f}"
+    )
+
+
 def _print(result: dict[str, Any]) -> None:
     print(
-        f"{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
+        f"\n{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
         f"{result['weeks']} weekly rounds; knobs {result['knobs']}; oracle {result['oracle']:.2%} "
-        f"(its curriculum accuracy {result['oracle_curriculum']:.2%})"
+        f"(its curriculum accuracy {result['oracle_curriculum']:.2%}); {result['total_seconds']:.0f} s in all"
     )
-    print(
-        f"{'configuration':<18} {'round':>5} {'cold start':>10} {'clones':>7} {'main':>7} {'curric.':>7} "
-        f"{'epsilon':>9} {'gap':>6} {'gate':>6} {'s':>6}"
-    )
+    print(HEADER)
     for name, c in result["configurations"].items():
         for r in c["rounds"]:
-            gate_verdict = "" if r["round"] == 0 else ("ok" if r["accepted"] else "reject")
-            print(
-                f"{name:<18} {r['round']:>5} {_fmt(r['cold_start']):>10} "
-                f"{_fmt(r.get('personalized_clones', math.nan)):>7} {_fmt(r.get('personalized_main', math.nan)):>7} "
-                f"{_fmt(r['curriculum']):>7} {_fmt(r['epsilon'], '{:.3g}'):>9} {_fmt(r['gap_closed'], '{:.0%}'):>6} "
-                f"{gate_verdict:>6} {r['seconds']:>6.1f}"
-            )
+            print(_row(name, r))
         print(
             f"{name:<18} epsilon after 1 round {_fmt(c['epsilon_1'], '{:.3g}')}, after {YEAR} "
             f"{_fmt(c['epsilon_52'], '{:.3g}')} (delta {c['privacy']['delta']:g})"
