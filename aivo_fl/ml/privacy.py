@@ -122,12 +122,26 @@ def epsilon_for_events(events: Iterable[PrivacyEvent], delta: float = DEFAULT_DE
 
 @lru_cache(maxsize=4096)
 def _epsilon_of_counts(counts: tuple[tuple[PrivacyEvent, int], ...], delta: float) -> float:
+    """RDP adds up over composed events, so each distinct event's RDP curve is computed once
+    (:func:`_rdp_of`) and a history is a weighted sum of cached curves: learners whose histories
+    are different subsets of rounds (Poisson sampling, adaptive clipping, a population that changes
+    every week: thousands of distinct histories) cost a vector sum each, not an accountant run
+    (about a second each for six subsampled events)."""
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    orders, _ = _rdp_of(counts[0][0])
+    rdp = sum(count * _rdp_of(event)[1] for event, count in counts)
+    return float(compute_epsilon(orders, rdp, delta)[0])
+
+
+@lru_cache(maxsize=4096)
+def _rdp_of(event: PrivacyEvent) -> tuple[tuple[float, ...], np.ndarray]:
+    """(orders, RDP at each order) of one event, from dp-accounting's accountant."""
     from dp_accounting.rdp import RdpAccountant
 
     accountant = RdpAccountant()
-    for event, count in counts:
-        accountant.compose(event.dp_event(), count)  # identical rounds compose in one step
-    return float(accountant.get_epsilon(delta))
+    accountant.compose(event.dp_event())
+    return tuple(accountant.orders), np.asarray(accountant.rdp, dtype=np.float64)
 
 
 def learner_epsilon(learner_events: Iterable[PrivacyEvent], delta: float = DEFAULT_DELTA) -> float:
