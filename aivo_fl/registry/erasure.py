@@ -44,7 +44,7 @@ class ErasureReport:
     rounds_rewritten: int
 
 
-def _pseudonym(learner_id: str, key: str | bytes) -> str:
+def pseudonym(learner_id: str, key: str | bytes) -> str:
     secret = key.encode() if isinstance(key, str) else key
     if not secret:
         raise RegistryError("Erasure needs a key (AIVO_ERASURE_KEY) to pseudonymize the audit trail")
@@ -56,7 +56,7 @@ class Erasure(RegistryBase):
         """Erase everything the registry holds about a learner, in one transaction (so a crash
         erases all or nothing, and running it again is harmless)."""
         checked_learner_id(learner_id)
-        alias = _pseudonym(learner_id, key)
+        alias = pseudonym(learner_id, key)
         scrub = _Scrubber(learner_id, alias)
 
         with self._session() as session:
