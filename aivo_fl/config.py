@@ -38,6 +38,7 @@ WEEKLY_CRON = "0 2 * * 0"
 # One cron field: digits, names (SUN, JAN), and the operators * / , - ?
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 AUTO_CLIP = "auto"
+INITIAL_AUTO_CLIP_NORM = 1.0  # CLIP_NORM=auto starts here; later rounds follow CLIP_TARGET_QUANTILE
 
 # PRIVACY_PRESET=user-level: user-level DP-FedAvg with Poisson sampling and adaptive clipping.
 # dp-accounting's RDP accountant: 52 weekly rounds at q=0.1, z=1.0 (plus the adaptive-clipping
@@ -94,6 +95,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, alias="BATCH_SIZE", gt=0)
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
+    personalization_depth: Literal["heads", "guide"] = Field("heads", alias="PERSONALIZATION_DEPTH")
+    local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
     local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
@@ -219,6 +222,13 @@ class Settings(BaseSettings):
                 )
             object.__setattr__(self, name, value)
         return self
+
+    def privacy_clip(self) -> tuple[float, float | None]:
+        """(clip norm, target quantile): the fixed clip norm and None, or under CLIP_NORM=auto the
+        first round's clip norm and the quantile later rounds follow."""
+        if self.clip_norm == AUTO_CLIP:
+            return INITIAL_AUTO_CLIP_NORM, self.clip_target_quantile
+        return float(self.clip_norm), None
 
     @cached_property
     def sqlalchemy_url(self) -> URL:

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-BENCHMARKS = ("training", "aggregation", "sensor", "provisioning", "export", "privacy")
+BENCHMARKS = ("training", "aggregation", "sensor", "provisioning", "export", "privacy", "local_training")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

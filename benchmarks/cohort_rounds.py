@@ -19,11 +19,11 @@ import numpy as np
 
 from aivo_fl.ml.aggregation.server_optimizers import State
 from aivo_fl.ml.artifacts import save_main_model
+from aivo_fl.ml.batched_training import LocalTrainingConfig
 from aivo_fl.ml.cloning import clone_for_learner, load_learner_model
 from aivo_fl.ml.data import LearnerData, Samples, generate_cohort, generate_curriculum
 from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import CurriculumNet, head_state
-from aivo_fl.ml.privacy import PrivacyEvent
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, correct_count, federated_accuracy, gate, with_heads
@@ -34,7 +34,9 @@ from aivo_fl.operations.versions import next_version
 
 FIRST_VERSION = "1.0.0"
 # DP on with the environment's default noise multiplier (0.1): epsilon is reported with its warning.
-DEFAULT_PRIVACY = PrivacySettings(enabled=True, noise_multiplier=0.1, clip_norm=1.0)
+# The clip norm sits near the local updates' own norms (0.15-0.3 with SGD and the proximal term):
+# at 1.0 the noise, which scales with it, would drown a dozen learners' signal.
+DEFAULT_PRIVACY = PrivacySettings(enabled=True, noise_multiplier=0.1, clip_norm=0.25)
 DEFAULT_TOLERANCES = Tolerances()
 
 
@@ -47,8 +49,7 @@ class Cohort:
     trained: CurriculumNet
     active: CurriculumNet
     lineage: list[str] = field(default_factory=lambda: [FIRST_VERSION])
-    events: list[PrivacyEvent] = field(default_factory=list)
-    ledger: dict[str, list[PrivacyEvent]] = field(default_factory=dict)
+    privacy_history: PrivacyHistory = field(default_factory=PrivacyHistory)
     optimizer_state: State = field(default_factory=dict)
 
 
@@ -74,7 +75,7 @@ def _train_learners(cohort: Cohort, round_no: int, rounds: int, local_epochs: in
             learner.train.subset(chunks[round_no - 1]),
             learner.heldout,
             cohort.lineage[-1],
-            epochs=local_epochs,
+            LocalTrainingConfig(epochs=local_epochs),
         )
         trained_at = session.finished_at if session.finished_at.tzinfo else session.finished_at.replace(tzinfo=UTC)
         improvement = session.accuracy_after - session.accuracy_before
@@ -105,14 +106,13 @@ def _round(
         list(cohort.lineage),
         updates,
         cohort.learners_root,
-        PrivacyHistory(list(cohort.events), dict(cohort.ledger)),
+        cohort.privacy_history,
         cohort.optimizer_state,
     )
     result = build_candidate(state, options, privacy, max(u.trained_at for u in updates), rng)
-    if result.privacy_event is not None:  # released whatever the gate says
-        cohort.events.append(result.privacy_event)
-        for c in result.included:
-            cohort.ledger.setdefault(c.learner_id, []).append(result.privacy_event)
+    if result.privacy_record is not None:  # released whatever the gate says
+        charged = [c.learner_id for c in result.contributions if c.charged]
+        cohort.privacy_history = cohort.privacy_history.after(result.privacy_record, charged)
     candidate = with_heads(cohort.active, result.candidate_heads)
     heldouts = [learner.heldout for learner in cohort.learners]
     verdict = gate(

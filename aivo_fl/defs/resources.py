@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
+from aivo_fl.config import AUTO_CLIP, DEFAULT_BASE_MODEL, Settings
 from aivo_fl.defs.secrets import database_url_reference, secret_reference
 from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.training import cpu_threads
@@ -52,7 +52,10 @@ class FederatedSettingsResource(dg.ConfigurableResource):
     use_federated_learning: bool
     enable_differential_privacy: bool
     noise_multiplier: float
-    clip_norm: float
+    clip_norm: float  # under CLIP_NORM=auto, the first round's
+    adaptive_clipping: bool  # CLIP_NORM=auto (Dagster config cannot hold "float or auto")
+    clip_target_quantile: float
+    learner_sample_rate: float
     privacy_delta: float
     privacy_epsilon_budget: float | None
     privacy_learner_epsilon_budget: float | None
@@ -66,7 +69,10 @@ class FederatedSettingsResource(dg.ConfigurableResource):
 
     def settings(self) -> Settings:
         """These fields as `Settings`, what the operations layer reads (the others keep their defaults)."""
-        return Settings.model_construct(**self.model_dump())
+        fields = self.model_dump()
+        if fields.pop("adaptive_clipping"):
+            fields["clip_norm"] = AUTO_CLIP
+        return Settings.model_construct(**fields)
 
     def privacy(self) -> PrivacySettings:
         return privacy_settings_from(self.settings())
@@ -80,6 +86,8 @@ class TrainingSettingsResource(dg.ConfigurableResource):
     curriculum_samples: int
     data_seed: int
     local_epochs: int
+    personalization_depth: str
+    local_proximal_mu: float
     torch_num_threads: int | None
 
     def torch_threads(self, instance: dg.DagsterInstance) -> int:
@@ -150,7 +158,10 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             use_federated_learning=settings.use_federated_learning,
             enable_differential_privacy=settings.enable_differential_privacy,
             noise_multiplier=settings.noise_multiplier,
-            clip_norm=settings.clip_norm,
+            clip_norm=settings.privacy_clip()[0],
+            adaptive_clipping=settings.clip_norm == AUTO_CLIP,
+            clip_target_quantile=settings.clip_target_quantile,
+            learner_sample_rate=settings.learner_sample_rate,
             privacy_delta=settings.privacy_delta,
             privacy_epsilon_budget=settings.privacy_epsilon_budget,
             privacy_learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
@@ -162,6 +173,8 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            personalization_depth=settings.personalization_depth,
+            local_proximal_mu=settings.local_proximal_mu,
             local_epochs=settings.local_epochs,
             torch_num_threads=settings.torch_num_threads,
         ),

@@ -28,8 +28,8 @@ from safetensors.numpy import save as st_save
 
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
 from aivo_fl.ml.model import (
-    HEAD_PREFIX,
-    HIDDEN_SIZES,
+    PERSONALIZATION_DEPTHS,
+    TRUNK_WIDTHS,
     CurriculumNet,
     architecture_summary,
     build_model,
@@ -183,8 +183,9 @@ def model_description(model: CurriculumNet) -> dict[str, Any]:
         "trainable_layers": head_layer_names(model),
         "model_config": {
             "num_features": NUM_FEATURES,
-            "hidden_sizes": list(HIDDEN_SIZES),
+            "trunk_widths": list(TRUNK_WIDTHS),
             "head_classes": dict(HEAD_CLASSES),
+            "personalized_from_layer": model.frozen_layers,
         },
     }
 
@@ -219,10 +220,17 @@ def save_main_model(
     return directory
 
 
+def _frozen_layers(manifest: dict[str, Any], directory: Path) -> int:
+    value = manifest.get("model_config", {}).get("personalized_from_layer")
+    if value not in PERSONALIZATION_DEPTHS.values():
+        raise ArtifactError(f"{directory}: manifest has no valid personalization depth ({value!r})")
+    return int(value)
+
+
 def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[str, Any]]:
     directory = main_version_dir(main_root, version)
     tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
-    model = build_model()
+    model = build_model(frozen_layers=_frozen_layers(manifest, directory))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -243,6 +251,11 @@ def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[
 
 
 def main_head_tensors(main_root: Path, version: str) -> dict[str, np.ndarray]:
-    """Only the head tensors of a main version (verified), without building a model."""
-    tensors, _ = load_artifact(main_root, main_version_dir(main_root, version), MAIN_WEIGHTS_NAME)
-    return {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
+    """Only the personal (trainable) tensors of a main version (verified), without building a model."""
+    directory = main_version_dir(main_root, version)
+    tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
+    layers = manifest.get("trainable_layers")
+    if not isinstance(layers, list) or not layers:
+        raise ArtifactError(f"{directory}: manifest does not list the trainable layers")
+    prefixes = tuple(f"{layer}." for layer in layers)
+    return {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith(prefixes)}

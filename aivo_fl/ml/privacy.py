@@ -201,4 +201,3 @@ def dp_weight(num_samples: int, sample_cap: int = DEFAULT_SAMPLE_CAP, factor: fl
 def noise_std(noise_multiplier: float, clip_norm: float) -> float:
     """Std of the Gaussian noise added to each coordinate of the weighted SUM."""
     return noise_multiplier * clip_norm
-

@@ -93,17 +93,21 @@ class AggregationOutcome:
             "performanceImprovement": g.performance_improvement,
             "epsilonRound": r.privacy.epsilon_round,
             "epsilonTotal": r.privacy.epsilon_total,
+            "privacy": recorded_privacy(r),
         }
 
 
 def privacy_settings_from(settings: Settings) -> PrivacySettings:
+    clip_norm, target_quantile = settings.privacy_clip()
     return PrivacySettings(
         enabled=settings.enable_differential_privacy,
         noise_multiplier=settings.noise_multiplier,
-        clip_norm=settings.clip_norm,
+        clip_norm=clip_norm,
         delta=settings.privacy_delta,
         epsilon_budget=settings.privacy_epsilon_budget,
         learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+        sample_rate=settings.learner_sample_rate,
+        clip_target_quantile=target_quantile,
     )
 
 
@@ -186,16 +190,9 @@ def _read(
 
 
 def _privacy_history(registry: ModelRegistry, learner_ids: Iterable[str]) -> PrivacyHistory:
-    """The recorded rounds' accountant events, globally and per learner (rounds released without
-    noise carry no event: the ledger reports them as "no guarantee")."""
+    """The recorded rounds as they ran, and for each offered learner the rounds that charged them."""
     rounds = recorded_rounds(registry)
-    return PrivacyHistory(
-        [e for r in rounds if (e := r.event()) is not None],
-        {
-            learner: [e for r in charged if (e := r.event()) is not None]
-            for learner, charged in learner_ledgers(registry, rounds, learner_ids).items()
-        },
-    )
+    return PrivacyHistory(rounds, learner_ledgers(registry, rounds, learner_ids))
 
 
 def _report_round(result: RoundResult, privacy: PrivacySettings, options: RoundOptions, report: Report) -> None:
@@ -206,19 +203,47 @@ def _report_round(result: RoundResult, privacy: PrivacySettings, options: RoundO
     )
     for c in result.excluded:
         report(f"  - excluded {c.learner_id}: {c.excluded_reason}")
-    if not privacy.enabled:
-        report("Differential privacy: OFF (no clipping, no noise, no privacy guarantee)")
-        return
+    _report_privacy(result, privacy, report)
+
+
+def _report_privacy(result: RoundResult, privacy: PrivacySettings, report: Report) -> None:
     p = result.privacy
+    sampled = f"{len(p.included)} of {len(p.charged)} eligible learners drawn at sample rate {privacy.sample_rate:g}"
+    if not privacy.enabled:
+        report(f"Differential privacy: OFF (no clipping, no noise, no privacy guarantee); {sampled}")
+        return
+    clip = f"clip norm {result.clip_norm:.4g}"
+    if privacy.clip_target_quantile is not None:
+        clip += f" (adaptive, target quantile {privacy.clip_target_quantile:g})"
+    total = "no guarantee" if p.epsilon_total is None else f"{p.epsilon_total:.4g}"
     report(
-        f"Differential privacy: clip norm {privacy.clip_norm:g}, noise multiplier {privacy.noise_multiplier:g}; "
-        f"epsilon this round {p.epsilon_round:.4g}, total {p.epsilon_total:.4g} "
-        f"at delta {privacy.delta:g} (RDP accountant, sampling rate 1.0: learners are not sampled)"
+        f"Differential privacy: noise multiplier {privacy.noise_multiplier:g}, {clip}; {sampled}, denominator "
+        f"{p.denominator:.4g} (expected cohort); epsilon this round {p.epsilon_round:.4g}, worst-case total "
+        f"{total} at delta {privacy.delta:g} (RDP accountant over the recorded rounds)"
     )
     if p.warning:
         report(f"⚠ {p.warning}")
     if result.dry_run:
         report("[dry run] The candidate was built without DP noise: nothing is released, no privacy budget is spent.")
+
+
+def recorded_privacy(result: RoundResult) -> dict[str, Any]:
+    """What the round used, for the registry: the accountant recomposes every figure from it."""
+    r = result.privacy.record
+    return {
+        "dp_enabled": r.dp_enabled,
+        "noise_multiplier": r.noise_multiplier,
+        "clip_norm": r.clip_norm,
+        "sample_rate": r.sample_rate,
+        "privacy_delta": r.delta,
+        "eligible_population": r.population,
+        "dp_denominator": r.denominator,
+        "clip_target_quantile": r.target_quantile,
+        "quantile_noise_multiplier": r.quantile_noise_multiplier,
+        "clip_quantile_estimate": r.clip_quantile_estimate,
+        "epsilon_round": result.privacy.epsilon_round,
+        "epsilon_total": result.privacy.epsilon_total,
+    }
 
 
 def _judge(
@@ -364,7 +389,6 @@ def persist_round(
             judged.active.version,
             extra_files={SERVER_STATE_NAME: state} if state else None,
         )
-    event = result.privacy_event
     return registry.record_federated_update(
         FederatedUpdateInput(
             base_version=judged.active.version,
@@ -381,19 +405,14 @@ def persist_round(
                     c.clipped,
                     c.excluded_reason,
                     judged.read.session_of.get(c.learner_id),
+                    charged=c.charged,
                 )
                 for c in result.contributions
             ],
             performance_improvement=verdict.performance_improvement,
             accuracy_before=verdict.heldout_accuracy_before,
             accuracy_after=verdict.heldout_accuracy_after,
-            dp_enabled=privacy.enabled,
-            noise_multiplier=privacy.noise_multiplier if privacy.enabled else None,
-            clip_norm=privacy.clip_norm if privacy.enabled else None,
-            sample_rate=event.sampling_rate if event else None,
-            epsilon_round=result.privacy.epsilon_round,
-            epsilon_total=result.privacy.epsilon_total,
-            privacy_delta=privacy.delta if privacy.enabled else None,
+            **recorded_privacy(result),
             metrics=_round_metrics(judged, options),
             aggregated_at=now,
             new_version_path=str(path) if path else None,

@@ -29,11 +29,7 @@ def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: 
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     [request] = evaluate(deployment, SUNDAY_2AM).run_requests
     assert request.run_config == {
-        "ops": {
-            "federated_main_model": {
-                "config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7}
-            }
-        }
+        "ops": {"federated_main_model": {"config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7}}}
     }
     assert request.tags["aivo/trigger"] == "schedule"
 

@@ -16,6 +16,7 @@ from aivo_fl.ml.cloning import DELTA_NAME
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples, generate_cohort, generate_curriculum
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
+from aivo_fl.ml.privacy_ledger import RoundPrivacy
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, gate, with_heads
@@ -59,14 +60,12 @@ def _run(
     updates: list[LearnerUpdate],
     options: RoundOptions | None = None,
     privacy: PrivacySettings = NO_DP,
-    events: list[PrivacyEvent] | None = None,
-    ledger: dict | None = None,
+    history: PrivacyHistory | None = None,
     seed: int = 0,
     state: dict | None = None,
 ):  # type: ignore[no-untyped-def]
     root = Path(os.path.commonpath([u.delta_path.parent.parent for u in updates]))
-    history = PrivacyHistory(events or [], ledger or {})
-    round_state = RoundState("1.2.0", _base(), HISTORY, updates, root, history, state or {})
+    round_state = RoundState("1.2.0", _base(), HISTORY, updates, root, history or PrivacyHistory(), state or {})
     return build_candidate(round_state, options or RoundOptions(), privacy, NOW, np.random.default_rng(seed))
 
 
@@ -188,24 +187,29 @@ def test_weighted_strategy_favours_learners_who_improved(tmp_path: Path) -> None
     assert [c.weight for c in result.contributions] == pytest.approx([0.2 / 0.22, 0.01 / 0.22, 0.01 / 0.22])
 
 
+def _history(rounds: int, learners: dict[str, int]) -> PrivacyHistory:
+    """``rounds`` recorded rounds at z = 1, everyone at q = 1; each learner charged for its first n."""
+    records = [RoundPrivacy(f"r{i}", True, 1.0, 1.0, delta=1e-5) for i in range(rounds)]
+    return PrivacyHistory(records, {learner: records[:n] for learner, n in learners.items()})
+
+
 def test_dp_round_clips_noises_and_accounts(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i, delta=_delta(i, scale=1.0 if i == 0 else 0.01), num_samples=300) for i in range(4)]
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=0.5)
-    events = [PrivacyEvent(1.0)] * 2
-    ledger = {"learner-0": [PrivacyEvent(1.0)] * 2, "learner-1": 5}
-    result = _run(updates, privacy=privacy, events=events, ledger=ledger)
+    history = _history(5, {"learner-0": 2, "learner-1": 5})
+    result = _run(updates, privacy=privacy, history=history)
     assert result.contributions[0].clipped and not result.contributions[1].clipped
     assert result.privacy.denominator == 4.0 and result.noise_std == pytest.approx(0.5 / 4.0)
     assert [c.weight for c in result.included] == pytest.approx([0.25] * 4)  # capped weights / D
     assert result.privacy_event == PrivacyEvent(1.0, 1.0)
     assert result.privacy.epsilon_round == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)]))
-    assert result.privacy.epsilon_total == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 3))
-    assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(result.privacy.epsilon_total)
-    assert result.privacy.learner_epsilons["learner-1"] == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 6))
+    assert result.privacy.epsilon_total == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 6))  # worst case
+    assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 3))
+    assert result.privacy.learner_epsilons["learner-1"] == pytest.approx(result.privacy.epsilon_total)
     assert result.privacy.learner_epsilons["learner-2"] == pytest.approx(result.privacy.epsilon_round)
-    assert result.privacy.warning is None
+    assert result.privacy.epsilon_total > 10 and "far too large" in (result.privacy.warning or "")
     # the aggregate is noise-dominated but the same seed reproduces it
-    again = _run(updates, privacy=privacy, events=events, ledger=ledger)
+    again = _run(updates, privacy=privacy, history=history)
     np.testing.assert_array_equal(result.candidate_heads["heads.d.weight"], again.candidate_heads["heads.d.weight"])
 
 
@@ -223,19 +227,17 @@ def test_dp_refuses_robust_strategies(tmp_path: Path) -> None:
 
 
 def test_global_budget_refuses_the_round(tmp_path: Path) -> None:
-    events = [PrivacyEvent(1.0)] * 4
-    budget = epsilon_for_events(events) + 0.1
+    budget = epsilon_for_events([PrivacyEvent(1.0)] * 4) + 0.1
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0, epsilon_budget=budget)
     with pytest.raises(PrivacyBudgetExceeded) as info:
-        _run([_update(tmp_path, i) for i in range(3)], privacy=privacy, events=events)
+        _run([_update(tmp_path, i) for i in range(3)], privacy=privacy, history=_history(4, {}))
     assert info.value.budget == budget and info.value.projected > budget
 
 
 def test_learner_whose_budget_is_spent_is_excluded(tmp_path: Path) -> None:
     one = epsilon_for_events([PrivacyEvent(1.0)])
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0, learner_epsilon_budget=one * 1.5)
-    ledger = {"learner-0": [PrivacyEvent(1.0)] * 3}
-    result = _run([_update(tmp_path, i) for i in range(4)], privacy=privacy, ledger=ledger)
+    result = _run([_update(tmp_path, i) for i in range(4)], privacy=privacy, history=_history(3, {"learner-0": 3}))
     assert result.contributions[0].excluded_reason == BUDGET_SPENT
     assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 3))
     assert len(result.included) == 3

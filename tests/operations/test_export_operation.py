@@ -67,7 +67,9 @@ def test_export_writes_one_checked_file_and_its_manifest(trained: Trained, tmp_p
     assert description["learnerId"] == trained.learner
     reloaded = build_model()
     reloaded.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    x = torch.from_numpy(heldout.features)
+    # The check runs on the export's fixed probe batch (256 standard-normal rows, seed 0) and the held-out set.
+    probe = np.random.default_rng(0).standard_normal((256, heldout.features.shape[1])).astype(np.float32)
+    x = torch.from_numpy(np.concatenate([probe, heldout.features.astype(np.float32)]))
     with torch.inference_mode():
         error = (reloaded.fused_logits(x) - clone.fused_logits(x)).abs().max()
     assert float(error) == pytest.approx(manifest["check"]["maxAbsLogitError"], abs=1e-6)

@@ -122,7 +122,23 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
         "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
         "curriculum_reference_pct": percent(s["curriculumReference"]),
         "performance_improvement_points": rounded(s["performanceImprovement"], 2),
-        "epsilon_round": rounded(s["epsilonRound"] or 0.0, 3),
-        "epsilon_total": rounded(s["epsilonTotal"] or 0.0, 3),
         "rejection_reason": s["rejectionReason"] or "-",
+        **privacy_metadata(s["privacy"], s["epsilonRound"], s["epsilonTotal"]),
     }
+
+
+def privacy_metadata(recorded: dict[str, Any], epsilon_round: float | None, epsilon_total: float | None) -> dict:
+    """What the round's accounting used, as numbers the UI plots across rounds. Without noise there is
+    no epsilon to plot: ``privacy_guarantee`` says so instead of a made-up 0."""
+    numbers = {
+        "privacy_noise_multiplier": recorded["noise_multiplier"],
+        "privacy_clip_norm": recorded["clip_norm"],
+        "privacy_sample_rate": recorded["sample_rate"],
+        "privacy_eligible_learners": recorded["eligible_population"],
+        "privacy_denominator": recorded["dp_denominator"],
+        "privacy_delta": recorded["privacy_delta"],
+        "epsilon_round": rounded(epsilon_round, 3) if epsilon_round is not None else None,
+        "epsilon_total": rounded(epsilon_total, 3) if epsilon_total is not None else None,
+    }
+    guarantee = "epsilon" if epsilon_total is not None else "none (released without noise)"
+    return {k: v for k, v in numbers.items() if v is not None} | {"privacy_guarantee": guarantee}

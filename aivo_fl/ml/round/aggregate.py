@@ -40,14 +40,17 @@ class DeltaFiles:
 
 
 def private(
-    strategy: Strategy, privacy: PrivacySettings, denominator: float, rng: np.random.Generator | None
+    strategy: Strategy, privacy: PrivacySettings, clip_norm: float, denominator: float, rng: np.random.Generator | None
 ) -> Strategy:
-    """``strategy`` wrapped in DP-FedAvg when privacy is on; ``rng=None`` adds no noise (a dry run)."""
+    """``strategy`` wrapped in DP-FedAvg when privacy is on; ``rng=None`` adds no noise (a dry run).
+
+    ``clip_norm`` is the round's (adaptive under ``CLIP_NORM=auto``), ``denominator`` the expected cohort.
+    """
     if not privacy.enabled:
         return strategy
     return DpClipped(
         strategy,  # type: ignore[arg-type]  # DpClipped refuses non-sum strategies with a clear error
-        privacy.clip_norm,
+        clip_norm,
         privacy.noise_multiplier,
         denominator,
         privacy.sample_cap,

@@ -19,7 +19,8 @@ from aivo_fl.ml.aggregation.base import shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
 from aivo_fl.ml.aggregation.strategies import strategy_named
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyEvent
-from aivo_fl.ml.round.accounting import PrivacyAccount, PrivacyHistory, account_round
+from aivo_fl.ml.privacy_ledger import RoundPrivacy
+from aivo_fl.ml.round.accounting import NOT_SAMPLED, PrivacyAccount, PrivacyHistory, account_round
 from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, aggregate, private
 from aivo_fl.ml.round.gather import Contribution, Gathered, LearnerUpdate, NoEligibleLearners, gather
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
@@ -54,9 +55,19 @@ class RoundResult:
     dry_run: bool
 
     @property
+    def privacy_record(self) -> RoundPrivacy | None:
+        """What to record with the round (DP or not): None only on a dry run, which releases nothing."""
+        return None if self.dry_run else self.privacy.record
+
+    @property
     def privacy_event(self) -> PrivacyEvent | None:
-        """What to record in the privacy ledger: None when nothing was released (no DP, dry run)."""
-        return None if self.dry_run else self.privacy.event
+        """What the accountant charges for this round: None without noise or on a dry run."""
+        return self.privacy_record.event() if self.privacy_record else None
+
+    @property
+    def clip_norm(self) -> float | None:
+        """The clip norm the round used (adaptive under CLIP_NORM=auto); None without DP."""
+        return self.privacy.record.clip_norm
 
     @property
     def included(self) -> list[Contribution]:
@@ -67,15 +78,17 @@ class RoundResult:
         return [c for c in self.contributions if c.excluded_reason is not None]
 
 
-def _contributions(
-    gathered: Gathered, accounted: PrivacyAccount, aggregated: Aggregated, clip_norm: float | None
-) -> list[Contribution]:
+def _contributions(gathered: Gathered, accounted: PrivacyAccount, aggregated: Aggregated) -> list[Contribution]:
+    """Each offered update as recorded: drawn (weight, clipped), eligible but not drawn, out of budget."""
     out = list(gathered.screened)
     for update in accounted.out_of_budget:
         out[update.index] = replace(out[update.index], excluded_reason=BUDGET_SPENT)
+    for update in accounted.not_sampled:
+        out[update.index] = replace(out[update.index], excluded_reason=NOT_SAMPLED, charged=True)
+    clip_norm = accounted.record.clip_norm
     for update, weight in zip(accounted.included, aggregated.weights, strict=True):
         clipped = clip_norm is not None and update.norm > clip_norm
-        out[update.index] = replace(out[update.index], weight=weight, clipped=clipped)
+        out[update.index] = replace(out[update.index], weight=weight, clipped=clipped, charged=True)
     return out
 
 
@@ -88,12 +101,13 @@ def build_candidate(
     optimizer = server_optimizer(options.server_optimizer, options.learning_rate)
     shapes = shapes_of(state.base_heads)
     gathered = gather(state.offered, state.learners_root, shapes, state.base_version, state.lineage, options, now)
-    accounted = account_round(privacy, state.privacy_history, gathered)
+    accounted = account_round(privacy, state.privacy_history, gathered, rng, release=not options.dry_run)
     if len(accounted.included) < options.min_learners:
         raise NoEligibleLearners(
             len(accounted.included), gathered.trained_in_window, options.min_learners, options.max_stale_days
         )
-    strategy = private(strategy, privacy, accounted.denominator, None if options.dry_run else rng)
+    clip = accounted.record.clip_norm or privacy.clip_norm
+    strategy = private(strategy, privacy, clip, accounted.denominator, None if options.dry_run else rng)
     source = DeltaFiles(accounted.included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
     aggregated = aggregate(source, state.base_heads, strategy, optimizer, state.optimizer_state)
     noisy = privacy.enabled and not options.dry_run
@@ -105,9 +119,9 @@ def build_candidate(
         candidate_heads=aggregated.heads,
         optimizer_state=aggregated.optimizer_state,
         aggregate_norm=aggregated.aggregate_norm,
-        contributions=_contributions(gathered, accounted, aggregated, privacy.clip_norm if privacy.enabled else None),
+        contributions=_contributions(gathered, accounted, aggregated),
         trained_in_window=gathered.trained_in_window,
         privacy=accounted,
-        noise_std=privacy.noise_multiplier * privacy.clip_norm / accounted.denominator if noisy else None,
+        noise_std=privacy.noise_multiplier * clip / accounted.denominator if noisy else None,
         dry_run=options.dry_run,
     )

@@ -39,6 +39,7 @@ class Contribution:
     clipped: bool = False
     excluded_reason: str | None = None
     versions_behind: int = 0
+    charged: bool = False  # in the round's population (could have been drawn): their ledger pays
 
 
 @dataclass(frozen=True)

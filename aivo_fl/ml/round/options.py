@@ -33,12 +33,13 @@ class RoundOptions:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism.
+    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism, :mod:`aivo_fl.ml.round.accounting`
+    for the draw and the accounting.
 
-    ``expected_learners`` is McMahan's fixed denominator (expected total weight of a round). Set it
-    to the planned cohort size for the strict add/remove-one analysis. If ``None`` we use the
-    number of learners who trained inside the staleness window (known before any delta content is
-    read); that treats the cohort size as public, which is the usual practical compromise.
+    Each eligible learner joins a round with probability ``sample_rate``; the released average is
+    divided by the fixed expected cohort ``sample_rate x eligible learners``. With
+    ``clip_target_quantile`` set (``CLIP_NORM=auto``), ``clip_norm`` is only the first round's clip
+    norm; later rounds follow that quantile of the update norms (Andrew et al. 2021).
     """
 
     enabled: bool
@@ -48,4 +49,5 @@ class PrivacySettings:
     epsilon_budget: float | None = None  # global: refuse the round past it
     learner_epsilon_budget: float | None = None  # per learner: exclude them past it
     sample_cap: int = DEFAULT_SAMPLE_CAP
-    expected_learners: int | None = None
+    sample_rate: float = 1.0
+    clip_target_quantile: float | None = None
