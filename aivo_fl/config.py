@@ -12,14 +12,24 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from aivo_fl.ml.aggregation.server_optimizers import SERVER_OPTIMIZERS
+from aivo_fl.ml.aggregation.strategies import STRATEGIES
+from aivo_fl.ml.round.options import RoundOptions
 from aivo_fl.redaction import hide_secrets, url_password
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
+# The round's own defaults (min learners, strategy, staleness window, server optimizer) live in
+# RoundOptions; the settings that choose them start from there.
+_ROUND = RoundOptions()
+_CHOICES = {
+    "aggregation_strategy": ("strategy", STRATEGIES),
+    "server_optimizer": ("server optimizer", SERVER_OPTIMIZERS),
+}
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 # The model name the activation guide's "PersonalizedModel" rows carry in `baseModel`.
 DEFAULT_BASE_MODEL = "aivo-super-model-v1"
@@ -28,6 +38,7 @@ WEEKLY_CRON = "0 2 * * 0"
 # One cron field: digits, names (SUN, JAN), and the operators * / , - ?
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 AUTO_CLIP = "auto"
+INITIAL_AUTO_CLIP_NORM = 1.0  # CLIP_NORM=auto starts here; later rounds follow CLIP_TARGET_QUANTILE
 
 # PRIVACY_PRESET=user-level: user-level DP-FedAvg with Poisson sampling and adaptive clipping.
 # dp-accounting's RDP accountant: 52 weekly rounds at q=0.1, z=1.0 (plus the adaptive-clipping
@@ -84,6 +95,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, alias="BATCH_SIZE", gt=0)
     curriculum_samples: int = Field(10_000, alias="CURRICULUM_SAMPLES", ge=100)
     data_seed: int = Field(0, alias="AIVO_DATA_SEED", ge=0)
+    personalization_depth: Literal["heads", "guide"] = Field("heads", alias="PERSONALIZATION_DEPTH")
+    local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
+    local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
     privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
     # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
@@ -100,6 +114,10 @@ class Settings(BaseSettings):
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
+    server_optimizer: str = Field(_ROUND.server_optimizer, alias="SERVER_OPTIMIZER")
+    # Unset: the server optimizer's own default (1.0 for sgd: plain model averaging). The CLI's and
+    # the Dagster config's learning rate override it for one round.
+    server_learning_rate: float | None = Field(None, alias="SERVER_LEARNING_RATE", gt=0, allow_inf_nan=False)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")
     # Set: runs Dagster launches (sensors, schedule, UI) execute each step on Celery workers fed by this
     # broker (also the result backend), on CELERY_QUEUE; unset: in the run's own process.
@@ -110,10 +128,9 @@ class Settings(BaseSettings):
     erasure_key: SecretStr | None = Field(None, alias="AIVO_ERASURE_KEY", min_length=16)
     # The scheduled round: when, and the options `run-federated-aggregation` takes on the command line.
     aggregation_cron: str = Field(WEEKLY_CRON, alias="AGGREGATION_CRON")
-    aggregation_min_learners: int = Field(3, alias="AGGREGATION_MIN_LEARNERS", ge=1)
-    aggregation_strategy: str = Field("fedavg", alias="AGGREGATION_STRATEGY")
-    aggregation_max_stale_days: int = Field(7, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
-    aggregation_learning_rate: float = Field(1.0, alias="AGGREGATION_LEARNING_RATE", gt=0, allow_inf_nan=False)
+    aggregation_min_learners: int = Field(_ROUND.min_learners, alias="AGGREGATION_MIN_LEARNERS", ge=1)
+    aggregation_strategy: str = Field(_ROUND.strategy, alias="AGGREGATION_STRATEGY")
+    aggregation_max_stale_days: int = Field(_ROUND.max_stale_days, alias="AGGREGATION_MAX_STALE_DAYS", ge=1)
     # Where the aggregation operation appends its progress (the guide's "review logs").
     aggregation_log_path: Path = Field(Path("./logs/aggregation.log"), alias="AGGREGATION_LOG_PATH")
     # The `baseModel` recorded on each learner's "PersonalizedModel" row.
@@ -155,13 +172,12 @@ class Settings(BaseSettings):
             raise ValueError("expected a 5-field cron line such as '0 2 * * 0' (Sundays 02:00)")
         return value
 
-    @field_validator("aggregation_strategy")
+    @field_validator("aggregation_strategy", "server_optimizer")
     @classmethod
-    def _check_strategy(cls, value: str) -> str:
-        from aivo_fl.ml.aggregation import STRATEGIES  # numpy only; kept out of the CLI's start-up path
-
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy; use one of {', '.join(STRATEGIES)}")
+    def _check_choice(cls, value: str, info: ValidationInfo) -> str:
+        kind, choices = _CHOICES[info.field_name]
+        if value not in choices:
+            raise ValueError(f"unknown {kind} {value!r}; use one of {', '.join(choices)}")
         return value
 
     @field_validator(
@@ -171,6 +187,7 @@ class Settings(BaseSettings):
         "erasure_key",
         "privacy_preset",
         "torch_num_threads",
+        "server_learning_rate",
         "celery_broker_url",
         mode="before",
     )
@@ -205,6 +222,13 @@ class Settings(BaseSettings):
                 )
             object.__setattr__(self, name, value)
         return self
+
+    def privacy_clip(self) -> tuple[float, float | None]:
+        """(clip norm, target quantile): the fixed clip norm and None, or under CLIP_NORM=auto the
+        first round's clip norm and the quantile later rounds follow."""
+        if self.clip_norm == AUTO_CLIP:
+            return INITIAL_AUTO_CLIP_NORM, self.clip_target_quantile
+        return float(self.clip_norm), None
 
     @cached_property
     def sqlalchemy_url(self) -> URL:

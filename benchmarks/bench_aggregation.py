@@ -55,7 +55,9 @@ def write_deltas(directory: Path, n: int, seed: int = 0) -> list[Path]:
 
 def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
     """Returns what the caller keeps afterwards (for aivo-fl: the per-learner records it persists)."""
-    from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
+    from aivo_fl.ml.round.candidate import RoundState, build_candidate
+    from aivo_fl.ml.round.gather import LearnerUpdate
+    from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 
     shapes = head_shapes()
     if method.startswith("baseline"):
@@ -64,20 +66,15 @@ def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
         reduce = np.mean if method == "baseline_mean" else np.median
         return {k: reduce(np.stack([d[k] for d in loaded]), axis=0) for k in shapes}
     updates = [LearnerUpdate(f"l{i}", p, 150, "1.0.0", _NOW - timedelta(hours=1), 0.01) for i, p in enumerate(paths)]
-    result = aggregate_round(
-        {k: np.zeros(s, np.float32) for k, s in shapes.items()},
-        "1.0.0",
-        ["1.0.0"],
-        updates,
-        RoundOptions(strategy=method, learning_rate=1.0),
+    base = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    state = RoundState("1.0.0", base, ["1.0.0"], updates, learners_root)
+    result = build_candidate(
+        state,
+        RoundOptions(strategy=method),
         PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=1.0),
-        [],
-        {},
         _NOW,
         np.random.default_rng(0),
-        learners_root=learners_root,
     )
-    assert result.candidate_heads is not None
     return updates, result
 
 
@@ -121,7 +118,7 @@ def _measure(method: str, directory: Path) -> dict[str, Any]:
 
 
 def _cohort_results(quick: bool) -> list[dict[str, Any]]:
-    from aivo_fl.ml.simulation import simulate_rounds
+    from benchmarks.cohort_rounds import simulate_rounds
 
     if quick:
         return simulate_rounds(n_learners=6, rounds=2)

@@ -74,3 +74,13 @@ def registry(database_url: str) -> Iterator[ModelRegistry]:
     migrate(reg.engine)
     yield reg
     reg.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Binding a secret given as an override exports it to os.environ (aivo_fl/defs/secrets.py, so
+    its EnvVar resolves); restore the environment so no test sees another's secrets."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

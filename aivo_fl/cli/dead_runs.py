@@ -17,7 +17,7 @@ import dagster as dg
 from aivo_fl.registry import AggregationInProgress
 
 # The registry lease's own liveness test (a zombie awaiting its parent counts as gone).
-from aivo_fl.registry.lock import _process_running as process_running
+from aivo_fl.registry.lock import process_running
 
 PID_TAG = "aivo/pid"
 HOST_TAG = "aivo/host"
@@ -57,4 +57,4 @@ def require_free_slot(instance: dg.DagsterInstance, pool: str) -> None:
     info = instance.event_log_storage.get_concurrency_info(pool)
     if info.limit is not None and len(info.claimed_slots) >= info.limit:
         holders = ", ".join(sorted(info.active_run_ids))
-        raise AggregationInProgress(f"Another aggregation round is running (Dagster run {holders})")
+        raise AggregationInProgress(f"Another aggregation round is running: Dagster run {holders}")

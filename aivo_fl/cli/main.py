@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aivo_fl.operations.errors import diagnose
 
         if args.verbose:
-            traceback.print_exc()
+            print(hide_password(traceback.format_exc()), file=sys.stderr, end="")
         diagnosis = diagnose(exc)
         print(f"✗ {hide_password(diagnosis.line)}", file=sys.stderr)
         return diagnosis.exit_code

@@ -6,7 +6,8 @@ import argparse
 
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
-from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
+from aivo_fl.ml.aggregation.strategies import STRATEGIES
+from aivo_fl.ml.round.options import RoundOptions
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,16 +24,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "run-federated-aggregation", help="aggregate the learners' deltas into a new main version (a Dagster run)"
     )
     p.add_argument("--dry-run", action="store_true", help="compute and report the round; write nothing")
-    p.add_argument("--min-learners", type=_positive_int, default=3, help="fewest usable learners (default 3)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="fedavg", help="aggregation strategy (default fedavg)")
+    defaults = RoundOptions()
     p.add_argument(
-        "--max-stale", type=_positive_int, default=7, metavar="DAYS", help="ignore older training (default 7)"
+        "--min-learners",
+        type=_positive_int,
+        default=defaults.min_learners,
+        help=f"fewest usable learners (default {defaults.min_learners})",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=defaults.strategy,
+        help=f"aggregation strategy (default {defaults.strategy})",
+    )
+    p.add_argument(
+        "--max-stale",
+        type=_positive_int,
+        default=defaults.max_stale_days,
+        metavar="DAYS",
+        help=f"ignore older training (default {defaults.max_stale_days})",
     )
     p.add_argument(
         "--learning-rate",
         type=_positive_float,
-        default=DEFAULT_LEARNING_RATE,
-        help=f"server step on the aggregated delta (default {DEFAULT_LEARNING_RATE:g})",
+        default=None,
+        help="server learning rate (default: SERVER_LEARNING_RATE, else the server optimizer's own: 1 for sgd)",
     )
     p.set_defaults(func=cmd_run_federated_aggregation)
 
@@ -86,14 +102,13 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
         "min_learners": args.min_learners,
         "strategy": args.strategy,
         "max_stale_days": args.max_stale,
-        "learning_rate": args.learning_rate,
+        "learning_rate": args.learning_rate,  # None: the run takes SERVER_LEARNING_RATE from the settings
     }
     from aivo_fl.cli.dagster_runs import definitions, local_instance, run_job
 
     if args.dry_run:
         # A dry run reads only: it does not even add a run to Dagster's history.
-        from aivo_fl.ml.federated_round import RoundOptions
-        from aivo_fl.operations.aggregation import privacy_settings_from, run_federated_aggregation
+        from aivo_fl.operations.aggregation import privacy_settings_from, round_options, run_federated_aggregation
         from aivo_fl.operations.store import ModelStore
 
         if not settings.use_federated_learning:
@@ -102,7 +117,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
             registry,
             ModelStore.from_settings(settings),
             privacy_settings_from(settings),
-            RoundOptions(**options, dry_run=True),
+            round_options(settings, **options, dry_run=True),
         )
         return 0
     # A rejected round fails the blocking check `candidate_not_degraded`, so the run fails with

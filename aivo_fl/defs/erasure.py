@@ -21,18 +21,13 @@ from aivo_fl.defs.resources import (
     ReporterResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY
+from aivo_fl.defs.sensors import IN_FLIGHT
 from aivo_fl.operations.erasure import erasable, erase_everywhere
 
 # Learners erased per run; a longer list is finished by the next runs.
 ERASE_PER_RUN = 1_000
 # After a failed erasure run, wait this long before asking again (the failure alert has gone out).
 RETRY_AFTER = dt.timedelta(hours=1)
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 @dg.asset(group_name="learners", kinds={"python"}, retry_policy=TRANSIENT_RETRY)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
+from aivo_fl.config import AUTO_CLIP, DEFAULT_BASE_MODEL, Settings
 from aivo_fl.defs.secrets import database_url_reference, secret_reference
-from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.training import cpu_threads
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
@@ -47,34 +47,48 @@ class ModelStoreResource(dg.ConfigurableResource):
 
 
 class FederatedSettingsResource(dg.ConfigurableResource):
-    """The master switch and the differential-privacy knobs."""
+    """The master switch, the differential-privacy knobs and the server optimizer (from `Settings`)."""
 
-    use_federated_learning: bool = False
-    enable_differential_privacy: bool = True
-    noise_multiplier: float = 0.1
-    clip_norm: float = 1.0
-    privacy_delta: float = 1e-5
-    privacy_epsilon_budget: float | None = None
-    privacy_learner_epsilon_budget: float | None = None
+    use_federated_learning: bool
+    enable_differential_privacy: bool
+    noise_multiplier: float
+    clip_norm: float  # under CLIP_NORM=auto, the first round's
+    adaptive_clipping: bool  # CLIP_NORM=auto (Dagster config cannot hold "float or auto")
+    clip_target_quantile: float
+    learner_sample_rate: float
+    privacy_delta: float
+    privacy_epsilon_budget: float | None
+    privacy_learner_epsilon_budget: float | None
+    server_optimizer: str
+    server_learning_rate: float | None
 
     def require_enabled(self) -> None:
         if not self.use_federated_learning:
             # Not retried: switching the system on is an operator's decision.
             raise dg.Failure(description=DISABLED_REASON, allow_retries=False)
 
+    def settings(self) -> Settings:
+        """These fields as `Settings`, what the operations layer reads (the others keep their defaults)."""
+        fields = self.model_dump()
+        if fields.pop("adaptive_clipping"):
+            fields["clip_norm"] = AUTO_CLIP
+        return Settings.model_construct(**fields)
+
     def privacy(self) -> PrivacySettings:
-        return privacy_settings_from(self)
+        return privacy_settings_from(self.settings())
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):
-    """Main model training and the synthetic curriculum."""
+    """Main model training, the synthetic curriculum and local training (from `Settings`)."""
 
-    training_epochs: int = 100
-    batch_size: int = 64
-    curriculum_samples: int = 10_000
-    data_seed: int = 0
-    local_epochs: int = 5
-    torch_num_threads: int | None = None
+    training_epochs: int
+    batch_size: int
+    curriculum_samples: int
+    data_seed: int
+    local_epochs: int
+    personalization_depth: str
+    local_proximal_mu: float
+    torch_num_threads: int | None
 
     def torch_threads(self, instance: dg.DagsterInstance) -> int:
         """`TORCH_NUM_THREADS`, else the allowed CPUs split between the runs this instance may run at once."""
@@ -144,16 +158,24 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             use_federated_learning=settings.use_federated_learning,
             enable_differential_privacy=settings.enable_differential_privacy,
             noise_multiplier=settings.noise_multiplier,
-            clip_norm=settings.clip_norm,
+            clip_norm=settings.privacy_clip()[0],
+            adaptive_clipping=settings.clip_norm == AUTO_CLIP,
+            clip_target_quantile=settings.clip_target_quantile,
+            learner_sample_rate=settings.learner_sample_rate,
             privacy_delta=settings.privacy_delta,
             privacy_epsilon_budget=settings.privacy_epsilon_budget,
             privacy_learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+            server_optimizer=settings.server_optimizer,
+            server_learning_rate=settings.server_learning_rate,
         ),
         "training_settings": TrainingSettingsResource(
             training_epochs=settings.training_epochs,
             batch_size=settings.batch_size,
             curriculum_samples=settings.curriculum_samples,
             data_seed=settings.data_seed,
+            personalization_depth=settings.personalization_depth,
+            local_proximal_mu=settings.local_proximal_mu,
+            local_epochs=settings.local_epochs,
             torch_num_threads=settings.torch_num_threads,
         ),
         "alerts": AlertsResource(

@@ -23,7 +23,7 @@ def scheduled_round_config(settings: Settings) -> dict[str, Any]:
         "min_learners": settings.aggregation_min_learners,
         "strategy": settings.aggregation_strategy,
         "max_stale_days": settings.aggregation_max_stale_days,
-        "learning_rate": settings.aggregation_learning_rate,
+        # no learning_rate: the run takes SERVER_LEARNING_RATE from its settings resource
     }
 
 

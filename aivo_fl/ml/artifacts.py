@@ -15,6 +15,7 @@ import shutil
 import struct
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +28,8 @@ from safetensors.numpy import save as st_save
 
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
 from aivo_fl.ml.model import (
-    HEAD_PREFIX,
-    HIDDEN_SIZES,
+    PERSONALIZATION_DEPTHS,
+    TRUNK_WIDTHS,
     CurriculumNet,
     architecture_summary,
     build_model,
@@ -94,8 +95,9 @@ def save_artifact(
     tensors: dict[str, np.ndarray],
     manifest: dict[str, Any],
     weights_name: str = MAIN_WEIGHTS_NAME,
+    extra_files: Mapping[str, dict[str, np.ndarray]] | None = None,
 ) -> None:
-    """Write `weights_name` + manifest.json into `directory`.
+    """Write `weights_name` (and `extra_files`, more safetensors files) + manifest.json into `directory`.
 
     A new directory is assembled as a temp sibling and renamed into place in one step. An existing
     directory (e.g. a learner dir that also holds a delta) gets per-file atomic replaces, weights
@@ -103,15 +105,17 @@ def save_artifact(
     Entries already in ``manifest["files"]`` (other weight files) are kept.
     """
     directory = Path(directory)
-    data = encode_tensors(tensors)
+    files = {weights_name: encode_tensors(tensors)}
+    files.update({name: encode_tensors(dict(extra)) for name, extra in (extra_files or {}).items()})
     full = dict(manifest)
     full["format"] = FORMAT_NAME
     full["format_version"] = FORMAT_VERSION
-    full["files"] = {**dict(manifest.get("files", {})), weights_name: file_record(data)}
+    full["files"] = {**dict(manifest.get("files", {})), **{name: file_record(data) for name, data in files.items()}}
     manifest_data = manifest_bytes(full)
 
     if directory.exists():
-        write_file_atomic(directory / weights_name, data)
+        for name, data in files.items():
+            write_file_atomic(directory / name, data)
         write_file_atomic(directory / MANIFEST_NAME, manifest_data)
         return
 
@@ -119,7 +123,8 @@ def save_artifact(
     staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        write_file_atomic(staging / weights_name, data)
+        for name, data in files.items():
+            write_file_atomic(staging / name, data)
         write_file_atomic(staging / MANIFEST_NAME, manifest_data)
         os.replace(staging, directory)  # fails if someone else created it meanwhile: no clobbering
     except BaseException:
@@ -178,8 +183,9 @@ def model_description(model: CurriculumNet) -> dict[str, Any]:
         "trainable_layers": head_layer_names(model),
         "model_config": {
             "num_features": NUM_FEATURES,
-            "hidden_sizes": list(HIDDEN_SIZES),
+            "trunk_widths": list(TRUNK_WIDTHS),
             "head_classes": dict(HEAD_CLASSES),
+            "personalized_from_layer": model.frozen_layers,
         },
     }
 
@@ -191,8 +197,10 @@ def save_main_model(
     metrics: dict[str, Any],
     data_seed: int,
     parent_version: str | None = None,
+    extra_files: Mapping[str, dict[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Store an immutable main version; refuses to overwrite an existing one."""
+    """Store an immutable main version; refuses to overwrite an existing one. ``extra_files`` (name
+    -> tensors) are stored beside the weights and listed in the manifest (e.g. optimizer state)."""
     directory = main_version_dir(main_root, version)
     if parent_version is not None:
         validate_version(parent_version)
@@ -208,14 +216,21 @@ def save_main_model(
         "data_seed": data_seed,
         **model_description(model),
     }
-    save_artifact(directory, tensors, manifest, MAIN_WEIGHTS_NAME)
+    save_artifact(directory, tensors, manifest, MAIN_WEIGHTS_NAME, extra_files)
     return directory
+
+
+def _frozen_layers(manifest: dict[str, Any], directory: Path) -> int:
+    value = manifest.get("model_config", {}).get("personalized_from_layer")
+    if value not in PERSONALIZATION_DEPTHS.values():
+        raise ArtifactError(f"{directory}: manifest has no valid personalization depth ({value!r})")
+    return int(value)
 
 
 def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[str, Any]]:
     directory = main_version_dir(main_root, version)
     tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
-    model = build_model()
+    model = build_model(frozen_layers=_frozen_layers(manifest, directory))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -236,6 +251,11 @@ def load_main_model(main_root: Path, version: str) -> tuple[CurriculumNet, dict[
 
 
 def main_head_tensors(main_root: Path, version: str) -> dict[str, np.ndarray]:
-    """Only the head tensors of a main version (verified), without building a model."""
-    tensors, _ = load_artifact(main_root, main_version_dir(main_root, version), MAIN_WEIGHTS_NAME)
-    return {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
+    """Only the personal (trainable) tensors of a main version (verified), without building a model."""
+    directory = main_version_dir(main_root, version)
+    tensors, manifest = load_artifact(main_root, directory, MAIN_WEIGHTS_NAME)
+    layers = manifest.get("trainable_layers")
+    if not isinstance(layers, list) or not layers:
+        raise ArtifactError(f"{directory}: manifest does not list the trainable layers")
+    prefixes = tuple(f"{layer}." for layer in layers)
+    return {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith(prefixes)}

@@ -1,4 +1,4 @@
-"""Per-learner clones: only the trainable heads are stored; the trunk is read from the main version.
+"""Per-learner clones: only the personal (trainable) tensors are stored; the rest is read from the main version.
 
 Learner store layout: <learners_root>/<learner_id>/manifest.json, + heads.safetensors and
 delta.safetensors once the learner has trained locally.
@@ -193,7 +193,7 @@ def learner_heads(
 
 
 def load_learner_model(main_root: Path, learners_root: Path, learner_id: str) -> tuple[CurriculumNet, dict]:
-    """Trunk from the clone's source main version, heads from the clone; trunk frozen."""
+    """Frozen layers from the clone's source main version, personal layers from the clone (trainable)."""
     heads, manifest = learner_heads(main_root, learners_root, learner_id)
     model, _ = load_main_model(main_root, manifest["source_version"])
     try:
@@ -212,7 +212,7 @@ def subtract(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np
 
 
 def weight_delta(main_root: Path, learners_root: Path, learner_id: str) -> dict[str, np.ndarray]:
-    """Learner heads minus the heads of its source main version."""
+    """Learner personal tensors minus those of its source main version."""
     heads, manifest = learner_heads(main_root, learners_root, learner_id)
     return subtract(heads, main_head_tensors(main_root, manifest["source_version"]))
 
@@ -242,14 +242,14 @@ def main_exists(main_root: Path, version: str) -> bool:
 def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
     """Move a clone onto `new_version`, keeping its personalisation. Returns the new manifest.
 
-    Aggregated versions share the frozen trunk and differ only in their heads, so the learner's
-    heads stay exactly as they are: the personalisation is now measured against the new main
-    (heads - new main heads). Re-applying the old offset instead (new main + heads - old main)
-    would put back the part of the learner's update that the server has already folded into the
-    new main, and every later round would add it again.
+    Aggregated versions share the frozen layers and differ in the personal ones, so the clone
+    keeps its personal offset on top of the new main: new main + (clone - old main). The learner
+    gets what the population taught the main model since, and keeps what is its own. (Its own
+    share of that move, its weight in the average, is counted twice: at population scale that
+    is a fraction of a percent of its update, and the proximal term bounds the offset anyway.)
 
-    A version with a different trunk (a retrain from scratch) makes heads trained on the old
-    trunk's features meaningless: the clone then restarts from the new main heads.
+    A version with different frozen layers (a retrain from scratch, or another depth) makes the
+    personal layers trained on the old features meaningless: the clone restarts from the new main.
     A stale delta (relative to the old version) is dropped.
     """
     directory = learner_dir(learners_root, learner_id)
@@ -265,9 +265,12 @@ def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_vers
         return read_learner_manifest(learners_root, learner_id)
     old_model, _ = load_main_model(main_root, old_version)
     new_model, new_main_manifest = load_main_model(main_root, validate_version(new_version))
-    old_trunk, new_trunk = trunk_state(old_model), trunk_state(new_model)
-    same_trunk = all(np.array_equal(old_trunk[k], new_trunk[k]) for k in new_trunk)
-    rebased = heads if same_trunk else head_state(new_model)
+    old_frozen, new_frozen = trunk_state(old_model), trunk_state(new_model)
+    same_trunk = old_frozen.keys() == new_frozen.keys() and all(
+        np.array_equal(old_frozen[k], new_frozen[k]) for k in new_frozen
+    )
+    old_main, new_main = head_state(old_model), head_state(new_model)
+    rebased = {k: new_main[k] + (heads[k] - old_main[k]) for k in new_main} if same_trunk else new_main
     new_manifest = {
         **clone_manifest(learner_id, new_version, new_main_manifest, new_model),
         "created_at": manifest.get("created_at"),

@@ -1,4 +1,4 @@
-"""On-device style fine-tuning of a learner's clone: heads only, delta written atomically."""
+"""On-device style fine-tuning of a learner's clone: its personal layers, delta written atomically."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.artifacts import (
@@ -17,6 +19,7 @@ from aivo_fl.ml.artifacts import (
     validate_version,
     write_file_atomic,
 )
+from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, learner_key, train_one
 from aivo_fl.ml.cloning import (
     COPY_ON_WRITE,
     DELTA_NAME,
@@ -29,9 +32,7 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
 from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
-from aivo_fl.ml.training import configure_cpu, make_optimizer, run_epochs
-
-DEFAULT_LOCAL_LEARNING_RATE = 1e-2
+from aivo_fl.ml.training import configure_cpu
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,15 @@ class TrainingSessionResult:
         return out
 
 
+def _rebase_if_behind(main_root: Path, learners_root: Path, learner_id: str, active_version: str) -> str | None:
+    """Rebase the clone onto `active_version` if it was made from another; the version it left, or None."""
+    source = read_learner_manifest(learners_root, learner_id)["source_version"]
+    if source == active_version:
+        return None
+    rebase_clone(main_root, learners_root, learner_id, active_version)
+    return source
+
+
 def train_learner(
     main_root: Path,
     learners_root: Path,
@@ -70,42 +80,36 @@ def train_learner(
     train: Samples,
     heldout: Samples,
     active_version: str,
-    epochs: int = 5,
-    batch_size: int = 32,
-    learning_rate: float = DEFAULT_LOCAL_LEARNING_RATE,
-    seed: int = 0,
+    config: LocalTrainingConfig | None = None,
     num_threads: int | None = None,
 ) -> TrainingSessionResult:
-    """Fine-tune the learner's heads on `train`, report before/after on `heldout`.
+    """Fine-tune the learner's personal layers on `train`, report before/after on `heldout`.
 
-    If the clone was made from an older main version it is rebased onto `active_version` first.
+    If the clone was made from an older main version it is rebased onto `active_version` first
+    (keeping its personalisation). The delta is this session's update only (trained minus the
+    clone as it started), the FedAvg client update: the personal offset a learner carries from
+    earlier sessions is not sent again every week.
     """
+    config = config or LocalTrainingConfig()
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     if len(train) == 0:
         raise ValueError(f"learner {learner_id!r}: no training samples")
     validate_version(active_version)
     directory = learner_dir(learners_root, learner_id)
-    manifest = read_learner_manifest(learners_root, learner_id)
-
-    rebased_from: str | None = None
-    if manifest["source_version"] != active_version:
-        rebased_from = manifest["source_version"]
-        rebase_clone(main_root, learners_root, learner_id, active_version)
-
+    rebased_from = _rebase_if_behind(main_root, learners_root, learner_id, active_version)
     model, manifest = load_learner_model(main_root, learners_root, learner_id)
     before = evaluate(model, heldout)
 
-    x, y = samples_to_tensors(train)
+    start = head_state(model)
+    anchor = {k: torch.from_numpy(v) for k, v in main_head_tensors(main_root, active_version).items()}
     configure_cpu(num_threads)
-    # No weight decay: decaying towards zero would erase what the main model knows.
-    optimizer = make_optimizer(model.heads.parameters(), learning_rate, 0.0)
-    run_epochs(model, optimizer, x, y, epochs=epochs, batch_size=batch_size, lr_at=lambda _: learning_rate, seed=seed)
+    train_one(model, LearnerBatch(learner_key(learner_id), *samples_to_tensors(train)), anchor, config)
     model.eval()
     after = evaluate(model, heldout)
 
     heads = head_state(model)
-    delta = subtract(heads, main_head_tensors(main_root, active_version))
+    delta = subtract(heads, start)
     delta_bytes = encode_tensors(delta)
     delta_path = directory / DELTA_NAME
     write_file_atomic(delta_path, delta_bytes)
@@ -116,7 +120,7 @@ def train_learner(
         source_version=active_version,
         rebased_from=rebased_from,
         samples=len(train),
-        epochs=epochs,
+        epochs=config.epochs,
         loss_before=mean_loss(before),
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
         loss_after=mean_loss(after),

@@ -31,12 +31,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml.aggregation.base import Delta, Shapes, WeightedSum, delta_norm
+from aivo_fl.ml.aggregation.base import Delta, delta_norm
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 DEFAULT_DELTA = 1e-5
 DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
@@ -66,6 +68,8 @@ class PrivacyEvent:
         return cls(float(raw["noise_multiplier"]), float(raw.get("sampling_rate", 1.0)))
 
     def dp_event(self) -> dp_accounting.DpEvent:
+        import dp_accounting  # heavy (seconds): loaded when an epsilon is computed, not at CLI start
+
         gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
         if self.sampling_rate == 1.0:
             return gaussian
@@ -118,6 +122,8 @@ def epsilon_for_events(events: Iterable[PrivacyEvent], delta: float = DEFAULT_DE
 
 @lru_cache(maxsize=4096)
 def _epsilon_of_counts(counts: tuple[tuple[PrivacyEvent, int], ...], delta: float) -> float:
+    from dp_accounting.rdp import RdpAccountant
+
     accountant = RdpAccountant()
     for event, count in counts:
         accountant.compose(event.dp_event(), count)  # identical rounds compose in one step
@@ -195,30 +201,3 @@ def dp_weight(num_samples: int, sample_cap: int = DEFAULT_SAMPLE_CAP, factor: fl
 def noise_std(noise_multiplier: float, clip_norm: float) -> float:
     """Std of the Gaussian noise added to each coordinate of the weighted SUM."""
     return noise_multiplier * clip_norm
-
-
-class DpSum:
-    """Clipped, capped-weight running sum; ``release`` adds noise and divides by the fixed denominator."""
-
-    def __init__(self, shapes: Shapes, clip_norm: float, noise_multiplier: float, denominator: float) -> None:
-        if not denominator > 0:
-            raise ValueError(f"denominator must be > 0, got {denominator}")
-        self._sum = WeightedSum(shapes)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
-        self.denominator = float(denominator)
-
-    def add(self, delta: Mapping[str, np.ndarray], weight: float, norm: float | None = None) -> tuple[float, bool]:
-        """Add one learner; returns (its norm before clipping, whether it was clipped)."""
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"DP weights must be in [0, 1] to bound sensitivity, got {weight}")
-        clipped, norm, was_clipped = clip_delta(delta, self.clip_norm, norm)
-        self._sum.add(clipped, weight)
-        return norm, was_clipped
-
-    def release(self, rng: np.random.Generator) -> Delta:
-        std = noise_std(self.noise_multiplier, self.clip_norm)
-        return {
-            name: (acc + rng.normal(0.0, std, size=acc.shape)) / self.denominator
-            for name, acc in self._sum.total.items()
-        }

@@ -1,9 +1,11 @@
 """A federated aggregation round against the registry and the model store.
 
-Order of writes, so a crash at any point leaves the old active version or the complete new one:
-the candidate's weights go to a new version folder (atomically), then one registry transaction
-records the round, registers the version and promotes it. An interrupted round leaves at most an
-unregistered folder, whose number is never reused.
+The ML steps (gather -> aggregate -> gate, :mod:`aivo_fl.ml.round`) run on what this module reads
+from the registry and the store; step 4, persist, is here. Order of writes, so a crash at any point
+leaves the old active version or the complete new one: the candidate's weights (and its server
+optimizer state) go to a new version folder atomically, then one registry transaction records the
+round, registers the version and promotes it. An interrupted round leaves at most an unregistered
+folder, whose number is never reused.
 """
 
 from __future__ import annotations
@@ -11,36 +13,37 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from aivo_fl.ml.artifacts import load_main_model, save_main_model
+from aivo_fl.config import Settings
+from aivo_fl.ml.aggregation.server_optimizers import State
+from aivo_fl.ml.artifacts import load_artifact, load_main_model, main_version_dir, save_main_model
 from aivo_fl.ml.data import Samples
-from aivo_fl.ml.federated_round import (
-    LearnerUpdate,
-    NoEligibleLearners,
-    PrivacySettings,
-    RoundOptions,
-    RoundResult,
-    aggregate_round,
-)
-from aivo_fl.ml.model import head_state
+from aivo_fl.ml.model import CurriculumNet, head_state
+from aivo_fl.ml.round.accounting import PrivacyHistory
+from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
+from aivo_fl.ml.round.gate import EvaluationSet, GateResult, gate, with_heads
+from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.safe_files import NOT_IN_MANIFEST, FileRejected
 from aivo_fl.ml.training import split_train_val
-from aivo_fl.ml.validation_gate import GateResult, validate_candidate, with_heads
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
 from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
-from aivo_fl.operations.versions import next_free_version
+from aivo_fl.operations.versions import next_free_version, trained_version
 from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
 from aivo_fl.registry.schema import ModelVersionStatus, utcnow
 
 Report = Callable[[str], None]
+SERVER_STATE_NAME = "server_optimizer.safetensors"  # beside model.safetensors, listed in the manifest
+CONTRIBUTORS = "contributing learners"  # the EvaluationSet part the operations layer can provide
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,11 @@ class AggregationOutcome:
             "newVersion": self.new_version,
             "candidateVersion": self.candidate_version,
             "status": self.status.value,
+            "wouldPromote": g.accepted,
             "rejectionReason": g.reason,
             "strategy": r.strategy,
+            "serverOptimizer": r.server_optimizer,
+            "learningRate": r.learning_rate,
             "contributingLearners": [c.learner_id for c in r.included],
             "excludedLearners": {c.learner_id: c.excluded_reason for c in r.excluded},
             "trainedInWindow": r.trained_in_window,
@@ -83,32 +89,33 @@ class AggregationOutcome:
             "accuracyAfter": g.heldout_accuracy_after,
             "curriculumAccuracyBefore": g.curriculum_accuracy_before,
             "curriculumAccuracyAfter": g.curriculum_accuracy_after,
+            "curriculumReference": g.curriculum_reference,
             "performanceImprovement": g.performance_improvement,
-            "epsilonRound": r.epsilon_round,
-            "epsilonTotal": r.epsilon_total,
+            "epsilonRound": r.privacy.epsilon_round,
+            "epsilonTotal": r.privacy.epsilon_total,
+            "privacy": recorded_privacy(r),
         }
 
 
-class PrivacyConfig(Protocol):
-    """Where the privacy knobs come from: `Settings`, or the Dagster resource with the same fields."""
-
-    enable_differential_privacy: bool
-    noise_multiplier: float
-    clip_norm: float
-    privacy_delta: float
-    privacy_epsilon_budget: float | None
-    privacy_learner_epsilon_budget: float | None
-
-
-def privacy_settings_from(settings: PrivacyConfig) -> PrivacySettings:
+def privacy_settings_from(settings: Settings) -> PrivacySettings:
+    clip_norm, target_quantile = settings.privacy_clip()
     return PrivacySettings(
         enabled=settings.enable_differential_privacy,
         noise_multiplier=settings.noise_multiplier,
-        clip_norm=settings.clip_norm,
+        clip_norm=clip_norm,
         delta=settings.privacy_delta,
         epsilon_budget=settings.privacy_epsilon_budget,
         learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
+        sample_rate=settings.learner_sample_rate,
+        clip_target_quantile=target_quantile,
     )
+
+
+def round_options(settings: Settings, *, learning_rate: float | None = None, **options: Any) -> RoundOptions:
+    """Round options with the server optimizer from the settings; an explicit learning rate (the
+    CLI's ``--learning-rate``, the Dagster config's) wins over ``SERVER_LEARNING_RATE``."""
+    rate = learning_rate if learning_rate is not None else settings.server_learning_rate
+    return RoundOptions(server_optimizer=settings.server_optimizer, learning_rate=rate, **options)
 
 
 def curriculum_validation_split(registry_record: MainVersionRecord, store: ModelStore) -> Samples:
@@ -118,6 +125,146 @@ def curriculum_validation_split(registry_record: MainVersionRecord, store: Model
     seed = int(metrics.get("dataSeed", 0))
     _, val = split_train_val(load_samples(path), metrics.get("validationFraction", 0.2), seed)
     return val
+
+
+def load_server_state(main_root: Path, version: str, optimizer: str) -> State:
+    """The server optimizer's state saved with ``version`` (verified against its manifest); empty when
+    the version has none (a trained version, or state of another optimizer): the optimizer starts fresh."""
+    try:
+        tensors, _ = load_artifact(main_root, main_version_dir(main_root, version), SERVER_STATE_NAME)
+    except FileRejected as exc:
+        if exc.reason == NOT_IN_MANIFEST:
+            return {}
+        raise
+    prefix = f"{optimizer}."
+    return {k.removeprefix(prefix): v.astype(np.float64) for k, v in tensors.items() if k.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a round read from the registry and the store."""
+
+    state: RoundState
+    active_model: CurriculumNet
+    session_of: dict[str, int]
+    already_aggregated: int
+
+
+def _read(
+    registry: ModelRegistry,
+    store: ModelStore,
+    active: MainVersionRecord,
+    options: RoundOptions,
+    now: datetime,
+    report: Report,
+) -> _Read:
+    fresh = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
+    consumed = registry.count_already_aggregated(options.max_stale_days, now=now)
+    trained = len(fresh) + consumed
+    report(
+        f"Learners trained in the last {options.max_stale_days} days: {trained}"
+        f" ({consumed} already aggregated, {len(fresh)} offered)"
+    )
+    if len(fresh) < options.min_learners:
+        raise NoEligibleLearners(len(fresh), trained, options.min_learners, options.max_stale_days, consumed)
+    session_of = {e.learner_id: e.session_id for e in fresh}
+    lineage = [
+        v.version
+        for v in registry.list_main_versions()
+        if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
+    ]
+    active_model, _ = load_main_model(store.main_root, active.version)
+    state = RoundState(
+        base_version=active.version,
+        base_heads=head_state(active_model),
+        lineage=lineage,
+        offered=[
+            LearnerUpdate(e.learner_id, Path(e.delta_path), e.samples, e.source_version, e.completed_at, e.improvement)
+            for e in fresh
+        ],
+        learners_root=store.learners_root,
+        privacy_history=_privacy_history(registry, session_of),
+        optimizer_state=load_server_state(store.main_root, active.version, options.server_optimizer),
+    )
+    return _Read(state, active_model, session_of, consumed)
+
+
+def _privacy_history(registry: ModelRegistry, learner_ids: Iterable[str]) -> PrivacyHistory:
+    """The recorded rounds as they ran, and for each offered learner the rounds that charged them."""
+    rounds = recorded_rounds(registry)
+    return PrivacyHistory(rounds, learner_ledgers(registry, rounds, learner_ids))
+
+
+def _report_round(result: RoundResult, privacy: PrivacySettings, options: RoundOptions, report: Report) -> None:
+    report(
+        f"Strategy: {result.strategy}, server optimizer {result.server_optimizer} (learning rate "
+        f"{result.learning_rate:g}), min learners {options.min_learners}: {len(result.included)} contributing, "
+        f"{len(result.excluded)} excluded"
+    )
+    for c in result.excluded:
+        report(f"  - excluded {c.learner_id}: {c.excluded_reason}")
+    _report_privacy(result, privacy, report)
+
+
+def _report_privacy(result: RoundResult, privacy: PrivacySettings, report: Report) -> None:
+    p = result.privacy
+    sampled = f"{len(p.included)} of {len(p.charged)} eligible learners drawn at sample rate {privacy.sample_rate:g}"
+    if not privacy.enabled:
+        report(f"Differential privacy: OFF (no clipping, no noise, no privacy guarantee); {sampled}")
+        return
+    clip = f"clip norm {result.clip_norm:.4g}"
+    if privacy.clip_target_quantile is not None:
+        clip += f" (adaptive, target quantile {privacy.clip_target_quantile:g})"
+    total = "no guarantee" if p.epsilon_total is None else f"{p.epsilon_total:.4g}"
+    report(
+        f"Differential privacy: noise multiplier {privacy.noise_multiplier:g}, {clip}; {sampled}, denominator "
+        f"{p.denominator:.4g} (expected cohort); epsilon this round {p.epsilon_round:.4g}, worst-case total "
+        f"{total} at delta {privacy.delta:g} (RDP accountant over the recorded rounds)"
+    )
+    if p.warning:
+        report(f"⚠ {p.warning}")
+    if result.dry_run:
+        report("[dry run] The candidate was built without DP noise: nothing is released, no privacy budget is spent.")
+
+
+def recorded_privacy(result: RoundResult) -> dict[str, Any]:
+    """What the round used, for the registry: the accountant recomposes every figure from it."""
+    r = result.privacy.record
+    return {
+        "dp_enabled": r.dp_enabled,
+        "noise_multiplier": r.noise_multiplier,
+        "clip_norm": r.clip_norm,
+        "sample_rate": r.sample_rate,
+        "privacy_delta": r.delta,
+        "eligible_population": r.population,
+        "dp_denominator": r.denominator,
+        "clip_target_quantile": r.target_quantile,
+        "quantile_noise_multiplier": r.quantile_noise_multiplier,
+        "clip_quantile_estimate": r.clip_quantile_estimate,
+        "epsilon_round": result.privacy.epsilon_round,
+        "epsilon_total": result.privacy.epsilon_total,
+    }
+
+
+def _judge(
+    registry: ModelRegistry, store: ModelStore, active: MainVersionRecord, read: _Read, result: RoundResult
+) -> tuple[CurriculumNet, GateResult]:
+    """The gate on the data the operations layer has: the contributors' held-out interactions."""
+    candidate = with_heads(read.active_model, result.candidate_heads)
+    heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
+    evaluation = EvaluationSet({CONTRIBUTORS: heldouts}, curriculum_validation_split(active, store))
+    reference = trained_version(active.version)
+    trained = read.active_model if reference == active.version else load_main_model(store.main_root, reference)[0]
+    return candidate, gate(read.active_model, candidate, trained, evaluation)
+
+
+def _report_gate(verdict: GateResult, report: Report) -> None:
+    report(
+        f"Validation: learners' held-out accuracy {verdict.heldout_accuracy_before:.2%} -> "
+        f"{verdict.heldout_accuracy_after:.2%} ({verdict.performance_improvement:+.2f} points, "
+        f"{verdict.heldout_samples} samples); curriculum {verdict.curriculum_accuracy_before:.2%} -> "
+        f"{verdict.curriculum_accuracy_after:.2%} (trained version: {verdict.curriculum_reference:.2%})"
+    )
 
 
 def run_federated_aggregation(
@@ -154,134 +301,121 @@ def _run_round(
 ) -> AggregationOutcome:
     report("=== Federated Aggregation ===" + (" (dry run: nothing will be written)" if options.dry_run else ""))
     report(f"Active main version: {active.version}")
-    fresh = registry.get_eligible_for_aggregation(options.max_stale_days, now=now)
-    consumed = registry.count_already_aggregated(options.max_stale_days, now=now)
-    trained = len(fresh) + consumed
-    report(
-        f"Learners trained in the last {options.max_stale_days} days: {trained}"
-        f" ({consumed} already aggregated, {len(fresh)} offered)"
-    )
-    if len(fresh) < options.min_learners:
-        raise NoEligibleLearners(len(fresh), trained, options.min_learners, options.max_stale_days, consumed)
-    session_of = {e.learner_id: e.session_id for e in fresh}
-    updates = [
-        LearnerUpdate(e.learner_id, Path(e.delta_path), e.samples, e.source_version, e.completed_at, e.improvement)
-        for e in fresh
-    ]
-    lineage = [
-        v.version
-        for v in registry.list_main_versions()
-        if v.status in (ModelVersionStatus.ACTIVE, ModelVersionStatus.DEPRECATED)
-    ]
-    rounds = recorded_rounds(registry)
-    events = [e for r in rounds if (e := r.event()) is not None]
-    ledger = {
-        learner: [e for r in charged if (e := r.event()) is not None]
-        for learner, charged in learner_ledgers(registry, rounds, session_of).items()
-    }
-    active_model, _ = load_main_model(store.main_root, active.version)
-    result = aggregate_round(
-        head_state(active_model),
-        active.version,
-        lineage,
-        updates,
-        options,
-        privacy,
-        events,
-        ledger,
-        now,
-        rng,
-        learners_root=store.learners_root,
-    )
-    report(
-        f"Strategy: {result.strategy}, learning rate {options.learning_rate:g}, "
-        f"min learners {options.min_learners}: {len(result.included)} contributing, {len(result.excluded)} excluded"
-    )
-    for c in result.excluded:
-        report(f"  - excluded {c.learner_id}: {c.excluded_reason}")
-    if privacy.enabled:
-        report(
-            f"Differential privacy: clip norm {privacy.clip_norm:g}, noise multiplier {privacy.noise_multiplier:g}; "
-            f"epsilon this round {result.epsilon_round:.4g}, total {result.epsilon_total:.4g} "
-            f"at delta {privacy.delta:g} (RDP accountant, sampling rate 1.0: learners are not sampled)"
-        )
-        if result.privacy_warning:
-            report(f"⚠ {result.privacy_warning}")
-    else:
-        report("Differential privacy: OFF (no clipping, no noise, no privacy guarantee)")
-
-    candidate_model = with_heads(active_model, result.candidate_heads or head_state(active_model))
-    heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
-    gate = validate_candidate(active_model, candidate_model, heldouts, curriculum_validation_split(active, store))
-    report(
-        f"Validation: learners' held-out accuracy {gate.heldout_accuracy_before:.2%} -> "
-        f"{gate.heldout_accuracy_after:.2%} ({gate.performance_improvement:+.2f} points, "
-        f"{gate.heldout_samples} samples); curriculum {gate.curriculum_accuracy_before:.2%} -> "
-        f"{gate.curriculum_accuracy_after:.2%}"
-    )
+    read = _read(registry, store, active, options, now, report)
+    result = build_candidate(read.state, options, privacy, now, rng)
+    _report_round(result, privacy, options, report)
+    candidate, verdict = _judge(registry, store, active, read, result)
+    _report_gate(verdict, report)
     candidate_version = next_free_version(registry, store, active.version, "minor")
     if options.dry_run:
-        verdict = f"promote it as {candidate_version}" if gate.accepted else f"reject it ({gate.reason})"
-        report(f"[dry run] The round would {verdict}. Nothing was written.")
-        return AggregationOutcome(result, gate, active.version, None, candidate_version, None, consumed, True)
-
-    metrics = {
-        "validationAccuracy": gate.curriculum_accuracy_after,
-        "federatedAccuracy": gate.heldout_accuracy_after,
-        "curriculumPath": active.metrics.get("curriculumPath"),
-        "dataSeed": active.metrics.get("dataSeed", 0),
-        "validationFraction": active.metrics.get("validationFraction", 0.2),
-        "bayesCeiling": active.metrics.get("bayesCeiling"),
-    }
-    path = None
-    if gate.accepted:
-        path = save_main_model(
-            store.main_root, candidate_version, candidate_model, metrics, int(metrics["dataSeed"]), active.version
+        outcome = f"promote it as {candidate_version}" if verdict.accepted else f"reject it ({verdict.reason})"
+        report(f"[dry run] The round would {outcome}. Nothing was written.")
+        return AggregationOutcome(
+            result, verdict, active.version, None, candidate_version, None, read.already_aggregated, True
         )
-    update_id = registry.record_federated_update(
+    judged = Judged(active, read, result, candidate, verdict, candidate_version)
+    update_id = persist_round(registry, store, judged, privacy, options, now)
+    promoted = candidate_version if verdict.accepted else None
+    if promoted:
+        report(f"✓ Promoted version {candidate_version} (update {update_id})")
+    else:
+        report(f"✗ {verdict.reason}. Version {active.version} stays active (update {update_id}).")
+    return AggregationOutcome(
+        result, verdict, active.version, promoted, candidate_version, update_id, read.already_aggregated, False
+    )
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A round's candidate with its verdict: what step 4 persists."""
+
+    active: MainVersionRecord
+    read: _Read
+    result: RoundResult
+    candidate: CurriculumNet
+    verdict: GateResult
+    version: str  # the candidate's version number (kept by a rejected round, never reused)
+
+
+def _version_metrics(judged: Judged) -> dict[str, Any]:
+    active, verdict = judged.active.metrics, judged.verdict
+    return {
+        "validationAccuracy": verdict.curriculum_accuracy_after,
+        "federatedAccuracy": verdict.heldout_accuracy_after,
+        "curriculumPath": active.get("curriculumPath"),
+        "dataSeed": active.get("dataSeed", 0),
+        "validationFraction": active.get("validationFraction", 0.2),
+        "bayesCeiling": active.get("bayesCeiling"),
+    }
+
+
+def _round_metrics(judged: Judged, options: RoundOptions) -> dict[str, Any]:
+    result, verdict = judged.result, judged.verdict
+    return {
+        "curriculumAccuracyBefore": verdict.curriculum_accuracy_before,
+        "curriculumAccuracyAfter": verdict.curriculum_accuracy_after,
+        "curriculumReference": verdict.curriculum_reference,
+        "heldoutSamples": verdict.heldout_samples,
+        "aggregateNorm": result.aggregate_norm,
+        "serverOptimizer": result.server_optimizer,
+        "trainedInWindow": result.trained_in_window,
+        "alreadyAggregated": judged.read.already_aggregated,
+        "maxStaleDays": options.max_stale_days,
+        "minLearners": options.min_learners,
+        "learnerEpsilons": result.privacy.learner_epsilons,
+    }
+
+
+def persist_round(
+    registry: ModelRegistry,
+    store: ModelStore,
+    judged: Judged,
+    privacy: PrivacySettings,
+    options: RoundOptions,
+    now: datetime,
+) -> str:
+    """Step 4: write an accepted candidate (weights + server optimizer state), then record the round
+    and promote in one registry transaction. Returns the update id."""
+    result, verdict, metrics = judged.result, judged.verdict, _version_metrics(judged)
+    path = None
+    if verdict.accepted:
+        state = {f"{result.server_optimizer}.{k}": v for k, v in result.optimizer_state.items()}
+        path = save_main_model(
+            store.main_root,
+            judged.version,
+            judged.candidate,
+            metrics,
+            int(metrics["dataSeed"]),
+            judged.active.version,
+            extra_files={SERVER_STATE_NAME: state} if state else None,
+        )
+    return registry.record_federated_update(
         FederatedUpdateInput(
-            base_version=active.version,
-            new_version=candidate_version,
-            status=RoundStatus.PROMOTED if gate.accepted else RoundStatus.REJECTED,
-            rejection_reason=gate.reason,
+            base_version=judged.active.version,
+            new_version=judged.version,
+            status=RoundStatus.PROMOTED if verdict.accepted else RoundStatus.REJECTED,
+            rejection_reason=verdict.reason,
             strategy=result.strategy,
-            learning_rate=options.learning_rate,
+            learning_rate=result.learning_rate,
             contributions=[
                 ContributionInput(
-                    c.learner_id, c.weight, c.update_norm, c.clipped, c.excluded_reason, session_of.get(c.learner_id)
+                    c.learner_id,
+                    c.weight,
+                    c.update_norm,
+                    c.clipped,
+                    c.excluded_reason,
+                    judged.read.session_of.get(c.learner_id),
+                    charged=c.charged,
                 )
                 for c in result.contributions
             ],
-            performance_improvement=gate.performance_improvement,
-            accuracy_before=gate.heldout_accuracy_before,
-            accuracy_after=gate.heldout_accuracy_after,
-            dp_enabled=privacy.enabled,
-            noise_multiplier=privacy.noise_multiplier if privacy.enabled else None,
-            clip_norm=privacy.clip_norm if privacy.enabled else None,
-            sample_rate=result.privacy_event.sampling_rate if result.privacy_event else None,
-            epsilon_round=result.epsilon_round,
-            epsilon_total=result.epsilon_total,
-            privacy_delta=privacy.delta if privacy.enabled else None,
-            metrics={
-                "curriculumAccuracyBefore": gate.curriculum_accuracy_before,
-                "curriculumAccuracyAfter": gate.curriculum_accuracy_after,
-                "heldoutSamples": gate.heldout_samples,
-                "aggregateNorm": result.aggregate_norm,
-                "trainedInWindow": result.trained_in_window,
-                "alreadyAggregated": consumed,
-                "maxStaleDays": options.max_stale_days,
-                "minLearners": options.min_learners,
-                "learnerEpsilons": result.learner_epsilons,
-            },
+            performance_improvement=verdict.performance_improvement,
+            accuracy_before=verdict.heldout_accuracy_before,
+            accuracy_after=verdict.heldout_accuracy_after,
+            **recorded_privacy(result),
+            metrics=_round_metrics(judged, options),
             aggregated_at=now,
             new_version_path=str(path) if path else None,
             new_version_metrics=metrics,
         )
     )
-    if gate.accepted:
-        report(f"✓ Promoted version {candidate_version} (update {update_id})")
-        return AggregationOutcome(
-            result, gate, active.version, candidate_version, candidate_version, update_id, consumed, False
-        )
-    report(f"✗ {gate.reason}. Version {active.version} stays active (update {update_id}).")
-    return AggregationOutcome(result, gate, active.version, None, candidate_version, update_id, consumed, False)

@@ -18,7 +18,7 @@ from aivo_fl.ml.cloning import (
     remove_learner,
     weight_delta,
 )
-from aivo_fl.ml.model import TRUNK_PREFIX
+from aivo_fl.ml.model import is_personal
 from aivo_fl.operations.errors import OperationFailed, diagnose
 from aivo_fl.operations.learners import MainModelMissing, personalized_model_metadata
 from aivo_fl.operations.store import ModelStore
@@ -78,7 +78,7 @@ def run_cloning_check(registry: ModelRegistry, store: ModelStore, report: Report
             "Checking frozen vs trainable layers",
             report,
             lambda: _frozen_split(store, learner_id),
-            "Trunk frozen, heads trainable, no trunk weights stored",
+            "Bottom layers frozen, upper layers trainable, no frozen weights stored",
         )
         _step(
             5,
@@ -136,16 +136,15 @@ def _clone(store: ModelStore, learner_id: str, state: _State) -> None:
 
 def _frozen_split(store: ModelStore, learner_id: str) -> None:
     model, _ = load_learner_model(store.main_root, store.learners_root, learner_id)
-    if any(p.requires_grad for p in model.trunk.parameters()):
-        raise RuntimeError("a trunk parameter is trainable")
-    if not all(p.requires_grad for p in model.heads.parameters()):
-        raise RuntimeError("a head parameter is frozen")
+    wrong = [name for name, p in model.named_parameters() if p.requires_grad != is_personal(model, name)]
+    if wrong:
+        raise RuntimeError(f"parameters with the wrong frozen/trainable state: {wrong}")
     directory = store.learner_dir(learner_id)
     stored = []
     for weights in read_learner_manifest(store.learners_root, learner_id)["files"]:  # verified reads
         stored.extend(load_artifact(store.learners_root, directory, weights)[0])
-    if any(name.startswith(TRUNK_PREFIX) for name in stored):
-        raise RuntimeError("the clone stores trunk weights")
+    if any(not is_personal(model, name) for name in stored):
+        raise RuntimeError("the clone stores frozen weights")
 
 
 def _same_weights(store: ModelStore, learner_id: str, state: _State) -> None:

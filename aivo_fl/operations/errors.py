@@ -12,9 +12,9 @@ import sqlalchemy.exc as sa_exc
 
 from aivo_fl.config import ConfigError
 from aivo_fl.ml.artifacts import ArtifactError
-from aivo_fl.ml.federated_round import NoEligibleLearners
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.registry import AggregationInProgress, DatabaseUnavailable, RegistryError
 
 # The exit codes the README documents.

@@ -11,6 +11,7 @@ import numpy as np
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.artifacts import ArtifactError
+from aivo_fl.ml.batched_training import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
@@ -23,7 +24,6 @@ from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
 HELDOUT_EVERY = 4
-LOCAL_EPOCHS = 5
 MIN_TRAINING_INTERACTIONS = 8
 
 
@@ -131,11 +131,12 @@ def train_learner_locally(
     store: ModelStore,
     learner_id: str,
     *,
-    epochs: int = LOCAL_EPOCHS,
+    epochs: int,
     seed: int = 0,
+    proximal_mu: float = DEFAULT_PROXIMAL_MU,
     num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
-    """Fine-tune a learner's heads on their own interactions and record the session."""
+    """Fine-tune a learner's personal layers on their own interactions and record the session."""
     validate_learner_id(learner_id)
     active = registry.get_active_version()
     if active is None:
@@ -155,8 +156,7 @@ def train_learner_locally(
         train,
         heldout,
         active.version,
-        epochs=epochs,
-        seed=seed,
+        LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu),
         num_threads=num_threads,
     )
     session_id = registry.record_training_session(

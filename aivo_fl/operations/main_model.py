@@ -9,7 +9,13 @@ from typing import Any
 
 from aivo_fl.ml.artifacts import save_main_model
 from aivo_fl.ml.data import HEAD_CLASSES, Samples, bayes_ceiling, generate_curriculum
-from aivo_fl.ml.model import ArchitectureSummary, architecture_summary
+from aivo_fl.ml.model import (
+    DEFAULT_PERSONALIZATION_DEPTH,
+    ArchitectureSummary,
+    architecture_summary,
+    build_model,
+    frozen_layers_for,
+)
 from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, format_training_results, train_model
 from aivo_fl.operations.recovery import clean_store, reclaim_unregistered_version
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
@@ -85,6 +91,7 @@ def train_and_register_main_model(
     epochs: int,
     batch_size: int,
     data_seed: int,
+    personalization_depth: str = DEFAULT_PERSONALIZATION_DEPTH,
     num_threads: int | None = None,
     report: Report = print,
 ) -> MainModelOutcome:
@@ -100,7 +107,8 @@ def train_and_register_main_model(
     report("✓ Trainer initialized")
     report("")
     report("Training model...")
-    model, result = train_model(samples, config, callback=lambda stats: report(format_epoch(stats)))
+    model = build_model(data_seed, frozen_layers_for(personalization_depth))
+    model, result = train_model(samples, config, model, callback=lambda stats: report(format_epoch(stats)))
     active = registry.get_active_version()
     version = _version_to_train(registry, store, active.version if active else None, report)
     outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))

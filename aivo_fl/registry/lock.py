@@ -1,9 +1,10 @@
 """The aggregation lease: one round at a time, whoever started it, and quick recovery from a dead holder.
 
-The holder writes its host and pid and refreshes a heartbeat every HEARTBEAT_EVERY while it runs.
-A lease is free once its heartbeat is older than LEASE_TTL, or at once when its holder ran on this
-host and that process no longer exists (SIGKILL, OOM kill, power cut of a CLI run). A live lease is
-never waited for: the second round is refused immediately with one line naming the holder.
+The holder writes its host (with its PID namespace) and pid, and refreshes a heartbeat every
+HEARTBEAT_EVERY while it runs. A lease is free once its heartbeat is older than LEASE_TTL, or at
+once when its holder ran on this host and that process no longer exists (SIGKILL, OOM kill, a
+crashed CLI run). A live lease is never waited for: the second round is refused at once with one
+line naming the holder.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class AggregationLease(RegistryBase):
         Dagster's concurrency pool serialises runs it launches; this lease also covers rounds
         started from the command line. Raises AggregationInProgress while another holder is alive.
         """
-        me = _Identity(holder, socket.gethostname(), os.getpid())
+        me = _Identity(holder, _local_host(), os.getpid())
         self._take_lease(me)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(me, stop), name="aggregation-lease", daemon=True)
@@ -110,10 +111,20 @@ class _Identity:
 def _alive(lease: AggregationLock, now: datetime) -> bool:
     if now - lease.heartbeatAt > LEASE_TTL:
         return False
-    return lease.host != socket.gethostname() or _process_running(lease.pid)
+    return lease.host != _local_host() or process_running(lease.pid)
 
 
-def _process_running(pid: int) -> bool:
+def _local_host() -> str:
+    """This host, qualified by its PID namespace: two containers sharing a hostname do not see
+    each other's pids, so a pid is only checked where it means the same process."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
+
+
+def process_running(pid: int) -> bool:
     """Whether a process with this pid exists on this host and is not a zombie awaiting its parent."""
     try:
         os.kill(pid, 0)

@@ -30,7 +30,7 @@ def deployment_env(tmp_path: Path) -> dict[str, str]:
     )
     [learner] = simulate_new_learners(registry, 1)
     clone_learners(registry, store, [learner])
-    train_learner_locally(registry, store, learner)
+    train_learner_locally(registry, store, learner, epochs=5)
     registry.engine.dispose()
     return {
         "DATABASE_URL": url,

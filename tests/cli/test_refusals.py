@@ -119,7 +119,7 @@ def test_a_round_held_by_a_live_process_is_refused_at_once_with_exit_5(after_dem
             result = after_demo("run-federated-aggregation")
     finally:
         registry.engine.dispose()
-    line = one_line(result, 5, "Another aggregation round is running (operator-shell")
+    line = one_line(result, 5, "Another aggregation round is running: operator-shell")
     assert line.endswith("try again when it has finished")
 
 

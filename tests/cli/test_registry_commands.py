@@ -58,6 +58,7 @@ def test_unmigrated_registry_says_to_migrate(run_cli: RunCli) -> None:
         ("TRAINING_EPOCHS", "lots", "TRAINING_EPOCHS='lots'"),
         ("DATABASE_URL", "mysql://u@h/db", "unknown database scheme 'mysql'"),
         ("BATCH_SIZE", "0", "BATCH_SIZE='0'"),
+        ("SERVER_OPTIMIZER", "lamb", "unknown server optimizer 'lamb'"),
     ],
 )
 def test_bad_configuration_names_the_variable(run_cli: RunCli, variable: str, value: str, expected: str) -> None:

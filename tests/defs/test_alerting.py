@@ -6,17 +6,14 @@ import dagster as dg
 from pydantic import SecretStr
 
 from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.defs.ticks import tick_sensor
 from tests.defs.conftest import Deployment
 from tests.defs.test_federated_cycle import _clone_and_train
 from tests.operations.test_alerts import down_url, receiver
 
 
 def tick(deployment: Deployment, cursor: str | None) -> dg.SensorExecutionData:
-    sensor = deployment.defs.resolve_sensor_def("run_failure_alert")
-    with dg.build_sensor_context(
-        instance=deployment.instance, cursor=cursor, definitions=deployment.defs, resources=deployment.defs.resources
-    ) as context:
-        return sensor.evaluate_tick(context)
+    return tick_sensor(deployment.defs, deployment.instance, "run_failure_alert", cursor)
 
 
 def test_a_failed_run_is_posted_with_its_reason_and_a_link(deployment: Deployment) -> None:

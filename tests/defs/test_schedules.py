@@ -29,11 +29,7 @@ def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: 
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     [request] = evaluate(deployment, SUNDAY_2AM).run_requests
     assert request.run_config == {
-        "ops": {
-            "federated_main_model": {
-                "config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7, "learning_rate": 1.0}
-            }
-        }
+        "ops": {"federated_main_model": {"config": {"min_learners": 3, "strategy": "fedavg", "max_stale_days": 7}}}
     }
     assert request.tags["aivo/trigger"] == "schedule"
 
@@ -47,7 +43,7 @@ def test_cron_and_round_options_come_from_the_environment(
         "AGGREGATION_MIN_LEARNERS": "10",
         "AGGREGATION_STRATEGY": "weighted",
         "AGGREGATION_MAX_STALE_DAYS": "14",
-        "AGGREGATION_LEARNING_RATE": "0.05",
+        "SERVER_LEARNING_RATE": "0.05",
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(
@@ -72,7 +68,9 @@ def test_cron_and_round_options_come_from_the_environment(
     result = custom.run("federated_aggregation", run_config=request.run_config, tags=request.tags)
     assert not result.success
     run = custom.instance.get_run_by_id(result.run_id)
-    assert run.run_config["ops"]["federated_main_model"]["config"]["learning_rate"] == 0.05
+    # The server learning rate is not a per-run option of scheduled rounds: the settings resource has it.
+    assert "learning_rate" not in run.run_config["ops"]["federated_main_model"]["config"]
+    assert custom.defs.resources["federated_settings"].server_learning_rate == 0.05
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "at least 10 (min_learners)" in failures[0].step_failure_data.user_failure_data.description
 

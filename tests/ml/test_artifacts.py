@@ -129,7 +129,8 @@ def test_main_model_roundtrip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     summary = architecture_summary(model)
     assert manifest["architecture"]["total_params"] == summary.total_params
-    assert manifest["frozen_layers"] == ["trunk.0", "trunk.2"]
+    assert manifest["frozen_layers"] == model.layer_names()[: model.frozen_layers]
+    assert manifest["model_config"]["personalized_from_layer"] == model.frozen_layers
     assert len(manifest["trainable_layers"]) == summary.trainable_layers
     assert manifest["data_seed"] == 3 and manifest["metrics"] == {"val_accuracy": 0.5}
     assert manifest["parent_version"] is None
@@ -147,6 +148,9 @@ def test_invalid_versions_are_refused(tmp_path: Path, version: str) -> None:
 
 
 def test_main_model_with_wrong_tensors(tmp_path: Path) -> None:
-    save_artifact(main_version_dir(tmp_path, "2.0.0"), TENSORS, {})
+    save_artifact(main_version_dir(tmp_path, "2.0.0"), TENSORS, {"model_config": {"personalized_from_layer": 4}})
     with pytest.raises(ArtifactError, match="do not match the architecture"):
         load_main_model(tmp_path, "2.0.0")
+    save_artifact(main_version_dir(tmp_path, "3.0.0"), TENSORS, {"model_config": {"personalized_from_layer": 7}})
+    with pytest.raises(ArtifactError, match="no valid personalization depth"):
+        load_main_model(tmp_path, "3.0.0")

@@ -20,7 +20,7 @@ from aivo_fl.ml.cloning import (
 from aivo_fl.ml.data import generate_learner
 from aivo_fl.ml.learner_ids import InvalidLearnerId, learner_dir, validate_learner_id
 from aivo_fl.ml.local_training import train_learner
-from aivo_fl.ml.model import HEAD_PREFIX, TRUNK_PREFIX, architecture_summary
+from aivo_fl.ml.model import architecture_summary, build_model, frozen_layers_for, is_personal
 from aivo_fl.ml.safe_files import MANIFEST_NAME
 
 BAD_IDS = ["..", "../x", "/etc", "a/b", "a\\b", "a\x00b", "", "x" * 200, ".hidden", "a b", "é"]
@@ -45,43 +45,49 @@ def test_valid_ids_and_learner_dir(tmp_path: Path) -> None:
         learner_dir(tmp_path, "link")
 
 
-def test_a_new_clone_is_a_copy_on_write_manifest_equal_to_main(tmp_path: Path, main_store: Path) -> None:
+def test_a_new_clone_is_a_copy_on_write_manifest_equal_to_main(tmp_path: Path, depth_store: Path) -> None:
     learners = tmp_path / "learners"
-    info = clone_for_learner(main_store, learners, "learner-0001", "1.0.0")
+    info = clone_for_learner(depth_store, learners, "learner-0001", "1.0.0")
     assert info.source_version == "1.0.0" and info.path == learners.resolve() / "learner-0001"
     # Only a manifest: no weights of its own until the learner first trains.
     assert [p.name for p in info.path.iterdir()] == [MANIFEST_NAME]
     assert info.bytes_on_disk == (info.path / MANIFEST_NAME).stat().st_size < 5_000
 
-    main, main_manifest = load_main_model(main_store, "1.0.0")
-    clone, manifest = load_learner_model(main_store, learners, "learner-0001")
+    main, main_manifest = load_main_model(depth_store, "1.0.0")
+    clone, manifest = load_learner_model(depth_store, learners, "learner-0001")
     assert manifest[COPY_ON_WRITE] is True and manifest["files"] == {}
     assert manifest["source_sha256"] == main_manifest["files"][MAIN_WEIGHTS_NAME]["sha256"]
     x = torch.randn(32, 256)
     with torch.no_grad():
         torch.testing.assert_close(clone(x), main(x), rtol=0, atol=0)
     assert manifest["source_version"] == "1.0.0"
-    assert all(not p.requires_grad for p in clone.trunk.parameters())
-    assert all(p.requires_grad for p in clone.heads.parameters())
+    personal = {k for k in main.state_dict() if is_personal(main, k)}
+    assert {k for k, p in clone.named_parameters() if p.requires_grad} == personal
 
-    heads, _ = learner_heads(main_store, learners, "learner-0001")
-    assert heads and all(k.startswith(HEAD_PREFIX) for k in heads)
-    assert not any(k.startswith(TRUNK_PREFIX) for k in heads)
-    delta = weight_delta(main_store, learners, "learner-0001")
+    heads, _ = learner_heads(depth_store, learners, "learner-0001")
+    assert set(heads) == personal  # the trainable layers, all of them, nothing frozen
+    delta = weight_delta(depth_store, learners, "learner-0001")
     assert delta.keys() == heads.keys() and all(np.all(v == 0) for v in delta.values())
 
     s = info.architecture
     assert s == architecture_summary(clone)
-    assert s.total_layers == s.frozen_layers + s.trainable_layers
-    assert s.total_params == s.frozen_params + s.trainable_params
+    assert s.total_layers == s.frozen_layers + s.trainable_layers == 15
+    assert s.total_params == s.frozen_params + s.trainable_params == sum(p.numel() for p in clone.parameters())
     assert s.trainable_params == sum(v.size for v in heads.values())
-    assert s.total_params == sum(p.numel() for p in clone.parameters())
-    assert manifest["frozen_layers"] == ["trunk.0", "trunk.2"]
+    assert manifest["frozen_layers"] == clone.layer_names()[: clone.frozen_layers]
 
 
-def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(
-    tmp_path: Path, main_store: Path
-) -> None:
+def test_guide_depth_has_the_guides_counts() -> None:
+    s = architecture_summary(build_model(frozen_layers=frozen_layers_for("guide")))
+    assert (s.total_layers, s.frozen_layers, s.trainable_layers) == (15, 4, 11)
+    assert (s.total_params, s.frozen_params, s.trainable_params) == (156_928, 67_584, 89_344)
+    heads = architecture_summary(build_model(frozen_layers=frozen_layers_for("heads")))
+    assert heads.total_params == 156_928 and heads.trainable_layers == 4 and heads.trainable_params < 2_000
+    with pytest.raises(ValueError, match="unknown personalization depth"):
+        frozen_layers_for("everything")
+
+
+def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(tmp_path: Path, main_store: Path) -> None:
     learners = tmp_path / "learners"
     main_files = {p.name: p.read_bytes() for p in main_version_dir(main_store, "1.0.0").iterdir()}
     main_heads = main_head_tensors(main_store, "1.0.0")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aivo_fl.ml import deltas
-from aivo_fl.ml.aggregation import plan_blocks
+from aivo_fl.ml.aggregation.base import plan_blocks
 from aivo_fl.ml.deltas import DeltaRejected, iter_stacked_blocks, load_delta, read_block
 from tests.ml.delta_files import vouch, write_delta, write_raw
 

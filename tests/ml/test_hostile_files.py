@@ -36,8 +36,10 @@ from aivo_fl.ml.cloning import (
     learner_heads,
     load_learner_model,
 )
-from aivo_fl.ml.federated_round import LearnerUpdate, PrivacySettings, RoundOptions, aggregate_round
 from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.ml.round.candidate import RoundState, build_candidate
+from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.safe_files import FileRejected, read_verified
 from tests.ml.delta_files import write_delta
 
@@ -138,19 +140,12 @@ def _round(store: Path, learners: list[str]) -> object:
         LearnerUpdate(learner, store / learner / "delta.safetensors", 100, "1.0.0", NOW - timedelta(hours=1), 0.0)
         for learner in learners
     ]
-    return aggregate_round(
-        {k: np.zeros(s, np.float32) for k, s in SHAPES.items()},
-        "1.0.0",
-        ["1.0.0"],
-        updates,
+    return build_candidate(
+        RoundState("1.0.0", {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, ["1.0.0"], updates, store),
         RoundOptions(min_learners=3),
-        # A fixed denominator, so the round with the bad files and the one without add the same noise.
-        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0, expected_learners=3),
-        [],
-        {},
+        PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0),
         NOW,
         np.random.default_rng(0),
-        learners_root=store,
     )
 
 

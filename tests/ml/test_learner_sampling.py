@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg
 from aivo_fl.ml.learner_sampling import expected_cohort, poisson_sample
-from aivo_fl.ml.privacy import DpSum
+from tests.ml.memory_source import Info, MemorySource
 
 ALPHA = 1e-3
 
@@ -69,10 +70,8 @@ def _releases(include_target: bool, fixed_denominator: bool, seeds: range) -> np
             deltas.append({"w": np.zeros(3)})
         realized = max(len(deltas), 1)
         denominator = expected_cohort(rate, population) if fixed_denominator else realized
-        dp = DpSum(SHAPES, clip, z, denominator)
-        for d in deltas:
-            dp.add(d, 1.0)
-        out.append(dp.release(rng)["w"][0])
+        dp = DpClipped(FedAvg(), clip, z, denominator, sample_cap=1, rng=rng)  # every weight 1
+        out.append(dp.aggregate(MemorySource(deltas, SHAPES, [Info(1)] * len(deltas)))["w"][0])
     return np.array(out)
 
 

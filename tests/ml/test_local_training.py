@@ -13,7 +13,6 @@ from aivo_fl.ml.cloning import (
     clone_for_learner,
     learner_heads,
     load_learner_model,
-    read_learner_manifest,
     rebase_clone,
     weight_delta,
 )
@@ -24,8 +23,8 @@ from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import evaluate, trunk_state
 
 
-def test_trains_heads_only_and_writes_delta(tmp_path: Path, main_store: Path) -> None:
-    learners = tmp_path / "learners"
+def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_store: Path) -> None:
+    main_store, learners = depth_store, tmp_path / "learners"
     data = generate_learner("learner-0007", seed=0)
     clone_for_learner(main_store, learners, data.learner_id, "1.0.0")
     trunk_before = trunk_state(load_learner_model(main_store, learners, data.learner_id)[0])
@@ -62,7 +61,7 @@ def test_personalized_clones_beat_main_on_their_heldout(tmp_path: Path, main_sto
         main_acc.append(evaluate(main, data.heldout)[PRIMARY_HEAD]["accuracy"])
         assert result.accuracy_before == pytest.approx(main_acc[-1])  # fresh clone == main
         clone_acc.append(result.accuracy_after)
-    assert np.mean(clone_acc) > np.mean(main_acc) + 0.05
+    assert np.mean(clone_acc) > np.mean(main_acc) + 0.02  # 250 held-out interactions: +5 or more
 
 
 def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
@@ -80,26 +79,32 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
     personal_heads, _ = learner_heads(main_root, learners, data.learner_id)
 
-    # epochs=0: rebase only. Same trunk, so the learner keeps its own heads bit for bit.
-    result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0", epochs=0)
-    assert result.rebased_from == "1.0.0" and result.source_version == "1.1.0"
-    assert read_learner_manifest(learners, data.learner_id)["source_version"] == "1.1.0"
+    old_main, new_main = main_head_tensors(main_root, "1.0.0"), main_head_tensors(main_root, "1.1.0")
+    manifest = rebase_clone(main_root, learners, data.learner_id, "1.1.0")
+    assert manifest["source_version"] == "1.1.0" and manifest["personalisation_kept"] is True
     heads, _ = learner_heads(main_root, learners, data.learner_id)
-    rebased = weight_delta(main_root, learners, data.learner_id)
-    new_main = main_head_tensors(main_root, "1.1.0")
+    offset = weight_delta(main_root, learners, data.learner_id)
     for key in personal_heads:
-        np.testing.assert_array_equal(heads[key], personal_heads[key])
-        # The personalization is now measured against the new main: nothing of the old round's
-        # update (already in 1.1.0) is carried into the next delta a second time.
-        np.testing.assert_allclose(rebased[key], personal_heads[key] - new_main[key], atol=1e-6)
+        # The learner's personal offset rides on the new main: it gets what the population taught
+        # the main model and keeps what is its own.
+        np.testing.assert_allclose(heads[key], new_main[key] + personal_heads[key] - old_main[key], atol=1e-6)
+        np.testing.assert_allclose(offset[key], personal_heads[key] - old_main[key], atol=1e-6)
+    assert not (learners / data.learner_id / DELTA_NAME).exists()  # the stale delta is dropped
+
+    # The next delta is that session's update only, not the carried offset again.
+    result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
+    assert result.rebased_from is None and result.source_version == "1.1.0"
+    trained_heads, _ = learner_heads(main_root, learners, data.learner_id)
+    stored, _ = load_delta(result.delta_path, learners, shapes_of(trained_heads), 1e3)
+    for key in stored:
+        np.testing.assert_allclose(stored[key], trained_heads[key] - heads[key], atol=1e-6)
     clone, _ = load_learner_model(main_root, learners, data.learner_id)
     assert result.accuracy_after == pytest.approx(evaluate(clone, data.heldout)[PRIMARY_HEAD]["accuracy"])
 
-    # Rebasing onto the version it already has is a no-op on the weights; training moves on from there.
-    again = rebase_clone(main_root, learners, data.learner_id, "1.1.0")
-    assert again["rebased_from"] == "1.1.0"
-    trained = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
-    assert trained.rebased_from is None and trained.delta_norm > 0
+    # A learner whose clone is behind is rebased by train_learner itself.
+    save_main_model(main_root, "1.2.0", shifted, {}, data_seed=0, parent_version="1.1.0")
+    again = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.2.0")
+    assert again.rebased_from == "1.1.0" and again.delta_norm > 0
 
 
 def test_rebase_onto_a_retrained_trunk_restarts_from_the_new_heads(tmp_path: Path, trained_small) -> None:
@@ -114,7 +119,7 @@ def test_rebase_onto_a_retrained_trunk_restarts_from_the_new_heads(tmp_path: Pat
     data = generate_learner("learner-0004", seed=0)
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
     train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
-    train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "2.0.0", epochs=0)
+    rebase_clone(main_root, learners, data.learner_id, "2.0.0")
     heads, manifest = learner_heads(main_root, learners, data.learner_id)
     assert manifest["personalisation_kept"] is False
     for key, value in main_head_tensors(main_root, "2.0.0").items():

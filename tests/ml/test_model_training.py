@@ -14,12 +14,11 @@ import torch
 
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD, generate_curriculum
 from aivo_fl.ml.model import (
-    HEAD_PREFIX,
-    TRUNK_PREFIX,
     architecture_summary,
     build_model,
     evaluate,
     head_state,
+    is_personal,
     load_head_state,
 )
 from aivo_fl.ml.training import (
@@ -35,12 +34,12 @@ def test_model_size_and_summary_are_computed() -> None:
     model = build_model()
     s = architecture_summary(model)
     n_params = sum(p.numel() for p in model.parameters())
-    assert 120_000 <= n_params <= 140_000
+    assert n_params == 156_928  # the activation guide's model size
     assert s.total_params == n_params == s.frozen_params + s.trainable_params
-    assert s.frozen_params == sum(p.numel() for p in model.trunk.parameters())
-    assert s.total_layers == s.frozen_layers + s.trainable_layers
-    assert s.trainable_layers == len(HEAD_CLASSES)
-    assert all(k.startswith((TRUNK_PREFIX, HEAD_PREFIX)) for k in model.state_dict())
+    assert s.frozen_params == sum(p.numel() for k, p in model.named_parameters() if not is_personal(model, k))
+    assert s.total_layers == s.frozen_layers + s.trainable_layers == len(model.layer_names()) == 15
+    assert model.layer_names()[-len(HEAD_CLASSES) :] == [f"heads.{h}" for h in HEAD_CLASSES]
+    assert all(k.startswith(("trunk.", "heads.")) for k in model.state_dict())
 
 
 def test_forward_returns_logits_per_head_and_build_is_seeded() -> None:
@@ -54,7 +53,8 @@ def test_forward_returns_logits_per_head_and_build_is_seeded() -> None:
 def test_head_state_roundtrip() -> None:
     a, b = build_model(seed=1), build_model(seed=2)
     heads = head_state(a)
-    assert heads and all(k.startswith(HEAD_PREFIX) and v.dtype == np.float32 for k, v in heads.items())
+    assert heads and all(is_personal(a, k) and v.dtype == np.float32 for k, v in heads.items())
+    assert set(heads) == {k for k in a.state_dict() if k.startswith(tuple(f"{n}." for n in a.layer_names()[11:]))}
     load_head_state(b, heads)
     for k, v in head_state(b).items():
         np.testing.assert_array_equal(v, heads[k])

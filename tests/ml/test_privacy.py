@@ -10,8 +10,8 @@ import pytest
 from dp_accounting.rdp import RdpAccountant
 from scipy import stats
 
+from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, Median, Weighted
 from aivo_fl.ml.privacy import (
-    DpSum,
     PrivacyBudgetExceeded,
     PrivacyEvent,
     budget_from_env,
@@ -24,6 +24,7 @@ from aivo_fl.ml.privacy import (
     noise_std,
     round_epsilon,
 )
+from tests.ml.memory_source import Info, MemorySource
 
 SHAPES = {"heads.a.weight": (4, 6), "heads.a.bias": (4,)}
 
@@ -55,10 +56,8 @@ def test_dp_weight_is_capped_at_one() -> None:
 
 
 def _release(deltas: list[dict[str, np.ndarray]], samples: list[int], seed: int, d: float) -> dict:
-    agg = DpSum(SHAPES, clip_norm=0.5, noise_multiplier=1.0, denominator=d)
-    for delta, n in zip(deltas, samples, strict=True):
-        agg.add(delta, dp_weight(n))
-    return agg.release(np.random.default_rng(seed))
+    dp = DpClipped(FedAvg(), clip_norm=0.5, noise_multiplier=1.0, denominator=d, rng=np.random.default_rng(seed))
+    return dp.aggregate(MemorySource(deltas, SHAPES, [Info(n) for n in samples]))
 
 
 def test_one_learner_moves_the_release_by_at_most_clip_over_denominator() -> None:
@@ -78,16 +77,13 @@ def test_one_learner_moves_the_release_by_at_most_clip_over_denominator() -> Non
 def test_noise_std_is_noise_multiplier_times_clip_norm() -> None:
     shapes = {"w": (200, 100)}
     nm, clip, d = 1.3, 0.7, 4.0
-    agg = DpSum(shapes, clip_norm=clip, noise_multiplier=nm, denominator=d)
     rng = np.random.default_rng(1)
-    exact = np.zeros(shapes["w"])
-    for _ in range(3):
-        delta = {"w": rng.standard_normal(shapes["w"])}
-        clipped, _, _ = clip_delta(delta, clip)
-        exact += clipped["w"]
-        agg.add(delta, 1.0)
-    noise = (agg.release(np.random.default_rng(2))["w"] * d - exact).ravel()
+    deltas = [{"w": rng.standard_normal(shapes["w"])} for _ in range(3)]
+    exact = sum(clip_delta(delta, clip)[0]["w"] for delta in deltas)
+    dp = DpClipped(FedAvg(), clip, nm, d, sample_cap=1, rng=np.random.default_rng(2))
+    noise = (dp.aggregate(MemorySource(deltas, shapes))["w"] * d - exact).ravel()
     std = noise_std(nm, clip)
+    assert dp.released_noise_std == pytest.approx(std / d)
     assert stats.kstest(noise, "norm", args=(0.0, std)).pvalue > 1e-3
     # chi-square test of the variance: (n-1) s^2 / sigma^2 ~ chi2(n-1)
     n = noise.size
@@ -97,10 +93,31 @@ def test_noise_std_is_noise_multiplier_times_clip_norm() -> None:
     assert stats.kstest(noise, "norm", args=(0.0, 1.05 * std)).pvalue < 1e-3
 
 
-def test_dp_sum_refuses_uncapped_weights() -> None:
-    agg = DpSum(SHAPES, clip_norm=1.0, noise_multiplier=1.0, denominator=3.0)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        agg.add(_delta(np.random.default_rng(0)), 2.0)
+def test_without_rng_nothing_is_released_the_clipped_average_comes_back() -> None:
+    rng = np.random.default_rng(4)
+    deltas = [_delta(rng, s) for s in (0.01, 3.0, 0.2)]
+    dp = DpClipped(FedAvg(), clip_norm=0.5, noise_multiplier=1.0, denominator=5.0, sample_cap=100)
+    got = dp.aggregate(MemorySource(deltas, SHAPES, [Info(50), Info(400), Info(100)]))
+    weights = [0.5, 1.0, 1.0]  # min(n / cap, 1)
+    for name in SHAPES:
+        want = sum(w * clip_delta(d, 0.5)[0][name] for w, d in zip(weights, deltas, strict=True)) / 5.0
+        np.testing.assert_allclose(got[name], want, rtol=1e-12)
+    assert dp.weights([Info(50), Info(400)]) == pytest.approx([0.1, 0.2])
+
+
+def test_dp_weights_stay_capped_whatever_the_inner_strategy() -> None:
+    dp = DpClipped(Weighted(), clip_norm=1.0, noise_multiplier=1.0, denominator=1.0, sample_cap=150)
+    # 10 points of local gain earn the full weight; more cannot exceed 1; staleness multiplies
+    assert dp.weights([Info(10**9, 5.0), Info(150, 0.05), Info(150, 0.10, factor=0.5)]) == pytest.approx(
+        [1.0, 0.5, 0.5]
+    )
+
+
+def test_dp_refuses_robust_strategies_and_bad_knobs() -> None:
+    with pytest.raises(ValueError, match="cannot be combined with differential privacy"):
+        DpClipped(Median(), clip_norm=1.0, noise_multiplier=1.0, denominator=3.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be > 0"):
+        DpClipped(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, denominator=0.0)
 
 
 def _library_epsilon(events: list[dp_accounting.DpEvent], delta: float) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aivo_fl.ml.federated_round import PrivacySettings
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
@@ -40,6 +40,6 @@ def cohort(tmp_path: Path, database_url: str) -> Iterator[Cohort]:
     learners = simulate_new_learners(registry, LEARNERS)
     clone_learners(registry, store, learners)
     for learner_id in learners:
-        train_learner_locally(registry, store, learner_id)
+        train_learner_locally(registry, store, learner_id, epochs=5)
     yield Cohort(registry, store, learners)
     registry.engine.dispose()

@@ -42,7 +42,7 @@ def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
     train_and_register_main_model(registry, store, dataset.path, epochs=3, batch_size=64, data_seed=0, report=quiet)
     [learner] = simulate_new_learners(registry, 1)
     clone_learners(registry, store, [learner])
-    train_learner_locally(registry, store, learner)
+    train_learner_locally(registry, store, learner, epochs=5)
     yield Trained(registry, store, learner)
     registry.engine.dispose()
 
@@ -67,7 +67,9 @@ def test_export_writes_one_checked_file_and_its_manifest(trained: Trained, tmp_p
     assert description["learnerId"] == trained.learner
     reloaded = build_model()
     reloaded.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    x = torch.from_numpy(heldout.features)
+    # The check runs on the export's fixed probe batch (256 standard-normal rows, seed 0) and the held-out set.
+    probe = np.random.default_rng(0).standard_normal((256, heldout.features.shape[1])).astype(np.float32)
+    x = torch.from_numpy(np.concatenate([probe, heldout.features.astype(np.float32)]))
     with torch.inference_mode():
         error = (reloaded.fused_logits(x) - clone.fused_logits(x)).abs().max()
     assert float(error) == pytest.approx(manifest["check"]["maxAbsLogitError"], abs=1e-6)

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -15,13 +16,15 @@ from aivo_fl.defs.resources import (
     ReporterResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
-from aivo_fl.ml.aggregation import DEFAULT_LEARNING_RATE, STRATEGIES
-from aivo_fl.ml.federated_round import NoEligibleLearners, RoundOptions
+from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
-from aivo_fl.operations.aggregation import run_federated_aggregation
+from aivo_fl.ml.round.gather import NoEligibleLearners
+from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.operations.aggregation import round_options, run_federated_aggregation
 from aivo_fl.operations.run_log import appending_to
 
 AGGREGATION_POOL = "aggregation"
+_DEFAULTS = RoundOptions()
 # Each aggregation run is tagged with how the round ended: the UI filters on it and alerts read it.
 OUTCOME_TAG = "aivo/outcome"
 REFUSALS = {NoEligibleLearners: "no_eligible_learners", PrivacyBudgetExceeded: "privacy_budget_exceeded"}
@@ -31,17 +34,20 @@ class AggregationConfig(dg.Config):
     """The activation guide's aggregation options."""
 
     dry_run: bool = Field(False, description="compute and report the round, write nothing")
-    min_learners: int = Field(3, ge=1, description="fewest usable learner updates for a round")
-    strategy: str = Field("fedavg", description=f"one of {', '.join(STRATEGIES)}")
-    max_stale_days: int = Field(7, ge=1, description="ignore training older than this many days")
-    learning_rate: float = Field(DEFAULT_LEARNING_RATE, gt=0, description="server step on the aggregated delta")
+    min_learners: int = Field(_DEFAULTS.min_learners, ge=1, description="fewest usable learner updates for a round")
+    strategy: str = Field(_DEFAULTS.strategy, description=f"one of {', '.join(STRATEGIES)}")
+    max_stale_days: int = Field(_DEFAULTS.max_stale_days, ge=1, description="ignore training older than this many days")
+    learning_rate: float | None = Field(
+        None, gt=0, description="server learning rate (default: SERVER_LEARNING_RATE, else the optimizer's own)"
+    )
 
-    def round_options(self) -> RoundOptions:
-        return RoundOptions(
+    def round_options(self, federated: FederatedSettingsResource) -> RoundOptions:
+        return round_options(
+            federated.settings(),
+            learning_rate=self.learning_rate,
             strategy=self.strategy,
             min_learners=self.min_learners,
             max_stale_days=self.max_stale_days,
-            learning_rate=self.learning_rate,
             dry_run=self.dry_run,
         )
 
@@ -79,7 +85,7 @@ def federated_main_model(
                 registry.get_registry(),
                 model_store.get_store(),
                 federated_settings.privacy(),
-                config.round_options(),
+                config.round_options(federated_settings),
                 report=report,
                 holder=f"dagster-run:{context.run.run_id}",
             )
@@ -93,24 +99,46 @@ def federated_main_model(
     if outcome.dry_run:
         context.log.info(f"Dry run, nothing materialized: {s}")
         return
-    yield dg.MaterializeResult(
-        metadata={
-            "status": s["status"],
-            "dry_run": s["dryRun"],
-            "base_version": s["baseVersion"],
-            "new_version": s["newVersion"] or "-",
-            "candidate_version": s["candidateVersion"],
-            "update_id": s["updateId"] or "-",
-            "strategy": s["strategy"],
-            "contributing_learners": len(s["contributingLearners"]),
-            "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
-            "accuracy_before_pct": percent(s["accuracyBefore"]),
-            "accuracy_after_pct": percent(s["accuracyAfter"]),
-            "curriculum_accuracy_before_pct": percent(s["curriculumAccuracyBefore"]),
-            "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
-            "performance_improvement_points": rounded(s["performanceImprovement"], 2),
-            "epsilon_round": rounded(s["epsilonRound"] or 0.0, 3),
-            "epsilon_total": rounded(s["epsilonTotal"] or 0.0, 3),
-            "rejection_reason": s["rejectionReason"] or "-",
-        }
-    )
+    yield dg.MaterializeResult(metadata=_metadata(s))
+
+
+def _metadata(s: dict[str, Any]) -> dict[str, Any]:
+    """The round's summary as numeric metadata (the UI plots it across materializations)."""
+    return {
+        "status": s["status"],
+        "dry_run": s["dryRun"],
+        "base_version": s["baseVersion"],
+        "new_version": s["newVersion"] or "-",
+        "candidate_version": s["candidateVersion"],
+        "update_id": s["updateId"] or "-",
+        "strategy": s["strategy"],
+        "server_optimizer": s["serverOptimizer"],
+        "server_learning_rate": s["learningRate"],
+        "contributing_learners": len(s["contributingLearners"]),
+        "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
+        "accuracy_before_pct": percent(s["accuracyBefore"]),
+        "accuracy_after_pct": percent(s["accuracyAfter"]),
+        "curriculum_accuracy_before_pct": percent(s["curriculumAccuracyBefore"]),
+        "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
+        "curriculum_reference_pct": percent(s["curriculumReference"]),
+        "performance_improvement_points": rounded(s["performanceImprovement"], 2),
+        "rejection_reason": s["rejectionReason"] or "-",
+        **privacy_metadata(s["privacy"], s["epsilonRound"], s["epsilonTotal"]),
+    }
+
+
+def privacy_metadata(recorded: dict[str, Any], epsilon_round: float | None, epsilon_total: float | None) -> dict:
+    """What the round's accounting used, as numbers the UI plots across rounds. Without noise there is
+    no epsilon to plot: ``privacy_guarantee`` says so instead of a made-up 0."""
+    numbers = {
+        "privacy_noise_multiplier": recorded["noise_multiplier"],
+        "privacy_clip_norm": recorded["clip_norm"],
+        "privacy_sample_rate": recorded["sample_rate"],
+        "privacy_eligible_learners": recorded["eligible_population"],
+        "privacy_denominator": recorded["dp_denominator"],
+        "privacy_delta": recorded["privacy_delta"],
+        "epsilon_round": rounded(epsilon_round, 3) if epsilon_round is not None else None,
+        "epsilon_total": rounded(epsilon_total, 3) if epsilon_total is not None else None,
+    }
+    guarantee = "epsilon" if epsilon_total is not None else "none (released without noise)"
+    return {k: v for k, v in numbers.items() if v is not None} | {"privacy_guarantee": guarantee}

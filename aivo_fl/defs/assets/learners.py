@@ -114,7 +114,12 @@ def learner_training(
     trained, failures = _for_each_learner(
         context.partition_keys,
         lambda learner: train_learner_locally(
-            reg, store, learner, epochs=training_settings.local_epochs, num_threads=threads
+            reg,
+            store,
+            learner,
+            epochs=training_settings.local_epochs,
+            proximal_mu=training_settings.local_proximal_mu,
+            num_threads=threads,
         ),
     )
     outcomes = [t.result for t in trained]

@@ -32,6 +32,7 @@ def main_model(
             epochs=training_settings.training_epochs,
             batch_size=training_settings.batch_size,
             data_seed=training_settings.data_seed,
+            personalization_depth=training_settings.personalization_depth,
             num_threads=training_settings.torch_threads(context.instance),
             report=reporter.for_context(context),
         )

@@ -1,0 +1,243 @@
+"""Local training of learners' personal layers: one learner at a time, or many at once.
+
+Both paths do exactly the same maths, so they agree to float rounding (a test holds them to 1e-5):
+
+* the frozen bottom layers run once per sample (`shared_features`), never per step;
+* mini-batch SGD over the personal layers, each learner's own shuffle every epoch (keys derived
+  from (seed, learner key, epoch, position), so the order does not depend on who else trains);
+* loss = mean over heads of the mean cross-entropy + mu/2 * ||theta - theta_main||^2, the
+  proximal term of FedProx/Ditto: a learner with a handful of interactions cannot wander far
+  from the main model, one with many can.
+
+`train_many` stacks the learners' personal parameters along a new leading dimension and runs the
+personal layers with `torch.vmap` over `torch.func.functional_call`: every step of every learner
+in a group is one batched matmul per layer. Learners are sorted by sample count and grouped, so
+padding (masked out of the loss and of the update) stays small even with skewed counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from aivo_fl.ml.data import HEAD_CLASSES
+from aivo_fl.ml.model import CurriculumNet, is_personal, samples_to_tensors
+from aivo_fl.ml.population import Interactions
+
+DEFAULT_PROXIMAL_MU = 0.1
+_HEAD_SIZES = list(HEAD_CLASSES.values())
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 0.05  # plain SGD, as in FedAvg / FedProx
+    proximal_mu: float = DEFAULT_PROXIMAL_MU
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.proximal_mu < 0:
+            raise ValueError("need epochs >= 1, batch_size >= 1, learning_rate > 0 and proximal_mu >= 0")
+
+
+@dataclass(frozen=True)
+class LearnerBatch:
+    """One learner's local data: its stable key (for the shuffle), inputs (n, 256), targets (n, heads)."""
+
+    key: int
+    x: Tensor
+    y: Tensor
+
+
+def learner_key(learner_id: str) -> int:
+    """A stable 63-bit key for a learner id: seeds the learner's shuffle wherever it trains."""
+    return int.from_bytes(hashlib.sha256(learner_id.encode()).digest()[:8], "little") >> 1
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        return z ^ (z >> np.uint64(31))
+
+
+def epoch_orders(keys: np.ndarray, counts: np.ndarray, width: int, seed: int, epoch: int) -> np.ndarray:
+    """(learners, width) int64: row i is a permutation of range(counts[i]), padding (index >= count) last."""
+    base = _splitmix64(_splitmix64(np.uint64(seed) ^ _splitmix64(np.asarray(keys, np.uint64))) + np.uint64(epoch))
+    position = np.arange(width, dtype=np.uint64)
+    draws = _splitmix64(base[:, None] ^ _splitmix64(position)[None, :])
+    draws[position[None, :] >= np.asarray(counts, np.uint64)[:, None]] = _MASK64  # padding sorts last
+    return np.argsort(draws, axis=1, kind="stable").astype(np.int64)
+
+
+def personal_tensors(model: CurriculumNet) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if is_personal(model, k)}
+
+
+def _loss_terms(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Per learner: mean over heads of the masked mean cross-entropy. logits (L, B, C), y (L, B, H)."""
+    count = mask.sum(dim=1).clamp(min=1)
+    total = torch.zeros(logits.shape[0], dtype=logits.dtype)
+    for i, part in enumerate(torch.split(logits, _HEAD_SIZES, dim=2)):
+        nll = -torch.log_softmax(part, dim=2).gather(2, y[:, :, i : i + 1]).squeeze(2)
+        total = total + (nll * mask).sum(dim=1) / count
+    return total / len(_HEAD_SIZES)
+
+
+def train_one(
+    model: CurriculumNet, learner: LearnerBatch, anchor: dict[str, Tensor], config: LocalTrainingConfig
+) -> None:
+    """The plain loop: train `model`'s personal layers in place on one learner (autograd + torch.optim.SGD)."""
+    params = [p for k, p in model.named_parameters() if is_personal(model, k)]
+    names = [k for k, _ in model.named_parameters() if is_personal(model, k)]
+    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
+    with torch.no_grad():
+        h = model.shared_features(learner.x)
+    n = h.shape[0]
+    for epoch in range(config.epochs):
+        order = torch.from_numpy(epoch_orders(np.array([learner.key]), np.array([n]), n, config.seed, epoch)[0])
+        for start in range(0, n, config.batch_size):
+            index = order[start : start + config.batch_size]
+            logits = model.fused_logits(h[index], start=model.frozen_layers)
+            y = learner.y[index]
+            loss = sum(
+                F.cross_entropy(part, y[:, i]) for i, part in enumerate(torch.split(logits, _HEAD_SIZES, dim=1))
+            ) / len(_HEAD_SIZES)
+            if config.proximal_mu:
+                loss = loss + 0.5 * config.proximal_mu * sum(
+                    ((p - anchor[k]) ** 2).sum() for k, p in zip(names, params, strict=True)
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def _pad(learners: Sequence[LearnerBatch], h: list[Tensor], width: int) -> tuple[Tensor, Tensor]:
+    feats = torch.zeros(len(learners), width, h[0].shape[1])
+    targets = torch.zeros(len(learners), width, learners[0].y.shape[1], dtype=torch.int64)
+    for i, (learner, hi) in enumerate(zip(learners, h, strict=True)):
+        feats[i, : hi.shape[0]] = hi
+        targets[i, : hi.shape[0]] = learner.y
+    return feats, targets
+
+
+def _train_group(
+    model: CurriculumNet,
+    learners: Sequence[LearnerBatch],
+    start: dict[str, Tensor],
+    anchor: dict[str, Tensor],
+    config: LocalTrainingConfig,
+) -> dict[str, Tensor]:
+    """Train one group (stacked start params, leading dim = learners); returns the trained stack."""
+    with torch.no_grad():
+        h = [model.shared_features(learner.x) for learner in learners]
+    counts = np.array([hi.shape[0] for hi in h])
+    width = int(counts.max())
+    feats, targets = _pad(learners, h, width)
+    params = {k: v.clone() for k, v in start.items()}
+    keys = np.array([learner.key for learner in learners])
+    n = torch.from_numpy(counts)
+    rows = torch.arange(len(learners))[:, None]
+    frozen = model.frozen_layers
+
+    def logits_of(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        heads = functional_call(model, p, (x,), {"start": frozen}, strict=False)
+        return torch.cat([heads[name] for name in HEAD_CLASSES], dim=-1)
+
+    batched = torch.vmap(logits_of)
+    for epoch in range(config.epochs):
+        order = torch.from_numpy(epoch_orders(keys, counts, width, config.seed, epoch))
+        x_epoch, y_epoch = feats[rows, order], targets[rows, order]
+        valid = (torch.arange(width)[None, :] < n[:, None]).to(feats.dtype)  # padding is sorted last
+        for begin in range(0, width, config.batch_size):
+            # Learners are sorted by count, so those with data left at this step are a suffix:
+            # the step costs only what they need, not what the largest learner needs.
+            a = int(np.searchsorted(counts, begin, side="right"))
+            window = slice(begin, begin + config.batch_size)
+            live = {k: v[a:].detach().requires_grad_(True) for k, v in params.items()}
+            loss = _loss_terms(batched(live, x_epoch[a:, window]), y_epoch[a:, window], valid[a:, window])
+            grads = torch.autograd.grad(loss.sum(), list(live.values()))
+            with torch.no_grad():
+                for (name, p), g in zip(params.items(), grads, strict=True):
+                    if config.proximal_mu:  # d/dtheta of mu/2 ||theta - anchor||^2, no autograd needed
+                        g.add_(p[a:] - anchor[name], alpha=config.proximal_mu)
+                    p[a:].sub_(g, alpha=config.learning_rate)
+    return params
+
+
+def train_many(
+    model: CurriculumNet,
+    learners: Sequence[LearnerBatch],
+    starts: Sequence[dict[str, Tensor]],
+    config: LocalTrainingConfig,
+    group_size: int = 256,
+) -> list[dict[str, Tensor]]:
+    """Train every learner's personal layers (from `starts[i]`, anchored at `model`'s) in batched groups.
+
+    Returns each learner's trained personal tensors, in the input order.
+    """
+    if len(learners) != len(starts):
+        raise ValueError(f"{len(learners)} learners but {len(starts)} start points")
+    if any(learner.x.shape[0] < 1 for learner in learners):
+        raise ValueError("every learner needs at least one sample")
+    anchor = personal_tensors(model)
+    by_size = sorted(range(len(learners)), key=lambda i: learners[i].x.shape[0])
+    out: list[dict[str, Tensor]] = [{} for _ in learners]
+    for first in range(0, len(by_size), group_size):
+        group = by_size[first : first + group_size]
+        stacked = {k: torch.stack([starts[i][k] for i in group]) for k in anchor}
+        trained = _train_group(model, [learners[i] for i in group], stacked, anchor, config)
+        for j, i in enumerate(group):
+            out[i] = {k: v[j] for k, v in trained.items()}
+    return out
+
+
+Tensors = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class WeekUpdates:
+    """One week of local training: each active learner's update and its new personal offset."""
+
+    learners: list[int]
+    deltas: list[Tensors]  # trained - start: what the learner sends (the FedAvg client update)
+    samples: list[int]
+    offsets: dict[int, Tensors]  # trained - main: the personalisation the learner keeps
+
+
+def train_active_learners(
+    model: CurriculumNet,
+    week_train: Interactions,
+    offsets: dict[int, Tensors],
+    config: LocalTrainingConfig,
+    group_size: int = 256,
+) -> WeekUpdates:
+    """Train every learner in `week_train` at once, each from main + its kept offset (the rebase)."""
+    main = personal_tensors(model)
+    data = week_train.by_learner()
+    learners = list(data)
+    starts = [{k: main[k] + offsets[i][k] for k in main} if i in offsets else main for i in learners]
+    batches = [LearnerBatch(i, *samples_to_tensors(data[i])) for i in learners]
+    trained = train_many(model, batches, starts, config, group_size)
+    return WeekUpdates(
+        learners=learners,
+        deltas=[{k: t[k] - s[k] for k in main} for t, s in zip(trained, starts, strict=True)],
+        samples=[len(data[i]) for i in learners],
+        offsets={**offsets, **{i: {k: t[k] - main[k] for k in main} for i, t in zip(learners, trained, strict=True)}},
+    )
+
+
+def steps_per_learner(counts: Sequence[int], config: LocalTrainingConfig) -> int:
+    """Total optimizer steps over learners (for FLOP accounting)."""
+    return sum(config.epochs * math.ceil(c / config.batch_size) for c in counts)

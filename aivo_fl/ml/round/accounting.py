@@ -1,0 +1,156 @@
+"""Privacy accounting of a round, in one place: who may be drawn, the draw (Poisson sampling), the
+fixed denominator, both budgets, adaptive clipping's estimate, and the record the round persists.
+The mechanism itself is :class:`aivo_fl.ml.aggregation.DpClipped`; the ledger is
+:mod:`aivo_fl.ml.privacy_ledger`.
+
+Order matters: the round's worst-case charge is known from the settings and the population size
+alone, so both budgets are checked BEFORE any learner is drawn or any noise is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from aivo_fl.ml.adaptive_clipping import next_clip_norm, noised_fraction_below
+from aivo_fl.ml.learner_sampling import poisson_sample
+from aivo_fl.ml.privacy import PrivacyEvent, epsilon_warning
+from aivo_fl.ml.privacy_ledger import RoundPrivacy, check_budget, compose_rounds, planned_round
+from aivo_fl.ml.round.gather import Gathered, Update
+from aivo_fl.ml.round.options import PrivacySettings
+
+THIS_ROUND = "this round"
+NOT_SAMPLED = "not sampled this round"
+
+
+@dataclass(frozen=True)
+class PrivacyHistory:
+    """The rounds recorded before this one (from the registry, or kept in memory by a simulation)."""
+
+    rounds: Sequence[RoundPrivacy] = ()
+    # per learner: the recorded rounds whose population they were in (could have been sampled)
+    learner_rounds: Mapping[str, Sequence[RoundPrivacy]] = field(default_factory=dict)
+
+    def of(self, learner_id: str) -> Sequence[RoundPrivacy]:
+        return self.learner_rounds.get(learner_id, ())
+
+    def clip_norm(self, privacy: PrivacySettings) -> float:
+        """This round's clip norm: the fixed one, or (adaptive) the last round's moved by its estimate."""
+        if privacy.clip_target_quantile is None:
+            return privacy.clip_norm
+        for r in reversed(self.rounds):
+            if r.clip_quantile_estimate is not None and r.clip_norm:
+                return next_clip_norm(r.clip_norm, r.clip_quantile_estimate, privacy.clip_target_quantile)
+        return privacy.clip_norm
+
+    def after(self, record: RoundPrivacy, charged: Iterable[str]) -> PrivacyHistory:
+        """The history once ``record`` is recorded and ``charged`` learners paid for it (simulations)."""
+        record = replace(record, round_id=f"round-{len(self.rounds) + 1}")  # ids key the per-learner cache
+        learners = dict(self.learner_rounds)
+        for learner in charged:
+            learners[learner] = [*learners.get(learner, ()), record]
+        return PrivacyHistory([*self.rounds, record], learners)
+
+
+@dataclass(frozen=True)
+class PrivacyAccount:
+    record: RoundPrivacy  # what the round uses: persist it with the round, DP or not
+    included: tuple[Update, ...]  # drawn into the round (every eligible one at sample rate 1)
+    not_sampled: tuple[Update, ...]  # eligible, not drawn: charged all the same
+    out_of_budget: tuple[Update, ...]  # left out before the draw: not charged
+    epsilon_round: float | None  # None: no guarantee (released without noise)
+    epsilon_total: float | None  # the worst-case learner (eligible in every round) after this round
+    learner_epsilons: dict[str, float | None]
+    warning: str | None
+
+    @property
+    def event(self) -> PrivacyEvent | None:
+        return self.record.event()
+
+    @property
+    def denominator(self) -> float:
+        """McMahan's fixed denominator: the expected cohort (1.0 without DP)."""
+        return self.record.denominator or 1.0
+
+    @property
+    def charged(self) -> tuple[Update, ...]:
+        return self.included + self.not_sampled
+
+
+def account_round(
+    privacy: PrivacySettings, history: PrivacyHistory, gathered: Gathered, rng: np.random.Generator, *, release: bool
+) -> PrivacyAccount:
+    """Budgets first (raising ``PrivacyBudgetExceeded`` before anything is drawn), then the draw.
+
+    With ``release`` (not a dry run) adaptive clipping also releases its noised count.
+    """
+    population, out, planned = _population(privacy, history, gathered.usable)
+    _, this_round, after = check_budget(history.rounds, planned, privacy.epsilon_budget)
+    drawn = poisson_sample(population, privacy.sample_rate, rng)
+    drawn_ids = {u.learner_id for u in drawn}
+    record = planned
+    if release and planned.dp_enabled and planned.target_quantile is not None:
+        estimate = noised_fraction_below(
+            [u.norm for u in drawn], planned.clip_norm or 0.0, planned.denominator or 1.0, rng
+        )
+        record = replace(planned, clip_quantile_estimate=estimate)
+    delta = planned.delta or privacy.delta
+    epsilons = {u.learner_id: compose_rounds([*history.of(u.learner_id), planned], delta).epsilon for u in population}
+    epsilons |= {u.learner_id: compose_rounds(history.of(u.learner_id), delta).epsilon for u in out}
+    return PrivacyAccount(
+        record,
+        tuple(drawn),
+        tuple(u for u in population if u.learner_id not in drawn_ids),
+        tuple(out),
+        this_round.epsilon,
+        after.epsilon,
+        epsilons,
+        _warning(after.epsilon, after.no_guarantee_reason, delta),
+    )
+
+
+def _plan(privacy: PrivacySettings, clip_norm: float, population: int) -> RoundPrivacy:
+    return planned_round(
+        THIS_ROUND,
+        dp_enabled=privacy.enabled,
+        noise_multiplier=privacy.noise_multiplier,
+        clip_norm=clip_norm,
+        sample_rate=privacy.sample_rate,
+        population=population,
+        delta=privacy.delta,
+        target_quantile=privacy.clip_target_quantile,
+    )
+
+
+def _population(
+    privacy: PrivacySettings, history: PrivacyHistory, usable: Sequence[Update]
+) -> tuple[list[Update], list[Update], RoundPrivacy]:
+    """Who may be drawn: every usable update whose learner has room in their own budget.
+
+    The charge depends a little on the population's size (adaptive clipping's count noise scales
+    with the expected cohort), so the check repeats until nobody else drops out.
+    """
+    clip = history.clip_norm(privacy)
+    population, out = list(usable), []
+    while True:
+        planned = _plan(privacy, clip, len(population))
+        budget = privacy.learner_epsilon_budget
+        if budget is None:
+            return population, out, planned
+        over = {
+            u.learner_id
+            for u in population
+            if compose_rounds([*history.of(u.learner_id), planned], privacy.delta).over(budget)
+        }
+        if not over:
+            return population, out, planned
+        out += [u for u in population if u.learner_id in over]
+        population = [u for u in population if u.learner_id not in over]
+
+
+def _warning(epsilon: float | None, reason: str | None, delta: float) -> str | None:
+    if epsilon is None:
+        return f"No privacy guarantee: {reason}."
+    return epsilon_warning(epsilon, delta)

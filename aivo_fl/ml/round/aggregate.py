@@ -1,0 +1,99 @@
+"""Step 2 of a round, aggregate: the strategy (DP-wrapped when on) over the included updates, then
+the server optimizer's step from the base heads to the candidate heads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aivo_fl.ml.aggregation.base import Block, Delta, block_of, delta_norm, plan_blocks
+from aivo_fl.ml.aggregation.server_optimizers import ServerOptimizer, State
+from aivo_fl.ml.aggregation.strategies import DpClipped, Strategy
+from aivo_fl.ml.deltas import iter_stacked_blocks, load_delta
+from aivo_fl.ml.round.gather import Update
+from aivo_fl.ml.round.options import PrivacySettings
+
+
+@dataclass(frozen=True)
+class DeltaFiles:
+    """The included updates' delta files as a strategy reads them (re-validated on every read: a
+    file that changed since gathering fails the round rather than slipping in)."""
+
+    infos: Sequence[Update]
+    learners_root: Path
+    shapes: Mapping[str, tuple[int, ...]]
+    max_norm: float
+    block_bytes: int
+
+    def deltas(self) -> Iterator[Delta]:
+        for update in self.infos:
+            yield load_delta(update.path, self.learners_root, self.shapes, self.max_norm)[0]
+
+    def blocks(self, scales: Sequence[float]) -> Iterator[tuple[Block, np.ndarray]]:
+        block_elems = max(1, self.block_bytes // (8 * len(self.infos)))
+        paths = [u.path for u in self.infos]
+        blocks = plan_blocks(self.shapes, block_elems)
+        yield from iter_stacked_blocks(paths, self.learners_root, self.shapes, blocks, scales=scales)
+
+
+@dataclass(frozen=True)
+class DeltasInMemory:
+    """The included updates' deltas held in memory (a simulation's: learner id -> delta)."""
+
+    infos: Sequence[Update]
+    by_learner: Mapping[str, Delta]
+    shapes: Mapping[str, tuple[int, ...]]
+    block_bytes: int
+
+    def deltas(self) -> Iterator[Delta]:
+        for update in self.infos:
+            yield self.by_learner[update.learner_id]
+
+    def blocks(self, scales: Sequence[float]) -> Iterator[tuple[Block, np.ndarray]]:
+        for block in plan_blocks(self.shapes, max(1, self.block_bytes // (8 * len(self.infos)))):
+            matrix = np.stack([block_of(d, block) for d in self.deltas()]).astype(np.float64)
+            yield block, matrix * np.asarray(scales, dtype=np.float64)[:, None]
+
+
+def private(
+    strategy: Strategy, privacy: PrivacySettings, clip_norm: float, denominator: float, rng: np.random.Generator | None
+) -> Strategy:
+    """``strategy`` wrapped in DP-FedAvg when privacy is on; ``rng=None`` adds no noise (a dry run).
+
+    ``clip_norm`` is the round's (adaptive under ``CLIP_NORM=auto``), ``denominator`` the expected cohort.
+    """
+    if not privacy.enabled:
+        return strategy
+    return DpClipped(
+        strategy,  # type: ignore[arg-type]  # DpClipped refuses non-sum strategies with a clear error
+        clip_norm,
+        privacy.noise_multiplier,
+        denominator,
+        privacy.sample_cap,
+        rng,
+    )
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    heads: dict[str, np.ndarray]  # the candidate's heads, float32, same names and shapes as the base
+    weights: list[float]  # per included update, in order
+    aggregate_norm: float  # L2 norm of the strategy's aggregate (before the server step)
+    optimizer_state: State  # to persist with the candidate
+
+
+def aggregate(
+    source: DeltaFiles | DeltasInMemory,
+    base_heads: Mapping[str, np.ndarray],
+    strategy: Strategy,
+    optimizer: ServerOptimizer,
+    optimizer_state: State,
+) -> Aggregated:
+    weights = strategy.weights(source.infos)
+    update = strategy.aggregate(source)
+    moved, state = optimizer.step(base_heads, update, optimizer_state)
+    heads = {name: moved[name].astype(np.float32) for name in base_heads}
+    return Aggregated(heads, weights, delta_norm(update), state)

@@ -1,0 +1,53 @@
+"""The knobs of one federated round. These are the defaults: CLI, Dagster config and resources
+read theirs from here (round shape) or from :class:`aivo_fl.config.Settings` (environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aivo_fl.ml.aggregation.server_optimizers import Sgd
+from aivo_fl.ml.aggregation.strategies import TRIM_FRACTION, FedAvg
+from aivo_fl.ml.privacy import DEFAULT_DELTA, DEFAULT_SAMPLE_CAP
+
+# Heads deltas from a few local epochs have L2 norms around 0.1-5; a norm of 1000 can only be a
+# corrupted or malicious file, and would swamp every non-robust strategy.
+DEFAULT_MAX_DELTA_NORM = 1e3
+# Robust strategies hold a (learners x block) float64 matrix; the block is sized to this budget.
+DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RoundOptions:
+    strategy: str = FedAvg.name
+    min_learners: int = 3
+    max_stale_days: int = 7
+    server_optimizer: str = Sgd.name
+    # None: the optimizer's own default. Server learning rate 1.0 with sgd is model averaging
+    # (McMahan et al. 2017), the setting the delta semantics were designed for.
+    learning_rate: float | None = None
+    dry_run: bool = False
+    max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
+    trim_fraction: float = TRIM_FRACTION
+    block_bytes: int = DEFAULT_BLOCK_BYTES
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism, :mod:`aivo_fl.ml.round.accounting`
+    for the draw and the accounting.
+
+    Each eligible learner joins a round with probability ``sample_rate``; the released average is
+    divided by the fixed expected cohort ``sample_rate x eligible learners``. With
+    ``clip_target_quantile`` set (``CLIP_NORM=auto``), ``clip_norm`` is only the first round's clip
+    norm; later rounds follow that quantile of the update norms (Andrew et al. 2021).
+    """
+
+    enabled: bool
+    noise_multiplier: float
+    clip_norm: float
+    delta: float = DEFAULT_DELTA
+    epsilon_budget: float | None = None  # global: refuse the round past it
+    learner_epsilon_budget: float | None = None  # per learner: exclude them past it
+    sample_cap: int = DEFAULT_SAMPLE_CAP
+    sample_rate: float = 1.0
+    clip_target_quantile: float | None = None

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from aivo_fl.ml.batched_training import (
+    LearnerBatch,
+    LocalTrainingConfig,
+    epoch_orders,
+    personal_tensors,
+    train_active_learners,
+    train_many,
+    train_one,
+)
+from aivo_fl.ml.data import generate_curriculum
+from aivo_fl.ml.evaluation import (
+    accuracy,
+    cold_start_accuracy,
+    gap_closed,
+    personalized_accuracy,
+    train_oracle,
+)
+from aivo_fl.ml.model import (
+    PERSONALIZATION_DEPTHS,
+    build_model,
+    freeze_trunk,
+    samples_to_tensors,
+)
+from aivo_fl.ml.population import Population, PopulationConfig, concat_samples
+
+POPULATION = PopulationConfig(n_learners=120, eval_learners=20, seed=2, median_weekly_interactions=6.0)
+
+
+def _learners(week: int = 1, limit: int = 40) -> list[LearnerBatch]:
+    data = Population(POPULATION).week(week).train().by_learner()
+    return [LearnerBatch(i, *samples_to_tensors(s)) for i, s in list(data.items())[:limit]]
+
+
+@pytest.mark.parametrize("depth", sorted(PERSONALIZATION_DEPTHS))
+def test_batched_training_equals_the_one_at_a_time_loop(depth: str) -> None:
+    model = build_model(seed=1, frozen_layers=PERSONALIZATION_DEPTHS[depth])
+    freeze_trunk(model)
+    learners = _learners()
+    counts = sorted(learner.x.shape[0] for learner in learners)
+    assert counts[0] < 4 < 2 * 4 < counts[-1]  # skewed: padding and masking really happen
+    config = LocalTrainingConfig(epochs=2, batch_size=4, learning_rate=0.1, proximal_mu=0.5, seed=4)
+    main = personal_tensors(model)
+    # Different start points per learner (a kept personal offset), anchored at the main model.
+    rng = torch.Generator().manual_seed(0)
+    starts = [{k: v + 0.01 * torch.randn(v.shape, generator=rng) for k, v in main.items()} for _ in learners]
+    batched = train_many(model, learners, starts, config, group_size=12)
+    for learner, start, got in zip(learners, starts, batched, strict=True):
+        clone = copy.deepcopy(model)
+        clone.load_state_dict(start, strict=False)
+        train_one(clone, learner, main, config)
+        expected = dict(clone.named_parameters())
+        assert got.keys() == main.keys()
+        for key in main:
+            torch.testing.assert_close(got[key], expected[key].detach(), rtol=0, atol=1e-5)
+            assert not torch.equal(got[key], start[key])  # every learner really trained
+
+
+def test_shuffle_depends_only_on_the_learner_and_covers_its_samples() -> None:
+    orders = epoch_orders(np.array([5, 9]), np.array([3, 6]), 6, seed=1, epoch=0)
+    assert sorted(orders[0][:3]) == [0, 1, 2] and sorted(orders[1]) == list(range(6))
+    alone = epoch_orders(np.array([5]), np.array([3]), 3, seed=1, epoch=0)
+    np.testing.assert_array_equal(alone[0], orders[0][:3])
+    assert not np.array_equal(epoch_orders(np.array([9]), np.array([6]), 6, 1, 1)[0], orders[1])
+
+
+def test_proximal_term_keeps_small_learners_near_the_main_model() -> None:
+    model = build_model(seed=1, frozen_layers=PERSONALIZATION_DEPTHS["guide"])
+    learners = _learners()
+    main = personal_tensors(model)
+
+    def distance(mu: float) -> float:
+        config = LocalTrainingConfig(epochs=3, batch_size=8, proximal_mu=mu)
+        out = train_many(model, learners, [main] * len(learners), config)
+        return float(np.mean([sum(float(((o[k] - main[k]) ** 2).sum()) for k in main) for o in out]))
+
+    assert distance(5.0) < 0.8 * distance(0.0)
+
+
+def test_week_training_keeps_offsets_and_sends_only_the_update() -> None:
+    model = build_model(seed=1, frozen_layers=PERSONALIZATION_DEPTHS["heads"])
+    population = Population(POPULATION)
+    config = LocalTrainingConfig(epochs=2)
+    first = train_active_learners(model, population.week(1).train(), {}, config)
+    main = personal_tensors(model)
+    assert set(first.offsets) == set(first.learners)
+    for learner, delta in zip(first.learners, first.deltas, strict=True):
+        for k in main:  # first session: start = main, so update == offset
+            torch.testing.assert_close(delta[k], first.offsets[learner][k])
+    second = train_active_learners(model, population.week(2).train(), first.offsets, config)
+    returning = set(first.learners) & set(second.learners)
+    assert returning and set(second.offsets) == set(first.learners) | set(second.learners)
+    for learner, delta in zip(second.learners, second.deltas, strict=True):
+        if learner in returning:
+            for k in main:  # new offset = old offset + this week's update (main did not move)
+                torch.testing.assert_close(
+                    second.offsets[learner][k], first.offsets[learner][k] + delta[k], rtol=0, atol=1e-6
+                )
+
+
+def test_oracle_sees_exactly_the_training_learners_data_and_beats_round_zero(trained_small) -> None:
+    main = copy.deepcopy(trained_small[0])
+    population = Population(POPULATION)
+    weeks = [population.week(w).train() for w in (1, 2)]
+    pooled = concat_samples([w.samples for w in weeks])
+    assert not set(np.concatenate([w.learner for w in weeks]).tolist()) & set(population.eval_learners.tolist())
+    assert len(pooled) == sum(len(w) for w in weeks)
+    round0 = cold_start_accuracy(main, population.evaluation_cohort)
+    oracle_model = train_oracle(main, pooled)
+    oracle = accuracy(oracle_model, population.evaluation_cohort.samples)
+    assert oracle > round0 + 0.01  # the shared shift is there to be learned
+    frozen = {k: v for k, v in main.state_dict().items() if k not in personal_tensors(main)}
+    for k, v in frozen.items():
+        torch.testing.assert_close(oracle_model.state_dict()[k], v, rtol=0, atol=0)  # same layers move as in FL
+    assert gap_closed(round0, round0, oracle) == 0.0 and gap_closed(oracle, round0, oracle) == 1.0
+    assert np.isnan(gap_closed(0.5, 0.6, 0.6))
+    assert accuracy(main, generate_curriculum(500, seed=1)) > 0.6
+
+
+def test_personalized_accuracy_compares_clones_and_main_on_the_same_interactions(trained_small) -> None:
+    main = copy.deepcopy(trained_small[0])
+    population = Population(POPULATION)
+    week = population.week(1)
+    update = train_active_learners(main, week.train(), {}, LocalTrainingConfig(epochs=5))
+    base = personal_tensors(main)
+    personal = {i: {k: base[k] + o[k] for k in o} for i, o in update.offsets.items()}
+    result = personalized_accuracy(main, personal, week.evaluation())
+    assert result.learners == len(update.learners) and result.samples == len(week.evaluation())
+    assert result.main == pytest.approx(accuracy(main, week.evaluation().samples))
+    untouched = personalized_accuracy(main, {i: base for i in personal}, week.evaluation())
+    assert untouched.clones == pytest.approx(untouched.main)
+    assert result.clones != untouched.clones
