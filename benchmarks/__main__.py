@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-BENCHMARKS = ("training", "aggregation", "sensor", "provisioning", "export", "privacy", "local_training")
+BENCHMARKS = ("training", "aggregation", "sensor", "provisioning", "export", "local_training", "fl_quality", "privacy")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "WRONG_NAMES",
     "WRONG_SHAPE",
     "DeltaRejected",
+    "checked_norm",
     "iter_stacked_blocks",
     "load_delta",
     "read_block",
@@ -166,13 +167,17 @@ def load_delta(
     directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
     raw, _ = read_verified(store_root, directory, name)
     delta, flat = _decode(raw, expected, path)
-    norm = vector_norm(flat)
+    return delta, checked_norm(delta, vector_norm(flat), path, max_norm)
+
+
+def checked_norm(delta: Mapping[str, np.ndarray], norm: float, path: Path, max_norm: float) -> float:
+    """``norm`` (the delta's L2 norm) if finite and plausible; else :class:`DeltaRejected`."""
     if not math.isfinite(norm):
         bad = next(name for name, value in delta.items() if not np.all(np.isfinite(value)))
         raise DeltaRejected(NON_FINITE, path, bad)
     if norm > max_norm:
         raise DeltaRejected(ABSURD_NORM, path, f"L2 norm {norm:.3g} > {max_norm:.3g}")
-    return delta, norm
+    return norm
 
 
 def read_block(path: Path, store_root: Path, shapes: Mapping[str, tuple[int, ...]], block: Block) -> np.ndarray:

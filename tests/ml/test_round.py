@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -351,3 +352,41 @@ def test_gate_bounds_cumulative_curriculum_drift_from_the_trained_version(traine
     assert gate(halfway, candidate, halfway, evaluation, Tolerances(curriculum=tolerance)).accepted
     # And within the cumulative tolerance it passes too.
     assert gate(halfway, candidate, model, evaluation, Tolerances(curriculum=drift_full + 0.01)).accepted
+
+
+@pytest.mark.parametrize(
+    ("strategy", "privacy"),
+    [
+        ("fedavg", NO_DP),
+        ("trimmed_mean", NO_DP),
+        ("fedavg", PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=0.05, sample_rate=0.5)),
+    ],
+)
+def test_deltas_held_in_memory_give_the_same_round_as_the_files(
+    tmp_path: Path, strategy: str, privacy: PrivacySettings
+) -> None:
+    updates = [_update(tmp_path, i) for i in range(6)]
+    options = RoundOptions(strategy=strategy, block_bytes=64)  # several blocks for the robust strategy
+    from_files = _run(updates, options, privacy)
+    in_memory = {u.learner_id: _delta(i) for i, u in enumerate(updates)}
+    state = RoundState("1.2.0", _base(), HISTORY, updates, tmp_path / "nowhere", PrivacyHistory(), {}, in_memory)
+    from_memory = build_candidate(state, options, privacy, NOW, np.random.default_rng(0))
+    for name in SHAPES:
+        np.testing.assert_array_equal(from_memory.candidate_heads[name], from_files.candidate_heads[name])
+    def rounded(result):  # type: ignore[no-untyped-def]  # norms summed per tensor vs over the flat file: 1 ulp
+        return [replace(c, update_norm=round(c.update_norm, 9)) for c in result.contributions]
+
+    assert rounded(from_memory) == rounded(from_files)
+
+
+def test_a_non_finite_delta_in_memory_is_excluded_like_a_file(tmp_path: Path) -> None:
+    updates = [_update(tmp_path, i, no_file=True) for i in range(4)]
+    in_memory = {u.learner_id: _delta(i) for i, u in enumerate(updates)}
+    in_memory["learner-2"]["heads.d.bias"][0] = np.nan
+    state = RoundState("1.2.0", _base(), HISTORY, updates, tmp_path, PrivacyHistory(), {}, in_memory)
+    result = build_candidate(state, RoundOptions(), NO_DP, NOW, np.random.default_rng(0))
+    assert [c.learner_id for c in result.excluded] == ["learner-2"]
+    assert result.excluded[0].excluded_reason == deltas.NON_FINITE
+    bad_shape = {**in_memory, "learner-2": {k: v[:1] for k, v in _delta(2).items()}}
+    with pytest.raises(ValueError, match="learner-2"):
+        build_candidate(replace(state, in_memory=bad_shape), RoundOptions(), NO_DP, NOW, np.random.default_rng(0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aivo_fl.ml.aggregation.base import Block, Delta, delta_norm, plan_blocks
+from aivo_fl.ml.aggregation.base import Block, Delta, block_of, delta_norm, plan_blocks
 from aivo_fl.ml.aggregation.server_optimizers import ServerOptimizer, State
 from aivo_fl.ml.aggregation.strategies import DpClipped, Strategy
 from aivo_fl.ml.deltas import iter_stacked_blocks, load_delta
@@ -37,6 +37,25 @@ class DeltaFiles:
         paths = [u.path for u in self.infos]
         blocks = plan_blocks(self.shapes, block_elems)
         yield from iter_stacked_blocks(paths, self.learners_root, self.shapes, blocks, scales=scales)
+
+
+@dataclass(frozen=True)
+class DeltasInMemory:
+    """The included updates' deltas held in memory (a simulation's: learner id -> delta)."""
+
+    infos: Sequence[Update]
+    by_learner: Mapping[str, Delta]
+    shapes: Mapping[str, tuple[int, ...]]
+    block_bytes: int
+
+    def deltas(self) -> Iterator[Delta]:
+        for update in self.infos:
+            yield self.by_learner[update.learner_id]
+
+    def blocks(self, scales: Sequence[float]) -> Iterator[tuple[Block, np.ndarray]]:
+        for block in plan_blocks(self.shapes, max(1, self.block_bytes // (8 * len(self.infos)))):
+            matrix = np.stack([block_of(d, block) for d in self.deltas()]).astype(np.float64)
+            yield block, matrix * np.asarray(scales, dtype=np.float64)[:, None]
 
 
 def private(
@@ -67,7 +86,7 @@ class Aggregated:
 
 
 def aggregate(
-    source: DeltaFiles,
+    source: DeltaFiles | DeltasInMemory,
     base_heads: Mapping[str, np.ndarray],
     strategy: Strategy,
     optimizer: ServerOptimizer,

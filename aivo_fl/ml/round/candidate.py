@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aivo_fl.ml.aggregation.base import shapes_of
+from aivo_fl.ml.aggregation.base import Delta, shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
 from aivo_fl.ml.aggregation.strategies import strategy_named
 from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyEvent
 from aivo_fl.ml.privacy_ledger import RoundPrivacy
 from aivo_fl.ml.round.accounting import NOT_SAMPLED, PrivacyAccount, PrivacyHistory, account_round
-from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, aggregate, private
+from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, DeltasInMemory, aggregate, private
 from aivo_fl.ml.round.gather import Contribution, Gathered, LearnerUpdate, NoEligibleLearners, gather
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 
@@ -37,6 +37,8 @@ class RoundState:
     learners_root: Path  # every offered delta file must lie inside it (the learners' model store)
     privacy_history: PrivacyHistory = field(default_factory=PrivacyHistory)
     optimizer_state: State = field(default_factory=dict)  # the base version's server-optimizer state
+    # learner id -> delta, held in memory (a simulation of thousands of learners); None: the files
+    in_memory: Mapping[str, Delta] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ def build_candidate(
     strategy = strategy_named(options.strategy, options.trim_fraction)
     optimizer = server_optimizer(options.server_optimizer, options.learning_rate)
     shapes = shapes_of(state.base_heads)
-    gathered = gather(state.offered, state.learners_root, shapes, state.base_version, state.lineage, options, now)
+    gathered = gather(
+        state.offered, state.learners_root, shapes, state.base_version, state.lineage, options, now, state.in_memory
+    )
     accounted = account_round(privacy, state.privacy_history, gathered, rng, release=not options.dry_run)
     if len(accounted.included) < options.min_learners:
         raise NoEligibleLearners(
@@ -108,7 +112,11 @@ def build_candidate(
         )
     clip = accounted.record.clip_norm or privacy.clip_norm
     strategy = private(strategy, privacy, clip, accounted.denominator, None if options.dry_run else rng)
-    source = DeltaFiles(accounted.included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
+    source: DeltaFiles | DeltasInMemory = (
+        DeltaFiles(accounted.included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
+        if state.in_memory is None
+        else DeltasInMemory(accounted.included, state.in_memory, shapes, options.block_bytes)
+    )
     aggregated = aggregate(source, state.base_heads, strategy, optimizer, state.optimizer_state)
     noisy = privacy.enabled and not options.dry_run
     return RoundResult(

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from aivo_fl.ml.deltas import DeltaRejected, load_delta
+from aivo_fl.ml.aggregation.base import Delta, delta_norm, shapes_of
+from aivo_fl.ml.deltas import DeltaRejected, checked_norm, load_delta
 from aivo_fl.ml.round.options import RoundOptions
 
 
@@ -97,6 +98,21 @@ def _metadata_reason(
     return None
 
 
+def _norm(
+    update: LearnerUpdate,
+    learners_root: Path,
+    shapes: Mapping[str, tuple[int, ...]],
+    max_norm: float,
+    in_memory: Mapping[str, Delta] | None,
+) -> float:
+    if in_memory is None:
+        return load_delta(update.delta_path, learners_root, shapes, max_norm)[1]
+    delta = in_memory[update.learner_id]
+    if shapes_of(delta) != dict(shapes):
+        raise ValueError(f"in-memory delta of {update.learner_id} has shapes {shapes_of(delta)}, expected {shapes}")
+    return checked_norm(delta, delta_norm(delta), update.delta_path, max_norm)
+
+
 def gather(
     offered: Sequence[LearnerUpdate],
     learners_root: Path,
@@ -105,9 +121,11 @@ def gather(
     lineage: Sequence[str],
     options: RoundOptions,
     now: datetime,
+    in_memory: Mapping[str, Delta] | None = None,
 ) -> Gathered:
     """Screen ``offered`` against the base version and its ``lineage`` (oldest first). Every delta
-    file must lie inside ``learners_root`` and match its folder's manifest."""
+    file must lie inside ``learners_root`` and match its folder's manifest; ``in_memory`` (learner id
+    -> delta, a simulation's) replaces the files."""
     if base_version not in lineage:
         raise ValueError(f"base version {base_version!r} is not in the version history")
     position = {v: i for i, v in enumerate(lineage)}
@@ -126,7 +144,7 @@ def gather(
         norm = None
         if reason is None:
             try:
-                _, norm = load_delta(u.delta_path, learners_root, shapes, options.max_delta_norm)
+                norm = _norm(u, learners_root, shapes, options.max_delta_norm, in_memory)
             except DeltaRejected as exc:
                 reason = exc.reason
         screened.append(Contribution(u.learner_id, 0.0, norm, False, reason, behind))
