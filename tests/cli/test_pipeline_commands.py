@@ -120,3 +120,9 @@ def test_demo_runs_the_whole_cycle(run_cli: RunCli) -> None:
     assert "Learner models:        12" in result.stdout
     assert "Training sessions:     24" in result.stdout
     assert "Epsilon spent:" in result.stdout
+    table = result.stdout.split("8. Per round", 1)[1].splitlines()
+    rows = [line.split() for line in table if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1", "2"] and rows[0][1] == "1.0.0"
+    assert all(0.0 < float(r[2].rstrip("%")) < 100.0 and 0.0 < float(r[3].rstrip("%")) < 100.0 for r in rows)
+    assert rows[0][4] == "0" and rows[-1][5:7] == ["at", "delta"]  # nothing spent before the first round
+    assert any("points on 200 newcomers who never trained" in line for line in table)
