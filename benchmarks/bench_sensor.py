@@ -30,6 +30,7 @@ def trained_deployment(root: Path) -> tuple[Any, Any, Any]:
     """Settings, a migrated SQLite registry holding a (barely) trained main 1.0.0, and the definitions."""
     from aivo_fl.config import Settings
     from aivo_fl.definitions import build_definitions
+    from aivo_fl.ml.training import TrainingConfig
     from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
     from aivo_fl.operations.store import ModelStore
     from aivo_fl.registry import ModelRegistry, migrate
@@ -44,9 +45,7 @@ def trained_deployment(root: Path) -> tuple[Any, Any, Any]:
     migrate(registry.engine)
     store = ModelStore.from_settings(settings)
     dataset = build_curriculum_dataset(store, 500, 0, report=lambda _: None)
-    train_and_register_main_model(
-        registry, store, dataset.path, epochs=1, batch_size=64, data_seed=0, report=lambda _: None
-    )
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=1), report=lambda _: None)
     return settings, registry, build_definitions(settings)
 
 
