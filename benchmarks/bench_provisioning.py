@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
+
+from benchmarks.bench_sensor import add_learners, trained_deployment
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "provisioning.json"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -37,40 +38,19 @@ GOAL_SECONDS_100K = 300  # the issue's goal: 100,000 learners in under 5 minutes
 DAGSTER_UP_TO = 10_000
 
 
-def _deployment(root: Path, count: int) -> tuple[Any, Any, Any]:
-    from aivo_fl.config import Settings
-    from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
+def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
     from aivo_fl.operations.store import ModelStore
-    from aivo_fl.registry import ModelRegistry, migrate
-    from aivo_fl.registry.schema import Learner, utcnow
 
-    settings = Settings(
-        use_federated_learning=True,
-        database_url=f"sqlite:///{root / 'registry.db'}",
-        main_model_path=root / "main-aivo",
-        learner_models_path=root / "learners",
-    )
-    registry = ModelRegistry(settings.database_url)
-    migrate(registry.engine)
-    store = ModelStore.from_settings(settings)
-    dataset = build_curriculum_dataset(store, 500, 0, report=lambda _: None)
-    train_and_register_main_model(
-        registry, store, dataset.path, epochs=1, batch_size=64, data_seed=0, report=lambda _: None
-    )
-    now = utcnow()
-    with registry.engine.begin() as conn:
-        conn.execute(
-            sa.insert(Learner),
-            [{"id": f"learner-{i:06d}", "baselineCompletedAt": now, "createdAt": now} for i in range(count)],
-        )
-    return settings, registry, store
+    settings, registry, defs = trained_deployment(root)
+    add_learners(registry, count)
+    return settings, registry, ModelStore.from_settings(settings), defs
 
 
 def _plain(count: int) -> dict[str, Any]:
     from aivo_fl.operations.learners import clone_learners
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, registry, store = _deployment(Path(tmp), count)
+        _, registry, store, _ = _deployment(Path(tmp), count)
         started = time.perf_counter()
         pending = registry.learners_needing_model(limit=count)
         batch = clone_learners(registry, store, pending)
@@ -83,12 +63,10 @@ def _plain(count: int) -> dict[str, Any]:
 
 
 def _dagster(count: int) -> dict[str, Any]:
-    from aivo_fl.definitions import build_definitions
     from aivo_fl.defs.ticks import tick_sensor
 
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
-        settings, registry, _ = _deployment(Path(tmp), count)
-        defs = build_definitions(settings)
+        _, registry, _, defs = _deployment(Path(tmp), count)
         job = defs.resolve_job_def("clone_learners")
         ticks = runs = 0
         tick_seconds = 0.0

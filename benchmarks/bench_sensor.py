@@ -26,9 +26,11 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results" / "sensor.json"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-def _deployment(root: Path) -> tuple[Any, Any, Any]:
+def trained_deployment(root: Path) -> tuple[Any, Any, Any]:
+    """Settings, a migrated SQLite registry holding a (barely) trained main 1.0.0, and the definitions."""
     from aivo_fl.config import Settings
     from aivo_fl.definitions import build_definitions
+    from aivo_fl.ml.training import TrainingConfig
     from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
     from aivo_fl.operations.store import ModelStore
     from aivo_fl.registry import ModelRegistry, migrate
@@ -43,10 +45,20 @@ def _deployment(root: Path) -> tuple[Any, Any, Any]:
     migrate(registry.engine)
     store = ModelStore.from_settings(settings)
     dataset = build_curriculum_dataset(store, 500, 0, report=lambda _: None)
-    train_and_register_main_model(
-        registry, store, dataset.path, epochs=1, batch_size=64, data_seed=0, report=lambda _: None
-    )
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=1), report=lambda _: None)
     return settings, registry, build_definitions(settings)
+
+
+def add_learners(registry: Any, count: int) -> None:
+    """The app creating learners who completed their baseline: one bulk insert, as sign-ups would over time."""
+    from aivo_fl.registry.schema import Learner, utcnow
+
+    now = utcnow()
+    with registry.engine.begin() as conn:
+        conn.execute(
+            sa.insert(Learner),
+            [{"id": f"learner-{i:06d}", "baselineCompletedAt": now, "createdAt": now} for i in range(count)],
+        )
 
 
 def _heads_clone_seconds(settings: Any, count: int) -> float:
@@ -78,16 +90,8 @@ def _naive_clone_seconds(settings: Any, count: int) -> tuple[float, int]:
 def measure(count: int, clone: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
         root = Path(tmp)
-        settings, registry, defs = _deployment(root)
-        from aivo_fl.registry.schema import Learner, utcnow
-
-        # The app creating learners: one bulk insert, as its sign-up flow would over time.
-        now = utcnow()
-        with registry.engine.begin() as conn:
-            conn.execute(
-                sa.insert(Learner),
-                [{"id": f"learner-{i:06d}", "baselineCompletedAt": now, "createdAt": now} for i in range(count)],
-            )
+        settings, registry, defs = trained_deployment(root)
+        add_learners(registry, count)
         sensor = defs.resolve_sensor_def("new_learner_sensor")
         tracemalloc.start()
         started = time.perf_counter()

@@ -17,7 +17,7 @@ import dagster as dg
 from aivo_fl.registry import AggregationInProgress
 
 # The registry lease's own liveness test (a zombie awaiting its parent counts as gone).
-from aivo_fl.registry.lock import _process_running as process_running
+from aivo_fl.registry.lock import process_running
 
 PID_TAG = "aivo/pid"
 HOST_TAG = "aivo/host"

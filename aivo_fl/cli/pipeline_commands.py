@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aivo_fl.cli.registry_commands import open_registry
+from aivo_fl.cli.registry_commands import open_registry, positive_int
 from aivo_fl.config import load_settings
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.round.options import RoundOptions
@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     defaults = RoundOptions()
     p.add_argument(
         "--min-learners",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.min_learners,
         help=f"fewest usable learners (default {defaults.min_learners})",
     )
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--max-stale",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.max_stale_days,
         metavar="DAYS",
         help=f"ignore older training (default {defaults.max_stale_days})",
@@ -55,16 +55,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = commands.add_parser(
         "simulate-learners", help="stand in for the AIVO app: learners with completed baselines and interactions"
     )
-    p.add_argument("--count", type=_positive_int, required=True, help="how many learners to create")
+    p.add_argument("--count", type=positive_int, required=True, help="how many learners to create")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.set_defaults(func=cmd_simulate_learners)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:

@@ -49,12 +49,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(func=cmd_history)
 
     p = commands.add_parser("eligible", help="learners whose latest training is inside the aggregation window")
-    p.add_argument("--days", type=_positive_int, default=7, help="window in days (default 7)")
+    p.add_argument("--days", type=positive_int, default=7, help="window in days (default 7)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eligible)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts and days (here and in the pipeline commands)."""
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 
@@ -145,6 +146,14 @@ class ReporterResource(dg.ConfigurableResource):
         return report
 
 
+R = TypeVar("R", bound=dg.ConfigurableResource)
+
+
+def _from_settings(kind: type[R], settings: Settings, **differing: object) -> R:
+    """A settings resource whose fields carry the `Settings` values of the same name, but `differing`."""
+    return kind(**{name: getattr(settings, name) for name in kind.model_fields if name not in differing}, **differing)
+
+
 def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
         # The UI and run storage see the variable's name, never the password.
@@ -154,30 +163,13 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             learner_models_path=str(settings.learner_models_path),
             base_model_name=settings.base_model_name,
         ),
-        "federated_settings": FederatedSettingsResource(
-            use_federated_learning=settings.use_federated_learning,
-            enable_differential_privacy=settings.enable_differential_privacy,
-            noise_multiplier=settings.noise_multiplier,
+        "federated_settings": _from_settings(
+            FederatedSettingsResource,
+            settings,
             clip_norm=settings.privacy_clip()[0],
             adaptive_clipping=settings.clip_norm == AUTO_CLIP,
-            clip_target_quantile=settings.clip_target_quantile,
-            learner_sample_rate=settings.learner_sample_rate,
-            privacy_delta=settings.privacy_delta,
-            privacy_epsilon_budget=settings.privacy_epsilon_budget,
-            privacy_learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
-            server_optimizer=settings.server_optimizer,
-            server_learning_rate=settings.server_learning_rate,
         ),
-        "training_settings": TrainingSettingsResource(
-            training_epochs=settings.training_epochs,
-            batch_size=settings.batch_size,
-            curriculum_samples=settings.curriculum_samples,
-            data_seed=settings.data_seed,
-            personalization_depth=settings.personalization_depth,
-            local_proximal_mu=settings.local_proximal_mu,
-            local_epochs=settings.local_epochs,
-            torch_num_threads=settings.torch_num_threads,
-        ),
+        "training_settings": _from_settings(TrainingSettingsResource, settings),
         "alerts": AlertsResource(
             webhook_url=secret_reference("ALERT_WEBHOOK_URL", settings.alert_webhook_url),
             webserver_url=settings.dagster_webserver_url,

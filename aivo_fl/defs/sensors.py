@@ -6,7 +6,7 @@ Both batch: a tick asks for a few runs that each cover a contiguous range of lea
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 
@@ -14,6 +14,7 @@ from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
 from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.registry import ModelRegistry
 
 # Partitions per run: big enough that 10,000 learners are 20 runs, small enough that one run
 # (about 30-40 ms of event-log work per partition) finishes in well under a minute.
@@ -92,13 +93,37 @@ def _retry_stranded(
     return requests, given_up
 
 
-# Sensors run from the start (the daemon ticks them); they skip, saying why, until USE_FEDERATED_LEARNING is on.
-@dg.sensor(job=clone_learners_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_learner_sensor(
-    context: dg.SensorEvaluationContext,
-    registry: RegistryResource,
-    federated_settings: FederatedSettingsResource,
-) -> dg.SensorResult | dg.SkipReason:
+Evaluation = Callable[[dg.SensorEvaluationContext, ModelRegistry], dg.SensorResult | dg.SkipReason]
+
+
+def _federated_sensor(job: dg.JobDefinition, interval_seconds: int) -> Callable[[Evaluation], dg.SensorDefinition]:
+    """A sensor that runs from the start (the daemon ticks it) and skips, saying why, until
+    USE_FEDERATED_LEARNING is on; the decorated function sees the context and the registry."""
+
+    def define(evaluate: Evaluation) -> dg.SensorDefinition:
+        @dg.sensor(
+            name=evaluate.__name__,
+            description=evaluate.__doc__,
+            job=job,
+            minimum_interval_seconds=interval_seconds,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        )
+        def sensor(
+            context: dg.SensorEvaluationContext,
+            registry: RegistryResource,
+            federated_settings: FederatedSettingsResource,
+        ) -> dg.SensorResult | dg.SkipReason:
+            if not federated_settings.use_federated_learning:
+                return dg.SkipReason(DISABLED_REASON)
+            return evaluate(context, registry.get_registry())
+
+        return sensor
+
+    return define
+
+
+@_federated_sensor(clone_learners_job, interval_seconds=30)
+def new_learner_sensor(context: dg.SensorEvaluationContext, reg: ModelRegistry) -> dg.SensorResult:
     """Learners with a completed baseline and no model get a partition and a cloning run.
 
     The cursor is the last learner id scanned, so a backlog larger than one tick's scan is paged
@@ -108,9 +133,6 @@ def new_learner_sensor(
     learner inserted behind the cursor is not missed.
     Learners deleted in the app are erased by `deleted_learner_sensor` (`defs/erasure.py`).
     """
-    if not federated_settings.use_federated_learning:
-        return dg.SkipReason(DISABLED_REASON)
-    reg = registry.get_registry()
     existing_in_order = context.instance.get_dynamic_partitions(learner_partitions.name)
     existing = set(existing_in_order)
 
@@ -147,21 +169,15 @@ def new_learner_sensor(
     )
 
 
-@dg.sensor(job=train_learners_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
-def learner_activity_sensor(
-    context: dg.SensorEvaluationContext,
-    registry: RegistryResource,
-    federated_settings: FederatedSettingsResource,
-) -> dg.SensorResult | dg.SkipReason:
+@_federated_sensor(train_learners_job, interval_seconds=300)
+def learner_activity_sensor(context: dg.SensorEvaluationContext, reg: ModelRegistry) -> dg.SensorResult | dg.SkipReason:
     """Retrain learners with at least MIN_NEW_INTERACTIONS new interactions since their last session.
 
     A sensor rather than a daily schedule: it retrains when a learner has something new to learn
     from, not on the clock, and a learner with nothing new costs nothing. The run key carries each
     learner's newest interaction id, so the same activity is never trained twice.
     """
-    if not federated_settings.use_federated_learning:
-        return dg.SkipReason(DISABLED_REASON)
-    ready = registry.get_registry().learners_with_new_interactions(MIN_NEW_INTERACTIONS)
+    ready = reg.learners_with_new_interactions(MIN_NEW_INTERACTIONS)
     if not ready:
         return dg.SkipReason(f"No learner has {MIN_NEW_INTERACTIONS}+ new interactions")
     partition_keys = context.instance.get_dynamic_partitions(learner_partitions.name)

@@ -18,7 +18,6 @@ padding (masked out of the loss and of the update) stays small even with skewed 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -236,8 +235,3 @@ def train_active_learners(
         samples=[len(data[i]) for i in learners],
         offsets={**offsets, **{i: {k: t[k] - main[k] for k in main} for i, t in zip(learners, trained, strict=True)}},
     )
-
-
-def steps_per_learner(counts: Sequence[int], config: LocalTrainingConfig) -> int:
-    """Total optimizer steps over learners (for FLOP accounting)."""
-    return sum(config.epochs * math.ceil(c / config.batch_size) for c in counts)

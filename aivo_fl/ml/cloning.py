@@ -217,13 +217,6 @@ def weight_delta(main_root: Path, learners_root: Path, learner_id: str) -> dict[
     return subtract(heads, main_head_tensors(main_root, manifest["source_version"]))
 
 
-def list_learners(learners_root: Path) -> list[str]:
-    root = Path(learners_root)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def remove_learner(learners_root: Path, learner_id: str) -> bool:
     """Delete a clone; True if there was one. Renamed away first so readers never see half a dir."""
     directory = learner_dir(learners_root, learner_id)
@@ -233,10 +226,6 @@ def remove_learner(learners_root: Path, learner_id: str) -> bool:
     os.replace(directory, trash)
     shutil.rmtree(trash)
     return True
-
-
-def main_exists(main_root: Path, version: str) -> bool:
-    return main_version_dir(main_root, version).is_dir()
 
 
 def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:

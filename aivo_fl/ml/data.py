@@ -181,6 +181,12 @@ def _sample(rng: np.random.Generator, n: int, shift: _Shift) -> Samples:
     return Samples(features=features, targets=targets, bayes_labels=bayes)
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Refuse a split fraction outside (0, 1): one side of the split would be empty."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
 def bayes_ceiling(samples: Samples) -> dict[str, float]:
     """Accuracy of the Bayes-optimal predictions on exactly these samples."""
     if len(samples) == 0:
@@ -264,8 +270,7 @@ def generate_learner(
     learner_id: str, seed: int = 0, n_interactions: int = 200, heldout_fraction: float = 0.25
 ) -> LearnerData:
     """One learner's interactions; deterministic from (learner_id, seed)."""
-    if not 0.0 < heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    check_fraction("heldout_fraction", heldout_fraction)
     if n_interactions < 2:
         raise ValueError(f"n_interactions must be >= 2, got {n_interactions}")
     rng = _learner_rng(learner_id, seed)

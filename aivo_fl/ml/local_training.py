@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
@@ -111,8 +112,7 @@ def train_learner(
     heads = head_state(model)
     delta = subtract(heads, start)
     delta_bytes = encode_tensors(delta)
-    delta_path = directory / DELTA_NAME
-    write_file_atomic(delta_path, delta_bytes)
+    write_file_atomic(directory / DELTA_NAME, delta_bytes)
 
     finished_at = datetime.now(UTC)
     result = TrainingSessionResult(
@@ -126,11 +126,22 @@ def train_learner(
         loss_after=mean_loss(after),
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
         delta_norm=delta_norm(delta),
-        delta_path=delta_path,
+        delta_path=directory / DELTA_NAME,
         started_at=started_at,
         finished_at=finished_at,
         seconds=time.perf_counter() - started,
     )
+    _save_trained(directory, heads, manifest, delta_bytes, result)
+    return result
+
+
+def _save_trained(
+    directory: Path,
+    heads: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    delta_bytes: bytes,
+    result: TrainingSessionResult,
+) -> None:
     # Manifest is written last (inside save_artifact), so it only ever points at complete files.
     new_manifest = {
         **{k: v for k, v in manifest.items() if k != COPY_ON_WRITE},  # its own heads from now on
@@ -138,4 +149,3 @@ def train_learner(
         "last_training": result.to_json(),
     }
     save_artifact(directory, heads, new_manifest, HEADS_NAME)
-    return result

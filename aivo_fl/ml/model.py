@@ -143,10 +143,6 @@ def freeze_trunk(model: CurriculumNet) -> None:
         p.requires_grad_(is_personal(model, name))
 
 
-def personal_parameters(model: CurriculumNet) -> list[nn.Parameter]:
-    return [p for name, p in model.named_parameters() if is_personal(model, name)]
-
-
 def _state(model: CurriculumNet, personal: bool) -> dict[str, np.ndarray]:
     return {
         k: v.detach().cpu().numpy().astype(np.float32, copy=True)

@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from aivo_fl.ml.data import Samples, _personal_shifts, _repeat_rows, _sample, _Shift, bayes_ceiling
+from aivo_fl.ml.data import Samples, _personal_shifts, _repeat_rows, _sample, _Shift, check_fraction
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ class PopulationConfig:
     def __post_init__(self) -> None:
         if self.n_learners < 1 or not 0 <= self.eval_learners < self.n_learners:
             raise ValueError("need n_learners >= 1 and 0 <= eval_learners < n_learners")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        check_fraction("heldout_fraction", self.heldout_fraction)
 
 
 @dataclass(frozen=True)
@@ -108,10 +107,6 @@ class Population:
         self.is_eval[rng.choice(n, config.eval_learners, replace=False)] = True
 
     @property
-    def training_learners(self) -> np.ndarray:
-        return np.flatnonzero(~self.is_eval)
-
-    @property
     def eval_learners(self) -> np.ndarray:
         return np.flatnonzero(self.is_eval)
 
@@ -154,8 +149,3 @@ class Population:
         from_end = np.repeat(np.cumsum(counts), counts) - 1 - np.arange(len(rows))
         every = max(2, round(1.0 / self.config.heldout_fraction))
         return Interactions(samples, rows.astype(np.int64), from_end % every == 0)
-
-
-def population_ceiling(interactions: Interactions) -> dict[str, float]:
-    """The Bayes ceiling on these interactions (knowing each learner's personal shift)."""
-    return bayes_ceiling(interactions.samples)

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 DEFAULT_DELTA = 1e-5
 DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
 EPSILON_WARNING_THRESHOLD = 10.0
-BUDGET_ENV = "PRIVACY_EPSILON_BUDGET"
 BUDGET_SPENT = "privacy budget spent"
 
 
@@ -59,13 +57,6 @@ class PrivacyEvent:
             raise ValueError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
         if not 0.0 < self.sampling_rate <= 1.0:
             raise ValueError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, float]) -> PrivacyEvent:
-        return cls(float(raw["noise_multiplier"]), float(raw.get("sampling_rate", 1.0)))
 
     def dp_event(self) -> dp_accounting.DpEvent:
         import dp_accounting  # heavy (seconds): loaded when an epsilon is computed, not at CLI start
@@ -142,39 +133,6 @@ def _rdp_of(event: PrivacyEvent) -> tuple[tuple[float, ...], np.ndarray]:
     accountant = RdpAccountant()
     accountant.compose(event.dp_event())
     return tuple(accountant.orders), np.asarray(accountant.rdp, dtype=np.float64)
-
-
-def learner_epsilon(learner_events: Iterable[PrivacyEvent], delta: float = DEFAULT_DELTA) -> float:
-    """A learner's own epsilon: only the rounds it actually contributed to count."""
-    return epsilon_for_events(learner_events, delta)
-
-
-def round_epsilon(noise_multiplier: float, delta: float = DEFAULT_DELTA) -> float:
-    return epsilon_for_events([PrivacyEvent(noise_multiplier)], delta)
-
-
-def check_global_budget(
-    events_so_far: Iterable[PrivacyEvent], next_event: PrivacyEvent, delta: float, budget: float | None
-) -> tuple[float, float, float]:
-    """Return (spent, this round alone, total after); raise if the total would exceed ``budget``."""
-    history = list(events_so_far)
-    spent = epsilon_for_events(history, delta)
-    this_round = epsilon_for_events([next_event], delta)
-    projected = epsilon_for_events([*history, next_event], delta)
-    if budget is not None and projected > budget:
-        raise PrivacyBudgetExceeded(spent, this_round, projected, budget)
-    return spent, this_round, projected
-
-
-def budget_from_env(environ: Mapping[str, str] | None = None) -> float | None:
-    """PRIVACY_EPSILON_BUDGET, if set and non-empty (read here because ml/ must not import config)."""
-    raw = (os.environ if environ is None else environ).get(BUDGET_ENV, "").strip()
-    if not raw:
-        return None
-    value = float(raw)
-    if not value > 0:
-        raise ValueError(f"{BUDGET_ENV} must be > 0, got {raw!r}")
-    return value
 
 
 def epsilon_warning(epsilon: float, delta: float = DEFAULT_DELTA) -> str | None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aivo_fl.ml.data import HEAD_CLASSES, PRIMARY_HEAD, Samples, bayes_ceiling
+from aivo_fl.ml.data import HEAD_CLASSES, PRIMARY_HEAD, Samples, bayes_ceiling, check_fraction
 from aivo_fl.ml.model import (
     CurriculumNet,
     build_model,
@@ -53,8 +53,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_fraction("val_fraction", self.val_fraction)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,20 @@ SERVER_STATE_NAME = "server_optimizer.safetensors"  # beside model.safetensors, 
 CONTRIBUTORS = "contributing learners"  # the EvaluationSet part the operations layer can provide
 
 
+def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: int) -> dict[str, Any]:
+    """What both the round summary and the registry's round metrics report, under the same names."""
+    return {
+        "serverOptimizer": result.server_optimizer,
+        "trainedInWindow": result.trained_in_window,
+        "alreadyAggregated": already_aggregated,
+        "curriculumAccuracyBefore": verdict.curriculum_accuracy_before,
+        "curriculumAccuracyAfter": verdict.curriculum_accuracy_after,
+        "curriculumReference": verdict.curriculum_reference,
+        "heldoutSamples": verdict.heldout_samples,
+        "aggregateNorm": result.aggregate_norm,
+    }
+
+
 @dataclass(frozen=True)
 class AggregationOutcome:
     round: RoundResult
@@ -79,21 +93,16 @@ class AggregationOutcome:
             "wouldPromote": g.accepted,
             "rejectionReason": g.reason,
             "strategy": r.strategy,
-            "serverOptimizer": r.server_optimizer,
             "learningRate": r.learning_rate,
             "contributingLearners": [c.learner_id for c in r.included],
             "excludedLearners": {c.learner_id: c.excluded_reason for c in r.excluded},
-            "trainedInWindow": r.trained_in_window,
-            "alreadyAggregated": self.already_aggregated,
             "accuracyBefore": g.heldout_accuracy_before,
             "accuracyAfter": g.heldout_accuracy_after,
-            "curriculumAccuracyBefore": g.curriculum_accuracy_before,
-            "curriculumAccuracyAfter": g.curriculum_accuracy_after,
-            "curriculumReference": g.curriculum_reference,
             "performanceImprovement": g.performance_improvement,
             "epsilonRound": r.privacy.epsilon_round,
             "epsilonTotal": r.privacy.epsilon_total,
             "privacy": recorded_privacy(r),
+            **round_figures(r, g, self.already_aggregated),
         }
 
 
@@ -350,19 +359,11 @@ def _version_metrics(judged: Judged) -> dict[str, Any]:
 
 
 def _round_metrics(judged: Judged, options: RoundOptions) -> dict[str, Any]:
-    result, verdict = judged.result, judged.verdict
     return {
-        "curriculumAccuracyBefore": verdict.curriculum_accuracy_before,
-        "curriculumAccuracyAfter": verdict.curriculum_accuracy_after,
-        "curriculumReference": verdict.curriculum_reference,
-        "heldoutSamples": verdict.heldout_samples,
-        "aggregateNorm": result.aggregate_norm,
-        "serverOptimizer": result.server_optimizer,
-        "trainedInWindow": result.trained_in_window,
-        "alreadyAggregated": judged.read.already_aggregated,
+        **round_figures(judged.result, judged.verdict, judged.read.already_aggregated),
         "maxStaleDays": options.max_stale_days,
         "minLearners": options.min_learners,
-        "learnerEpsilons": result.privacy.learner_epsilons,
+        "learnerEpsilons": judged.result.privacy.learner_epsilons,
     }
 
 

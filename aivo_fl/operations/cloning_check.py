@@ -58,21 +58,7 @@ def run_cloning_check(registry: ModelRegistry, store: ModelStore, report: Report
             "Model cloned successfully",
         )
         assert state.clone is not None
-        arch = state.clone.architecture
-        report("")
-        report("Clone Information:")
-        for label, value in [
-            ("Learner ID", learner_id),
-            ("Source Version", state.clone.source_version),
-            ("Total Layers", arch.total_layers),
-            ("Frozen Layers", arch.frozen_layers),
-            ("Trainable Layers", arch.trainable_layers),
-            ("Total Parameters", f"{arch.total_params:,}"),
-            ("Trainable Parameters", f"{arch.trainable_params:,}"),
-            ("Frozen Parameters", f"{arch.frozen_params:,}"),
-            ("Bytes on disk", f"{state.clone.bytes_on_disk:,}"),
-        ]:
-            report(f"  - {label}: {value}")
+        _report_clone(learner_id, state.clone, report)
         _step(
             4,
             "Checking frozen vs trainable layers",
@@ -108,6 +94,24 @@ def run_cloning_check(registry: ModelRegistry, store: ModelStore, report: Report
     report(f"(test learner {learner_id} removed again)")
     report("✓ All tests passed!")
     return state.clone
+
+
+def _report_clone(learner_id: str, clone: CloneInfo, report: Report) -> None:
+    arch = clone.architecture
+    report("")
+    report("Clone Information:")
+    for label, value in [
+        ("Learner ID", learner_id),
+        ("Source Version", clone.source_version),
+        ("Total Layers", arch.total_layers),
+        ("Frozen Layers", arch.frozen_layers),
+        ("Trainable Layers", arch.trainable_layers),
+        ("Total Parameters", f"{arch.total_params:,}"),
+        ("Trainable Parameters", f"{arch.trainable_params:,}"),
+        ("Frozen Parameters", f"{arch.frozen_params:,}"),
+        ("Bytes on disk", f"{clone.bytes_on_disk:,}"),
+    ]:
+        report(f"  - {label}: {value}")
 
 
 def _step(number: int, name: str, report: Report, check: Callable[[], object], done: str) -> None:

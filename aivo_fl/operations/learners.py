@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -181,9 +181,3 @@ def train_learner_locally(
         metadata = dict(record.metadata) if record else {}
         registry.register_personalized_model(learner_id, {**metadata, "sourceVersion": result.source_version})
     return LearnerTrainingOutcome(session_id, result)
-
-
-def session_summary(outcome: LearnerTrainingOutcome) -> dict[str, Any]:
-    data = asdict(outcome.result)
-    data["delta_path"] = str(outcome.result.delta_path)
-    return data

@@ -87,27 +87,23 @@ def train_and_register_main_model(
     registry: ModelRegistry,
     store: ModelStore,
     dataset_path: Path,
-    *,
-    epochs: int,
-    batch_size: int,
-    data_seed: int,
+    config: TrainingConfig,
     personalization_depth: str = DEFAULT_PERSONALIZATION_DEPTH,
-    num_threads: int | None = None,
     report: Report = print,
 ) -> MainModelOutcome:
     """Train on the stored dataset, write the version atomically, then register it as active.
 
+    ``config.seed`` seeds the model's initialisation and is recorded as the version's data seed.
     The first model is 1.0.0; a retrain from scratch takes the next major version (aggregation
     rounds take minor versions), so the two kinds of change are told apart at a glance.
     """
     samples: Samples = load_samples(dataset_path)
     clean_store(store, report)
     report("Initializing MainModelTrainer...")
-    config = TrainingConfig(epochs=epochs, batch_size=batch_size, seed=data_seed, num_threads=num_threads)
     report("✓ Trainer initialized")
     report("")
     report("Training model...")
-    model = build_model(data_seed, frozen_layers_for(personalization_depth))
+    model = build_model(config.seed, frozen_layers_for(personalization_depth))
     model, result = train_model(samples, config, model, callback=lambda stats: report(format_epoch(stats)))
     active = registry.get_active_version()
     version = _version_to_train(registry, store, active.version if active else None, report)
@@ -122,7 +118,7 @@ def train_and_register_main_model(
         version,
         model,
         metrics=outcome.metrics(),
-        data_seed=data_seed,
+        data_seed=config.seed,
         parent_version=active.version if active else None,
     )
     report(f"✓ Model saved to {path}")
@@ -134,7 +130,7 @@ def train_and_register_main_model(
         {
             **outcome.metrics(),
             "architecture": asdict(outcome.architecture),
-            "dataSeed": data_seed,
+            "dataSeed": config.seed,
             "curriculumPath": str(dataset_path),
             "validationFraction": config.val_fraction,
         },

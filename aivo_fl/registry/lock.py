@@ -111,7 +111,7 @@ class _Identity:
 def _alive(lease: AggregationLock, now: datetime) -> bool:
     if now - lease.heartbeatAt > LEASE_TTL:
         return False
-    return lease.host != _local_host() or _process_running(lease.pid)
+    return lease.host != _local_host() or process_running(lease.pid)
 
 
 def _local_host() -> str:
@@ -124,7 +124,7 @@ def _local_host() -> str:
     return f"{socket.gethostname()} {namespace}"
 
 
-def _process_running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """Whether a process with this pid exists on this host and is not a zombie awaiting its parent."""
     try:
         os.kill(pid, 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
@@ -25,9 +26,7 @@ def deployment_env(tmp_path: Path) -> dict[str, str]:
     registry = ModelRegistry(url)
     migrate(registry.engine)
     dataset = build_curriculum_dataset(store, 1000, 0, report=lambda _: None)
-    train_and_register_main_model(
-        registry, store, dataset.path, epochs=2, batch_size=64, data_seed=0, report=lambda _: None
-    )
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=2), report=lambda _: None)
     [learner] = simulate_new_learners(registry, 1)
     clone_learners(registry, store, [learner])
     train_learner_locally(registry, store, learner, epochs=5)

@@ -174,7 +174,7 @@ def test_every_hostile_delta_is_excluded_with_its_reason_and_the_round_completes
     assert reasons == {**dict.fromkeys(good), **{learner: reason for learner, (_, reason) in bad.items()}}
     assert [c.learner_id for c in result.included] == good
     assert all(c.weight == 0.0 and c.update_norm is None for c in result.excluded)
-    assert result.candidate_heads is not None and result.privacy_event is not None
+    assert result.candidate_heads is not None and result.privacy_record.event() is not None
     clean = _round(store, good)
     for name in SHAPES:
         np.testing.assert_array_equal(result.candidate_heads[name], clean.candidate_heads[name])

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from aivo_fl.ml.data import PRIMARY_HEAD, bayes_ceiling, generate_curriculum
-from aivo_fl.ml.population import Population, PopulationConfig, population_ceiling
+from aivo_fl.ml.population import Population, PopulationConfig
 
 SMALL = PopulationConfig(n_learners=600, eval_learners=60, seed=3)
 
@@ -50,8 +49,7 @@ def test_population_differs_from_curriculum_and_ceilings_are_known() -> None:
     curriculum = bayes_ceiling(generate_curriculum(5_000, seed=0))[PRIMARY_HEAD]
     assert 0.89 <= curriculum <= 0.93  # calibrated next to the guide's 91.23% / 89.67%
     population = Population(SMALL)
-    ceiling = population_ceiling(population.week(1))[PRIMARY_HEAD]
-    assert ceiling == pytest.approx(bayes_ceiling(population.week(1).samples)[PRIMARY_HEAD])
+    ceiling = bayes_ceiling(population.week(1).samples)[PRIMARY_HEAD]  # knowing each learner's shift
     assert 0.85 < ceiling < 0.97
     # The shared shift: engagement and item length sit away from the curriculum's narrow range.
     cohort = population.evaluation_cohort.samples.features

@@ -12,17 +12,12 @@ from scipy import stats
 
 from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, Median, Weighted
 from aivo_fl.ml.privacy import (
-    PrivacyBudgetExceeded,
     PrivacyEvent,
-    budget_from_env,
-    check_global_budget,
     clip_delta,
     dp_weight,
     epsilon_for_events,
     epsilon_warning,
-    learner_epsilon,
     noise_std,
-    round_epsilon,
 )
 from tests.ml.memory_source import Info, MemorySource
 
@@ -127,9 +122,13 @@ def _library_epsilon(events: list[dp_accounting.DpEvent], delta: float) -> float
     return accountant.get_epsilon(delta)
 
 
+def _round_epsilon(noise_multiplier: float, delta: float = 1e-5) -> float:
+    return epsilon_for_events([PrivacyEvent(noise_multiplier)], delta)
+
+
 def test_epsilon_matches_the_accountant_called_directly() -> None:
     one = _library_epsilon([dp_accounting.GaussianDpEvent(1.1)], 1e-5)
-    assert round_epsilon(1.1, 1e-5) == pytest.approx(one, rel=1e-12)
+    assert _round_epsilon(1.1, 1e-5) == pytest.approx(one, rel=1e-12)
     events = [PrivacyEvent(1.1), PrivacyEvent(0.8), PrivacyEvent(1.1), PrivacyEvent(2.0)]
     direct = _library_epsilon([dp_accounting.GaussianDpEvent(e.noise_multiplier) for e in events], 1e-6)
     assert epsilon_for_events(events, 1e-6) == pytest.approx(direct, rel=1e-9)
@@ -143,45 +142,11 @@ def test_poisson_event_only_for_recorded_sampling() -> None:
     assert epsilon_for_events([sampled] * 10) < epsilon_for_events([PrivacyEvent(1.0)] * 10)
 
 
-def test_events_survive_a_round_trip_through_json_like_dicts() -> None:
-    events = [PrivacyEvent(1.0), PrivacyEvent(0.5, 0.2)]
-    restored = [PrivacyEvent.from_dict(e.to_dict()) for e in events]
-    assert restored == events
-    assert epsilon_for_events(restored) == epsilon_for_events(events)
-
-
-def test_learner_epsilon_counts_only_rounds_taken_part_in() -> None:
-    all_rounds = [PrivacyEvent(1.0)] * 5
-    assert learner_epsilon([]) == 0.0
-    assert learner_epsilon(all_rounds[:2]) < learner_epsilon(all_rounds) == epsilon_for_events(all_rounds)
-
-
-def test_budget_refusal_carries_the_numbers() -> None:
-    history = [PrivacyEvent(1.0)] * 3
-    spent, this_round, total = check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=None)
-    assert spent < total and this_round == pytest.approx(round_epsilon(1.0))
-    with pytest.raises(PrivacyBudgetExceeded) as info:
-        check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=total - 0.01)
-    err = info.value
-    assert err.spent == pytest.approx(spent) and err.projected == pytest.approx(total)
-    assert err.this_round == pytest.approx(this_round) and err.budget == pytest.approx(total - 0.01)
-    assert f"{spent:.4g}" in str(err) and f"{total - 0.01:.4g}" in str(err)
-    check_global_budget(history, PrivacyEvent(1.0), 1e-5, budget=total + 0.01)
-
-
 def test_noise_multiplier_point_one_gets_a_plain_warning() -> None:
-    eps = round_epsilon(0.1)
+    eps = _round_epsilon(0.1)
     assert eps > 10
     warning = epsilon_warning(eps)
     assert warning is not None and "far too large to give meaningful privacy" in warning
     assert warning.startswith(f"epsilon {eps:.3g}")
-    assert epsilon_warning(round_epsilon(5.0)) is None
-    assert "infinite" in (epsilon_warning(round_epsilon(0.0)) or "")
-
-
-def test_budget_from_env() -> None:
-    assert budget_from_env({}) is None
-    assert budget_from_env({"PRIVACY_EPSILON_BUDGET": ""}) is None
-    assert budget_from_env({"PRIVACY_EPSILON_BUDGET": "8"}) == 8.0
-    with pytest.raises(ValueError):
-        budget_from_env({"PRIVACY_EPSILON_BUDGET": "-1"})
+    assert epsilon_warning(_round_epsilon(5.0)) is None
+    assert "infinite" in (epsilon_warning(_round_epsilon(0.0)) or "")

@@ -79,7 +79,7 @@ def test_fedavg_round_is_base_plus_sample_weighted_mean(tmp_path: Path) -> None:
         np.testing.assert_allclose(result.candidate_heads[name], 0.5 + 0.5 * mean, rtol=1e-6)
         assert result.candidate_heads[name].dtype == np.float32
     assert [c.weight for c in result.contributions] == pytest.approx(list(w / w.sum()))
-    assert result.privacy.epsilon_round is None and result.privacy_event is None
+    assert result.privacy.epsilon_round is None and result.privacy_record.event() is None
     assert all(c.excluded_reason is None and c.update_norm > 0 for c in result.contributions)
 
 
@@ -162,8 +162,8 @@ def test_too_few_learners_raises_with_counts(tmp_path: Path) -> None:
     ]
     with pytest.raises(NoEligibleLearners, match=r"No eligible learners") as info:
         _run(updates)
-    assert info.value.eligible == 2 and info.value.trained_in_window == 3 and info.value.min_learners == 3
-    assert "3 learner(s) who trained in the last 7 days" in str(info.value) and "at least 3" in str(info.value)
+    assert "2 usable update(s) from 3 learner(s) who trained in the last 7 days" in str(info.value)
+    assert "at least 3 (min_learners)" in str(info.value)
 
 
 def test_unknown_strategy_is_a_clear_error(tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_dp_round_clips_noises_and_accounts(tmp_path: Path) -> None:
     assert result.contributions[0].clipped and not result.contributions[1].clipped
     assert result.privacy.denominator == 4.0 and result.noise_std == pytest.approx(0.5 / 4.0)
     assert [c.weight for c in result.included] == pytest.approx([0.25] * 4)  # capped weights / D
-    assert result.privacy_event == PrivacyEvent(1.0, 1.0)
+    assert result.privacy_record.event() == PrivacyEvent(1.0, 1.0)
     assert result.privacy.epsilon_round == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)]))
     assert result.privacy.epsilon_total == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 6))  # worst case
     assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 3))
@@ -250,8 +250,8 @@ def test_dry_run_builds_the_candidate_without_noise_and_releases_nothing(tmp_pat
     dry = _run(updates, RoundOptions(dry_run=True), privacy=privacy, seed=1)
     again = _run(updates, RoundOptions(dry_run=True), privacy=privacy, seed=2)
     real = _run(updates, privacy=privacy, seed=1)
-    assert dry.privacy_event is None and dry.noise_std is None and dry.dry_run
-    assert real.privacy_event == PrivacyEvent(1.0) and real.noise_std == pytest.approx(1.0 / 3)
+    assert dry.privacy_record is None and dry.noise_std is None and dry.dry_run
+    assert real.privacy_record.event() == PrivacyEvent(1.0) and real.noise_std == pytest.approx(1.0 / 3)
     assert dry.privacy.epsilon_round == real.privacy.epsilon_round and len(dry.included) == 3
     for name in SHAPES:  # no noise: the seed does not matter, and the noisy release differs
         np.testing.assert_array_equal(dry.candidate_heads[name], again.candidate_heads[name])

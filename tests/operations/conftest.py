@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aivo_fl.ml.round.options import PrivacySettings
+from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
@@ -36,7 +37,7 @@ def cohort(tmp_path: Path, database_url: str) -> Iterator[Cohort]:
     migrate(registry.engine)
     store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
     dataset = build_curriculum_dataset(store, 5000, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, epochs=40, batch_size=64, data_seed=0, report=quiet)
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=40), report=quiet)
     learners = simulate_new_learners(registry, LEARNERS)
     clone_learners(registry, store, learners)
     for learner_id in learners:

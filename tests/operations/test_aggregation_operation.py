@@ -95,7 +95,7 @@ def test_dry_run_writes_nothing_spends_nothing_and_says_so(cohort: Cohort) -> No
     before = sorted(p.name for p in cohort.store.main_root.iterdir())
     lines: list[str] = []
     outcome = aggregate(cohort, report=lines.append, dry_run=True)
-    assert outcome.dry_run and outcome.update_id is None and outcome.round.privacy_event is None
+    assert outcome.dry_run and outcome.update_id is None and outcome.round.privacy_record is None
     assert outcome.summary()["epsilonRound"] > 0  # what a real round would cost, reported ...
     assert "without DP noise: nothing is released, no privacy budget is spent" in "\n".join(lines)
     assert sorted(p.name for p in cohort.store.main_root.iterdir()) == before

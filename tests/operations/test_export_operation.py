@@ -17,6 +17,7 @@ from aivo_fl.ml.cloning import HEADS_NAME, load_learner_model
 from aivo_fl.ml.export import load_exported_state
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.model import build_model, head_state
+from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.export import export_learner_model
 from aivo_fl.operations.learners import clone_learners, split_interactions, train_learner_locally
@@ -39,7 +40,7 @@ def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
     migrate(registry.engine)
     store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
     dataset = build_curriculum_dataset(store, 1000, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, epochs=3, batch_size=64, data_seed=0, report=quiet)
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=3), report=quiet)
     [learner] = simulate_new_learners(registry, 1)
     clone_learners(registry, store, [learner])
     train_learner_locally(registry, store, learner, epochs=5)

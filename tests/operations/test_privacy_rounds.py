@@ -41,7 +41,7 @@ def test_sampled_round_records_its_ledger_and_the_budget_refuses_before_release(
     [update] = cohort.registry.get_federated_updates()
     recorded = update["privacy"]
     assert recorded["sampleRate"] == 0.5 and recorded["eligiblePopulation"] == LEARNERS
-    assert recorded["denominator"] == 0.5 * LEARNERS == outcome.round.denominator  # never the drawn count
+    assert recorded["denominator"] == 0.5 * LEARNERS == outcome.round.privacy.denominator  # never the drawn count
     assert recorded["clipTargetQuantile"] == 0.5 and recorded["quantileNoiseMultiplier"] == pytest.approx(1.0)
     assert recorded["clipNorm"] > 0.0 and recorded["clipQuantileEstimate"] is not None
     # everybody eligible is charged, drawn or not; only the drawn contributed
@@ -51,7 +51,7 @@ def test_sampled_round_records_its_ledger_and_the_budget_refuses_before_release(
     assert 0 < len(drawn) < LEARNERS and reasons.count(NOT_SAMPLED) == LEARNERS - len(drawn)
     assert sorted(update["contributingLearners"]) == sorted(c.learner_id for c in drawn if c.excluded_reason is None)
     spent = _summary(cohort)["epsilonSpent"]
-    assert spent == pytest.approx(outcome.round.epsilon_total)
+    assert spent == pytest.approx(outcome.round.privacy.epsilon_total)
 
     # A budget the next round would cross: refused before anything is drawn or written.
     budget = spent + 0.01

@@ -417,7 +417,7 @@ def test_bad_learner_ids_are_refused_before_the_database(registry: ModelRegistry
         lambda: registry.delete_personalized_model(bad),
         lambda: registry.record_training_session(_session(bad, NOW)),
         lambda: registry.record_federated_update(_update([ContributionInput(bad, 1.0, 0.1, False, None)])),
-        lambda: registry.learner_privacy_events([bad]),
+        lambda: registry.learner_charged_rounds([bad]),
     ]
     for call in calls:
         with pytest.raises(RegistryError, match=r"^Refused learner id: "):
@@ -485,7 +485,7 @@ def test_erasure_leaves_no_row_with_the_learners_id(registry: ModelRegistry) -> 
         registry.record_federated_update(
             _update(contributions, metrics={"learnerEpsilons": {ERASED: 3.0, "erase-me-too": 3.0}})
         )
-    ledger_before = registry.learner_privacy_events()
+    ledger_before = registry.learner_charged_rounds()
     assert ID_PATTERN.search(_all_rows_as_text(registry))
 
     report = registry.erase_learner(ERASED, "a-long-erasure-key-for-tests")
@@ -500,13 +500,12 @@ def test_erasure_leaves_no_row_with_the_learners_id(registry: ModelRegistry) -> 
     assert (report.contributions_pseudonymized, report.rounds_rewritten) == (2, 2)
     assert not ID_PATTERN.search(_all_rows_as_text(registry))
     # The audit trail and the privacy ledger keep their charge, under the pseudonym.
-    ledger_after = registry.learner_privacy_events()
+    ledger_after = registry.learner_charged_rounds()
     assert ledger_after[report.pseudonym] == ledger_before[ERASED]
     assert ledger_after["erase-me-too"] == ledger_before["erase-me-too"]
-    assert [u["contributingLearners"] for u in registry.get_federated_updates()] == [
-        [report.pseudonym, "erase-me-too"],
-        ["erase-me-too"],
-    ]
+    expected = [[report.pseudonym, "erase-me-too"], ["erase-me-too"]]
+    for key in ("contributingLearners", "chargedLearners"):
+        assert [u[key] for u in registry.get_federated_updates()] == expected
     assert registry.get_interactions("erase-me-too").features.shape == (5, 256)
     assert registry.get_personalized_model("erase-me-too") is not None
     # Same key, same pseudonym; running it again changes nothing.

@@ -5,6 +5,7 @@ over a range of partitions instead of one run per learner.
 """
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from statistics import fmean
 from typing import TypeVar
 
@@ -31,6 +32,15 @@ from aivo_fl.registry import RegistryError
 # One learner's bad file or refused row fails that learner, not the batch.
 PER_LEARNER_ERRORS = (InvalidLearnerId, RegistryError, ArtifactError, OSError)
 T = TypeVar("T")
+# What both per-learner assets share: a partition per learner, one run per range of partitions.
+_learner_asset = partial(
+    dg.asset,
+    group_name="learners",
+    partitions_def=learner_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    kinds={"pytorch"},
+    retry_policy=TRANSIENT_RETRY,
+)
 
 
 def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:
@@ -57,14 +67,7 @@ def _for_each_learner(keys: Sequence[str], work: Callable[[str], T]) -> tuple[li
     return done, failures
 
 
-@dg.asset(
-    group_name="learners",
-    partitions_def=learner_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[main_model],
-    kinds={"pytorch"},
-    retry_policy=TRANSIENT_RETRY,
-)
+@_learner_asset(deps=[main_model])
 def learner_models(
     context: dg.AssetExecutionContext,
     registry: RegistryResource,
@@ -91,14 +94,7 @@ def learner_models(
     )
 
 
-@dg.asset(
-    group_name="learners",
-    partitions_def=learner_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=[learner_models],
-    kinds={"pytorch"},
-    retry_policy=TRANSIENT_RETRY,
-)
+@_learner_asset(deps=[learner_models])
 def learner_training(
     context: dg.AssetExecutionContext,
     registry: RegistryResource,

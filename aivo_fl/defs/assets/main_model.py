@@ -11,6 +11,7 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
+from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.main_model import train_and_register_main_model
 
 
@@ -29,11 +30,13 @@ def main_model(
             registry.get_registry(),
             store,
             store.curriculum_path(training_settings.curriculum_samples, training_settings.data_seed),
-            epochs=training_settings.training_epochs,
-            batch_size=training_settings.batch_size,
-            data_seed=training_settings.data_seed,
-            personalization_depth=training_settings.personalization_depth,
-            num_threads=training_settings.torch_threads(context.instance),
+            TrainingConfig(
+                epochs=training_settings.training_epochs,
+                batch_size=training_settings.batch_size,
+                seed=training_settings.data_seed,
+                num_threads=training_settings.torch_threads(context.instance),
+            ),
+            training_settings.personalization_depth,
             report=reporter.for_context(context),
         )
     r, arch = outcome.result, outcome.architecture

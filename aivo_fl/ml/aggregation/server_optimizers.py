@@ -49,8 +49,30 @@ def _decay(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+class _PerTensor:
+    """The step every optimizer shares: per tensor, params + lr x direction, where ``_direction``
+    turns the update and the tensor's old state slots (named by ``slots``) into (direction, new slots)."""
+
+    slots: ClassVar[tuple[str, ...]] = ()
+    learning_rate: float
+
+    def _direction(self, u: np.ndarray, *old: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        raise NotImplementedError
+
+    def step(
+        self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
+    ) -> tuple[Delta, State]:
+        new, out = {}, {}
+        for k, raw in update.items():
+            u = np.asarray(raw, np.float64)
+            direction, slots = self._direction(u, *(_slot(state, f"{s}.{k}", u) for s in self.slots))
+            new[k] = np.asarray(params[k], np.float64) + self.learning_rate * direction
+            out.update({f"{s}.{k}": value for s, value in zip(self.slots, slots, strict=True)})
+        return new, out
+
+
 @dataclass(frozen=True)
-class Sgd:
+class Sgd(_PerTensor):
     """params + lr x update. No state."""
 
     name: ClassVar[str] = "sgd"
@@ -59,22 +81,17 @@ class Sgd:
     def __post_init__(self) -> None:
         _positive("server learning rate", self.learning_rate)
 
-    def step(
-        self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
-    ) -> tuple[Delta, State]:
-        new = {
-            k: np.asarray(params[k], np.float64) + self.learning_rate * np.asarray(u, np.float64)
-            for k, u in update.items()
-        }
-        return new, {}
+    def _direction(self, u: np.ndarray, *old: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        return u, ()
 
 
 @dataclass(frozen=True)
-class Momentum:
+class Momentum(_PerTensor):
     """FedAvgM: m = beta m + update; params + lr x m. With lr = 1 - beta a steady stream of equal
     updates moves the model as far per round as Sgd(1.0) would, with less round-to-round noise."""
 
     name: ClassVar[str] = "momentum"
+    slots: ClassVar[tuple[str, ...]] = ("m",)
     learning_rate: float = 0.1
     beta: float = 0.9
 
@@ -82,25 +99,20 @@ class Momentum:
         _positive("server learning rate", self.learning_rate)
         _decay("momentum beta", self.beta)
 
-    def step(
-        self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
-    ) -> tuple[Delta, State]:
-        new, out = {}, {}
-        for k, u in update.items():
-            m = self.beta * _slot(state, f"m.{k}", u) + np.asarray(u, np.float64)
-            new[k] = np.asarray(params[k], np.float64) + self.learning_rate * m
-            out[f"m.{k}"] = m
-        return new, out
+    def _direction(self, u: np.ndarray, *old: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        m = self.beta * old[0] + u
+        return m, (m,)
 
 
 @dataclass(frozen=True)
-class Adam:
+class Adam(_PerTensor):
     """FedAdam: m = b1 m + (1 - b1) u; v = b2 v + (1 - b2) u^2; params + lr x m / (sqrt(v) + tau).
 
     Each coordinate moves by about ``learning_rate`` whatever the update's scale, so the rate is a
     step in weight units (Reddi et al.'s defaults: b1 0.9, b2 0.99, tau 1e-3)."""
 
     name: ClassVar[str] = "adam"
+    slots: ClassVar[tuple[str, ...]] = ("m", "v")
     learning_rate: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.99
@@ -112,17 +124,10 @@ class Adam:
         _decay("Adam beta1", self.beta1)
         _decay("Adam beta2", self.beta2)
 
-    def step(
-        self, params: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], state: State
-    ) -> tuple[Delta, State]:
-        new, out = {}, {}
-        for k, raw in update.items():
-            u = np.asarray(raw, np.float64)
-            m = self.beta1 * _slot(state, f"m.{k}", u) + (1.0 - self.beta1) * u
-            v = self.beta2 * _slot(state, f"v.{k}", u) + (1.0 - self.beta2) * np.square(u)
-            new[k] = np.asarray(params[k], np.float64) + self.learning_rate * m / (np.sqrt(v) + self.tau)
-            out[f"m.{k}"], out[f"v.{k}"] = m, v
-        return new, out
+    def _direction(self, u: np.ndarray, *old: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        m = self.beta1 * old[0] + (1.0 - self.beta1) * u
+        v = self.beta2 * old[1] + (1.0 - self.beta2) * np.square(u)
+        return m / (np.sqrt(v) + self.tau), (m, v)
 
 
 SERVER_OPTIMIZERS: tuple[str, ...] = (Sgd.name, Momentum.name, Adam.name)

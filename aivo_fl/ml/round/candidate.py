@@ -17,8 +17,8 @@ import numpy as np
 
 from aivo_fl.ml.aggregation.base import Delta, shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
-from aivo_fl.ml.aggregation.strategies import strategy_named
-from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyEvent
+from aivo_fl.ml.aggregation.strategies import DpClipped, strategy_named
+from aivo_fl.ml.privacy import BUDGET_SPENT
 from aivo_fl.ml.privacy_ledger import RoundPrivacy
 from aivo_fl.ml.round.accounting import NOT_SAMPLED, PrivacyAccount, PrivacyHistory, account_round
 from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, DeltasInMemory, aggregate, private
@@ -60,11 +60,6 @@ class RoundResult:
     def privacy_record(self) -> RoundPrivacy | None:
         """What to record with the round (DP or not): None only on a dry run, which releases nothing."""
         return None if self.dry_run else self.privacy.record
-
-    @property
-    def privacy_event(self) -> PrivacyEvent | None:
-        """What the accountant charges for this round: None without noise or on a dry run."""
-        return self.privacy_record.event() if self.privacy_record else None
 
     @property
     def clip_norm(self) -> float | None:
@@ -118,7 +113,7 @@ def build_candidate(
         else DeltasInMemory(accounted.included, state.in_memory, shapes, options.block_bytes)
     )
     aggregated = aggregate(source, state.base_heads, strategy, optimizer, state.optimizer_state)
-    noisy = privacy.enabled and not options.dry_run
+    noisy = isinstance(strategy, DpClipped) and not options.dry_run
     return RoundResult(
         base_version=state.base_version,
         strategy=strategy.name,
@@ -130,6 +125,6 @@ def build_candidate(
         contributions=_contributions(gathered, accounted, aggregated),
         trained_in_window=gathered.trained_in_window,
         privacy=accounted,
-        noise_std=privacy.noise_multiplier * clip / accounted.denominator if noisy else None,
+        noise_std=strategy.released_noise_std if noisy else None,
         dry_run=options.dry_run,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,8 +46,7 @@ class Tolerances:
     curriculum: float = DEFAULT_CURRICULUM_TOLERANCE  # cumulative, from the trained version
 
 
-@dataclass(frozen=True)
-class PartScore:
+class PartScore(NamedTuple):  # one evaluation part's pooled accuracy before and after the round
     before: float
     after: float
     samples: int

@@ -73,9 +73,6 @@ class NoEligibleLearners(Exception):
             f"No eligible learners: {eligible} usable update(s) from {trained_in_window} learner(s) who "
             f"trained in the last {window_days} days{used}; at least {min_learners} (min_learners) are needed"
         )
-        self.eligible = eligible
-        self.trained_in_window = trained_in_window
-        self.min_learners = min_learners
 
 
 def staleness_factor(versions_behind: int) -> float:
