@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import dp_accounting
 
 DEFAULT_DELTA = 1e-5
-DEFAULT_SAMPLE_CAP = 150  # a learner with 150+ training interactions gets full weight 1
+DEFAULT_SAMPLE_CAP = 8  # a learner with 8+ training interactions in the week gets full weight 1
 EPSILON_WARNING_THRESHOLD = 10.0
 BUDGET_SPENT = "privacy budget spent"
 
