@@ -1,0 +1,115 @@
+"""Cloning learners and training them locally, against a real registry and model store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.operations.app_simulation import simulate_new_learners
+from aivo_fl.operations.learners import MainModelMissing, clone_learners, train_learner_locally
+from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
+from aivo_fl.operations.store import ModelStore
+from aivo_fl.registry import ModelRegistry, RegistryError
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class World:
+    registry: ModelRegistry
+    store: ModelStore
+
+
+@pytest.fixture
+def world(tmp_path: Path, registry: ModelRegistry) -> Iterator[World]:
+    store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
+    dataset = build_curriculum_dataset(store, 1200, 0, report=quiet)
+    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=2), report=quiet)
+    yield World(registry, store)
+
+
+def test_cloning_without_a_main_model_is_refused(tmp_path: Path, registry: ModelRegistry) -> None:
+    store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
+    learners = simulate_new_learners(registry, 1)
+    with pytest.raises(MainModelMissing):
+        clone_learners(registry, store, learners)
+    assert not store.learners_root.exists() or not any(store.learners_root.iterdir())
+
+
+def test_clones_are_written_and_registered_and_a_bad_id_fails_alone(world: World, tmp_path: Path) -> None:
+    learners = simulate_new_learners(world.registry, 3)
+    batch = clone_learners(world.registry, world.store, [*learners, "../escape"])
+
+    assert sorted(c.learner_id for c in batch.clones) == sorted(learners)
+    assert list(batch.failures) == ["../escape"]
+    assert "\n" not in batch.failures["../escape"]
+    assert not (tmp_path / "escape").exists() and not (world.store.learners_root.parent / "escape").exists()
+    for learner_id in learners:
+        record = world.registry.get_personalized_model(learner_id)
+        assert record is not None
+        assert record.metadata["sourceVersion"] == "1.0.0"
+        assert Path(record.metadata["clonedModelPath"]) == world.store.learner_dir(learner_id)
+        assert world.store.learner_dir(learner_id).is_dir()
+        arch = record.metadata["architecture"]
+        assert arch["frozenLayers"] + arch["trainableLayers"] == arch["totalLayers"]
+        assert 0 < arch["trainableParameters"] < arch["totalParameters"]
+
+
+def test_recloning_keeps_an_intact_clone_and_replaces_a_damaged_one(world: World) -> None:
+    intact, damaged = simulate_new_learners(world.registry, 2)
+    clone_learners(world.registry, world.store, [intact, damaged])
+    intact_files = {p.name: p.read_bytes() for p in world.store.learner_dir(intact).iterdir() if p.is_file()}
+    manifests = [p for p in world.store.learner_dir(damaged).iterdir() if p.suffix == ".json"]
+    assert manifests, "a clone has a JSON manifest to damage"
+    for path in manifests:
+        path.write_text("{not json")
+
+    batch = clone_learners(world.registry, world.store, [intact, damaged])  # a retried run
+
+    assert batch.failures == {}
+    assert {p.name: p.read_bytes() for p in world.store.learner_dir(intact).iterdir() if p.is_file()} == intact_files
+    assert sorted(c.learner_id for c in batch.clones) == sorted([intact, damaged])
+    # The damaged clone was rebuilt and trains like any other.
+    outcome = train_learner_locally(world.registry, world.store, damaged, epochs=1)
+    assert outcome.result.source_version == "1.0.0"
+
+
+def test_local_training_records_a_session_and_writes_a_delta(world: World) -> None:
+    (learner,) = simulate_new_learners(world.registry, 1)
+    clone_learners(world.registry, world.store, [learner])
+    outcome = train_learner_locally(world.registry, world.store, learner, epochs=3)
+
+    result = outcome.result
+    assert outcome.session_id > 0
+    assert result.learner_id == learner and result.source_version == "1.0.0"
+    assert result.delta_path.is_file() and result.delta_path.stat().st_size > 0
+    assert result.delta_norm > 0  # the personal layers really moved
+    assert 0 < result.samples < 200  # the held-out quarter is not trained on
+    assert np.isfinite([result.loss_before, result.loss_after]).all()
+    eligible = world.registry.get_eligible_for_aggregation(7)
+    assert [e.learner_id for e in eligible] == [learner]
+
+
+def test_local_training_refuses_uncloned_learners_and_too_little_data(world: World) -> None:
+    (uncloned,) = simulate_new_learners(world.registry, 1)
+    with pytest.raises(RegistryError, match="clone it first"):
+        train_learner_locally(world.registry, world.store, uncloned, epochs=1)
+
+    (sparse,) = simulate_new_learners(world.registry, 1, interactions=6)
+    clone_learners(world.registry, world.store, [sparse])
+    with pytest.raises(RegistryError, match="interactions"):
+        train_learner_locally(world.registry, world.store, sparse, epochs=1)
+    assert world.registry.get_eligible_for_aggregation(7) == []
+
+
+def test_local_training_refuses_a_path_like_learner_id(world: World, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        train_learner_locally(world.registry, world.store, "../../main-aivo", epochs=1)
+    assert world.registry.get_eligible_for_aggregation(7) == []
