@@ -109,7 +109,7 @@ def test_local_training_refuses_uncloned_learners_and_too_little_data(world: Wor
     assert world.registry.get_eligible_for_aggregation(7) == []
 
 
-def test_local_training_refuses_a_path_like_learner_id(world: World, tmp_path: Path) -> None:
+def test_local_training_refuses_a_path_like_learner_id(world: World) -> None:
     with pytest.raises(ValueError):
         train_learner_locally(world.registry, world.store, "../../main-aivo", epochs=1)
     assert world.registry.get_eligible_for_aggregation(7) == []
