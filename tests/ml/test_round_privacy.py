@@ -88,3 +88,21 @@ def test_adaptive_clip_norm_follows_the_recorded_estimate() -> None:
     assert history.clip_norm(replace(adaptive, clip_target_quantile=None)) == 2.0  # a fixed clip stays fixed
     # the count query is charged: adaptive costs more than the same round with a fixed clip
     assert first.epsilon_round > _draw(Settings(), PrivacyHistory()).epsilon_round
+
+
+def test_epsilon_is_composed_once_per_distinct_history_not_once_per_learner() -> None:
+    from aivo_fl.ml import privacy
+
+    history = _year(Settings(), 3)
+    veterans = {learner: history.of(learner) for learner in LEARNERS}
+    many = tuple(Update(i, f"m{i}", Path("unused"), 100, 0.0, 1.0, 0.5, 0) for i in range(3_000))
+    # 3,000 learners sharing the 50 veterans' histories (at most 50 distinct), and a budget to check
+    ledgers = {u.learner_id: veterans[LEARNERS[u.index % len(LEARNERS)]] for u in many}
+    distinct = len({tuple(r.round_id for r in rounds) for rounds in ledgers.values()})
+    privacy._epsilon_of_counts.cache_clear()
+    budget = Settings(learner_epsilon_budget=1e9)
+    draw = account_round(budget, PrivacyHistory(history.rounds, ledgers), many, np.random.default_rng(0), release=True)
+    calls = privacy._epsilon_of_counts.cache_info()
+    assert len(draw.learner_epsilons) == 3_000 and len(draw.out_of_budget) == 0
+    # per distinct history: once for the budget check, once for the learner's figure (cached), plus the round's
+    assert calls.hits + calls.misses <= 2 * distinct + 4 < 3_000
