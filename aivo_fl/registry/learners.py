@@ -150,17 +150,21 @@ class Learners(RegistryBase):
             return list(session.scalars(query))
 
     def learners_with_new_interactions(self, min_new: int) -> list[tuple[str, int, int]]:
-        """(learner, new interactions, newest interaction time in microseconds) for learners with a
-        model and at least `min_new` interactions since their last training session (all of them if
-        never trained). The newest time grows with every new interaction, whatever the app's ids are."""
+        """(learner, new interactions, newest interaction marker) for learners with a model and at
+        least `min_new` interactions since their last training session (all of them if never trained).
+
+        The marker grows with new activity: the newest id in our own table (autoincrement), the
+        newest `createdAt` in microseconds in the app's (whose ids, cuids or uuids, need not grow).
+        """
         learner, interaction = self.app.learner.c, self.app.interaction.c
+        newest = sa.func.max(interaction.createdAt if self.app.app_owned else interaction.id)
         last = (
             sa.select(ModelTrainingSession.learnerId, sa.func.max(ModelTrainingSession.completedAt).label("last"))
             .group_by(ModelTrainingSession.learnerId)
             .subquery()
         )
         query = (
-            sa.select(interaction.learnerId, sa.func.count(), sa.func.max(interaction.createdAt))
+            sa.select(interaction.learnerId, sa.func.count(), newest)
             .join(PersonalizedModel, PersonalizedModel.learnerId == interaction.learnerId)
             .join(self.app.learner, learner.id == interaction.learnerId)
             .outerjoin(last, last.c.learnerId == interaction.learnerId)
@@ -170,10 +174,7 @@ class Learners(RegistryBase):
             .order_by(interaction.learnerId)
         )
         with self._session() as session:
-            return [
-                (learner_id, int(count), round(newest.timestamp() * 1e6))
-                for learner_id, count, newest in session.execute(query)
-            ]
+            return [(learner_id, int(count), _marker(mark)) for learner_id, count, mark in session.execute(query)]
 
     def count_learners(self) -> int:
         learner = self.app.learner.c
@@ -230,3 +231,7 @@ def _personalized_record(row: PersonalizedModel) -> PersonalizedModelRecord:
         metadata=dict(row.metadata_ or {}),
         created_at=row.createdAt,
     )
+
+
+def _marker(value: int | datetime) -> int:
+    return round(value.timestamp() * 1e6) if isinstance(value, datetime) else int(value)
