@@ -18,6 +18,7 @@ Timestamps are UTC, as Prisma's `DateTime` stores them (`timestamptz` works too)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,7 @@ def _table(schema: sa.MetaData, name: str, types: dict[str, Any], names: Mapping
 
 def decode_features(values: Sequence[Any]) -> np.ndarray:
     """(n, 256) float32 from stored feature vectors: packed little-endian float32 bytes (our own
-    table), a numeric array (PostgreSQL `real[]`/`float8[]`) or a JSON array."""
+    table), a numeric array (PostgreSQL `real[]`/`float8[]`) or a JSON array (`jsonb` or text)."""
     if not values:
         return np.zeros((0, NUM_FEATURES), dtype=np.float32)
     if isinstance(values[0], bytes | bytearray | memoryview):
@@ -137,6 +138,8 @@ def decode_features(values: Sequence[Any]) -> np.ndarray:
                 f"interaction features must be {NUM_FEATURES} packed float32s ({NUM_FEATURES * 4} bytes)"
             )
         return flat.reshape(len(values), NUM_FEATURES).astype(np.float32)
+    if isinstance(values[0], str):  # a JSON array in a text column (or a driver that leaves JSON as text)
+        values = [json.loads(v) for v in values]
     try:
         array = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError):
