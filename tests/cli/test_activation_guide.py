@@ -110,6 +110,10 @@ def test_activation_guide_steps_on_an_existing_aivo_database(
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(*) FROM pg_type WHERE typname = 'ModelVersionStatus'")) == 1
     assert "✓ Already at revision" in _out(run_cli("migrate", env=env))
+    # The app's tables are only read: the demo's learner simulator refuses to write into them.
+    simulated = run_cli("simulate-learners", "--count", "1", env=env)
+    assert simulated.returncode == 4 and "aivo-fl only reads them" in simulated.stderr
+    assert app_rows(engine) == app_before
 
     # Step 2: train the main model.
     out = _out(run_cli("train-main-model", env=env))
