@@ -108,16 +108,21 @@ class Learners(RegistryBase):
         return LearnerInteractions(features=features, targets=targets)
 
     def learners_needing_model(self, *, after: str | None = None, limit: int = 10_000) -> list[str]:
-        """Learners with a completed baseline, not deleted, and no personalized model, in id order.
+        """Learners with a completed baseline, not deleted, and no federated personalized model, in
+        id order. A "PersonalizedModel" row the app made before activation (no `federatedLearning`
+        in its metadata) does not count: its learner is cloned and the row becomes the clone's.
 
         `after` is a keyset cursor (the last id handled) so a sensor can page without OFFSET.
         """
         learner = self.app.learner.c
+        federated = sa.func.coalesce(PersonalizedModel.metadata_["federatedLearning"].as_boolean(), sa.false())
         query = (
             sa.select(learner.id)
             .outerjoin(PersonalizedModel, PersonalizedModel.learnerId == learner.id)
             .where(
-                learner.baselineCompletedAt.is_not(None), learner.deletedAt.is_(None), PersonalizedModel.id.is_(None)
+                learner.baselineCompletedAt.is_not(None),
+                learner.deletedAt.is_(None),
+                sa.or_(PersonalizedModel.id.is_(None), ~federated),
             )
             .order_by(learner.id)
             .limit(limit)

@@ -197,3 +197,26 @@ def test_a_view_over_differently_shaped_app_tables_is_read_like_a_table(sqlite_u
     assert (learner, new) == ("u1", 2)
     assert marker == round(datetime(2026, 11, 3, 10, tzinfo=UTC).timestamp() * 1e6)  # the newest time
     registry.engine.dispose()
+
+
+def test_a_personalized_model_row_from_before_activation_gets_the_federated_clone(aivo: ModelRegistry) -> None:
+    with aivo.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'INSERT INTO "PersonalizedModel" ("id", "learnerId", "baseModel", "status", "updatedAt") '
+                "VALUES ('clmlegacy0000000000000001', 'ada', 'aivo-legacy-model', 'ACTIVE', now())"
+            )
+        )
+    assert aivo.learners_needing_model() == ["ada"]  # the app's row has no federatedLearning metadata
+    aivo.register_personalized_models({"ada": {"federatedLearning": True, "sourceVersion": "1.0.0"}})
+    assert aivo.learners_needing_model() == []
+    with aivo.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("""SELECT "id", "baseModel", "metadata" FROM "PersonalizedModel" WHERE "learnerId" = 'ada'""")
+        ).one()
+    # The app's row became the clone's: its id and baseModel stay, the metadata is the clone's.
+    assert tuple(row) == (
+        "clmlegacy0000000000000001",
+        "aivo-legacy-model",
+        {"federatedLearning": True, "sourceVersion": "1.0.0"},
+    )
