@@ -8,7 +8,9 @@ the mapping; it never writes the app's tables, and erasure removes only what aiv
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -159,3 +161,39 @@ def test_features_may_be_packed_bytes_numeric_arrays_or_json() -> None:
         decode_features([[1.0, 2.0]])
     with pytest.raises(RegistryError, match="256 packed float32s"):
         decode_features([b"\0" * 12])
+
+
+def test_a_view_over_differently_shaped_app_tables_is_read_like_a_table(sqlite_url: str) -> None:
+    """The app keeps a boolean baseline flag and JSON-text features: a view presents what aivo-fl reads."""
+    tables = AppTables.mapped("fl_learners", "fl_events", interaction_columns={"learnerId": "user_id"})
+    registry = ModelRegistry(sqlite_url, app_tables=tables)
+    vector = [i / 256 for i in range(256)]
+    with registry.engine.begin() as conn:
+        for statement in (
+            "CREATE TABLE users (uid TEXT PRIMARY KEY, baseline_done BOOLEAN, baseline_at TIMESTAMP, "
+            "removed_at TIMESTAMP)",
+            "CREATE TABLE events (pk INTEGER PRIMARY KEY, user_id TEXT, vec TEXT, lvl INT, kind INT, ok INT, "
+            "at TIMESTAMP)",
+            "CREATE VIEW fl_learners AS SELECT uid AS id, CASE WHEN baseline_done THEN baseline_at END "
+            "AS baselineCompletedAt, removed_at AS deletedAt FROM users",
+            "CREATE VIEW fl_events AS SELECT pk AS id, user_id, vec AS features, lvl AS difficulty, kind AS modality, "
+            "ok AS success, at AS createdAt FROM events",
+            "INSERT INTO users VALUES ('u1', 1, '2026-11-01 10:00:00', NULL), ('u2', 0, '2026-11-01 10:00:00', NULL)",
+        ):
+            conn.execute(sa.text(statement))
+        conn.execute(
+            sa.text("INSERT INTO events (user_id, vec, lvl, kind, ok, at) VALUES ('u1', :vec, 3, 2, 1, :at)"),
+            [{"vec": json.dumps(vector), "at": f"2026-11-0{day} 10:00:00"} for day in (3, 2)],
+        )
+    migrate(registry.engine, app_tables=tables)
+    registry.require_current_schema()
+
+    assert registry.learners_needing_model() == ["u1"]  # u2's flag says the baseline is not done
+    interactions = registry.get_interactions("u1")
+    np.testing.assert_allclose(interactions.features, np.array([vector, vector], dtype=np.float32))
+    assert interactions.targets["difficulty"].tolist() == [3, 3]
+    registry.register_personalized_model("u1", {})
+    [(learner, new, marker)] = registry.learners_with_new_interactions(1)
+    assert (learner, new) == ("u1", 2)
+    assert marker == round(datetime(2026, 11, 3, 10, tzinfo=UTC).timestamp() * 1e6)  # the newest time
+    registry.engine.dispose()
