@@ -179,7 +179,7 @@ def _kind(mode: int) -> str:
 
 def parse_manifest(data: bytes, directory: Path | str) -> dict[str, Any]:
     try:
-        manifest = json.loads(data)
+        manifest = json.loads(data.decode())  # UTF-8, as written: skips json's encoding sniffing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad_manifest(directory, f"not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):

@@ -35,7 +35,7 @@ class LearnerUpdate:
     improvement: float  # accuracy gain on the learner's own held-out data (fraction, e.g. 0.04)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per offered learner: 100,000 in a large round
 class Contribution:
     """What the registry records per offered update."""
 
