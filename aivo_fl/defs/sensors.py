@@ -173,9 +173,17 @@ def plan_cloning(instance: dg.DagsterInstance, learners: Sequence[str], attempts
     return plan
 
 
-def _latest_runs(runs: BucketRuns) -> Callable[[range, list[str]], str]:
-    # A bucket asked for again after a run of it ended needs a fresh run key: that run's id is in it.
-    return lambda span, _: ",".join(sorted({runs.latest_ended[b].run_id for b in span if b in runs.latest_ended}))
+def _clone_salt(plan: ClonePlan) -> Callable[[range, list[str]], str]:
+    """A bucket asked for again after a run of it ended needs a fresh run key: the latest runs of
+    the range and the failed runs counted against its learners go into it (the latter also when
+    the latest run is older than HISTORY)."""
+    latest = plan.runs.latest_ended
+
+    def salt(span: range, learners: list[str]) -> str:
+        runs = {latest[b].run_id for b in span if b in latest}
+        return ",".join(sorted(runs.union(*(plan.attempts.get(learner, []) for learner in learners))))
+
+    return salt
 
 
 @_federated_sensor(clone_learners_job, interval_seconds=30)
@@ -213,7 +221,7 @@ def new_learner_sensor(context: dg.SensorEvaluationContext, reg: ModelRegistry) 
             f"({', '.join(sorted(plan.given_up)[:10])}); see their buckets' failed clone_learners runs"
         )
     blocked = plan.runs.in_flight | {bucket_of(learner) for learner in plan.given_up}
-    requests = bucket_requests("clone", plan.wanted, blocked, _latest_runs(plan.runs))
+    requests = bucket_requests("clone", plan.wanted, blocked, _clone_salt(plan))
     waiting = sum(len(v) for v in plan.wanted.values())
     context.log.info(f"{waiting} learner(s) without a model in {len(plan.wanted)} bucket(s): {len(requests)} run(s)")
     return dg.SensorResult(run_requests=requests, cursor=cursor)

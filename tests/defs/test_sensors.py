@@ -133,3 +133,15 @@ def test_switched_off_everything_skips_with_the_reason(deployment: Deployment) -
         data = tick(off, name)
         assert data.run_requests == []
         assert data.skip_message == DISABLED_REASON
+
+
+def test_runs_from_before_buckets_cover_no_bucket() -> None:
+    # An instance upgraded from per-learner partitions still holds runs whose range tags are learner ids.
+    old = dg.DagsterRun(job_name="clone_learners", tags={sensors.RANGE_START: "learner-1", sensors.RANGE_END: "x-2"})
+    assert sensors.run_buckets(old) == range(0)
+    one = dg.DagsterRun(job_name="clone_learners", tags={sensors.PARTITION: bucket_key(7)})
+    assert sensors.run_buckets(one) == range(7, 8)
+    span = dg.DagsterRun(
+        job_name="clone_learners", tags={sensors.RANGE_START: "bucket-0003", sensors.RANGE_END: "bucket-0005"}
+    )
+    assert list(sensors.run_buckets(span)) == [3, 4, 5]
