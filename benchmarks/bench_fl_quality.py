@@ -6,8 +6,10 @@ A seeded population of 10,000 learners (``--quick``: 1,000) goes through 12 week
 layers locally, all at once (:func:`aivo_fl.ml.batched_training.train_active_learners`, from main +
 their kept personalization, with the proximal term); then the product's own round runs on their
 deltas held in memory: :func:`aivo_fl.ml.round.candidate.build_candidate` (screening, Poisson
-sampling, fixed denominator, budgets, adaptive clipping, DpClipped, server optimizer) and
-:func:`aivo_fl.ml.round.gate.gate` on the contributors' held-out interactions, as in production.
+sampling, fixed denominator, budgets, adaptive clipping, DpClipped, server optimizer), the
+server's anchoring of the candidate to its curriculum (:mod:`aivo_fl.ml.curriculum_anchor`; a
+benchmark knob, not yet part of the product's round), and :func:`aivo_fl.ml.round.gate.gate` on
+the contributors' held-out interactions, as in production.
 
 Per round: cold start (the main model on a fixed evaluation cohort that never trains: what a new
 learner gets), personalized (each contributor's clone on its own held-out interactions, next to the
@@ -17,6 +19,7 @@ same model with the same trainable layers trained centrally, without privacy, on
 training interactions of every week's training learners (never the evaluation cohort).
 
     python -m benchmarks fl_quality [--quick]
+    python -m benchmarks.bench_fl_quality --depth guide --configurations "user-level preset" "no DP"
 """
 
 from __future__ import annotations
