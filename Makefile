@@ -38,9 +38,10 @@ CELERY_QUEUE ?= dagster
 worker: $(STAMP) $(DAGSTER_HOME)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml -q $(CELERY_QUEUE)
 
-## Benchmarks: prints a table, writes benchmarks/results/*.json
+## Benchmarks: prints a table, writes benchmarks/results/*.json. The aggregation benchmark's Flower
+## baseline runs in .venv-flower (flwr 1.42.0; its pins conflict with Dagster's), created on first use.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .dagster_home
+	rm -rf $(VENV) .venv-flower .dagster_home

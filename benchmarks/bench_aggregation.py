@@ -1,174 +1,255 @@
-"""Aggregation throughput and memory for 1,000 / 10,000 learner delta files, plus cohort learning.
+"""Aggregation from disk at 10,000 and 100,000 learners: aivo-fl's round against Flower, side by side.
 
-Every (size, method) pair runs in its own subprocess so peak-memory numbers are independent.
-Two memory figures per run: the tracemalloc peak (numpy + Python heap; numpy reports its buffers
-to tracemalloc) and the growth of the process's peak RSS during the aggregation.
+The learner store is written once per size, as local training leaves it (a copy-on-write clone by
+``clone_for_learner``, then the heads, the delta and the manifest with the session's record, the
+bytes of ``train_learner``), and every variant reads those same files, each in its own subprocess
+(independent memory figures):
 
-    python -m benchmarks.bench_aggregation            # full: 1,000 and 10,000 learners
-    python -m benchmarks.bench_aggregation --quick    # small sizes, seconds
+* ``aivo-fl, DP on``: ``build_candidate`` with the product's privacy defaults (fedavg, clip 1.0,
+  noise multiplier 0.1, sample rate 1): every file read once under every check (inside the store,
+  no link, regular file, size cap and SHA-256 from the manifest, safetensors names, dtypes and
+  shapes, finite values, norm), clipped, weighted and folded into the running sum; accounting,
+  noise and the server step included. ``aivo-fl, DP off``: the same without clipping and noise.
+* Flower 1.42 (in ``.venv-flower``, created on first use: flwr's pins conflict with Dagster's):
+  every delta loaded into memory, then Flower's own weighted average (see
+  ``benchmarks/aggregation_baselines.py``); plain numpy the same way; and just reading the files.
+
+    python -m benchmarks aggregation            # 10,000 and 100,000 learners (about 10 minutes)
+    python -m benchmarks aggregation --quick    # 1,000 learners
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "aggregation.json"
-METHODS = ("fedavg", "median", "baseline_mean", "baseline_median")
+from benchmarks.aggregation_baselines import MANIFEST_NAME, measure, read_index
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATH = ROOT / "benchmarks" / "results" / "aggregation.json"
+FLOWER_VENV = ROOT / ".venv-flower"
+FLWR_VERSION = "1.42.0"
 _NOW = datetime(2025, 1, 1, tzinfo=UTC)
+VERSION = "1.0.0"
+OURS = ("aivo_dp", "aivo_no_dp")
+BASELINES = ("read_files", "numpy_mean")
+FLOWER = ("flower_aggregate", "flower_fedavg")
+LABELS = {
+    "aivo_dp": "aivo-fl fedavg, DP on (defaults)",
+    "aivo_no_dp": "aivo-fl fedavg, DP off",
+    "flower_aggregate": "Flower: load all + aggregate()",
+    "flower_fedavg": "Flower: load all + FedAvg's aggregate_arrayrecords()",
+    "numpy_mean": "numpy: load all + np.average",
+    "read_files": "just read the files (delta + manifest)",
+}
 
 
-def head_shapes() -> dict[str, tuple[int, ...]]:
-    """Realistic delta layout: the heads of the real CurriculumNet."""
+def write_learners(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` learners who trained once, as local training leaves their folders; returns the index."""
+    from aivo_fl.ml.artifacts import save_main_model
+    from aivo_fl.ml.cloning import clone_for_learner
+    from aivo_fl.ml.model import build_model, head_state
+
+    main_root, learners_root = root / "main", root / "learners"
+    model = build_model(seed)
+    save_main_model(main_root, VERSION, model, {"benchmark": True}, seed)
+    heads = head_state(model)
+    rng = np.random.default_rng(seed)
+    learners = []
+    for i in range(n):
+        learner = f"learner-{i:06d}"
+        clone_for_learner(main_root, learners_root, learner, VERSION)
+        delta = {k: (0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in heads.items()}
+        samples = int(rng.integers(4, 40))
+        _write_trained(learners_root / learner, learner, heads, delta, samples)
+        learners.append((learner, samples))
+    index = root / "offered.json"
+    index.write_text(json.dumps({"learners_root": str(learners_root), "learners": learners}))
+    return index
+
+
+def _write_trained(
+    directory: Path, learner: str, start: dict[str, np.ndarray], delta: dict[str, np.ndarray], samples: int
+) -> None:
+    """The files ``train_learner`` leaves (``_save_trained``: heads, delta, manifest listing both with
+    the session's record), the same bytes, without its fsyncs (which only make them durable: 5 ms a
+    file here, 25 minutes for 100,000 learners)."""
+    from aivo_fl.ml.artifacts import encode_tensors, file_record, manifest_bytes
+    from aivo_fl.ml.cloning import COPY_ON_WRITE, DELTA_NAME, HEADS_NAME
+    from aivo_fl.ml.local_training import TrainingSessionResult
+
+    heads = {k: start[k] + delta[k] for k in start}
+    files = {DELTA_NAME: encode_tensors(delta), HEADS_NAME: encode_tensors(heads)}
+    clone = json.loads((directory / MANIFEST_NAME).read_bytes())
+    session = TrainingSessionResult(
+        learner, VERSION, None, samples, 5, 1.1, 0.5, 1.0, 0.55, 0.5, directory / DELTA_NAME,
+        _NOW - timedelta(hours=2), _NOW - timedelta(hours=1), 0.2,
+    )  # fmt: skip
+    manifest = {k: v for k, v in clone.items() if k != COPY_ON_WRITE}
+    manifest |= {"files": {name: file_record(data) for name, data in files.items()}}
+    manifest["last_training"] = session.to_json()
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    (directory / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+
+
+def _round_of(index: Path, dp: bool) -> Callable[[int | None], Any]:
+    """A fedavg round over the first ``limit`` offered learners (all: None). The offered rows (the
+    registry's, in production) are built here, outside the timing, as Flower's replies are given."""
+    from aivo_fl.config import Settings
+    from aivo_fl.ml.round.candidate import RoundState, build_candidate
+    from aivo_fl.ml.round.gather import LearnerUpdate
+    from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+    from aivo_fl.operations.aggregation import privacy_settings_from
+
+    offered = read_index(index)
+    privacy = privacy_settings_from(Settings(_env_file=None))  # type: ignore[call-arg]
+    if not dp:
+        privacy = PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=privacy.clip_norm)
+    updates = [
+        LearnerUpdate(path.parent.name, path, n, VERSION, _NOW - timedelta(hours=1), 0.05) for path, n in offered
+    ]
+    heads = {k: np.zeros(s, np.float32) for k, s in _head_shapes().items()}
+    root = offered[0][0].parent.parent
+
+    def run(limit: int | None) -> Any:
+        state = RoundState(VERSION, heads, [VERSION], updates[:limit] if limit else updates, root)
+        return build_candidate(state, RoundOptions(), privacy, _NOW, np.random.default_rng(0))
+
+    return run
+
+
+def _head_shapes() -> dict[str, tuple[int, ...]]:
     from aivo_fl.ml.model import build_model, head_state
 
     return {k: tuple(v.shape) for k, v in head_state(build_model()).items()}
 
 
-def write_deltas(directory: Path, n: int, seed: int = 0) -> list[Path]:
-    """A learner store as local training leaves it: <learner>/delta.safetensors + manifest.json."""
-    from aivo_fl.ml.artifacts import save_artifact
-    from aivo_fl.ml.cloning import DELTA_NAME
-
-    rng = np.random.default_rng(seed)
-    shapes = head_shapes()
-    paths = []
-    for i in range(n):
-        directory_i = directory / f"learner-{i:05d}"
-        tensors = {k: (0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
-        save_artifact(directory_i, tensors, {"kind": "learner-clone", "learner_id": directory_i.name}, DELTA_NAME)
-        paths.append(directory_i / DELTA_NAME)
-    return paths
+def _worker(method: str, index: Path, mode: str) -> dict[str, Any]:
+    return measure(method, len(read_index(index)), _round_of(index, method == "aivo_dp"), mode == "heap")
 
 
-def _run_method(method: str, paths: list[Path], learners_root: Path) -> Any:
-    """Returns what the caller keeps afterwards (for aivo-fl: the per-learner records it persists)."""
-    from aivo_fl.ml.round.candidate import RoundState, build_candidate
-    from aivo_fl.ml.round.gather import LearnerUpdate
-    from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+def flower_python() -> Path:
+    """``.venv-flower``'s interpreter, with flwr installed on first use (numpy and safetensors pinned
+    to this interpreter's versions, so both sides run the same numpy)."""
+    python = FLOWER_VENV / "bin" / "python"
+    stamp = FLOWER_VENV / f".flwr-{FLWR_VERSION}"
+    if stamp.exists():
+        return python
+    import safetensors
 
-    shapes = head_shapes()
-    if method.startswith("baseline"):
-        # The naive way: every learner's delta in one list, then numpy over the stack.
-        loaded = [load_file(str(p)) for p in paths]
-        reduce = np.mean if method == "baseline_mean" else np.median
-        return {k: reduce(np.stack([d[k] for d in loaded]), axis=0) for k in shapes}
-    updates = [LearnerUpdate(f"l{i}", p, 150, "1.0.0", _NOW - timedelta(hours=1), 0.01) for i, p in enumerate(paths)]
-    base = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-    state = RoundState("1.0.0", base, ["1.0.0"], updates, learners_root)
-    result = build_candidate(
-        state,
-        RoundOptions(strategy=method),
-        PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=1.0),
-        _NOW,
-        np.random.default_rng(0),
-    )
-    return updates, result
+    print(f"setting up {FLOWER_VENV} (flwr=={FLWR_VERSION}) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(FLOWER_VENV)], check=True)
+    packages = [f"flwr=={FLWR_VERSION}", f"numpy=={np.__version__}", f"safetensors=={safetensors.__version__}"]
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
+    stamp.touch()
+    return python
 
 
-def _worker(method: str, directory: Path) -> dict[str, Any]:
-    paths = sorted(directory.glob("*/delta.safetensors"))
-    _run_method(method, paths[:3], directory)  # warm imports and caches outside the measurement
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    _run_method(method, paths, directory)
-    seconds = time.perf_counter() - started
-    rss_growth_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-    tracemalloc.start()
-    kept = _run_method(method, paths, directory)
-    # What is still allocated while the output is alive: the input update records and the
-    # per-learner contributions (one row each in the registry). The rest of the peak is working
-    # memory, the part that must not grow with the learner count.
-    retained, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del kept
-    return {
-        "method": method,
-        "learners": len(paths),
-        "seconds": seconds,
-        "updates_per_second": len(paths) / seconds,
-        "peak_heap_mb": peak / 2**20,
-        "records_mb": retained / 2**20,
-        "working_mb": (peak - retained) / 2**20,
-        "rss_growth_mb": rss_growth_kb / 1024,
-    }
-
-
-def _measure(method: str, directory: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_aggregation", "--worker", method, str(directory)],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+def _measure(method: str, index: Path, python: Path | None = None, mode: str = "time") -> dict[str, Any]:
+    if method in OURS:
+        command = [sys.executable, "-m", "benchmarks.bench_aggregation", "--worker", method, str(index), mode]
+    else:
+        command = [str(python or sys.executable), str(ROOT / "benchmarks" / "aggregation_baselines.py"), method]
+        command += [str(index), mode]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _cohort_results(quick: bool) -> list[dict[str, Any]]:
-    from benchmarks.cohort_rounds import simulate_rounds
+def _size(n: int, tmp: Path, python: Path | None, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every variant on the same ``n`` learners; ``repeats`` rounds interleaving the variants (the
+    machine is shared: each keeps its fastest round), the first also measuring the heap."""
+    root = tmp / str(n)
+    started = time.perf_counter()
+    index = write_learners(root, n)
+    setup = {"learners": n, "write_seconds": time.perf_counter() - started}
+    _measure("read_files", index)  # warm the page cache: every variant reads warm files
+    methods = [*BASELINES, *OURS, *(FLOWER if python else ())]
+    rows = {m: _measure(m, index, python, "heap") for m in methods}
+    for _ in range(repeats - 1):
+        for m in methods:
+            again = _measure(m, index, python)
+            rows[m]["seconds"] = min(rows[m]["seconds"], again["seconds"])
+    for row in rows.values():
+        row["updates_per_second"] = n / row["seconds"]
+        row["repeats"] = repeats
+    shutil.rmtree(root)
+    return list(rows.values()), setup
 
-    if quick:
-        return simulate_rounds(n_learners=6, rounds=2)
-    return simulate_rounds(n_learners=12, rounds=5)
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        same = {r["method"]: r for r in rows if r["learners"] == row["learners"]}
+        flower = [same[m]["updates_per_second"] for m in FLOWER if m in same]
+        row["vs_flower"] = row["updates_per_second"] / max(flower) if flower else None  # the faster Flower
+        row["vs_read_files"] = row["updates_per_second"] / same["read_files"]["updates_per_second"]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    sizes = (100, 1_000) if quick else (1_000, 10_000)
-    shapes = head_shapes()
+    sizes = (1_000,) if quick else (10_000, 100_000)
+    try:
+        python: Path | None = flower_python()
+        flower_error = None
+    except (subprocess.CalledProcessError, OSError) as exc:
+        python, flower_error = None, f"Flower baseline skipped: could not set up {FLOWER_VENV}: {exc}"
+        print(flower_error)
+    load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    file_bytes = 0
+    setups = []
     with tempfile.TemporaryDirectory(prefix="bench-aggregation-") as tmp:
         for n in sizes:
-            directory = Path(tmp) / str(n)
-            directory.mkdir()
-            file_bytes = write_deltas(directory, n)[0].stat().st_size
-            rows.extend(_measure(method, directory) for method in METHODS)
-    for row in rows:
-        base = next(
-            r
-            for r in rows
-            if r["learners"] == row["learners"]
-            and r["method"] == ("baseline_mean" if row["method"] == "fedavg" else "baseline_median")
-        )
-        row["speed_vs_baseline"] = row["updates_per_second"] / base["updates_per_second"]
-        row["heap_vs_baseline"] = row["peak_heap_mb"] / max(base["peak_heap_mb"], 1e-9)
-    cohort = _cohort_results(quick)
+            size_rows, setup = _size(n, Path(tmp), python, repeats=2 if quick else 3)
+            rows += size_rows
+            setups.append(setup)
+    _ratios(rows)
     result = {
+        "cohort_rounds": _cohort_results(quick),
         "quick": quick,
-        "head_parameters": int(sum(np.prod(s) for s in shapes.values())),
-        "delta_file_bytes": file_bytes,
+        "head_parameters": int(sum(np.prod(s) for s in _head_shapes().values())),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "flower_error": flower_error,
+        "setup": setups,
         "aggregation": rows,
-        "cohort_rounds": cohort,
     }
     _print_table(result)
     return result
 
 
+def _cohort_results(quick: bool) -> list[dict[str, Any]]:
+    from benchmarks.cohort_rounds import simulate_rounds
+
+    return simulate_rounds(n_learners=6, rounds=2) if quick else simulate_rounds(n_learners=12, rounds=5)
+
+
 def _print_table(result: dict[str, Any]) -> None:
-    print(f"Aggregation of heads-only deltas ({result['head_parameters']} float32 parameters per learner)")
+    print(f"Aggregation from disk ({result['head_parameters']} float32 parameters per delta)")
     print(
-        f"{'learners':>8} {'method':<16} {'upd/s':>9} {'seconds':>8} {'heap MB':>8} {'records':>8} "
-        f"{'working':>8} {'RSS+ MB':>8} {'speed x':>8} {'heap x':>7}"
+        f"{'learners':>8} {'method':<52} {'upd/s':>8} {'seconds':>8} {'heap MB':>8} {'RSS+ MB':>8} "
+        f"{'vs Flower':>9} {'vs read':>7}"
     )
     for r in result["aggregation"]:
+        flower = "-" if r["vs_flower"] is None else f"{r['vs_flower']:.2f}x"
         print(
-            f"{r['learners']:>8} {r['method']:<16} {r['updates_per_second']:>9.0f} {r['seconds']:>8.2f} "
-            f"{r['peak_heap_mb']:>8.2f} {r['records_mb']:>8.2f} {r['working_mb']:>8.2f} {r['rss_growth_mb']:>8.1f} "
-            f"{r['speed_vs_baseline']:>8.2f} {r['heap_vs_baseline']:>7.3f}"
+            f"{r['learners']:>8} {LABELS[r['method']]:<52} {r['updates_per_second']:>8.0f} {r['seconds']:>8.2f} "
+            f"{r['peak_heap_mb']:>8.1f} {r['rss_growth_mb']:>8.1f} {flower:>9} {r['vs_read_files']:>6.2f}x"
         )
+    before, after = result["load_average_before"], result["load_average_after"]
+    print(f"load average {before[0]:.1f} before, {after[0]:.1f} after, on {result['cpus']} CPUs")
     print("\nCohort rounds (primary head; 'main' is the active version after the round, on the learners' held-out")
     print("data; 'candidate' is the round's candidate on the same data; 'curric.': active version, curriculum)")
     print(
@@ -188,17 +269,15 @@ def _eps(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "INDEX", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker[0], Path(args.worker[1]))))
+        print(json.dumps(_worker(args.worker[0], Path(args.worker[1]), args.worker[2])))
         return
     result = run(quick=args.quick)
-    from aivo_fl.ml.artifacts import write_file_atomic
-
-    write_file_atomic(RESULTS_PATH, (json.dumps(result, indent=2) + "\n").encode())
+    RESULTS_PATH.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {RESULTS_PATH}")
 
 

@@ -49,10 +49,12 @@ __all__ = [
     "WRONG_DTYPE",
     "WRONG_NAMES",
     "WRONG_SHAPE",
+    "DeltaReader",
     "DeltaRejected",
     "checked_norm",
     "iter_stacked_blocks",
     "load_delta",
+    "norm_reason",
     "read_block",
 ]
 
@@ -82,7 +84,9 @@ class _Bad(Exception):
         self.reason, self.detail = reason, detail
 
 
-Layout = tuple[tuple[tuple[str, int, int], ...], int]  # (name, first, last element) per tensor; data bytes
+# (name, first, last element) per tensor in file order; data bytes; (first, last) per tensor in name
+# order when the file's order differs from it (None: the data section is already in name order)
+Layout = tuple[tuple[tuple[str, int, int], ...], int, tuple[tuple[int, int], ...] | None]
 
 
 @lru_cache(maxsize=64)
@@ -110,7 +114,10 @@ def _layout(header_bytes: bytes, expected: tuple[tuple[str, tuple[int, ...]], ..
             raise _Bad(NOT_SAFETENSORS, f"{name}: tensors overlap or leave a gap")
         position = stop
     size = _F32.itemsize
-    return tuple((name, start // size, stop // size) for start, stop, name in spans), position
+    elements = tuple((name, start // size, stop // size) for start, stop, name in spans)
+    by_name = sorted(elements)
+    reorder = None if by_name == list(elements) else tuple((first, last) for _, first, last in by_name)
+    return elements, position, reorder
 
 
 def _span(name: str, entry: object, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -132,7 +139,15 @@ def _span(name: str, entry: object, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _decode(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path | str) -> tuple[Delta, np.ndarray]:
-    """Tensors (read-only float32 views) and the whole data section as one flat vector.
+    """Tensors (read-only float32 views) and the whole data section as one flat vector."""
+    flat, layout = _decode_flat(raw, tuple(expected.items()), path)
+    return {name: flat[first:last].reshape(expected[name]) for name, first, last in layout[0]}, flat
+
+
+def _decode_flat(
+    raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...], path: Path | str
+) -> tuple[np.ndarray, Layout]:
+    """The data section as one float32 vector (read-only, a view of ``raw``), and its layout.
 
     The tensors must tile the data section with no gap, overlap or trailing bytes (what the
     safetensors format requires), so one ``frombuffer`` covers them all.
@@ -146,14 +161,46 @@ def _decode(raw: bytes, expected: Mapping[str, tuple[int, ...]], path: Path | st
     if data_start > len(raw):
         raise DeltaRejected(TRUNCATED, path, f"header claims {header_len} bytes, file has {len(raw) - 8}")
     try:
-        spans, data_bytes = _layout(raw[8:data_start], tuple(expected.items()))
+        layout = _layout(raw[8:data_start], expected)
     except _Bad as bad:
         raise DeltaRejected(bad.reason, path, bad.detail) from None
+    data_bytes = layout[1]
     if data_bytes != len(raw) - data_start:
         reason = TRUNCATED if data_bytes > len(raw) - data_start else NOT_SAFETENSORS
         raise DeltaRejected(reason, path, f"tensors take {data_bytes} bytes, the file has {len(raw) - data_start}")
-    flat = np.frombuffer(raw, dtype=_F32, count=data_bytes // _F32.itemsize, offset=data_start)
-    return {name: flat[first:last].reshape(expected[name]) for name, first, last in spans}, flat
+    return np.frombuffer(raw, dtype=_F32, count=data_bytes // _F32.itemsize, offset=data_start), layout
+
+
+class DeltaReader:
+    """Reads one round's delta files as flat vectors, every file under every check but the norm's.
+
+    One read per file: the store, link, type, size and hash checks of :func:`read_verified`, then
+    the safetensors header against the expected names, dtypes and shapes. The caller checks the
+    norm (:func:`norm_reason`) where it folds the vector, so nothing is computed twice.
+    """
+
+    def __init__(self, store_root: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
+        self.store_root = os.fspath(store_root)
+        self._expected = tuple(sorted((name, tuple(shape)) for name, shape in expected.items()))
+
+    def flat(self, path: Path | str) -> np.ndarray:
+        """The delta's tensors in name order as one float32 vector (the layout of
+        :func:`aivo_fl.ml.aggregation.base.flat_layout`); raises :class:`DeltaRejected`."""
+        directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
+        raw, _ = read_verified(self.store_root, directory, name)
+        flat, (_, _, reorder) = _decode_flat(raw, self._expected, path)
+        if reorder is None:  # safetensors writes tensors in name order: the common case
+            return flat
+        return np.concatenate([flat[first:last] for first, last in reorder])
+
+
+def norm_reason(squared_norm: float, max_norm: float) -> str | None:
+    """Why a delta of this squared L2 norm (accumulated in float64) is refused, or None."""
+    if not math.isfinite(squared_norm):  # float32 squares cannot overflow float64: a NaN or inf value
+        return NON_FINITE
+    if squared_norm > max_norm * max_norm:
+        return ABSURD_NORM
+    return None
 
 
 def load_delta(

@@ -70,10 +70,11 @@ def sha256_bytes(data: bytes) -> str:
 def _parts_below(root: str, path: str) -> list[str]:
     """The components of ``path`` below ``root``, or OUTSIDE_STORE. Lexical: nothing is followed.
 
-    Plain strings, not pathlib: this runs for every file of a round.
+    Plain strings, not pathlib, and ``abspath`` only where it changes something: this runs for
+    every file of a round.
     """
-    absolute = os.path.abspath(path)
-    base = os.path.abspath(root)
+    absolute = path if _plain(path) else os.path.abspath(path)
+    base = root if _plain(root) else os.path.abspath(root)
     for attempt in range(2):
         if absolute == base:
             return []
@@ -83,6 +84,12 @@ def _parts_below(root: str, path: str) -> list[str]:
         if attempt == 0:
             base = os.path.realpath(root)  # the path may name the store by its resolved location
     raise FileRejected(OUTSIDE_STORE, path, f"store is {root}")
+
+
+def _plain(path: str) -> bool:
+    """True if ``path`` is already absolute and normal: no ``.``/``..`` component (nothing below a
+    separator starts with a dot), no doubled or trailing separator. Then ``abspath`` is the identity."""
+    return path.startswith(os.sep) and f"{os.sep}." not in path and os.sep * 2 not in path and not path.endswith(os.sep)
 
 
 def _refusal(exc: OSError, root: str, dir_fd: int, name: str, shown: str) -> FileRejected:
@@ -172,7 +179,7 @@ def _kind(mode: int) -> str:
 
 def parse_manifest(data: bytes, directory: Path | str) -> dict[str, Any]:
     try:
-        manifest = json.loads(data)
+        manifest = json.loads(data.decode())  # UTF-8, as written: skips json's encoding sniffing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad_manifest(directory, f"not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):

@@ -12,7 +12,7 @@ from aivo_fl.ml.adaptive_clipping import next_clip_norm
 from aivo_fl.ml.privacy import PrivacyBudgetExceeded
 from aivo_fl.ml.privacy_ledger import compose_rounds
 from aivo_fl.ml.round.accounting import PrivacyHistory, account_round
-from aivo_fl.ml.round.gather import Gathered, Update
+from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
 
 LEARNERS = [f"l{i}" for i in range(50)]
@@ -30,7 +30,7 @@ def _ids(updates: tuple[Update, ...]) -> list[str]:
 
 def _draw(settings: PrivacySettings, history: PrivacyHistory, seed: int = 0, rng=None):  # type: ignore[no-untyped-def]
     rng = rng if rng is not None else np.random.default_rng(seed)
-    return account_round(settings, history, Gathered((), UPDATES, len(UPDATES)), rng, release=True)
+    return account_round(settings, history, UPDATES, rng, release=True)
 
 
 def _year(settings: PrivacySettings, rounds: int) -> PrivacyHistory:

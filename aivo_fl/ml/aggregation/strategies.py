@@ -22,8 +22,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from aivo_fl.ml.aggregation.base import Block, Delta, WeightedSum, assemble
-from aivo_fl.ml.privacy import DEFAULT_SAMPLE_CAP, clip_delta, dp_weight, noise_std
+from aivo_fl.ml.aggregation.base import Block, Delta, FlatSum, assemble, flatten
+from aivo_fl.ml.privacy import DEFAULT_SAMPLE_CAP, dp_weight, noise_std
 
 TRIM_FRACTION = 0.1  # per side
 IMPROVEMENT_FLOOR = 0.01  # one accuracy point: a non-improving learner still counts a little
@@ -100,11 +100,18 @@ class FedAvg:
         total = sum(raw)
         return [w / total for w in raw]
 
+    def coefficient(self, update: UpdateInfo, norm: float) -> float:
+        """The learner's coefficient in the running sum (``norm``: its delta's L2 norm)."""
+        return self.raw_weight(update)
+
+    def finish(self, acc: FlatSum) -> Delta:
+        """The aggregate from the running sum of every included update."""
+        if acc.weight <= 0:
+            raise ValueError("cannot average: total weight is zero")
+        return {name: total / acc.weight for name, total in acc.tensors().items()}
+
     def aggregate(self, source: UpdateSource) -> Delta:
-        acc = WeightedSum(source.shapes)
-        for update, delta in zip(source.infos, source.deltas(), strict=True):
-            acc.add(delta, self.raw_weight(update))
-        return acc.mean()
+        return self.finish(fold(self, source))
 
 
 @dataclass(frozen=True)
@@ -229,14 +236,32 @@ class DpClipped:
     def weights(self, updates: Sequence[UpdateInfo]) -> list[float]:
         return [self.capped_weight(u) / self.denominator for u in updates]
 
-    def aggregate(self, source: UpdateSource) -> Delta:
-        acc = WeightedSum(source.shapes)
-        for update, delta in zip(source.infos, source.deltas(), strict=True):
-            clipped, _, _ = clip_delta(delta, self.clip_norm)
-            acc.add(clipped, self.capped_weight(update))
+    def coefficient(self, update: UpdateInfo, norm: float) -> float:
+        """The capped weight times the clipping scale: the delta scaled to norm <= ``clip_norm``."""
+        scale = min(1.0, self.clip_norm / norm) if norm > 0 else 1.0
+        return self.capped_weight(update) * scale
+
+    def finish(self, acc: FlatSum) -> Delta:
+        """Noise on the clipped weighted sum (tensor by tensor, in name order), over the FIXED denominator."""
         std = noise_std(self.noise_multiplier, self.clip_norm)
         rng = self.rng
         return {
             name: (total + rng.normal(0.0, std, size=total.shape) if rng is not None else total) / self.denominator
-            for name, total in acc.total.items()
+            for name, total in acc.tensors().items()
         }
+
+    def aggregate(self, source: UpdateSource) -> Delta:
+        return self.finish(fold(self, source))
+
+
+class SumCoefficient(Protocol):
+    def coefficient(self, update: UpdateInfo, norm: float) -> float: ...
+
+
+def fold(strategy: SumCoefficient, source: UpdateSource) -> FlatSum:
+    """Every delta of ``source`` into one running sum with the strategy's coefficients."""
+    acc = FlatSum(source.shapes)
+    for update, delta in zip(source.infos, source.deltas(), strict=True):
+        squared = acc.stage(flatten(delta, acc.layout))
+        acc.commit(strategy.coefficient(update, math.sqrt(squared)))
+    return acc

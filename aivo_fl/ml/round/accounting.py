@@ -17,8 +17,8 @@ import numpy as np
 from aivo_fl.ml.adaptive_clipping import next_clip_norm, noised_fraction_below
 from aivo_fl.ml.learner_sampling import poisson_sample
 from aivo_fl.ml.privacy import PrivacyEvent, epsilon_warning
-from aivo_fl.ml.privacy_ledger import RoundPrivacy, check_budget, compose_rounds, planned_round
-from aivo_fl.ml.round.gather import Gathered, Update
+from aivo_fl.ml.privacy_ledger import LedgerTotal, RoundPrivacy, check_budget, compose_rounds, planned_round
+from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
 
 THIS_ROUND = "this round"
@@ -64,6 +64,7 @@ class PrivacyAccount:
     epsilon_total: float | None  # the worst-case learner (eligible in every round) after this round
     learner_epsilons: dict[str, float | None]
     warning: str | None
+    refused: tuple[Update, ...] = ()  # drawn, then their file was refused (sampling): charged, not included
 
     @property
     def event(self) -> PrivacyEvent | None:
@@ -76,39 +77,107 @@ class PrivacyAccount:
 
     @property
     def charged(self) -> tuple[Update, ...]:
-        return self.included + self.not_sampled
+        return self.included + self.not_sampled + self.refused
 
 
-def account_round(
-    privacy: PrivacySettings, history: PrivacyHistory, gathered: Gathered, rng: np.random.Generator, *, release: bool
-) -> PrivacyAccount:
-    """Budgets first (raising ``PrivacyBudgetExceeded`` before anything is drawn), then the draw.
+@dataclass(frozen=True)
+class Draw:
+    """Who may be drawn and who was, decided before any noise: budgets already checked."""
 
-    With ``release`` (not a dry run) adaptive clipping also releases its noised count.
-    """
-    population, out, planned = _population(privacy, history, gathered.usable)
+    planned: RoundPrivacy
+    population: list[Update]
+    drawn: list[Update]
+    out_of_budget: list[Update]
+    this_round: LedgerTotal
+    after: LedgerTotal
+
+
+def draw_round(
+    privacy: PrivacySettings, history: PrivacyHistory, eligible: Sequence[Update], rng: np.random.Generator
+) -> Draw:
+    """Budgets first (raising ``PrivacyBudgetExceeded`` before anything is drawn), then the draw."""
+    population, out, planned = population_of(privacy, history, eligible)
     _, this_round, after = check_budget(history.rounds, planned, privacy.epsilon_budget)
     drawn = poisson_sample(population, privacy.sample_rate, rng)
-    drawn_ids = {u.learner_id for u in drawn}
-    record = planned
+    return Draw(planned, population, drawn, out, this_round, after)
+
+
+def settle(
+    draw: Draw,
+    included: Sequence[Update],
+    history: PrivacyHistory,
+    privacy: PrivacySettings,
+    rng: np.random.Generator,
+    *,
+    release: bool,
+) -> PrivacyAccount:
+    """The account once the drawn updates were read: ``included`` are the drawn ones whose delta is
+    usable (norms known). With ``release`` (not a dry run) adaptive clipping releases its noised count."""
+    planned, record = draw.planned, draw.planned
     if release and planned.dp_enabled and planned.target_quantile is not None:
         estimate = noised_fraction_below(
-            [u.norm for u in drawn], planned.clip_norm or 0.0, planned.denominator or 1.0, rng
+            [u.norm for u in included], planned.clip_norm or 0.0, planned.denominator or 1.0, rng
         )
         record = replace(planned, clip_quantile_estimate=estimate)
     delta = planned.delta or privacy.delta
-    epsilons = {u.learner_id: compose_rounds([*history.of(u.learner_id), planned], delta).epsilon for u in population}
-    epsilons |= {u.learner_id: compose_rounds(history.of(u.learner_id), delta).epsilon for u in out}
+    drawn_ids = {u.learner_id for u in draw.drawn}
+    included_ids = {u.learner_id for u in included}
     return PrivacyAccount(
         record,
-        tuple(drawn),
-        tuple(u for u in population if u.learner_id not in drawn_ids),
-        tuple(out),
-        this_round.epsilon,
-        after.epsilon,
-        epsilons,
-        _warning(after.epsilon, after.no_guarantee_reason, delta),
+        tuple(included),
+        tuple(u for u in draw.population if u.learner_id not in drawn_ids),
+        tuple(draw.out_of_budget),
+        draw.this_round.epsilon,
+        draw.after.epsilon,
+        _learner_epsilons(history, planned, draw.population, draw.out_of_budget, delta),
+        _warning(draw.after.epsilon, draw.after.no_guarantee_reason, delta),
+        tuple(u for u in draw.drawn if u.learner_id not in included_ids),
     )
+
+
+def account_round(
+    privacy: PrivacySettings,
+    history: PrivacyHistory,
+    usable: Sequence[Update],
+    rng: np.random.Generator,
+    *,
+    release: bool,
+) -> PrivacyAccount:
+    """The whole account of updates already read (``usable``: norms known): draw, then settle."""
+    draw = draw_round(privacy, history, usable, rng)
+    return settle(draw, draw.drawn, history, privacy, rng, release=release)
+
+
+def _learner_epsilons(
+    history: PrivacyHistory,
+    planned: RoundPrivacy,
+    population: Sequence[Update],
+    out: Sequence[Update],
+    delta: float,
+) -> dict[str, float | None]:
+    """Each learner's epsilon after this round (``out``: without it), composed once per distinct history."""
+    with_round = _Composer(history, delta, (planned,))
+    without = _Composer(history, delta, ())
+    epsilons = {u.learner_id: with_round.total(u.learner_id).epsilon for u in population}
+    epsilons |= {u.learner_id: without.total(u.learner_id).epsilon for u in out}
+    return epsilons
+
+
+class _Composer:
+    """A learner's recorded rounds plus ``extra``, composed once per distinct history (learners of
+    one population share a handful of histories: 10,000 learners, a few accountant calls)."""
+
+    def __init__(self, history: PrivacyHistory, delta: float, extra: tuple[RoundPrivacy, ...]) -> None:
+        self._history, self._delta, self._extra = history, delta, extra
+        self._by_key: dict[tuple[str, ...], LedgerTotal] = {}
+
+    def total(self, learner_id: str) -> LedgerTotal:
+        rounds = self._history.of(learner_id)
+        key = tuple(r.round_id for r in rounds)
+        found = self._by_key.get(key)
+        if found is None:
+            found = self._by_key[key] = compose_rounds([*rounds, *self._extra], self._delta)
+        return found
 
 
 def _plan(privacy: PrivacySettings, clip_norm: float, population: int) -> RoundPrivacy:
@@ -124,26 +193,23 @@ def _plan(privacy: PrivacySettings, clip_norm: float, population: int) -> RoundP
     )
 
 
-def _population(
-    privacy: PrivacySettings, history: PrivacyHistory, usable: Sequence[Update]
+def population_of(
+    privacy: PrivacySettings, history: PrivacyHistory, eligible: Sequence[Update]
 ) -> tuple[list[Update], list[Update], RoundPrivacy]:
-    """Who may be drawn: every usable update whose learner has room in their own budget.
+    """Who may be drawn: every eligible update whose learner has room in their own budget.
 
     The charge depends a little on the population's size (adaptive clipping's count noise scales
     with the expected cohort), so the check repeats until nobody else drops out.
     """
     clip = history.clip_norm(privacy)
-    population, out = list(usable), []
+    population, out = list(eligible), []
     while True:
         planned = _plan(privacy, clip, len(population))
         budget = privacy.learner_epsilon_budget
         if budget is None:
             return population, out, planned
-        over = {
-            u.learner_id
-            for u in population
-            if compose_rounds([*history.of(u.learner_id), planned], privacy.delta).over(budget)
-        }
+        composer = _Composer(history, privacy.delta, (planned,))
+        over = {u.learner_id for u in population if composer.total(u.learner_id).over(budget)}
         if not over:
             return population, out, planned
         out += [u for u in population if u.learner_id in over]

@@ -1,5 +1,10 @@
 """Step 2 of a round, aggregate: the strategy (DP-wrapped when on) over the included updates, then
-the server optimizer's step from the base heads to the candidate heads."""
+the server optimizer's step from the base heads to the candidate heads.
+
+Sum strategies (fedavg, weighted, DP or not) are folded while the files are read
+(:func:`aivo_fl.ml.round.gather.read_updates`): one read per file, and here only the finish.
+Robust strategies read coordinate blocks of every included file (:class:`DeltaFiles`).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from aivo_fl.ml.round.options import PrivacySettings
 
 @dataclass(frozen=True)
 class DeltaFiles:
-    """The included updates' delta files as a strategy reads them (re-validated on every read: a
-    file that changed since gathering fails the round rather than slipping in)."""
+    """The included updates' delta files as a robust strategy reads them, block by block
+    (re-validated on every read: a file that changed since it was first read fails the round
+    rather than slipping in)."""
 
     infos: Sequence[Update]
     learners_root: Path
@@ -85,15 +91,14 @@ class Aggregated:
     optimizer_state: State  # to persist with the candidate
 
 
-def aggregate(
-    source: DeltaFiles | DeltasInMemory,
+def step(
+    update: Delta,
+    weights: list[float],
     base_heads: Mapping[str, np.ndarray],
-    strategy: Strategy,
     optimizer: ServerOptimizer,
     optimizer_state: State,
 ) -> Aggregated:
-    weights = strategy.weights(source.infos)
-    update = strategy.aggregate(source)
+    """The server optimizer's step along the strategy's aggregate ``update``."""
     moved, state = optimizer.step(base_heads, update, optimizer_state)
     heads = {name: moved[name].astype(np.float32) for name in base_heads}
     return Aggregated(heads, weights, delta_norm(update), state)

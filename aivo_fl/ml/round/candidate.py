@@ -8,21 +8,41 @@ released, so no privacy is spent, and its gate verdict is the real one (exactly 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from aivo_fl.ml.aggregation.base import Delta, shapes_of
+from aivo_fl.ml.aggregation.base import Delta, FlatSum, shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
-from aivo_fl.ml.aggregation.strategies import DpClipped, strategy_named
+from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, strategy_named
+from aivo_fl.ml.deltas import DeltaReader
 from aivo_fl.ml.privacy import BUDGET_SPENT
 from aivo_fl.ml.privacy_ledger import RoundPrivacy
-from aivo_fl.ml.round.accounting import NOT_SAMPLED, PrivacyAccount, PrivacyHistory, account_round
-from aivo_fl.ml.round.aggregate import Aggregated, DeltaFiles, DeltasInMemory, aggregate, private
-from aivo_fl.ml.round.gather import Contribution, Gathered, LearnerUpdate, NoEligibleLearners, gather
+from aivo_fl.ml.round.accounting import (
+    NOT_SAMPLED,
+    PrivacyAccount,
+    PrivacyHistory,
+    account_round,
+    draw_round,
+    population_of,
+    settle,
+)
+from aivo_fl.ml.round.aggregate import DeltaFiles, DeltasInMemory, private, step
+from aivo_fl.ml.round.gather import (
+    Contribution,
+    FilesOf,
+    FlatSource,
+    InMemory,
+    LearnerUpdate,
+    NoEligibleLearners,
+    Screened,
+    Update,
+    read_updates,
+    screen,
+)
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 
 
@@ -75,18 +95,100 @@ class RoundResult:
         return [c for c in self.contributions if c.excluded_reason is not None]
 
 
-def _contributions(gathered: Gathered, accounted: PrivacyAccount, aggregated: Aggregated) -> list[Contribution]:
-    """Each offered update as recorded: drawn (weight, clipped), eligible but not drawn, out of budget."""
-    out = list(gathered.screened)
+def _contributions(
+    offered: Sequence[LearnerUpdate], read: _Read, accounted: PrivacyAccount, weights: Sequence[float]
+) -> list[Contribution]:
+    """Each offered update as recorded: drawn (weight, clipped), eligible but not drawn, out of budget,
+    refused by the metadata or file checks."""
+    screened = read.screened
+    reasons = list(screened.reasons)
+    norms: list[float | None] = [None] * len(reasons)
+    shares, clipped, charged = [0.0] * len(reasons), [False] * len(reasons), [False] * len(reasons)
+    for index, reason in read.refused.items():
+        reasons[index] = reason
+    for update in read.usable:
+        norms[update.index] = update.norm
     for update in accounted.out_of_budget:
-        out[update.index] = replace(out[update.index], excluded_reason=BUDGET_SPENT)
+        reasons[update.index] = BUDGET_SPENT
     for update in accounted.not_sampled:
-        out[update.index] = replace(out[update.index], excluded_reason=NOT_SAMPLED, charged=True)
+        reasons[update.index], charged[update.index] = NOT_SAMPLED, True
+    for update in accounted.refused:
+        charged[update.index] = True
     clip_norm = accounted.record.clip_norm
-    for update, weight in zip(accounted.included, aggregated.weights, strict=True):
-        clipped = clip_norm is not None and update.norm > clip_norm
-        out[update.index] = replace(out[update.index], weight=weight, clipped=clipped, charged=True)
-    return out
+    for update, weight in zip(accounted.included, weights, strict=True):
+        shares[update.index], charged[update.index] = weight, True
+        clipped[update.index] = clip_norm is not None and update.norm > clip_norm
+    return [
+        Contribution(u.learner_id, shares[i], norms[i], clipped[i], reasons[i], screened.behind[i], charged[i])
+        for i, u in enumerate(offered)
+    ]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What the round read: the screening, the usable updates (norms known), the refused files."""
+
+    screened: Screened
+    usable: list[Update]
+    refused: dict[int, str]
+    accounted: PrivacyAccount
+    acc: FlatSum  # the sum strategy's running sum of the included updates (unused by robust ones)
+
+
+def _read_and_account(
+    state: RoundState, options: RoundOptions, privacy: PrivacySettings, now: datetime, rng: np.random.Generator
+) -> _Read:
+    """Screen, draw and read: each needed delta file read once, folded into the running sum as it is.
+
+    Under sampling (rate < 1) the draw comes first, from every update that passed the metadata
+    checks, and only the drawn learners' files are read (a drawn learner whose file is refused stays
+    in the population, charged). At rate 1 everyone is drawn: every file is read first, and a
+    refused one leaves the population, as the accounting then only sees usable updates.
+    """
+    shapes = shapes_of(state.base_heads)
+    screened = screen(state.offered, state.base_version, state.lineage, options, now)
+    acc = FlatSum(shapes)
+    source = _source(state, acc)
+    coefficient = _folding(options, privacy, state.privacy_history)
+    release = not options.dry_run
+    history = state.privacy_history
+    if privacy.sample_rate < 1.0:
+        draw = draw_round(privacy, history, screened.candidates, rng)
+        usable, refused = read_updates(draw.drawn, source, options.max_delta_norm, acc, coefficient)
+        return _Read(screened, usable, refused, settle(draw, usable, history, privacy, rng, release=release), acc)
+    # Learners past their own budget are known from the metadata (but still read, for their report).
+    expected_out = {u.learner_id for u in population_of(privacy, history, screened.candidates)[1]}
+    usable, refused = read_updates(screened.candidates, source, options.max_delta_norm, acc, coefficient, expected_out)
+    accounted = account_round(privacy, history, usable, rng, release=release)
+    if coefficient is not None and {u.learner_id for u in accounted.out_of_budget} != expected_out & {
+        u.learner_id for u in usable
+    }:
+        # Adaptive clipping's charge depends on the population's size, which refused files changed:
+        # rare enough to fold the included deltas again rather than keep them all.
+        acc = FlatSum(shapes)
+        _, changed = read_updates(accounted.included, source, options.max_delta_norm, acc, coefficient)
+        if changed:
+            raise ValueError(f"delta file(s) changed during the round: {sorted(changed.values())}")
+    return _Read(screened, usable, refused, accounted, acc)
+
+
+def _source(state: RoundState, acc: FlatSum) -> FlatSource:
+    if state.in_memory is None:
+        return FilesOf(DeltaReader(state.learners_root, acc.shapes))
+    return InMemory(state.in_memory, acc.shapes, acc.layout)
+
+
+def _folding(
+    options: RoundOptions, privacy: PrivacySettings, history: PrivacyHistory
+) -> Callable[[Update, float], float] | None:
+    """The sum strategy's per-learner coefficient, for folding while reading; None for robust ones.
+
+    DP's coefficient (capped weight x clipping scale) depends on neither the denominator nor the
+    noise, so it is known before the accounting is.
+    """
+    strategy = strategy_named(options.strategy, options.trim_fraction)
+    folding = private(strategy, privacy, history.clip_norm(privacy), 1.0, None)
+    return folding.coefficient if isinstance(folding, FedAvg | DpClipped) else None
 
 
 def build_candidate(
@@ -96,23 +198,20 @@ def build_candidate(
     (global budget) and ``NoEligibleLearners`` (fewer than ``min_learners`` usable updates)."""
     strategy = strategy_named(options.strategy, options.trim_fraction)
     optimizer = server_optimizer(options.server_optimizer, options.learning_rate)
-    shapes = shapes_of(state.base_heads)
-    gathered = gather(
-        state.offered, state.learners_root, shapes, state.base_version, state.lineage, options, now, state.in_memory
-    )
-    accounted = account_round(privacy, state.privacy_history, gathered, rng, release=not options.dry_run)
+    read = _read_and_account(state, options, privacy, now, rng)
+    accounted = read.accounted
     if len(accounted.included) < options.min_learners:
         raise NoEligibleLearners(
-            len(accounted.included), gathered.trained_in_window, options.min_learners, options.max_stale_days
+            len(accounted.included), read.screened.trained_in_window, options.min_learners, options.max_stale_days
         )
     clip = accounted.record.clip_norm or privacy.clip_norm
     strategy = private(strategy, privacy, clip, accounted.denominator, None if options.dry_run else rng)
-    source: DeltaFiles | DeltasInMemory = (
-        DeltaFiles(accounted.included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
-        if state.in_memory is None
-        else DeltasInMemory(accounted.included, state.in_memory, shapes, options.block_bytes)
-    )
-    aggregated = aggregate(source, state.base_heads, strategy, optimizer, state.optimizer_state)
+    if isinstance(strategy, FedAvg | DpClipped):
+        update = strategy.finish(read.acc)
+    else:
+        update = strategy.aggregate(_blocks_of(state, accounted.included, options))
+    weights = strategy.weights(accounted.included)
+    aggregated = step(update, weights, state.base_heads, optimizer, state.optimizer_state)
     noisy = isinstance(strategy, DpClipped) and not options.dry_run
     return RoundResult(
         base_version=state.base_version,
@@ -122,9 +221,16 @@ def build_candidate(
         candidate_heads=aggregated.heads,
         optimizer_state=aggregated.optimizer_state,
         aggregate_norm=aggregated.aggregate_norm,
-        contributions=_contributions(gathered, accounted, aggregated),
-        trained_in_window=gathered.trained_in_window,
+        contributions=_contributions(state.offered, read, accounted, weights),
+        trained_in_window=read.screened.trained_in_window,
         privacy=accounted,
         noise_std=strategy.released_noise_std if noisy else None,
         dry_run=options.dry_run,
     )
+
+
+def _blocks_of(state: RoundState, included: Sequence[Update], options: RoundOptions) -> DeltaFiles | DeltasInMemory:
+    shapes = shapes_of(state.base_heads)
+    if state.in_memory is None:
+        return DeltaFiles(included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
+    return DeltasInMemory(included, state.in_memory, shapes, options.block_bytes)

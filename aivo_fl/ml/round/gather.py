@@ -1,20 +1,25 @@
 """Step 1 of a round, gather: the offered learner updates, screened, each exclusion with its reason.
 
-Metadata first (no file I/O): duplicates, staleness, version lineage, sample counts. Then every
-remaining delta file is validated once (see :mod:`aivo_fl.ml.deltas`); a bad file excludes only its
-learner and the round goes on.
+:func:`screen` checks the metadata (no file I/O): duplicates, staleness, version lineage, sample
+counts. :func:`read_updates` then reads each delta that the round needs exactly once (see
+:mod:`aivo_fl.ml.deltas`), checks it, and folds it straight into the strategy's running sum; a bad
+file excludes only its learner and the round goes on. Which files are read is the accounting's
+call (:mod:`.accounting`): under learner sampling, only the drawn learners'.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
-from aivo_fl.ml.aggregation.base import Delta, delta_norm, shapes_of
-from aivo_fl.ml.deltas import DeltaRejected, checked_norm, load_delta
+import numpy as np
+
+from aivo_fl.ml.aggregation.base import Delta, FlatSum, Layout, flatten, shapes_of
+from aivo_fl.ml.deltas import DeltaReader, DeltaRejected, norm_reason
 from aivo_fl.ml.round.options import RoundOptions
 
 
@@ -30,7 +35,7 @@ class LearnerUpdate:
     improvement: float  # accuracy gain on the learner's own held-out data (fraction, e.g. 0.04)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per offered learner: 100,000 in a large round
 class Contribution:
     """What the registry records per offered update."""
 
@@ -43,9 +48,9 @@ class Contribution:
     charged: bool = False  # in the round's population (could have been drawn): their ledger pays
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Update:
-    """A usable update: metadata checked and its delta file validated."""
+    """An update that passed the metadata checks; ``norm`` is its delta's L2 norm once read."""
 
     index: int  # position among the offered updates
     learner_id: str
@@ -58,9 +63,12 @@ class Update:
 
 
 @dataclass(frozen=True)
-class Gathered:
-    screened: tuple[Contribution, ...]  # one per offered update, in order; excluded ones carry a reason
-    usable: tuple[Update, ...]
+class Screened:
+    """The offered updates after the metadata checks (nothing read yet)."""
+
+    reasons: list[str | None]  # per offered update, in order: why it is excluded, or None
+    behind: list[int]  # per offered update: versions behind the base (0 when excluded)
+    candidates: list[Update]  # the ones left, in order; their norms are not known yet
     trained_in_window: int  # distinct learners whose training is inside the window
 
 
@@ -95,57 +103,95 @@ def _metadata_reason(
     return None
 
 
-def _norm(
-    update: LearnerUpdate,
-    learners_root: Path,
-    shapes: Mapping[str, tuple[int, ...]],
-    max_norm: float,
-    in_memory: Mapping[str, Delta] | None,
-) -> float:
-    if in_memory is None:
-        return load_delta(update.delta_path, learners_root, shapes, max_norm)[1]
-    delta = in_memory[update.learner_id]
-    if shapes_of(delta) != dict(shapes):
-        raise ValueError(f"in-memory delta of {update.learner_id} has shapes {shapes_of(delta)}, expected {shapes}")
-    return checked_norm(delta, delta_norm(delta), update.delta_path, max_norm)
-
-
-def gather(
-    offered: Sequence[LearnerUpdate],
-    learners_root: Path,
-    shapes: Mapping[str, tuple[int, ...]],
-    base_version: str,
-    lineage: Sequence[str],
-    options: RoundOptions,
-    now: datetime,
-    in_memory: Mapping[str, Delta] | None = None,
-) -> Gathered:
-    """Screen ``offered`` against the base version and its ``lineage`` (oldest first). Every delta
-    file must lie inside ``learners_root`` and match its folder's manifest; ``in_memory`` (learner id
-    -> delta, a simulation's) replaces the files."""
+def screen(
+    offered: Sequence[LearnerUpdate], base_version: str, lineage: Sequence[str], options: RoundOptions, now: datetime
+) -> Screened:
+    """Screen ``offered`` against the base version and its ``lineage`` (oldest first), metadata only."""
     if base_version not in lineage:
         raise ValueError(f"base version {base_version!r} is not in the version history")
     position = {v: i for i, v in enumerate(lineage)}
-    screened: list[Contribution] = []
-    usable: list[Update] = []
+    reasons: list[str | None] = []
+    behind: list[int] = []
+    candidates: list[Update] = []
     seen: set[str] = set()
     in_window = 0
     for index, u in enumerate(offered):
         if u.learner_id in seen:
-            screened.append(Contribution(u.learner_id, excluded_reason="duplicate update in this round"))
+            reasons.append("duplicate update in this round")
+            behind.append(0)
             continue
         seen.add(u.learner_id)
         reason = _metadata_reason(u, position, base_version, options.max_stale_days, now)
         in_window += not (reason or "").startswith("stale")
-        behind = position[base_version] - position[u.source_version] if reason is None else 0
-        norm = None
+        steps = position[base_version] - position[u.source_version] if reason is None else 0
+        reasons.append(reason)
+        behind.append(steps)
         if reason is None:
-            try:
-                norm = _norm(u, learners_root, shapes, options.max_delta_norm, in_memory)
-            except DeltaRejected as exc:
-                reason = exc.reason
-        screened.append(Contribution(u.learner_id, 0.0, norm, False, reason, behind))
-        if reason is None and norm is not None:
-            factor = staleness_factor(behind)
-            usable.append(Update(index, u.learner_id, u.delta_path, u.num_samples, u.improvement, factor, norm, behind))
-    return Gathered(tuple(screened), tuple(usable), in_window)
+            factor = staleness_factor(steps)
+            candidates.append(
+                Update(index, u.learner_id, u.delta_path, u.num_samples, u.improvement, factor, math.nan, steps)
+            )
+    return Screened(reasons, behind, candidates, in_window)
+
+
+class FlatSource(Protocol):
+    def flat(self, update: Update) -> np.ndarray: ...  # the delta in name order; raises DeltaRejected
+
+
+@dataclass(frozen=True)
+class FilesOf:
+    """Delta files (each inside ``reader``'s store and matching its folder's manifest)."""
+
+    reader: DeltaReader
+
+    def flat(self, update: Update) -> np.ndarray:
+        return self.reader.flat(update.path)
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """Deltas held in memory: learner id -> delta (a simulation's)."""
+
+    by_learner: Mapping[str, Delta]
+    shapes: Mapping[str, tuple[int, ...]]
+    layout: Layout
+
+    def flat(self, update: Update) -> np.ndarray:
+        delta = self.by_learner[update.learner_id]
+        if shapes_of(delta) != dict(self.shapes):
+            raise ValueError(
+                f"in-memory delta of {update.learner_id} has shapes {shapes_of(delta)}, expected {self.shapes}"
+            )
+        return flatten(delta, self.layout)
+
+
+def read_updates(
+    candidates: Iterable[Update],
+    source: FlatSource,
+    max_norm: float,
+    acc: FlatSum,
+    coefficient: Callable[[Update, float], float] | None = None,
+    leave_out: Container[str] = (),
+) -> tuple[list[Update], dict[int, str]]:
+    """Read each candidate's delta once: the usable ones (norms filled in), and why the others are not.
+
+    With ``coefficient``, each usable delta is folded into ``acc`` on the spot (except the learners
+    in ``leave_out``); without it ``acc`` only serves as the buffer the norm is computed in.
+    """
+    usable: list[Update] = []
+    refused: dict[int, str] = {}
+    for update in candidates:
+        try:
+            squared = acc.stage(source.flat(update))
+        except DeltaRejected as exc:
+            refused[update.index] = exc.reason
+            continue
+        reason = norm_reason(squared, max_norm)
+        if reason is not None:
+            refused[update.index] = reason
+            continue
+        update.norm = math.sqrt(squared)
+        usable.append(update)
+        if coefficient is not None and update.learner_id not in leave_out:
+            acc.commit(coefficient(update, update.norm))
+    return usable, refused
