@@ -5,15 +5,24 @@ The variable names are the ones AIVO operators already use (see `.env.federated.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -54,6 +63,13 @@ PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
         "privacy_delta": 1e-6,
     },
 }
+
+
+# The app-owned tables' columns aivo-fl reads (see aivo_fl/registry/app_tables.py), by our names.
+APP_LEARNER_FIELDS = ("id", "baselineCompletedAt", "deletedAt")
+APP_INTERACTION_FIELDS = ("id", "learnerId", "features", "difficulty", "modality", "success", "createdAt")
+# Our column name -> the app's; names must not be empty.
+AppColumns = Annotated[dict[str, Annotated[str, StringConstraints(min_length=1)]], NoDecode]
 
 
 class ConfigError(Exception):
@@ -140,6 +156,50 @@ class Settings(BaseSettings):
     dagster_webserver_url: str = Field("http://127.0.0.1:3000", alias="DAGSTER_WEBSERVER_URL")
     # Alert when this many aggregation runs in a row found no eligible learners (one empty week is normal).
     alert_after_empty_rounds: int = Field(2, alias="ALERT_AFTER_EMPTY_ROUNDS", ge=1)
+
+    # -- Tables the AIVO app owns (aivo_fl/registry/app_tables.py). Unset: aivo-fl's own "Learner" and
+    # "LearnerInteraction" (the embedded demo). Set: the app's tables, read where they are, under the
+    # app's column names (JSON, our name -> the app's); never created, altered or written by aivo-fl.
+    app_learner_table: str | None = Field(None, alias="APP_LEARNER_TABLE", min_length=1)
+    app_learner_columns: AppColumns = Field(default_factory=dict, alias="APP_LEARNER_COLUMNS")
+    app_interaction_table: str | None = Field(None, alias="APP_INTERACTION_TABLE", min_length=1)
+    app_interaction_columns: AppColumns = Field(default_factory=dict, alias="APP_INTERACTION_COLUMNS")
+
+    @field_validator("app_learner_table", "app_interaction_table", mode="before")
+    @classmethod
+    def _no_table_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("app_learner_columns", "app_interaction_columns", mode="before")
+    @classmethod
+    def _columns_from_json(cls, value: object) -> object:
+        # Decoded here, not by pydantic-settings, so bad JSON is a one-line configuration error too.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'expected a JSON object such as {{"id": "userId"}} ({exc.msg})') from None
+
+    @field_validator("app_learner_columns", "app_interaction_columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        known = APP_LEARNER_FIELDS if info.field_name == "app_learner_columns" else APP_INTERACTION_FIELDS
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown column(s) {', '.join(unknown)}; map any of {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _app_tables_together(self) -> Settings:
+        """Both app tables or neither: interactions reference learners, so both live on the same side."""
+        if (self.app_learner_table is None) != (self.app_interaction_table is None):
+            raise ValueError("APP_LEARNER_TABLE and APP_INTERACTION_TABLE are set together, or neither")
+        if self.app_learner_table is None and (self.app_learner_columns or self.app_interaction_columns):
+            raise ValueError(
+                "APP_LEARNER_COLUMNS and APP_INTERACTION_COLUMNS need APP_LEARNER_TABLE and APP_INTERACTION_TABLE"
+            )
+        return self
 
     @field_validator("main_model_path", "learner_models_path", mode="before")
     @classmethod

@@ -12,7 +12,17 @@ import json
 import time
 from pathlib import Path
 
-BENCHMARKS = ("training", "aggregation", "sensor", "provisioning", "export", "local_training", "fl_quality", "privacy")
+BENCHMARKS = (
+    "training",
+    "aggregation",
+    "sensor",
+    "provisioning",
+    "training_runs",
+    "export",
+    "local_training",
+    "fl_quality",
+    "privacy",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

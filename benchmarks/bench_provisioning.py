@@ -5,22 +5,24 @@ baseline (one bulk insert, as the app's sign-ups would over time) and a fresh Da
 
 - **plain**: `clone_learners` (what the cloning asset calls) over all N, no Dagster at all:
   copy-on-write clone manifests, one flush and one registry transaction per batch.
-- **dagster**: what the daemon does: tick `new_learner_sensor`, apply its partition requests,
-  execute every requested `clone_learners` run in-process on the instance; repeat until a tick
-  finds nobody left.
+- **dagster**: what the daemon does: tick `new_learner_sensor`, execute every requested
+  `clone_learners` run (each over a range of learner buckets) in-process on the instance; repeat
+  until a tick finds nobody left.
 
 Reported: seconds for each, learners per second, Dagster's overhead per learner and the ratio of
-the two, plus the instance's event count (the event log is Dagster's per-run cost).
+the two, the runs, buckets and events (the event log is Dagster's cost: two events per bucket a
+run covers, ~11 per run), milliseconds per event, and the load average (the machine is shared).
 
-    python -m benchmarks.bench_provisioning                 # 10,000 and 100,000
-    python -m benchmarks.bench_provisioning --quick         # 1,000
-    python -m benchmarks.bench_provisioning --sizes 10000 --dagster-up-to 0   # plain only
+    python -m benchmarks.bench_provisioning                          # 200, 10,000 and 100,000
+    python -m benchmarks.bench_provisioning --quick                  # 1,000
+    python -m benchmarks.bench_provisioning --sizes 10000 --buckets-per-run 1024 256
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +30,12 @@ from typing import Any
 
 import dagster as dg
 
+from aivo_fl.defs import sensors
 from benchmarks.bench_sensor import add_learners, trained_deployment
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "provisioning.json"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 GOAL_SECONDS_100K = 300  # the issue's goal: 100,000 learners in under 5 minutes on 2 cores
-# With one partition per learner Dagster writes ~2 events per learner (~30-120 ms each on a busy
-# machine): past this size the Dagster path is projected from the largest measured one, not run.
-DAGSTER_UP_TO = 10_000
 
 
 def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
@@ -63,6 +63,7 @@ def _plain(count: int) -> dict[str, Any]:
 
 
 def _dagster(count: int) -> dict[str, Any]:
+    from aivo_fl.defs.sensors import run_buckets
     from aivo_fl.defs.ticks import tick_sensor
 
     with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
@@ -90,6 +91,7 @@ def _dagster(count: int) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         registered = registry.get_statistics()["totalLearnerModels"]
         events = sum(len(instance.all_logs(r.run_id)) for r in instance.get_runs())
+        buckets = sum(len(run_buckets(r)) for r in instance.get_runs())
         registry.engine.dispose()
     if registered != count:
         raise RuntimeError(f"dagster provisioning: {registered} of {count} registered")
@@ -98,83 +100,86 @@ def _dagster(count: int) -> dict[str, Any]:
         "registered": registered,
         "ticks": ticks,
         "runs": runs,
+        "buckets_covered": buckets,
         "tick_seconds": tick_seconds,
         "events": events,
     }
 
 
-def measure(count: int, with_dagster: bool) -> dict[str, Any]:
+def measure(count: int) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     plain = _plain(count)
-    row: dict[str, Any] = {
+    dagster = _dagster(count)
+    overhead = dagster["seconds"] - plain["seconds"]
+    return {
         "learners": count,
+        "buckets_per_run": sensors.BUCKETS_PER_RUN,
         "plain_seconds": plain["seconds"],
         "plain_learners_per_s": count / plain["seconds"],
+        "dagster_seconds": dagster["seconds"],
+        "dagster_learners_per_s": count / dagster["seconds"],
+        "dagster_overhead_ms_per_learner": 1000 * overhead / count,
+        "ratio_dagster_to_plain": dagster["seconds"] / plain["seconds"],
+        "ticks": dagster["ticks"],
+        "runs": dagster["runs"],
+        "buckets_covered": dagster["buckets_covered"],
+        "tick_seconds": dagster["tick_seconds"],
+        "events": dagster["events"],
+        "events_per_learner": dagster["events"] / count,
+        "overhead_ms_per_event": 1000 * overhead / dagster["events"],
+        "load_average_1m": [load_before, os.getloadavg()[0]],
     }
-    if not with_dagster:
-        return row
-    dagster = _dagster(count)
-    row.update(
-        {
-            "dagster_seconds": dagster["seconds"],
-            "dagster_learners_per_s": count / dagster["seconds"],
-            "dagster_overhead_ms_per_learner": 1000 * (dagster["seconds"] - plain["seconds"]) / count,
-            "ratio_dagster_to_plain": dagster["seconds"] / plain["seconds"],
-            "ticks": dagster["ticks"],
-            "runs": dagster["runs"],
-            "tick_seconds": dagster["tick_seconds"],
-            "events": dagster["events"],
-            "events_per_learner": dagster["events"] / count,
-        }
-    )
-    return row
 
 
-def run(quick: bool = False, sizes: list[int] | None = None, dagster_up_to: int = DAGSTER_UP_TO) -> dict[str, Any]:
-    sizes = sizes or ([1_000] if quick else [10_000, 100_000])
+def run(
+    quick: bool = False, sizes: list[int] | None = None, buckets_per_run: list[int] | None = None
+) -> dict[str, Any]:
+    sizes = sizes or ([1_000] if quick else [200, 10_000, 100_000])
     rows = []
-    for count in sizes:
-        rows.append(measure(count, with_dagster=count <= dagster_up_to))
-        print(json.dumps(rows[-1]), flush=True)
-    measured = [r for r in rows if "dagster_seconds" in r]
-    for row in rows:
-        if "dagster_seconds" not in row and measured:
-            # Not run: the per-learner cost of the largest measured size, scaled (labelled as such).
-            largest = max(measured, key=lambda r: r["learners"])
-            row["dagster_seconds_projected"] = row["learners"] * largest["dagster_seconds"] / largest["learners"]
-    result = {"benchmark": "provisioning", "quick": quick, "goal_seconds_100k": GOAL_SECONDS_100K, "rows": rows}
+    default = sensors.BUCKETS_PER_RUN
+    try:
+        for count in sizes:
+            for per_run in buckets_per_run or [default]:
+                sensors.BUCKETS_PER_RUN = per_run
+                rows.append(measure(count))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        sensors.BUCKETS_PER_RUN = default
+    result = {
+        "benchmark": "provisioning",
+        "quick": quick,
+        "goal_seconds_100k": GOAL_SECONDS_100K,
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
     _print_table(result)
     return result
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    print("\nProvisioning new learners (sensor ticks + cloning runs + rows + files), SQLite registry")
+    print("\nProvisioning new learners (sensor ticks + cloning runs + rows + files), SQLite registry and instance")
     header = (
-        f"{'learners':>9} {'plain s':>8} {'plain/s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms':>11} "
-        f"{'ticks':>5} {'runs':>5} {'events/learner':>14}"
+        f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} "
+        f"{'runs':>5} {'buckets':>7} {'events':>7} {'ms/event':>8} {'load':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in result["rows"]:
-        if "dagster_seconds" in r:
-            dagster = (
-                f"{r['dagster_seconds']:>10.1f} {r['ratio_dagster_to_plain']:>6.1f}x "
-                f"{r['dagster_overhead_ms_per_learner']:>11.2f} {r['ticks']:>5} {r['runs']:>5} "
-                f"{r['events_per_learner']:>14.2f}"
-            )
-        else:
-            projected = r.get("dagster_seconds_projected")
-            shown = f"~{projected:.0f} (projected)" if projected else "not run"
-            dagster = f"{shown:>10}"
-        print(f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['plain_learners_per_s']:>8.0f} {dagster}")
+        load = "-".join(f"{x:.1f}" for x in r["load_average_1m"])
+        print(
+            f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['dagster_seconds']:>10.1f} "
+            f"{r['ratio_dagster_to_plain']:>6.2f}x {r['dagster_overhead_ms_per_learner']:>19.2f} {r['runs']:>5} "
+            f"{r['buckets_covered']:>7} {r['events']:>7} {r['overhead_ms_per_event']:>8.1f} {load:>9}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
-    parser.add_argument("--dagster-up-to", type=int, default=DAGSTER_UP_TO, help="largest size run through Dagster")
+    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 200, 10,000 and 100,000)")
+    parser.add_argument("--buckets-per-run", type=int, nargs="+", help="compare run sizes (default: the sensor's)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, sizes=args.sizes, dagster_up_to=args.dagster_up_to)
+    result = run(quick=args.quick, sizes=args.sizes, buckets_per_run=args.buckets_per_run)
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {RESULTS_PATH}")

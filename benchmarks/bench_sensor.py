@@ -1,8 +1,8 @@
 """New-learner sensor tick and cloning for 100 / 1,000 / 10,000 new learners.
 
 For each size: a fresh SQLite registry and a temporary Dagster instance; one sensor tick (timed,
-tracemalloc peak), its partition requests applied as the daemon would, then every requested
-cloning run executed in-process on that instance. Baselines in the same run: the runs a
+tracemalloc peak), then every requested cloning run (each over a range of learner buckets)
+executed in-process on that instance. Baselines in the same run: the runs a
 one-run-per-learner sensor would request, and a naive clone that copies the whole model.
 
     python -m benchmarks.bench_sensor            # 100, 1,000, 10,000
@@ -62,7 +62,7 @@ def add_learners(registry: Any, count: int) -> None:
 
 
 def _heads_clone_seconds(settings: Any, count: int) -> float:
-    """Our clone without Dagster around it: what the 30-40 ms/partition event-log overhead is added to."""
+    """Our clone without Dagster around it: what the event log's per-bucket overhead is added to."""
     from aivo_fl.ml.cloning import clone_for_learner
 
     root = Path(settings.learner_models_path).parent / "plain-clones"
@@ -100,10 +100,6 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
         tick_seconds = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        started = time.perf_counter()
-        for request in data.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        apply_seconds = time.perf_counter() - started
         row: dict[str, Any] = {
             "learners": count,
             "runs_requested": len(data.run_requests),
@@ -111,7 +107,6 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
             "run_reduction": count / max(len(data.run_requests), 1),
             "tick_seconds": tick_seconds,
             "tick_peak_mib": peak / 2**20,
-            "apply_partitions_seconds": apply_seconds,
         }
         if clone:
             job = defs.resolve_job_def("clone_learners")

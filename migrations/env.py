@@ -33,11 +33,12 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = config.get_main_option("sqlalchemy.url")
-    if not url:
-        from aivo_fl.config import load_settings
+    # Run by hand (`alembic upgrade head`): the database and the app-table mapping from the settings.
+    from aivo_fl.config import load_settings
 
-        url = load_settings().database_url
+    settings = load_settings()
+    url = config.get_main_option("sqlalchemy.url") or settings.database_url
+    config.attributes.setdefault("app_owned_tables", settings.app_learner_table is not None)
     engine = create_registry_engine(url)
     with engine.connect() as conn:
         _run(conn)

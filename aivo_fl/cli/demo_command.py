@@ -1,7 +1,7 @@
 """`aivo-fl demo`: the main job on the embedded default, the whole federated cycle end to end.
 
 Every stage goes through Dagster on the local instance (the same jobs and sensors the daemon
-would run), so `make dev` afterwards shows the demo's runs, partitions and checks.
+would run), so `make dev` afterwards shows the demo's runs, learner buckets and checks.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         _stage("4. Tick new_learner_sensor and clone")
         runs = _tick_and_run(defs, instance, "new_learner_sensor", "clone_learners")
-        print(f"✓ {runs} cloning run(s) for {len(learners)} learner partitions")
+        print(f"✓ {runs} cloning run(s) for {len(learners)} learners (runs cover learner buckets)")
 
         for round_number in range(1, args.rounds + 1):
             _stage(f"5.{round_number} Week {round_number}: learners train locally, then aggregation")

@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from aivo_fl.cli.output import print_fields, print_json, print_table
 from aivo_fl.config import Settings, load_settings
 from aivo_fl.registry import ModelRegistry, migrate
+from aivo_fl.registry.app_tables import AppTables
 from aivo_fl.registry.database import describe_target, unavailable
 
 
 def open_registry(settings: Settings, *, require_schema: bool = True) -> ModelRegistry:
     with reaching(settings):
-        registry = ModelRegistry(settings.database_url)
+        registry = ModelRegistry(settings.database_url, app_tables=AppTables.from_settings(settings))
     if require_schema:
         registry.require_current_schema()
     return registry
@@ -67,11 +68,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     registry = open_registry(settings, require_schema=False)
     print(f"Migrating registry at {describe_target(registry.engine.url)}...")
     with reaching(settings):
-        before, after = migrate(registry.engine, args.revision)
+        before, after = migrate(registry.engine, args.revision, registry.app)
     if before == after:
         print(f"✓ Already at revision {after or 'base'}; nothing to do")
     else:
         print(f"✓ Migrated {before or 'base'} -> {after or 'base'}")
+    for line in registry.app.describe():
+        print(f"  {line}")
     return 0
 
 

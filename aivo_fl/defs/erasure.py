@@ -11,7 +11,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import (
     DISABLED_REASON,
     ErasureResource,
@@ -38,16 +37,13 @@ def erased_learners(
     erasure: ErasureResource,
     reporter: ReporterResource,
 ) -> dg.MaterializeResult:
-    """Erasure report: learners deleted in the app, with their interactions, sessions, model, files
-    and partition removed (counts per learner, under the keyed hash of the learner id)."""
+    """Erasure report: learners deleted in the app, with their interactions, sessions, model and
+    files removed (counts per learner, under the keyed hash of the learner id). Learner assets are
+    partitioned by hash bucket, so no learner id is a partition key and none is left to delete."""
     reg, store, key = registry.get_registry(), model_store.get_store(), erasure.require_key()
     pending = erasable(reg.deleted_learner_ids())[0][:ERASE_PER_RUN]
-    partitions = set(context.instance.get_dynamic_partitions(learner_partitions.name))
     report = {}
     for learner_id in pending:
-        # The partition goes before the rows: once the rows are gone the learner is off the list.
-        if learner_id in partitions:
-            context.instance.delete_dynamic_partition(learner_partitions.name, learner_id)
         erased = erase_everywhere(reg, store, learner_id, key, Path(reporter.aggregation_log_path))
         report[erased.pseudonym] = erased.summary()
     context.log.info(f"Erased {len(report)} learner(s) deleted in the app")
@@ -56,7 +52,6 @@ def erased_learners(
             "learners": len(report),
             "rows_deleted": sum(sum(r["rows"].values()) for r in report.values()),
             "files_deleted": sum(r["files"] for r in report.values()),
-            "partitions_deleted": len(partitions.intersection(pending)),
             "report": dg.MetadataValue.json(report),
         }
     )

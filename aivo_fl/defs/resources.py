@@ -1,5 +1,6 @@
 """Dagster resources: the registry, the model store, and the federated and training settings."""
 
+import json
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -16,23 +17,39 @@ from aivo_fl.operations.alerts import Alert, Delivery, send_alert
 from aivo_fl.operations.faults import crash_point
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
+from aivo_fl.registry.app_tables import AppTables
 
 DISABLED_REASON = "Federated learning is disabled: set USE_FEDERATED_LEARNING=true to activate it"
 
 
 @cache
-def _registry_for(database_url: str) -> ModelRegistry:
-    # One engine (and connection pool) per process and URL, shared by every step and sensor tick.
-    return ModelRegistry(database_url)
+def _registry_for(database_url: str, app_tables: str) -> ModelRegistry:
+    # One engine (and connection pool) per process, URL and table mapping, shared by every step and tick.
+    mapping = json.loads(app_tables)
+    tables = AppTables.mapped(**mapping) if mapping else AppTables.own()
+    return ModelRegistry(database_url, app_tables=tables)
 
 
 class RegistryResource(dg.ConfigurableResource):
-    """The registry database (`DATABASE_URL`)."""
+    """The registry database (`DATABASE_URL`) and where the app's learners and interactions are
+    read (APP_LEARNER_TABLE, APP_INTERACTION_TABLE and their column mappings; unset: our own)."""
 
     database_url: str
+    app_learner_table: str | None = None
+    app_learner_columns: dict[str, str] | None = None
+    app_interaction_table: str | None = None
+    app_interaction_columns: dict[str, str] | None = None
 
     def get_registry(self) -> ModelRegistry:
-        return _registry_for(self.database_url)
+        mapping = {}
+        if self.app_learner_table and self.app_interaction_table:
+            mapping = {
+                "learner_table": self.app_learner_table,
+                "interaction_table": self.app_interaction_table,
+                "learner_columns": self.app_learner_columns,
+                "interaction_columns": self.app_interaction_columns,
+            }
+        return _registry_for(self.database_url, json.dumps(mapping, sort_keys=True))
 
 
 class ModelStoreResource(dg.ConfigurableResource):
@@ -157,7 +174,13 @@ def _from_settings(kind: type[R], settings: Settings, **differing: object) -> R:
 def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
         # The UI and run storage see the variable's name, never the password.
-        "registry": RegistryResource(database_url=database_url_reference(settings)),
+        "registry": RegistryResource(
+            database_url=database_url_reference(settings),
+            app_learner_table=settings.app_learner_table,
+            app_learner_columns=settings.app_learner_columns,
+            app_interaction_table=settings.app_interaction_table,
+            app_interaction_columns=settings.app_interaction_columns,
+        ),
         "model_store": ModelStoreResource(
             main_model_path=str(settings.main_model_path),
             learner_models_path=str(settings.learner_models_path),

@@ -1,96 +1,112 @@
 """Sensors: provision clones for new learners, retrain learners with new activity.
 
-Both batch: a tick asks for a few runs that each cover a contiguous range of learner partitions
-(dynamic partition keys keep insertion order), never one run per learner.
+Both ask for learner buckets, never for learners: a tick groups the learners needing work by
+bucket (`aivo_fl.ml.learner_buckets`) and asks for a few runs, each over a contiguous range of
+buckets (single-run backfill), and a run handles every learner of its buckets that needs it. A
+bucket covered by a queued or running run of the same job is not asked for until that run ends,
+so nobody is handled twice at once.
 """
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
-from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
-from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.ml.learner_buckets import bucket_index, bucket_key, bucket_of, group_by_bucket
+from aivo_fl.operations.cohorts import MIN_NEW_INTERACTIONS, valid_ids
 from aivo_fl.registry import ModelRegistry
 
-# Partitions per run: big enough that 10,000 learners are 20 runs, small enough that one run
-# (about 30-40 ms of event-log work per partition) finishes in well under a minute.
-PARTITIONS_PER_RUN = 500
-# Learners scanned per tick; a larger backlog is paged through with the cursor.
+# Buckets per run. A run writes two events per bucket (planned, materialized), ~2,050 for all
+# 1,024; four runs cover them all for 33 more events, a killed run loses a quarter, and several
+# workers can share the work.
+BUCKETS_PER_RUN = 256
+# Untouched buckets bridged to merge two ranges into one run: a run's own cost (~11 events: start,
+# resources, step, success) is what about five buckets cost (bench_provisioning measures both).
+MAX_GAP = 5
+# Learners scanned per tick; a larger backlog is paged through with the cursor. Runs handle whole
+# buckets, so one page usually already names every bucket of a large backlog.
 SCAN_LIMIT = 20_000
-# New interactions since the last session that make a learner worth retraining.
-MIN_NEW_INTERACTIONS = 20
-
-# A learner whose cloning keeps failing is asked for this many times, then reported by name.
+# A learner still without a model after this many failed cloning runs of its bucket is given up
+# on, by name (its bucket's later runs still try it).
 MAX_CLONE_ATTEMPTS = 3
+# Latest ended runs of a job read to find each bucket's latest run.
+HISTORY = 500
+
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+ENDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+PARTITION = "dagster/partition"
 
 
-def _range_request(prefix: str, keys: Sequence[str], salt: str = "") -> dg.RunRequest:
-    digest = hashlib.sha256("\n".join([*keys, salt]).encode()).hexdigest()[:16]
-    return dg.RunRequest(
-        run_key=f"{prefix}:{keys[0]}..{keys[-1]}:{len(keys)}:{digest}",
-        tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
-    )
+def run_buckets(run: dg.DagsterRun) -> range:
+    """The buckets a run covers, from its partition tags (nothing for runs from before buckets)."""
+    start, end = run.tags.get(RANGE_START, run.tags.get(PARTITION)), run.tags.get(RANGE_END, run.tags.get(PARTITION))
+    try:
+        return range(bucket_index(start), bucket_index(end) + 1) if start and end else range(0)
+    except ValueError:
+        return range(0)
 
 
-def _chunks(keys: Sequence[str], size: int) -> list[Sequence[str]]:
-    return [keys[i : i + size] for i in range(0, len(keys), size)]
+@dataclass
+class BucketRuns:
+    in_flight: set[int] = field(default_factory=set)
+    latest_ended: dict[int, dg.DagsterRun] = field(default_factory=dict)
 
 
-def _stretches(keys: Sequence[str], partition_keys: Sequence[str]) -> list[list[str]]:
-    """Contiguous stretches of partitions (in partition order): one range run each."""
-    position = {k: i for i, k in enumerate(partition_keys)}
-    stretches: list[list[str]] = []
-    for key in sorted(keys, key=position.__getitem__):
-        if stretches and position[key] == position[stretches[-1][-1]] + 1 and len(stretches[-1]) < PARTITIONS_PER_RUN:
-            stretches[-1].append(key)
-        else:
-            stretches.append([key])
-    return stretches
+def bucket_runs(instance: dg.DagsterInstance, job: dg.JobDefinition) -> BucketRuns:
+    """Which buckets a queued or running run of `job` covers, and each bucket's latest ended run."""
+    runs = BucketRuns()
+    for record in instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=IN_FLIGHT)):
+        runs.in_flight.update(run_buckets(record.dagster_run))
+    for record in instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=ENDED), limit=HISTORY):
+        for bucket in run_buckets(record.dagster_run):
+            runs.latest_ended.setdefault(bucket, record.dagster_run)  # newest first
+    return runs
 
 
-def _cloning_runs_ended(instance: dg.DagsterInstance) -> bool:
-    """Some cloning run has run and none is queued or running: a partition without a model now
-    means its run failed or was killed (a killed CLI run is marked failed before the tick)."""
-    job = dg.RunsFilter(job_name=clone_learners_job.name)
-    in_flight = dg.RunsFilter(job_name=clone_learners_job.name, statuses=IN_FLIGHT)
-    return bool(instance.get_runs(filters=job, limit=1)) and not instance.get_runs(filters=in_flight, limit=1)
+def stretches(buckets: Iterable[int], blocked: Collection[int] = ()) -> list[range]:
+    """Sorted buckets as contiguous ranges of at most BUCKETS_PER_RUN, bridging gaps of up to
+    MAX_GAP buckets when none of them is `blocked` (covered by a run in flight)."""
+    ranges: list[range] = []
+    for bucket in sorted(set(buckets)):
+        if ranges:
+            last = ranges[-1]
+            gap = range(last.stop, bucket)
+            if len(gap) <= MAX_GAP and bucket - last.start < BUCKETS_PER_RUN and not any(b in blocked for b in gap):
+                ranges[-1] = range(last.start, bucket + 1)
+                continue
+        ranges.append(range(bucket, bucket + 1))
+    return ranges
 
 
-def _retry_stranded(
-    context: dg.SensorEvaluationContext, stranded: list[str], attempts: dict[str, int], partition_keys: Sequence[str]
-) -> tuple[list[dg.RunRequest], list[str]]:
-    """Learners with a partition but no model (their cloning run failed or was killed) are asked
-    for again, up to MAX_CLONE_ATTEMPTS times, once cloning runs have run and none is in flight;
-    then given up on, by name. Returns the run requests and the learners given up on."""
-    if not stranded or not _cloning_runs_ended(context.instance):
-        return [], []
-    retry = [k for k in stranded if attempts.get(k, 0) < MAX_CLONE_ATTEMPTS]
-    given_up = [k for k in stranded if k not in retry]
-    for key in retry:
-        attempts[key] = attempts.get(key, 0) + 1
-    requests = [
-        _range_request("clone", keys, salt=f"attempt-{max(attempts[k] for k in keys)}")
-        for keys in _stretches(retry, partition_keys)
-    ]
-    if given_up:
-        context.log.warning(
-            f"No model after {MAX_CLONE_ATTEMPTS} cloning attempts for {len(given_up)} learner(s) "
-            f"({', '.join(given_up[:10])}); see their failed clone_learners runs"
+def bucket_requests(
+    prefix: str, groups: dict[int, list[str]], blocked: Collection[int], salt: Callable[[range, list[str]], str]
+) -> list[dg.RunRequest]:
+    """A run request per stretch of buckets. The run key names the range and hashes its learners
+    and `salt(range, learners)`: the same work asked for again gets the same key, so the daemon
+    launches it once, and a changed salt makes a fresh key."""
+    requests = []
+    for span in stretches(groups, blocked):
+        learners = sorted(learner for bucket in span for learner in groups.get(bucket, []))
+        start, end = bucket_key(span[0]), bucket_key(span[-1])
+        digest = hashlib.sha256("\n".join([*learners, salt(span, learners)]).encode()).hexdigest()[:16]
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{prefix}:{start}..{end}:{len(learners)}:{digest}", tags={RANGE_START: start, RANGE_END: end}
+            )
         )
-    return requests, given_up
+    return requests
 
 
 Evaluation = Callable[[dg.SensorEvaluationContext, ModelRegistry], dg.SensorResult | dg.SkipReason]
@@ -122,70 +138,114 @@ def _federated_sensor(job: dg.JobDefinition, interval_seconds: int) -> Callable[
     return define
 
 
+@dataclass
+class ClonePlan:
+    wanted: dict[int, list[str]] = field(default_factory=dict)  # bucket -> learners to ask for
+    attempts: dict[str, list[str]] = field(default_factory=dict)  # learner -> failed runs of its bucket
+    given_up: list[str] = field(default_factory=list)
+    waiting: int = 0  # learners in buckets with a cloning run in flight
+    runs: BucketRuns = field(default_factory=BucketRuns)
+
+
+def plan_cloning(instance: dg.DagsterInstance, learners: Sequence[str], attempts: dict[str, list[str]]) -> ClonePlan:
+    """Which buckets to ask for. A learner whose bucket's latest cloning run failed (or was killed
+    and marked failed) counts that run as an attempt; after MAX_CLONE_ATTEMPTS it is given up on.
+    (A learner that arrived after that run is counted too: it still gets the remaining attempts.)"""
+    plan = ClonePlan()
+    if not learners:
+        return plan  # an idle tick asks Dagster for nothing
+    plan.runs = bucket_runs(instance, clone_learners_job)
+    for learner in learners:
+        bucket, failed = bucket_of(learner), list(attempts.get(learner, []))
+        latest = plan.runs.latest_ended.get(bucket)
+        if bucket in plan.runs.in_flight:
+            plan.waiting += 1
+        elif latest is not None and latest.status != dg.DagsterRunStatus.SUCCESS and latest.run_id not in failed:
+            failed.append(latest.run_id)
+        if failed:
+            plan.attempts[learner] = failed
+        if bucket in plan.runs.in_flight:
+            continue
+        if len(failed) >= MAX_CLONE_ATTEMPTS:
+            plan.given_up.append(learner)
+        else:
+            plan.wanted.setdefault(bucket, []).append(learner)
+    return plan
+
+
+def _clone_salt(plan: ClonePlan) -> Callable[[range, list[str]], str]:
+    """A bucket asked for again after a run of it ended needs a fresh run key: the latest runs of
+    the range and the failed runs counted against its learners go into it (the latter also when
+    the latest run is older than HISTORY)."""
+    latest = plan.runs.latest_ended
+
+    def salt(span: range, learners: list[str]) -> str:
+        runs = {latest[b].run_id for b in span if b in latest}
+        return ",".join(sorted(runs.union(*(plan.attempts.get(learner, []) for learner in learners))))
+
+    return salt
+
+
 @_federated_sensor(clone_learners_job, interval_seconds=30)
 def new_learner_sensor(context: dg.SensorEvaluationContext, reg: ModelRegistry) -> dg.SensorResult:
-    """Learners with a completed baseline and no model get a partition and a cloning run.
+    """Buckets holding learners with a completed baseline and no model get a cloning run.
 
     The cursor is the last learner id scanned, so a backlog larger than one tick's scan is paged
-    through; an existing partition means "already requested", so nobody is cloned twice while a
-    cloning run is in flight, but a learner whose run failed or was killed (partition, no model)
-    is asked for again (`_retry_stranded`); and a scan that reaches the end wraps around, so a
-    learner inserted behind the cursor is not missed.
+    through (a scan that reaches the end starts over, so nobody behind the cursor is missed). A
+    bucket with a cloning run in flight is not asked for again; a learner left without a model by
+    a failed or killed run is asked for again up to MAX_CLONE_ATTEMPTS runs, then named.
     Learners deleted in the app are erased by `deleted_learner_sensor` (`defs/erasure.py`).
     """
-    existing_in_order = context.instance.get_dynamic_partitions(learner_partitions.name)
-    existing = set(existing_in_order)
-
     state = json.loads(context.cursor) if context.cursor else {}
     scanned = reg.learners_needing_model(after=state.get("after"), limit=SCAN_LIMIT)
-    new, stranded, refused = [], [], []
-    for learner_id in scanned:
-        try:
-            validate_learner_id(learner_id)
-        except InvalidLearnerId as exc:
-            refused.append(str(exc))
-            continue
-        (stranded if learner_id in existing else new).append(learner_id)
-    for reason in refused[:10]:
+    selection = valid_ids(scanned)
+    for reason in list(selection.refused.values())[:10]:
         context.log.warning(f"Not cloning: {reason}")
-    # Attempts are kept for learners still stranded (in a paged backlog, per page).
-    attempts = {k: n for k, n in state.get("attempts", {}).items() if k in stranded}
-    retries, given_up = _retry_stranded(context, stranded, attempts, list(existing_in_order))
+    plan = plan_cloning(context.instance, selection.learners, state.get("attempts", {}))
     # JSON, because Dagster keeps the previous cursor when a tick returns an empty one.
-    cursor = json.dumps({"after": scanned[-1] if len(scanned) == SCAN_LIMIT else None, "attempts": attempts})
-
-    if not new and not retries:
-        notes = [f"{len(refused)} refused ids"] if refused else []
-        if given_up:
-            notes.append(f"no model after {MAX_CLONE_ATTEMPTS} cloning attempts: {', '.join(given_up[:5])}")
+    cursor = json.dumps({"after": scanned[-1] if len(scanned) == SCAN_LIMIT else None, "attempts": plan.attempts})
+    if not plan.wanted:
+        notes = [f"{len(selection.refused)} refused ids"] if selection.refused else []
+        if plan.waiting:
+            notes.append(f"{plan.waiting} waiting for a cloning run in flight")
+        if plan.given_up:
+            notes.append(
+                f"no model after {MAX_CLONE_ATTEMPTS} cloning attempts: {', '.join(sorted(plan.given_up)[:5])}"
+            )
         return dg.SensorResult(
             skip_reason="No new learners" + (f" ({'; '.join(notes)})" if notes else ""), cursor=cursor
         )
-    context.log.info(f"{len(new)} new learner(s), {len(retries)} retried cloning run(s)")
-    return dg.SensorResult(
-        run_requests=[_range_request("clone", batch) for batch in _chunks(new, PARTITIONS_PER_RUN)] + retries,
-        dynamic_partitions_requests=[learner_partitions.build_add_request(new)] if new else [],
-        cursor=cursor,
-    )
+    if plan.given_up:
+        context.log.warning(
+            f"No model after {MAX_CLONE_ATTEMPTS} cloning attempts for {len(plan.given_up)} learner(s) "
+            f"({', '.join(sorted(plan.given_up)[:10])}); see their buckets' failed clone_learners runs"
+        )
+    blocked = plan.runs.in_flight | {bucket_of(learner) for learner in plan.given_up}
+    requests = bucket_requests("clone", plan.wanted, blocked, _clone_salt(plan))
+    waiting = sum(len(v) for v in plan.wanted.values())
+    context.log.info(f"{waiting} learner(s) without a model in {len(plan.wanted)} bucket(s): {len(requests)} run(s)")
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
 @_federated_sensor(train_learners_job, interval_seconds=300)
 def learner_activity_sensor(context: dg.SensorEvaluationContext, reg: ModelRegistry) -> dg.SensorResult | dg.SkipReason:
-    """Retrain learners with at least MIN_NEW_INTERACTIONS new interactions since their last session.
+    """Buckets holding learners with MIN_NEW_INTERACTIONS+ new interactions since their last
+    session get a local training run.
 
     A sensor rather than a daily schedule: it retrains when a learner has something new to learn
-    from, not on the clock, and a learner with nothing new costs nothing. The run key carries each
-    learner's newest interaction id, so the same activity is never trained twice.
+    from, not on the clock, and a learner with nothing new costs nothing. A run key carries the
+    newest interaction id of its learners, so the same activity is never trained twice, and a
+    bucket with a training run in flight waits for it to end.
     """
     ready = reg.learners_with_new_interactions(MIN_NEW_INTERACTIONS)
-    if not ready:
+    learners = valid_ids(learner for learner, _, _ in ready).learners
+    if not learners:
         return dg.SkipReason(f"No learner has {MIN_NEW_INTERACTIONS}+ new interactions")
-    partition_keys = context.instance.get_dynamic_partitions(learner_partitions.name)
-    present = set(partition_keys)
-    newest = {learner: latest for learner, _, latest in ready if learner in present}
-    return dg.SensorResult(
-        run_requests=[
-            _range_request("train", keys, salt=str(max(newest[k] for k in keys)))
-            for keys in _stretches(list(newest), partition_keys)
-        ]
-    )
+    newest = {learner: latest for learner, _, latest in ready}
+    in_flight = bucket_runs(context.instance, train_learners_job).in_flight
+    groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in in_flight}
+    if not groups:
+        return dg.SkipReason(f"{len(learners)} learner(s) ready, all in buckets with a training run in flight")
+    # The newest interaction of the run's learners: new activity makes a fresh key, the same does not.
+    requests = bucket_requests("train", groups, in_flight, lambda _, ids: str(max(newest[k] for k in ids)))
+    return dg.SensorResult(run_requests=requests)

@@ -9,10 +9,11 @@ Both paths do exactly the same maths, so they agree to float rounding (a test ho
   proximal term of FedProx/Ditto: a learner with a handful of interactions cannot wander far
   from the main model, one with many can.
 
-`train_many` stacks the learners' personal parameters along a new leading dimension and runs the
-personal layers with `torch.vmap` over `torch.func.functional_call`: every step of every learner
-in a group is one batched matmul per layer. Learners are sorted by sample count and grouped, so
-padding (masked out of the loss and of the update) stays small even with skewed counts.
+`train_many` stacks the learners' personal parameters along a new leading dimension
+(`aivo_fl.ml.stacked_layers`): every step of every learner in a group is one batched matmul
+per layer, and each weight's gradient and proximal SGD update are one in-place `baddbmm_`.
+Learners are sorted by sample count and grouped, so padding (masked out of the loss and of the
+update) stays small even with skewed counts.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
 from aivo_fl.ml.data import HEAD_CLASSES
 from aivo_fl.ml.model import CurriculumNet, is_personal, samples_to_tensors
 from aivo_fl.ml.population import Interactions
+from aivo_fl.ml.stacked_layers import forward, fuse_heads, personal_ops, sgd_step, split_heads
 
 DEFAULT_PROXIMAL_MU = 0.1
 _HEAD_SIZES = list(HEAD_CLASSES.values())
@@ -123,7 +124,7 @@ def train_one(
 
 
 def _pad(learners: Sequence[LearnerBatch], h: list[Tensor], width: int) -> tuple[Tensor, Tensor]:
-    feats = torch.zeros(len(learners), width, h[0].shape[1])
+    feats = torch.zeros(len(learners), width, h[0].shape[1], dtype=h[0].dtype)
     targets = torch.zeros(len(learners), width, learners[0].y.shape[1], dtype=torch.int64)
     for i, (learner, hi) in enumerate(zip(learners, h, strict=True)):
         feats[i, : hi.shape[0]] = hi
@@ -144,35 +145,24 @@ def _train_group(
     counts = np.array([hi.shape[0] for hi in h])
     width = int(counts.max())
     feats, targets = _pad(learners, h, width)
-    params = {k: v.clone() for k, v in start.items()}
+    ops = personal_ops(model)
+    params, fused_anchor = fuse_heads({k: v.clone() for k, v in start.items()}), fuse_heads(anchor)
     keys = np.array([learner.key for learner in learners])
-    n = torch.from_numpy(counts)
     rows = torch.arange(len(learners))[:, None]
-    frozen = model.frozen_layers
-
-    def logits_of(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        heads = functional_call(model, p, (x,), {"start": frozen}, strict=False)
-        return torch.cat([heads[name] for name in HEAD_CLASSES], dim=-1)
-
-    batched = torch.vmap(logits_of)
+    valid = (torch.arange(width)[None, :] < torch.from_numpy(counts)[:, None]).to(feats.dtype)  # padding last
     for epoch in range(config.epochs):
         order = torch.from_numpy(epoch_orders(keys, counts, width, config.seed, epoch))
         x_epoch, y_epoch = feats[rows, order], targets[rows, order]
-        valid = (torch.arange(width)[None, :] < n[:, None]).to(feats.dtype)  # padding is sorted last
         for begin in range(0, width, config.batch_size):
             # Learners are sorted by count, so those with data left at this step are a suffix:
             # the step costs only what they need, not what the largest learner needs.
             a = int(np.searchsorted(counts, begin, side="right"))
             window = slice(begin, begin + config.batch_size)
-            live = {k: v[a:].detach().requires_grad_(True) for k, v in params.items()}
-            loss = _loss_terms(batched(live, x_epoch[a:, window]), y_epoch[a:, window], valid[a:, window])
-            grads = torch.autograd.grad(loss.sum(), list(live.values()))
-            with torch.no_grad():
-                for (name, p), g in zip(params.items(), grads, strict=True):
-                    if config.proximal_mu:  # d/dtheta of mu/2 ||theta - anchor||^2, no autograd needed
-                        g.add_(p[a:] - anchor[name], alpha=config.proximal_mu)
-                    p[a:].sub_(g, alpha=config.learning_rate)
-    return params
+            live = {k: v[a:] for k, v in params.items()}  # views: the step updates `params` in place
+            run = forward(ops, live, x_epoch[a:, window])
+            loss = _loss_terms(run.logits, y_epoch[a:, window], valid[a:, window]).sum()
+            sgd_step(ops, live, fused_anchor, run, loss, config.learning_rate, config.proximal_mu)
+    return split_heads(params)
 
 
 def train_many(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -12,6 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.registry.database import create_registry_engine, current_revision, head_revision, unavailable
+
+if TYPE_CHECKING:
+    from aivo_fl.registry.app_tables import AppTables
 
 
 class RegistryError(Exception):
@@ -42,8 +46,12 @@ def checked_learner_id(learner_id: str) -> str:
 class RegistryBase:
     """The engine and one-transaction sessions every registry concern builds on."""
 
-    def __init__(self, database_url: str, engine: Engine | None = None) -> None:
+    def __init__(self, database_url: str, engine: Engine | None = None, *, app_tables: AppTables | None = None) -> None:
+        from aivo_fl.registry.app_tables import AppTables  # it refuses with RegistryError, defined here
+
         self.engine = engine or create_registry_engine(database_url)
+        # Learners and interactions: aivo-fl's own tables (the demo) or the app's (APP_*_TABLE).
+        self.app = app_tables or AppTables.own()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -62,7 +70,8 @@ class RegistryBase:
             session.execute(sa.text("SELECT 1"))
 
     def require_current_schema(self) -> None:
-        """Refuse to work on a database that `aivo-fl migrate` has not brought to head."""
+        """Refuse to work on a database that `aivo-fl migrate` has not brought to head, or whose
+        mapped app tables are not there."""
         try:
             current = current_revision(self.engine)
         except OperationalError as exc:
@@ -72,6 +81,8 @@ class RegistryBase:
             raise RegistryError(
                 f"The registry schema is at revision {current or 'none'}, expected {head}: run `aivo-fl migrate`"
             )
+        with self.engine.connect() as conn:
+            self.app.verify(conn)
 
 
 def _is_connection_error(exc: OperationalError) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from alembic import command
@@ -13,6 +14,9 @@ from sqlalchemy.engine import URL, Engine
 
 from aivo_fl.config import normalize_database_url
 from aivo_fl.registry.schema import ALEMBIC_VERSION_TABLE
+
+if TYPE_CHECKING:
+    from aivo_fl.registry.app_tables import AppTables
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -81,11 +85,19 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
-    """Upgrade (or downgrade, for an older revision or `base`) and return (before, after)."""
+def migrate(
+    engine: Engine, revision: str = "head", app_tables: AppTables | None = None
+) -> tuple[str | None, str | None]:
+    """Upgrade (or downgrade, for an older revision or `base`) and return (before, after).
+
+    With the app's learner and interaction tables mapped (`app_tables`), they are checked first
+    and aivo-fl's own stand-ins are not created."""
     before = current_revision(engine)
     with engine.begin() as conn:
+        if app_tables is not None:
+            app_tables.verify(conn)
         config = alembic_config(conn)
+        config.attributes["app_owned_tables"] = app_tables is not None and app_tables.app_owned
         script = ScriptDirectory.from_config(config)
         target = script.get_current_head() if revision == "head" else revision
         if target == "base" or (before is not None and _is_ancestor(script, target, before)):

@@ -1,6 +1,9 @@
 """Complete erasure of a learner: their data goes, the audit trail stays under a keyed pseudonym.
 
-Interactions, training sessions, the personalized model row and the "Learner" row are deleted.
+Training sessions and the personalized model row are deleted, and so are the learner's row and
+interactions in aivo-fl's own tables (the demo). The app's own tables (APP_LEARNER_TABLE,
+APP_INTERACTION_TABLE) are left to the app: it deleted the learner, it removes its rows on its
+own terms (foreign keys, retention), and aivo-fl never reads a deleted learner's interactions.
 Past rounds keep their contribution rows (which version each learner fed, with what weight and
 norm) and the privacy ledger keeps their charge, but every mention of the learner's id in them
 becomes `erased-<HMAC-SHA256(key, id)>`: stable under one key, so the rows still add up per
@@ -60,10 +63,12 @@ class Erasure(RegistryBase):
         scrub = _Scrubber(learner_id, alias)
 
         with self._session() as session:
-            interactions = _delete(session, LearnerInteraction.learnerId, learner_id)
+            interactions = learners = 0
+            if not self.app.app_owned:
+                interactions = _delete(session, LearnerInteraction.learnerId, learner_id)
+                learners = _delete(session, Learner.id, learner_id)
             sessions = _delete(session, ModelTrainingSession.learnerId, learner_id)
             models = _delete(session, PersonalizedModel.learnerId, learner_id)
-            learners = _delete(session, Learner.id, learner_id)
             contributions = _pseudonymize_contributions(session, scrub)
             rounds = _rewrite_rounds(session, scrub)
         return ErasureReport(alias, interactions, sessions, models, learners, contributions, rounds)

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
+from aivo_fl.registry.app_tables import decode_features
 from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
 from aivo_fl.registry.schema import (
+    FederatedUpdateContribution,
     Learner,
     LearnerInteraction,
     ModelTrainingSession,
@@ -21,7 +24,7 @@ from aivo_fl.registry.schema import (
     utcnow,
 )
 
-HEADS = tuple(HEAD_CLASSES)  # one SmallInteger column per head in "LearnerInteraction"
+HEADS = tuple(HEAD_CLASSES)  # one integer column per head in the interaction table
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,18 @@ class LearnerInteractions:
 
 
 class Learners(RegistryBase):
+    # -- learners and interactions: read from self.app (our own tables, or the app's) ----------
+    def _require_own_tables(self) -> None:
+        """Writing learners and interactions is the app's job; aivo-fl writes only its own demo tables."""
+        if self.app.app_owned:
+            raise RegistryError(
+                f'Learners and interactions are the app\'s ("{self.app.learner.name}", "{self.app.interaction.name}"): '
+                "aivo-fl only reads them; simulated learners need the demo's own tables (unset APP_LEARNER_TABLE)"
+            )
+
     def add_learner(self, learner_id: str, *, baseline_completed_at: datetime | None) -> None:
         checked_learner_id(learner_id)
+        self._require_own_tables()
         with self._session() as session:
             session.merge(Learner(id=learner_id, baselineCompletedAt=baseline_completed_at, deletedAt=None))
 
@@ -54,6 +67,7 @@ class Learners(RegistryBase):
         created_at: datetime | None = None,
     ) -> int:
         checked_learner_id(learner_id)
+        self._require_own_tables()
         if features.ndim != 2 or features.shape[1] != NUM_FEATURES:
             raise RegistryError(f"interactions need shape (n, {NUM_FEATURES}), got {features.shape}")
         # Packed little-endian float32s: 1 KiB a row instead of a 256-column table or a JSON array.
@@ -71,74 +85,106 @@ class Learners(RegistryBase):
                 session.execute(sa.insert(LearnerInteraction), rows)
         return len(rows)
 
+    def _learner_exists(self, session: Session, learner_id: str) -> bool:
+        """Known and not deleted: a deleted learner's interactions are never read again."""
+        learner = self.app.learner.c
+        query = sa.select(learner.id).where(learner.id == learner_id, learner.deletedAt.is_(None))
+        return session.scalar(query) is not None
+
     def get_interactions(self, learner_id: str) -> LearnerInteractions:
+        """A learner's interactions in time order (id breaks ties): the held-out split is positional."""
         checked_learner_id(learner_id)
-        columns = [getattr(LearnerInteraction, head) for head in HEADS]
+        interaction = self.app.interaction.c
         with self._session() as session:
-            if session.get(Learner, learner_id) is None:
+            if not self._learner_exists(session, learner_id):
                 raise RegistryError(f"Unknown learner {learner_id}")
             rows = session.execute(
-                sa.select(LearnerInteraction.features, *columns)
-                .where(LearnerInteraction.learnerId == learner_id)
-                .order_by(LearnerInteraction.id)
+                sa.select(interaction.features, *(interaction[head] for head in HEADS))
+                .where(interaction.learnerId == learner_id)
+                .order_by(interaction.createdAt, interaction.id)
             ).all()
-        features = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f4").reshape(len(rows), NUM_FEATURES)
+        features = decode_features([r[0] for r in rows])
         targets = {head: np.array([r[i + 1] for r in rows], dtype=np.int64) for i, head in enumerate(HEADS)}
-        return LearnerInteractions(features=features.astype(np.float32), targets=targets)
+        return LearnerInteractions(features=features, targets=targets)
 
     def learners_needing_model(self, *, after: str | None = None, limit: int = 10_000) -> list[str]:
-        """Learners with a completed baseline, not deleted, and no personalized model, in id order.
+        """Learners with a completed baseline, not deleted, and no federated personalized model, in
+        id order. A "PersonalizedModel" row the app made before activation (no `federatedLearning`
+        in its metadata) does not count: its learner is cloned and the row becomes the clone's.
 
         `after` is a keyset cursor (the last id handled) so a sensor can page without OFFSET.
         """
+        learner = self.app.learner.c
+        federated = sa.func.coalesce(PersonalizedModel.metadata_["federatedLearning"].as_boolean(), sa.false())
         query = (
-            sa.select(Learner.id)
-            .outerjoin(PersonalizedModel, PersonalizedModel.learnerId == Learner.id)
+            sa.select(learner.id)
+            .outerjoin(PersonalizedModel, PersonalizedModel.learnerId == learner.id)
             .where(
-                Learner.baselineCompletedAt.is_not(None),
-                Learner.deletedAt.is_(None),
-                PersonalizedModel.id.is_(None),
+                learner.baselineCompletedAt.is_not(None),
+                learner.deletedAt.is_(None),
+                sa.or_(PersonalizedModel.id.is_(None), ~federated),
             )
-            .order_by(Learner.id)
+            .order_by(learner.id)
             .limit(limit)
         )
         if after is not None:
-            query = query.where(Learner.id > after)
+            query = query.where(learner.id > after)
         with self._session() as session:
             return list(session.scalars(query))
 
     def deleted_learner_ids(self) -> list[str]:
-        with self._session() as session:
-            return list(
-                session.scalars(sa.select(Learner.id).where(Learner.deletedAt.is_not(None)).order_by(Learner.id))
+        """Learners deleted in the app that aivo-fl still holds data for: their rows in our own
+        learner tables, or (app's tables, whose rows the app removes) a model, session or
+        contribution here."""
+        learner = self.app.learner.c
+        query = sa.select(learner.id).where(learner.deletedAt.is_not(None)).order_by(learner.id)
+        if self.app.app_owned:
+            query = query.where(
+                sa.or_(
+                    *(
+                        sa.select(column).where(column == learner.id).exists()
+                        for column in (
+                            PersonalizedModel.learnerId,
+                            ModelTrainingSession.learnerId,
+                            FederatedUpdateContribution.learnerId,
+                        )
+                    )
+                )
             )
+        with self._session() as session:
+            return list(session.scalars(query))
 
     def learners_with_new_interactions(self, min_new: int) -> list[tuple[str, int, int]]:
-        """(learner, new interactions, newest interaction id) for learners with a model and at least
-        `min_new` interactions since their last training session (all of them if never trained)."""
+        """(learner, new interactions, newest interaction marker) for learners with a model and at
+        least `min_new` interactions since their last training session (all of them if never trained).
+
+        The marker grows with new activity: the newest id in our own table (autoincrement), the
+        newest `createdAt` in microseconds in the app's (whose ids, cuids or uuids, need not grow).
+        """
+        learner, interaction = self.app.learner.c, self.app.interaction.c
+        newest = sa.func.max(interaction.createdAt if self.app.app_owned else interaction.id)
         last = (
             sa.select(ModelTrainingSession.learnerId, sa.func.max(ModelTrainingSession.completedAt).label("last"))
             .group_by(ModelTrainingSession.learnerId)
             .subquery()
         )
         query = (
-            sa.select(LearnerInteraction.learnerId, sa.func.count(), sa.func.max(LearnerInteraction.id))
-            .join(PersonalizedModel, PersonalizedModel.learnerId == LearnerInteraction.learnerId)
-            .join(Learner, Learner.id == LearnerInteraction.learnerId)
-            .outerjoin(last, last.c.learnerId == LearnerInteraction.learnerId)
-            .where(
-                Learner.deletedAt.is_(None), sa.or_(last.c.last.is_(None), LearnerInteraction.createdAt > last.c.last)
-            )
-            .group_by(LearnerInteraction.learnerId)
+            sa.select(interaction.learnerId, sa.func.count(), newest)
+            .join(PersonalizedModel, PersonalizedModel.learnerId == interaction.learnerId)
+            .join(self.app.learner, learner.id == interaction.learnerId)
+            .outerjoin(last, last.c.learnerId == interaction.learnerId)
+            .where(learner.deletedAt.is_(None), sa.or_(last.c.last.is_(None), interaction.createdAt > last.c.last))
+            .group_by(interaction.learnerId)
             .having(sa.func.count() >= min_new)
-            .order_by(LearnerInteraction.learnerId)
+            .order_by(interaction.learnerId)
         )
         with self._session() as session:
-            return [(learner, int(count), int(newest)) for learner, count, newest in session.execute(query)]
+            return [(learner_id, int(count), _marker(mark)) for learner_id, count, mark in session.execute(query)]
 
     def count_learners(self) -> int:
+        learner = self.app.learner.c
         with self._session() as session:
-            return int(session.scalar(sa.select(sa.func.count(Learner.id))) or 0)
+            return int(session.scalar(sa.select(sa.func.count(learner.id))) or 0)
 
     # -- personalized models ----------------------------------------------------------------
     def register_personalized_model(
@@ -190,3 +236,7 @@ def _personalized_record(row: PersonalizedModel) -> PersonalizedModelRecord:
         metadata=dict(row.metadata_ or {}),
         created_at=row.createdAt,
     )
+
+
+def _marker(value: int | datetime) -> int:
+    return round(value.timestamp() * 1e6) if isinstance(value, datetime) else int(value)

@@ -17,7 +17,6 @@ from aivo_fl.registry.lock import AggregationLease
 from aivo_fl.registry.rounds import Rounds
 from aivo_fl.registry.schema import (
     FederatedUpdate,
-    Learner,
     MainModelVersion,
     ModelTrainingSession,
     PersonalizedModel,
@@ -41,8 +40,8 @@ class ModelRegistry(Versions, Learners, TrainingSessions, Rounds, AggregationLea
                 "totalLearnerModels": count(sa.select(sa.func.count(PersonalizedModel.id))),
                 "activeLearnerModels": count(
                     sa.select(sa.func.count(PersonalizedModel.id))
-                    .outerjoin(Learner, Learner.id == PersonalizedModel.learnerId)
-                    .where(PersonalizedModel.status == "ACTIVE", Learner.deletedAt.is_(None))
+                    .outerjoin(self.app.learner, self.app.learner.c.id == PersonalizedModel.learnerId)
+                    .where(PersonalizedModel.status == "ACTIVE", self.app.learner.c.deletedAt.is_(None))
                 ),
                 "totalFederatedUpdates": count(sa.select(sa.func.count(FederatedUpdate.id))),
                 "totalTrainingSessions": count(sa.select(sa.func.count(ModelTrainingSession.id))),

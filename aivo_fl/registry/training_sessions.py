@@ -12,7 +12,6 @@ from aivo_fl.registry.base import RegistryBase, checked_learner_id
 from aivo_fl.registry.schema import (
     FederatedUpdate,
     FederatedUpdateContribution,
-    Learner,
     ModelTrainingSession,
     utcnow,
 )
@@ -63,7 +62,11 @@ class TrainingSessions(RegistryBase):
     def get_eligible_for_aggregation(self, days: int, *, now: datetime | None = None) -> list[EligibleLearner]:
         """What the next round would be offered: each non-deleted learner's latest training session
         completed within `days` days, unless a promoted round already aggregated it."""
-        query = _latest_in_window(days, now).where(~_already_aggregated()).order_by(ModelTrainingSession.learnerId)
+        query = (
+            _latest_in_window(self.app.learner, days, now)
+            .where(~_already_aggregated())
+            .order_by(ModelTrainingSession.learnerId)
+        )
         with self._session() as session:
             return [
                 EligibleLearner(
@@ -82,13 +85,13 @@ class TrainingSessions(RegistryBase):
     def count_already_aggregated(self, days: int, *, now: datetime | None = None) -> int:
         """Learners whose latest session in the window already went into a promoted version."""
         query = sa.select(sa.func.count()).select_from(
-            _latest_in_window(days, now).where(_already_aggregated()).subquery()
+            _latest_in_window(self.app.learner, days, now).where(_already_aggregated()).subquery()
         )
         with self._session() as session:
             return int(session.scalar(query) or 0)
 
 
-def _latest_in_window(days: int, now: datetime | None) -> sa.Select[tuple[ModelTrainingSession]]:
+def _latest_in_window(learner: sa.Table, days: int, now: datetime | None) -> sa.Select[tuple[ModelTrainingSession]]:
     cutoff = (now or utcnow()) - timedelta(days=days)
     latest = (
         sa.select(ModelTrainingSession.learnerId, sa.func.max(ModelTrainingSession.id).label("session_id"))
@@ -99,8 +102,8 @@ def _latest_in_window(days: int, now: datetime | None) -> sa.Select[tuple[ModelT
     return (
         sa.select(ModelTrainingSession)
         .join(latest, latest.c.session_id == ModelTrainingSession.id)
-        .join(Learner, Learner.id == ModelTrainingSession.learnerId, isouter=True)
-        .where(Learner.deletedAt.is_(None))
+        .join(learner, learner.c.id == ModelTrainingSession.learnerId, isouter=True)
+        .where(learner.c.deletedAt.is_(None))
     )
 
 

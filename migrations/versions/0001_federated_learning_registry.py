@@ -3,9 +3,11 @@
 Additive: on AIVO's database the app (Prisma) already owns some of these tables, above all
 "PersonalizedModel". The upgrade creates only the tables and the enum that are missing and adds
 only the missing columns of tables that exist (the `metadata` JSONB column of an existing
-"PersonalizedModel"), never touching the app's own columns or rows. Everything it adds is written
-down in `aivo_fl_schema_additions`, and the downgrade removes exactly that, so the database goes
-back to the state it had before.
+"PersonalizedModel"), never touching the app's own columns or rows. When learners and
+interactions are mapped to the app's tables (APP_LEARNER_TABLE, APP_INTERACTION_TABLE; `migrate`
+passes `app_owned_tables`), aivo-fl's own "Learner" and "LearnerInteraction" are not created.
+Everything it adds is written down in `aivo_fl_schema_additions`, and the downgrade removes
+exactly that, so the database goes back to the state it had before.
 
 The tables are declared here, frozen, rather than taken from the live models: later revisions
 change the models and must find this revision's schema, not theirs.
@@ -37,6 +39,8 @@ STATUS = sa.Enum(*STATUS_LABELS, name=ENUM_NAME).with_variant(
     postgresql.ENUM(*STATUS_LABELS, name=ENUM_NAME, create_type=False), "postgresql"
 )
 # A column added to a table that already holds the app's rows needs a value for those rows.
+# aivo-fl's stand-ins for the app's learner and interaction tables (the embedded demo's).
+OWN_APP_TABLES = ("Learner", "LearnerInteraction")
 ADDED_COLUMN_DEFAULTS = {"metadata": sa.text("'{}'"), "createdAt": sa.text("CURRENT_TIMESTAMP")}
 
 schema = sa.MetaData()
@@ -183,7 +187,11 @@ def upgrade() -> None:
         postgresql.ENUM(*STATUS_LABELS, name=ENUM_NAME).create(bind)
         added.append({"kind": "enum", "tableName": None, "name": ENUM_NAME})
     existing = set(sa.inspect(bind).get_table_names())
+    # The app's tables are read where they are (aivo_fl/registry/app_tables.py): nothing beside them.
+    skipped = OWN_APP_TABLES if op.get_context().config.attributes.get("app_owned_tables") else ()
     for table in schema.sorted_tables:
+        if table.name in skipped:
+            continue
         if table.name not in existing:
             table.create(bind)
             added.append({"kind": "table", "tableName": None, "name": table.name})

@@ -53,3 +53,17 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     with dg.instance_for_test() as instance:
         yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
     registry.engine.dispose()
+
+
+def ids_in_bucket(bucket: int, count: int, prefix: str = "learner") -> list[str]:
+    """`count` learner ids that fall in `bucket` (found by trying, since the bucket is a hash)."""
+    from aivo_fl.ml.learner_buckets import bucket_of
+
+    found: list[str] = []
+    i = 0
+    while len(found) < count:
+        candidate = f"{prefix}-{i:06d}"
+        if bucket_of(candidate) == bucket:
+            found.append(candidate)
+        i += 1
+    return found

@@ -1,8 +1,8 @@
 """The learner-activity sensor's run split, ticked on a real temporary Dagster instance.
 
-Learners with enough new interactions are grouped into runs over contiguous stretches of
-learner partitions (in partition order), capped at PARTITIONS_PER_RUN; learners below the
-threshold, without a partition or without a model are left out; a run key changes only when
+Learners with enough new interactions are grouped by bucket into runs over contiguous stretches of
+buckets (small gaps bridged, capped at BUCKETS_PER_RUN); learners below the threshold or without
+a model are left out; a bucket with a training run in flight waits; a run key changes only when
 its learners have new activity.
 """
 
@@ -14,15 +14,15 @@ import dagster as dg
 import pytest
 
 from aivo_fl.defs import sensors
-from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.ticks import tick_sensor
 from aivo_fl.ml.data import generate_learner_activity
-from tests.defs.conftest import Deployment
+from aivo_fl.ml.learner_buckets import bucket_key
+from tests.defs.conftest import Deployment, ids_in_bucket
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ENOUGH = sensors.MIN_NEW_INTERACTIONS
 TOO_FEW = sensors.MIN_NEW_INTERACTIONS - 1
-KEYS = [f"learner-{i:03d}" for i in range(10)]
+FAR = sensors.MAX_GAP + 2  # buckets this far apart are never bridged
 
 
 def _interact(deployment: Deployment, learner_id: str, count: int, week: int = 1) -> None:
@@ -31,77 +31,73 @@ def _interact(deployment: Deployment, learner_id: str, count: int, week: int = 1
 
 
 def _setup(deployment: Deployment, activity: dict[str, int], *, without_model: tuple[str, ...] = ()) -> None:
-    """Ten learners with partitions in KEYS order, plus one learner with a model but no partition."""
-    for learner_id in [*KEYS, "zz-no-partition"]:
+    for learner_id in activity:
         deployment.registry.add_learner(learner_id, baseline_completed_at=NOW)
-    modelled = [k for k in [*KEYS, "zz-no-partition"] if k not in without_model]
-    deployment.registry.register_personalized_models({k: {} for k in modelled})
-    deployment.instance.add_dynamic_partitions(learner_partitions.name, KEYS)
+    deployment.registry.register_personalized_models({k: {} for k in activity if k not in without_model})
     for learner_id, count in activity.items():
         _interact(deployment, learner_id, count)
 
 
-def _ranges(data: dg.SensorExecutionData) -> list[tuple[str, str]]:
-    return [(r.tags[sensors.RANGE_START], r.tags[sensors.RANGE_END]) for r in data.run_requests]
+def _ranges(data: dg.SensorExecutionData) -> list[tuple[int, int]]:
+    return [(int(r.tags[sensors.RANGE_START][-4:]), int(r.tags[sensors.RANGE_END][-4:])) for r in data.run_requests]
 
 
 def _tick(deployment: Deployment) -> dg.SensorExecutionData:
     return tick_sensor(deployment.defs, deployment.instance, "learner_activity_sensor")
 
 
-def test_contiguous_ready_learners_share_a_run_gaps_split_runs(deployment: Deployment) -> None:
-    k = KEYS
-    activity = {k[1]: ENOUGH, k[2]: ENOUGH + 5, k[3]: ENOUGH, k[4]: TOO_FEW, k[5]: ENOUGH, k[6]: ENOUGH}
-    activity |= {k[8]: ENOUGH, k[9]: ENOUGH, "zz-no-partition": ENOUGH}
-    _setup(deployment, activity, without_model=(k[6],))
+def test_ready_learners_are_grouped_by_bucket_and_the_rest_left_out(deployment: Deployment) -> None:
+    a, b = ids_in_bucket(100, 2, "a")
+    [c] = ids_in_bucket(102, 1, "c")  # a small gap: bridged into the same run
+    [too_few] = ids_in_bucket(100 + FAR * 2, 1, "t")
+    [no_model] = ids_in_bucket(100 + FAR * 3, 1, "n")
+    [d] = ids_in_bucket(100 + FAR * 4, 1, "d")
+    activity = {a: ENOUGH, b: ENOUGH + 5, c: ENOUGH, too_few: TOO_FEW, no_model: ENOUGH, d: ENOUGH}
+    _setup(deployment, activity, without_model=(no_model,))
 
     data = _tick(deployment)
 
-    # k0 (no activity), k4 (too few), k6 (no model), k7 (no activity) break the stretches;
-    # the learner without a partition is not requested at all.
-    assert _ranges(data) == [(k[1], k[3]), (k[5], k[5]), (k[8], k[9])]
-    assert len({r.run_key for r in data.run_requests}) == 3
+    assert _ranges(data) == [(100, 102), (100 + FAR * 4, 100 + FAR * 4)]
+    assert len({r.run_key for r in data.run_requests}) == 2
     assert all(r.partition_key is None for r in data.run_requests)  # ranges travel as tags
 
 
-def test_stretches_follow_partition_order_not_id_order(deployment: Deployment) -> None:
-    # Partitions added in an order that differs from the alphabetical order of their ids.
-    for learner_id in ["b", "a", "c"]:
-        deployment.registry.add_learner(learner_id, baseline_completed_at=NOW)
-    deployment.registry.register_personalized_models({k: {} for k in ["a", "b", "c"]})
-    deployment.instance.add_dynamic_partitions(learner_partitions.name, ["b", "a", "c"])
-    for learner_id in ["a", "b", "c"]:
-        _interact(deployment, learner_id, ENOUGH)
-
-    assert _ranges(_tick(deployment)) == [("b", "c")]  # one stretch b, a, c in partition order
-
-
 def test_a_long_stretch_is_cut_at_the_run_size(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sensors, "PARTITIONS_PER_RUN", 3)
-    _setup(deployment, {key: ENOUGH for key in KEYS[:8]})
-
-    data = _tick(deployment)
-
-    assert _ranges(data) == [(KEYS[0], KEYS[2]), (KEYS[3], KEYS[5]), (KEYS[6], KEYS[7])]
-    covered = [KEYS.index(start) for start, _ in _ranges(data)]
-    assert covered == [0, 3, 6]
+    monkeypatch.setattr(sensors, "BUCKETS_PER_RUN", 3)
+    _setup(deployment, {ids_in_bucket(bucket, 1, f"b{bucket}")[0]: ENOUGH for bucket in range(8)})
+    assert _ranges(_tick(deployment)) == [(0, 2), (3, 5), (6, 7)]
 
 
 def test_run_key_changes_only_for_runs_with_new_activity(deployment: Deployment) -> None:
-    k = KEYS
-    _setup(deployment, {k[0]: ENOUGH, k[1]: ENOUGH, k[5]: ENOUGH})
-    first = {r.tags[sensors.RANGE_START]: r.run_key for r in _tick(deployment).run_requests}
+    [first] = ids_in_bucket(10, 1)
+    [second] = ids_in_bucket(10 + FAR * 2, 1)
+    _setup(deployment, {first: ENOUGH, second: ENOUGH})
+    before = {r.tags[sensors.RANGE_START]: r.run_key for r in _tick(deployment).run_requests}
     again = {r.tags[sensors.RANGE_START]: r.run_key for r in _tick(deployment).run_requests}
-    assert again == first  # same activity: same keys, so Dagster launches nothing twice
+    assert again == before  # same activity: same keys, so Dagster launches nothing twice
 
-    _interact(deployment, k[5], 3, week=2)
+    _interact(deployment, second, 3, week=2)
     after = {r.tags[sensors.RANGE_START]: r.run_key for r in _tick(deployment).run_requests}
-    assert after[k[0]] == first[k[0]]
-    assert after[k[5]] != first[k[5]]
+    assert after[bucket_key(10)] == before[bucket_key(10)]
+    assert after[bucket_key(10 + FAR * 2)] != before[bucket_key(10 + FAR * 2)]
+
+
+def test_a_bucket_with_a_training_run_in_flight_waits(deployment: Deployment) -> None:
+    [busy] = ids_in_bucket(50, 1)
+    _setup(deployment, {busy: ENOUGH})
+    [request] = _tick(deployment).run_requests
+    deployment.instance.create_run_for_job(deployment.defs.resolve_job_def("train_learners"), tags=request.tags)
+    waiting = _tick(deployment)
+    assert waiting.run_requests == []
+    assert waiting.skip_message == "1 learner(s) ready, all in buckets with a training run in flight"
+
+    [free] = ids_in_bucket(50 + FAR, 1, "free")
+    _setup(deployment, {free: ENOUGH})
+    assert _ranges(_tick(deployment)) == [(50 + FAR, 50 + FAR)]
 
 
 def test_nobody_ready_skips_with_a_reason(deployment: Deployment) -> None:
-    _setup(deployment, {KEYS[0]: TOO_FEW})
+    _setup(deployment, {"learner-x": TOO_FEW})
     data = _tick(deployment)
     assert data.run_requests == []
     assert data.skip_message and str(sensors.MIN_NEW_INTERACTIONS) in data.skip_message

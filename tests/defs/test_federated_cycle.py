@@ -5,10 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.ml.learner_buckets import bucket_key, bucket_of
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
 from tests.defs.conftest import Deployment
-from tests.defs.test_sensors import partitions, tick
+from tests.defs.test_sensors import tick
 
 LEARNERS = 20
 
@@ -18,14 +19,35 @@ def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluat
     return evaluation
 
 
-def _clone_and_train(deployment: Deployment) -> list[str]:
-    learners = simulate_new_learners(deployment.registry, LEARNERS)
-    for sensor, job in (("new_learner_sensor", "clone_learners"), ("learner_activity_sensor", "train_learners")):
-        data = tick(deployment, sensor)
-        assert len(data.run_requests) == 1, data.skip_message  # all partitions in one range run
-        result = deployment.run(job, tags=data.run_requests[0].tags)
+def run_requested(deployment: Deployment, sensor: str, job: str, asset: str) -> list[dg.AssetMaterialization]:
+    """Tick the sensor, execute every run it asks for; the runs' materializations (one per bucket)."""
+    data = tick(deployment, sensor)
+    assert data.run_requests, data.skip_message
+    materializations = []
+    for request in data.run_requests:
+        result = deployment.run(job, tags=request.tags)
         assert result.success
-    return learners
+        materializations += result.asset_materializations_for_node(asset)
+    return materializations
+
+
+def _clone_and_train(deployment: Deployment) -> tuple[list[str], list[dg.AssetMaterialization]]:
+    learners = simulate_new_learners(deployment.registry, LEARNERS)
+    cloned = run_requested(deployment, "new_learner_sensor", "clone_learners", "learner_models")
+    run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
+    return learners, cloned
+
+
+def _counts(materializations: list[dg.AssetMaterialization], verb: str) -> dict[str, int]:
+    """Bucket -> learners handled, for the buckets where somebody was."""
+    return {m.partition: m.metadata[verb].value for m in materializations if m.metadata[verb].value}
+
+
+def _buckets(learners: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for learner in learners:
+        counts[bucket_key(bucket_of(learner))] = counts.get(bucket_key(bucket_of(learner)), 0) + 1
+    return counts
 
 
 def test_whole_cycle_materializes_and_records_everything(deployment: Deployment) -> None:
@@ -38,8 +60,11 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     assert 1 < accuracy <= 100 and round(accuracy, 2) == accuracy
     assert _check(main, "main_model_near_bayes_ceiling").metadata["bayes_ceiling_pct"].value > 1
 
-    learners = _clone_and_train(deployment)
-    assert partitions(deployment) == learners
+    learners, cloned = _clone_and_train(deployment)
+    # One materialization per bucket of the runs, counting exactly the learners of that bucket.
+    assert _counts(cloned, "cloned") == _buckets(learners)
+    assert all(m.metadata["failed"].value == 0 and m.metadata["failures"].value == {} for m in cloned)
+    assert {m.metadata["source_version"].value for m in cloned if m.metadata["cloned"].value} == {"1.0.0"}
     record = deployment.registry.get_personalized_model(learners[0])
     assert record is not None
     assert record.metadata["federatedLearning"] is True
@@ -77,13 +102,10 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
 
     # A week later: new activity -> retraining (rebased onto 1.1.0) -> a second round.
     simulate_activity(deployment.registry, learners, week=2)
-    data = tick(deployment, "learner_activity_sensor")
-    assert len(data.run_requests) == 1
-    trained = deployment.run("train_learners", tags=data.run_requests[0].tags)
-    assert trained.success
-    materializations = trained.asset_materializations_for_node("learner_training")
-    assert sorted(m.partition for m in materializations) == learners  # one per learner partition
-    assert materializations[0].metadata["rebased"].value == LEARNERS
+    trained = run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
+    assert _counts(trained, "trained") == _buckets(learners)
+    assert sum(m.metadata["rebased"].value for m in trained) == LEARNERS
+    assert {m.metadata["source_version"].value for m in trained if m.metadata["trained"].value} == {"1.1.0"}
     # Whether a second round of this small cohort passes the cumulative curriculum guard is a
     # question of learning (tests/ml); here a negligible server step makes it promote for certain,
     # and the learning rate reaches the round from the run config.

@@ -1,4 +1,4 @@
-"""The sensors, ticked on a real temporary instance, with partition requests applied as the daemon would."""
+"""The new-learner sensor, ticked on a real temporary instance: it asks for learner buckets."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.defs import sensors
-from aivo_fl.defs.partitions import learner_partitions
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.defs.ticks import tick_sensor
+from aivo_fl.ml.learner_buckets import bucket_key, bucket_of
 from aivo_fl.registry.schema import Learner
-from tests.defs.conftest import Deployment
+from tests.defs.conftest import Deployment, ids_in_bucket
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -23,54 +23,83 @@ def tick(deployment: Deployment, name: str, cursor: str | None = None) -> dg.Sen
     return tick_sensor(deployment.defs, deployment.instance, name, cursor)
 
 
-def partitions(deployment: Deployment) -> list[str]:
-    return list(deployment.instance.get_dynamic_partitions(learner_partitions.name))
+def ranges(data: dg.SensorExecutionData) -> list[tuple[str, str]]:
+    return [(r.tags[sensors.RANGE_START], r.tags[sensors.RANGE_END]) for r in data.run_requests]
 
 
-def add_learners(deployment: Deployment, count: int, prefix: str = "learner") -> list[str]:
-    ids = [f"{prefix}-{i:05d}" for i in range(count)]
+def add(deployment: Deployment, ids: list[str]) -> list[str]:
     for learner_id in ids:
         deployment.registry.add_learner(learner_id, baseline_completed_at=NOW)
     return ids
+
+
+def add_learners(deployment: Deployment, count: int, prefix: str = "learner") -> list[str]:
+    return add(deployment, [f"{prefix}-{i:05d}" for i in range(count)])
 
 
 def test_no_new_learners_skips(deployment: Deployment) -> None:
     data = tick(deployment, "new_learner_sensor")
     assert data.run_requests == []
     assert data.skip_message == "No new learners"
-    assert partitions(deployment) == []
 
 
-def test_one_new_learner_one_run(deployment: Deployment) -> None:
+def test_one_new_learner_one_run_over_its_bucket(deployment: Deployment) -> None:
     [learner] = add_learners(deployment, 1)
     deployment.registry.add_learner("no-baseline-yet", baseline_completed_at=None)
+    [request] = tick(deployment, "new_learner_sensor").run_requests
+    key = bucket_key(bucket_of(learner))
+    assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == key
+    assert learner not in json.dumps(request.tags) and learner not in request.run_key  # no learner id in Dagster
+
+
+def test_learners_are_grouped_by_bucket_small_gaps_bridged(deployment: Deployment) -> None:
+    gap = sensors.MAX_GAP
+    first, near, far = 10, 10 + gap + 1, 10 + gap + 1 + gap + 2  # near: a gap of MAX_GAP; far: one more
+    add(deployment, ids_in_bucket(first, 2) + ids_in_bucket(near, 1) + ids_in_bucket(far, 3))
     data = tick(deployment, "new_learner_sensor")
-    assert partitions(deployment) == [learner]
-    [request] = data.run_requests
-    assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == learner
+    assert ranges(data) == [(bucket_key(first), bucket_key(near)), (bucket_key(far), bucket_key(far))]
+    assert len({r.run_key for r in data.run_requests}) == 2
 
 
-def test_many_new_learners_are_batched_and_never_requested_twice(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sensors, "PARTITIONS_PER_RUN", 100)
-    learners = add_learners(deployment, 250)
-    data = tick(deployment, "new_learner_sensor")
-    assert partitions(deployment) == learners
-    ranges = [(r.tags[sensors.RANGE_START], r.tags[sensors.RANGE_END]) for r in data.run_requests]
-    assert ranges == [(learners[0], learners[99]), (learners[100], learners[199]), (learners[200], learners[249])]
-    assert len({r.run_key for r in data.run_requests}) == 3
-
-    again = tick(deployment, "new_learner_sensor", cursor=data.cursor)
-    assert again.run_requests == []
-    assert partitions(deployment) == learners  # no duplicates
-
-    late = add_learners(deployment, 2, prefix="late")
-    third = tick(deployment, "new_learner_sensor", cursor=again.cursor)
-    assert [(r.tags[sensors.RANGE_START], r.tags[sensors.RANGE_END]) for r in third.run_requests] == [
-        (late[0], late[1])
+def test_a_long_stretch_is_cut_at_the_run_size(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sensors, "BUCKETS_PER_RUN", 4)
+    for bucket in range(10):
+        add(deployment, ids_in_bucket(bucket, 1, prefix=f"b{bucket}"))
+    assert ranges(tick(deployment, "new_learner_sensor")) == [
+        (bucket_key(0), bucket_key(3)),
+        (bucket_key(4), bucket_key(7)),
+        (bucket_key(8), bucket_key(9)),
     ]
-    assert partitions(deployment) == learners + late
+
+
+def test_thousands_of_learners_are_a_few_runs_over_every_bucket(deployment: Deployment) -> None:
+    with deployment.registry.engine.begin() as conn:
+        conn.execute(
+            sa.insert(Learner),
+            [{"id": f"learner-{i:05d}", "baselineCompletedAt": NOW, "createdAt": NOW} for i in range(5_000)],
+        )
+    data = tick(deployment, "new_learner_sensor")
+    assert ranges(data) == [(bucket_key(s), bucket_key(s + 255)) for s in range(0, 1024, 256)]
+
+
+def test_asked_again_with_the_same_key_and_not_at_all_while_a_run_is_in_flight(deployment: Deployment) -> None:
+    [learner] = add_learners(deployment, 1)
+    [first] = tick(deployment, "new_learner_sensor").run_requests
+    [again] = tick(deployment, "new_learner_sensor").run_requests
+    assert again.run_key == first.run_key  # not launched yet: the daemon drops the repeated key
+
+    # The daemon launched it: while it is queued or running, its bucket is not asked for.
+    job = deployment.defs.resolve_job_def("clone_learners")
+    run = deployment.instance.create_run_for_job(job, tags=first.tags)
+    assert run.status == dg.DagsterRunStatus.NOT_STARTED
+    waiting = tick(deployment, "new_learner_sensor")
+    assert waiting.run_requests == []
+    assert waiting.skip_message == "No new learners (1 waiting for a cloning run in flight)"
+
+    # A learner in another bucket is asked for at once.
+    other = bucket_of(learner) + 100 if bucket_of(learner) < 900 else bucket_of(learner) - 100
+    add(deployment, ids_in_bucket(other, 1, prefix="late"))
+    assert ranges(tick(deployment, "new_learner_sensor")) == [(bucket_key(other), bucket_key(other))]
 
 
 def test_cursor_pages_a_backlog_larger_than_one_scan(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,22 +109,21 @@ def test_cursor_pages_a_backlog_larger_than_one_scan(deployment: Deployment, mon
     cursor = None
     for _ in range(3):
         data = tick(deployment, "new_learner_sensor", cursor=cursor)
+        assert data.run_requests
         cursor = data.cursor
         cursors.append(cursor)
-    assert partitions(deployment) == learners
     # Two full pages, then the end of the backlog: the next scan starts from the beginning again.
     assert [json.loads(c)["after"] for c in cursors] == [learners[39], learners[79], None]
 
 
-def test_path_like_learner_ids_never_become_partitions(deployment: Deployment) -> None:
+def test_path_like_learner_ids_are_never_asked_for(deployment: Deployment) -> None:
     # The registry refuses such ids; rows the AIVO app wrote straight into "Learner" still reach the sensor.
     with deployment.registry.engine.begin() as conn:
         for bad in ("../../etc", "a/b", ".hidden"):
             conn.execute(sa.insert(Learner).values(id=bad, baselineCompletedAt=NOW, createdAt=NOW))
+    assert tick(deployment, "new_learner_sensor").skip_message == "No new learners (3 refused ids)"
     [good] = add_learners(deployment, 1)
-    data = tick(deployment, "new_learner_sensor")
-    assert partitions(deployment) == [good]
-    assert len(data.run_requests) == 1
+    assert ranges(tick(deployment, "new_learner_sensor")) == [(bucket_key(bucket_of(good)),) * 2]
 
 
 def test_switched_off_everything_skips_with_the_reason(deployment: Deployment) -> None:
@@ -105,4 +133,15 @@ def test_switched_off_everything_skips_with_the_reason(deployment: Deployment) -
         data = tick(off, name)
         assert data.run_requests == []
         assert data.skip_message == DISABLED_REASON
-    assert partitions(off) == []
+
+
+def test_runs_from_before_buckets_cover_no_bucket() -> None:
+    # An instance upgraded from per-learner partitions still holds runs whose range tags are learner ids.
+    old = dg.DagsterRun(job_name="clone_learners", tags={sensors.RANGE_START: "learner-1", sensors.RANGE_END: "x-2"})
+    assert sensors.run_buckets(old) == range(0)
+    one = dg.DagsterRun(job_name="clone_learners", tags={sensors.PARTITION: bucket_key(7)})
+    assert sensors.run_buckets(one) == range(7, 8)
+    span = dg.DagsterRun(
+        job_name="clone_learners", tags={sensors.RANGE_START: "bucket-0003", sensors.RANGE_END: "bucket-0005"}
+    )
+    assert list(sensors.run_buckets(span)) == [3, 4, 5]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from aivo_fl.defs import sensors
 from aivo_fl.defs.ticks import tick_sensor
-from tests.defs.conftest import Deployment
+from aivo_fl.ml.learner_buckets import bucket_key, bucket_of
+from aivo_fl.registry.schema import utcnow
+from tests.defs.conftest import Deployment, ids_in_bucket
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+BUCKET = 42
 
 
 @pytest.fixture
@@ -20,10 +20,9 @@ def trained(deployment: Deployment) -> Deployment:
     return small
 
 
-def _learners(d: Deployment, count: int) -> list[str]:
-    ids = [f"learner-{i:05d}" for i in range(count)]
+def _learners(d: Deployment, ids: list[str]) -> list[str]:
     for learner_id in ids:
-        d.registry.add_learner(learner_id, baseline_completed_at=NOW)
+        d.registry.add_learner(learner_id, baseline_completed_at=utcnow())
     return ids
 
 
@@ -33,18 +32,25 @@ def _with_model(d: Deployment, ids: list[str]) -> list[str]:
 
 def test_one_bad_file_fails_that_learner_only_and_it_is_asked_for_again(trained: Deployment) -> None:
     d = trained
-    ids = _learners(d, 3)
+    ids = _learners(d, ids_in_bucket(BUCKET, 3))
     [request] = tick_sensor(d.defs, d.instance, "new_learner_sensor").run_requests
-    # Something that is not a clone sits where learner-00001's folder goes.
+    # Something that is not a clone sits where the second learner's folder goes.
     d.store.learners_root.mkdir(parents=True, exist_ok=True)
     (d.store.learners_root / ids[1]).write_bytes(b"not a clone")
     first = d.run("clone_learners", tags=request.tags)
     assert not first.success
     assert _with_model(d, ids) == [ids[0], ids[2]]  # the batch went on
+    # The bucket is materialized all the same, its metadata saying who failed and why.
+    [bucket] = first.asset_materializations_for_node("learner_models")
+    assert bucket.partition == bucket_key(BUCKET)
+    assert (bucket.metadata["cloned"].value, bucket.metadata["failed"].value) == (2, 1)
+    assert list(bucket.metadata["failures"].value) == [ids[1]]
+    assert bucket.metadata["source_version"].value == "1.0.0"
 
     retry = tick_sensor(d.defs, d.instance, "new_learner_sensor")
     [again] = retry.run_requests
-    assert again.tags[sensors.RANGE_START] == again.tags[sensors.RANGE_END] == ids[1]
+    assert again.tags[sensors.RANGE_START] == again.tags[sensors.RANGE_END] == bucket_key(BUCKET)
+    assert again.run_key != request.run_key
     assert d.run("clone_learners", tags=again.tags).success
     assert _with_model(d, ids) == ids
     assert tick_sensor(d.defs, d.instance, "new_learner_sensor").skip_message == "No new learners"
@@ -52,22 +58,30 @@ def test_one_bad_file_fails_that_learner_only_and_it_is_asked_for_again(trained:
 
 def test_retries_are_bounded_and_the_reason_is_visible(trained: Deployment) -> None:
     d = trained
-    ids = _learners(d, 2)
+    ids = _learners(d, ids_in_bucket(BUCKET, 2))
     first = tick_sensor(d.defs, d.instance, "new_learner_sensor")
     # The cloning run ends without cloning anybody (switched off: it fails with that reason).
     off = d.with_settings(use_federated_learning=False)
     assert not off.run("clone_learners", tags=first.run_requests[0].tags).success
 
     cursor, run_keys = first.cursor, [first.run_requests[0].run_key]
-    for _ in range(sensors.MAX_CLONE_ATTEMPTS):
+    for _ in range(sensors.MAX_CLONE_ATTEMPTS - 1):
         data = tick_sensor(d.defs, d.instance, "new_learner_sensor", cursor)
         cursor = data.cursor
-        [request] = data.run_requests  # both learners, one range run
-        assert (request.tags[sensors.RANGE_START], request.tags[sensors.RANGE_END]) == (ids[0], ids[1])
+        [request] = data.run_requests  # both learners, one run over their bucket
+        assert (request.tags[sensors.RANGE_START], request.tags[sensors.RANGE_END]) == (bucket_key(BUCKET),) * 2
         run_keys.append(request.run_key)
+        assert not off.run("clone_learners", tags=request.tags).success
     assert len(set(run_keys)) == len(run_keys)  # a fresh run key each time, or the daemon would drop it
     given_up = tick_sensor(d.defs, d.instance, "new_learner_sensor", cursor)
     assert given_up.run_requests == []
     assert given_up.skip_message == (
         f"No new learners (no model after {sensors.MAX_CLONE_ATTEMPTS} cloning attempts: {ids[0]}, {ids[1]})"
     )
+
+    # A newcomer in another bucket is still cloned; the given-up learners are not asked for.
+    [newcomer] = _learners(d, ids_in_bucket(BUCKET + 1, 1, prefix="newcomer"))
+    [request] = tick_sensor(d.defs, d.instance, "new_learner_sensor", given_up.cursor).run_requests
+    assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == bucket_key(bucket_of(newcomer))
+    assert d.run("clone_learners", tags=request.tags).success
+    assert _with_model(d, [*ids, newcomer]) == [newcomer]

@@ -7,6 +7,7 @@ import pickle
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +58,12 @@ def _update(tmp: Path, i: int, delta: dict | None = None, **kw: object) -> Learn
     return LearnerUpdate(**fields)  # type: ignore[arg-type]
 
 
+def _options(**kw: Any) -> RoundOptions:
+    """These tests pin the strategies' maths on plain model averaging (sgd, rate 1 unless given),
+    not on the product's default server optimizer (FedAdam)."""
+    return RoundOptions(**{"server_optimizer": "sgd", **kw})
+
+
 def _run(
     updates: list[LearnerUpdate],
     options: RoundOptions | None = None,
@@ -67,12 +74,12 @@ def _run(
 ):  # type: ignore[no-untyped-def]
     root = Path(os.path.commonpath([u.delta_path.parent.parent for u in updates]))
     round_state = RoundState("1.2.0", _base(), HISTORY, updates, root, history or PrivacyHistory(), state or {})
-    return build_candidate(round_state, options or RoundOptions(), privacy, NOW, np.random.default_rng(seed))
+    return build_candidate(round_state, options or _options(), privacy, NOW, np.random.default_rng(seed))
 
 
 def test_fedavg_round_is_base_plus_sample_weighted_mean(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i) for i in range(5)]
-    result = _run(updates, RoundOptions(learning_rate=0.5))
+    result = _run(updates, _options(learning_rate=0.5))
     w = np.array([u.num_samples for u in updates], float)
     for name in SHAPES:
         mean = np.average(np.stack([_delta(i)[name] for i in range(5)]).astype(np.float64), axis=0, weights=w)
@@ -168,14 +175,14 @@ def test_too_few_learners_raises_with_counts(tmp_path: Path) -> None:
 
 def test_unknown_strategy_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="valid strategies: fedavg, weighted, trimmed_mean, median"):
-        _run([_update(tmp_path, i) for i in range(3)], RoundOptions(strategy="krum"))
+        _run([_update(tmp_path, i) for i in range(3)], _options(strategy="krum"))
 
 
 def test_robust_strategies_in_a_round_resist_a_poisoned_learner(tmp_path: Path) -> None:
     honest = [_update(tmp_path, i, delta={k: np.full(s, 0.1, np.float32) for k, s in SHAPES.items()}) for i in range(6)]
     poisoned = _update(tmp_path, 9, delta={k: np.full(s, 50.0, np.float32) for k, s in SHAPES.items()})
     for strategy in ("median", "trimmed_mean"):
-        result = _run([*honest, poisoned], RoundOptions(strategy=strategy, block_bytes=8 * 7 * 5))
+        result = _run([*honest, poisoned], _options(strategy=strategy, block_bytes=8 * 7 * 5))
         for name in SHAPES:
             np.testing.assert_allclose(result.candidate_heads[name], 0.6, rtol=1e-6)
     fed = _run([*honest, poisoned])
@@ -184,7 +191,7 @@ def test_robust_strategies_in_a_round_resist_a_poisoned_learner(tmp_path: Path) 
 
 def test_weighted_strategy_favours_learners_who_improved(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i, improvement=g, num_samples=100) for i, g in enumerate([0.2, -0.1, 0.0])]
-    result = _run(updates, RoundOptions(strategy="weighted"))
+    result = _run(updates, _options(strategy="weighted"))
     assert [c.weight for c in result.contributions] == pytest.approx([0.2 / 0.22, 0.01 / 0.22, 0.01 / 0.22])
 
 
@@ -224,7 +231,7 @@ def test_dp_with_tiny_noise_multiplier_warns(tmp_path: Path) -> None:
 def test_dp_refuses_robust_strategies(tmp_path: Path) -> None:
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0)
     with pytest.raises(ValueError, match="cannot be combined with differential privacy"):
-        _run([_update(tmp_path, i) for i in range(3)], RoundOptions(strategy="median"), privacy=privacy)
+        _run([_update(tmp_path, i) for i in range(3)], _options(strategy="median"), privacy=privacy)
 
 
 def test_global_budget_refuses_the_round(tmp_path: Path) -> None:
@@ -247,8 +254,8 @@ def test_learner_whose_budget_is_spent_is_excluded(tmp_path: Path) -> None:
 def test_dry_run_builds_the_candidate_without_noise_and_releases_nothing(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i) for i in range(3)]
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=1.0)
-    dry = _run(updates, RoundOptions(dry_run=True), privacy=privacy, seed=1)
-    again = _run(updates, RoundOptions(dry_run=True), privacy=privacy, seed=2)
+    dry = _run(updates, _options(dry_run=True), privacy=privacy, seed=1)
+    again = _run(updates, _options(dry_run=True), privacy=privacy, seed=2)
     real = _run(updates, privacy=privacy, seed=1)
     assert dry.privacy_record is None and dry.noise_std is None and dry.dry_run
     assert real.privacy_record.event() == PrivacyEvent(1.0) and real.noise_std == pytest.approx(1.0 / 3)
@@ -256,21 +263,21 @@ def test_dry_run_builds_the_candidate_without_noise_and_releases_nothing(tmp_pat
     for name in SHAPES:  # no noise: the seed does not matter, and the noisy release differs
         np.testing.assert_array_equal(dry.candidate_heads[name], again.candidate_heads[name])
         assert not np.allclose(dry.candidate_heads[name], real.candidate_heads[name], atol=1e-3)
-    no_dp_dry, no_dp = _run(updates, RoundOptions(dry_run=True)), _run(updates)
+    no_dp_dry, no_dp = _run(updates, _options(dry_run=True)), _run(updates)
     for name in SHAPES:  # without DP a dry run's candidate is the real one, bit for bit
         np.testing.assert_array_equal(no_dp_dry.candidate_heads[name], no_dp.candidate_heads[name])
 
 
 def test_server_optimizer_state_carries_over_between_rounds(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i) for i in range(3)]
-    first = _run(updates, RoundOptions(server_optimizer="momentum", learning_rate=0.5))
+    first = _run(updates, _options(server_optimizer="momentum", learning_rate=0.5))
     assert first.server_optimizer == "momentum" and first.learning_rate == 0.5
     mean = {k: (first.candidate_heads[k].astype(np.float64) - 0.5) / 0.5 for k in SHAPES}  # m = aggregate
-    second = _run(updates, RoundOptions(server_optimizer="momentum", learning_rate=0.5), state=first.optimizer_state)
+    second = _run(updates, _options(server_optimizer="momentum", learning_rate=0.5), state=first.optimizer_state)
     for name in SHAPES:  # m2 = 0.9 m1 + aggregate; heads = base + 0.5 m2
         np.testing.assert_allclose(second.candidate_heads[name], 0.5 + 0.5 * 1.9 * mean[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="Unknown server optimizer"):
-        _run(updates, RoundOptions(server_optimizer="lamb"))
+        _run(updates, _options(server_optimizer="lamb"))
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +373,7 @@ def test_deltas_held_in_memory_give_the_same_round_as_the_files(
     tmp_path: Path, strategy: str, privacy: PrivacySettings
 ) -> None:
     updates = [_update(tmp_path, i) for i in range(6)]
-    options = RoundOptions(strategy=strategy, block_bytes=64)  # several blocks for the robust strategy
+    options = _options(strategy=strategy, block_bytes=64)  # several blocks for the robust strategy
     from_files = _run(updates, options, privacy)
     in_memory = {u.learner_id: _delta(i) for i, u in enumerate(updates)}
     state = RoundState("1.2.0", _base(), HISTORY, updates, tmp_path / "nowhere", PrivacyHistory(), {}, in_memory)
@@ -381,9 +388,9 @@ def test_a_non_finite_delta_in_memory_is_excluded_like_a_file(tmp_path: Path) ->
     in_memory = {u.learner_id: _delta(i) for i, u in enumerate(updates)}
     in_memory["learner-2"]["heads.d.bias"][0] = np.nan
     state = RoundState("1.2.0", _base(), HISTORY, updates, tmp_path, PrivacyHistory(), {}, in_memory)
-    result = build_candidate(state, RoundOptions(), NO_DP, NOW, np.random.default_rng(0))
+    result = build_candidate(state, _options(), NO_DP, NOW, np.random.default_rng(0))
     assert [c.learner_id for c in result.excluded] == ["learner-2"]
     assert result.excluded[0].excluded_reason == deltas.NON_FINITE
     bad_shape = {**in_memory, "learner-2": {k: v[:1] for k, v in _delta(2).items()}}
     with pytest.raises(ValueError, match="learner-2"):
-        build_candidate(replace(state, in_memory=bad_shape), RoundOptions(), NO_DP, NOW, np.random.default_rng(0))
+        build_candidate(replace(state, in_memory=bad_shape), _options(), NO_DP, NOW, np.random.default_rng(0))

@@ -249,7 +249,8 @@ def test_learners_needing_a_model_page_with_a_cursor(registry: ModelRegistry) ->
     for i in range(5):
         registry.add_learner(f"l{i}", baseline_completed_at=NOW)
     registry.add_learner("no-baseline", baseline_completed_at=None)
-    registry.register_personalized_model("l1", {})
+    registry.register_personalized_model("l1", {"federatedLearning": True})
+    registry.register_personalized_model("l2", {})  # a row from before activation: still to be cloned
     delete_learner_in_app(registry, "l3")
     assert registry.learners_needing_model() == ["l0", "l2", "l4"]
     assert registry.learners_needing_model(limit=2) == ["l0", "l2"]

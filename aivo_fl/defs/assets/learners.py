@@ -1,18 +1,21 @@
-"""Per-learner assets: the personalized clone and its local training, one partition per learner.
+"""Per-learner assets, partitioned by learner bucket: the personalized clones and their local training.
 
-Both use a single-run backfill policy: a sensor tick that finds many learners asks for one run
-over a range of partitions instead of one run per learner.
+A run covers a range of buckets (single-run backfill policy) and handles every learner of those
+buckets that needs it. Each bucket gets one materialization whose metadata counts what was done
+and lists the failures with their reasons; per-learner status and lineage are the registry's.
+One learner's failure fails only that learner: the others are handled, every bucket is
+materialized, and then the run fails naming them.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from statistics import fmean
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 
 from aivo_fl.defs.assets.main_model import main_model
-from aivo_fl.defs.partitions import learner_partitions
+from aivo_fl.defs.partitions import bucket_numbers, learner_buckets
 from aivo_fl.defs.readable import percent, rounded
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
@@ -23,48 +26,98 @@ from aivo_fl.defs.resources import (
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.ml.artifacts import ArtifactError
+from aivo_fl.ml.cloning import CloneInfo
+from aivo_fl.ml.learner_buckets import bucket_index, group_by_bucket
 from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.operations.cohorts import Selection, needing_model, ready_to_train
 from aivo_fl.operations.errors import diagnose
-from aivo_fl.operations.learners import clone_learners, train_learner_locally
+from aivo_fl.operations.learners import LearnerTrainingOutcome, clone_learners, train_learner_locally
 from aivo_fl.operations.recovery import clean_store
 from aivo_fl.registry import RegistryError
 
 # One learner's bad file or refused row fails that learner, not the batch.
 PER_LEARNER_ERRORS = (InvalidLearnerId, RegistryError, ArtifactError, OSError)
+# Failures listed by name: per bucket in its metadata, per run in its failure (all are counted).
+MAX_LISTED = 20
 T = TypeVar("T")
-# What both per-learner assets share: a partition per learner, one run per range of partitions.
+# What both per-learner assets share: a partition per bucket, one run per range of buckets, and
+# materializations yielded per bucket (so a run that then fails still records what it did).
 _learner_asset = partial(
     dg.asset,
     group_name="learners",
-    partitions_def=learner_partitions,
+    partitions_def=learner_buckets,
     backfill_policy=dg.BackfillPolicy.single_run(),
     kinds={"pytorch"},
     retry_policy=TRANSIENT_RETRY,
+    output_required=False,
 )
 
 
 def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:
     """Finish the whole batch first, then fail naming each learner that could not be handled."""
     if failures:
-        listed = "; ".join(f"{learner}: {reason}" for learner, reason in sorted(failures.items())[:20])
+        listed = sorted(failures.items())[:MAX_LISTED]
+        more = f"; and {len(failures) - len(listed)} more" if len(failures) > len(listed) else ""
         raise dg.Failure(
-            description=f"{what} failed for {len(failures)} learner(s) ({done} succeeded): {listed}",
-            metadata={"failed": dg.MetadataValue.json(failures), "succeeded": done},
+            description=f"{what} failed for {len(failures)} learner(s) ({done} succeeded): "
+            + "; ".join(f"{learner}: {reason}" for learner, reason in listed)
+            + more,
+            metadata={"failed": dg.MetadataValue.json(dict(sorted(failures.items())[:100])), "succeeded": done},
             allow_retries=False,
         )
 
 
-def _for_each_learner(keys: Sequence[str], work: Callable[[str], T]) -> tuple[list[T], dict[str, str]]:
+def _for_each_learner(keys: Sequence[str], work: Callable[[str], T]) -> tuple[dict[str, T], dict[str, str]]:
     """Run `work` per learner: a learner's own error fails that learner; anything else fails the run
     (retried only when transient)."""
-    done, failures = [], {}
+    done, failures = {}, {}
     with fail_fast_unless_transient():
         for learner_id in keys:
             try:
-                done.append(work(learner_id))
+                done[learner_id] = work(learner_id)
             except PER_LEARNER_ERRORS as exc:
                 failures[learner_id] = diagnose(exc).line
     return done, failures
+
+
+def _bucket_materializations(
+    context: dg.AssetExecutionContext,
+    verb: str,
+    done: Mapping[str, T],
+    failures: Mapping[str, str],
+    describe: Callable[[list[T]], dict[str, Any]],
+) -> Iterator[dg.AssetMaterialization]:
+    """One materialization per bucket of the run: `verb` (cloned, trained), failed, the failures
+    with their reasons (the first MAX_LISTED), and what `describe` makes of the bucket's results."""
+    done_in, failed_in = group_by_bucket(done), group_by_bucket(failures)
+    for key in context.partition_keys:
+        bucket = bucket_index(key)
+        results = [done[learner] for learner in done_in.get(bucket, [])]
+        failed = sorted(failed_in.get(bucket, []))
+        metadata = {
+            verb: len(results),
+            "failed": len(failed),
+            "failures": dg.MetadataValue.json({learner: failures[learner] for learner in failed[:MAX_LISTED]}),
+            **describe(results),
+        }
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=metadata)
+
+
+def _report_refused(context: dg.AssetExecutionContext, selection: Selection) -> None:
+    # Ids the app wrote that could escape the model store are never handled; saying so is enough.
+    for reason in list(selection.refused.values())[:10]:
+        context.log.warning(f"Not handled: {reason}")
+
+
+def _versions(versions: set[str]) -> str:
+    return ", ".join(sorted(versions)) or "-"
+
+
+def _clone_metadata(clones: list[CloneInfo]) -> dict[str, Any]:
+    return {
+        "source_version": _versions({c.source_version for c in clones}),
+        "bytes_per_learner": round(fmean(c.bytes_on_disk for c in clones)) if clones else 0,
+    }
 
 
 @_learner_asset(deps=[main_model])
@@ -74,24 +127,34 @@ def learner_models(
     model_store: ModelStoreResource,
     federated_settings: FederatedSettingsResource,
     reporter: ReporterResource,
-) -> dg.MaterializeResult:
-    """Each learner's personalized clone of the active main version: frozen trunk, own heads."""
+) -> Iterator[dg.AssetMaterialization]:
+    """Every learner of the run's buckets with a completed baseline and no model gets a personalized
+    clone of the active main version (frozen trunk, own heads) and a `"PersonalizedModel"` row."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     clean_store(store, report)
-    report(f"Cloning {len(context.partition_keys)} learner model(s)...")
     with fail_fast_unless_transient():
-        batch = clone_learners(reg, store, context.partition_keys, base_model=model_store.base_model_name)
-    version = batch.clones[-1].source_version if batch.clones else None
-    report(f"✓ Cloned {len(batch.clones)} learner model(s) from main version {version}")
-    _fail_if_any(batch.failures, len(batch.clones), "Cloning")
-    return dg.MaterializeResult(
-        metadata={
-            "learners": len(batch.clones),
-            "source_version": version or "-",
-            "bytes_per_learner": round(fmean(c.bytes_on_disk for c in batch.clones)) if batch.clones else 0,
-        }
-    )
+        selection = needing_model(reg, bucket_numbers(context.partition_keys))
+        report(f"Cloning {len(selection.learners)} learner model(s) in {len(context.partition_keys)} bucket(s)...")
+        batch = clone_learners(reg, store, selection.learners, base_model=model_store.base_model_name)
+    _report_refused(context, selection)
+    clones = {clone.learner_id: clone for clone in batch.clones}
+    version = _versions({c.source_version for c in batch.clones})
+    report(f"✓ Cloned {len(clones)} learner model(s) from main version {version}")
+    yield from _bucket_materializations(context, "cloned", clones, batch.failures, _clone_metadata)
+    _fail_if_any(batch.failures, len(clones), "Cloning")
+
+
+def _training_metadata(trained: list[LearnerTrainingOutcome]) -> dict[str, Any]:
+    outcomes = [t.result for t in trained]
+    return {
+        "source_version": _versions({o.source_version for o in outcomes}),
+        "rebased": sum(1 for o in outcomes if o.rebased_from is not None),
+        "mean_accuracy_before_pct": percent(fmean(o.accuracy_before for o in outcomes)) if outcomes else 0.0,
+        "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
+        "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
+        "samples": sum(o.samples for o in outcomes),
+    }
 
 
 @_learner_asset(deps=[learner_models])
@@ -102,13 +165,17 @@ def learner_training(
     federated_settings: FederatedSettingsResource,
     training_settings: TrainingSettingsResource,
     reporter: ReporterResource,
-) -> dg.MaterializeResult:
-    """Local training of each learner's heads on their own interactions; one session row per run."""
+) -> Iterator[dg.AssetMaterialization]:
+    """Local training of every learner of the run's buckets with enough new interactions since their
+    last session; one `"ModelTrainingSession"` row per learner."""
     federated_settings.require_enabled()
     reg, store, report = registry.get_registry(), model_store.get_store(), reporter.for_context(context)
     threads = training_settings.torch_threads(context.instance)
+    with fail_fast_unless_transient():
+        selection = ready_to_train(reg, bucket_numbers(context.partition_keys))
+    _report_refused(context, selection)
     trained, failures = _for_each_learner(
-        context.partition_keys,
+        selection.learners,
         lambda learner: train_learner_locally(
             reg,
             store,
@@ -118,22 +185,13 @@ def learner_training(
             num_threads=threads,
         ),
     )
-    outcomes = [t.result for t in trained]
-    rebased = sum(1 for o in outcomes if o.rebased_from is not None)
+    outcomes = [t.result for t in trained.values()]
     if outcomes:
+        rebased = sum(1 for o in outcomes if o.rebased_from is not None)
         report(
             f"✓ Trained {len(outcomes)} learner model(s) ({rebased} rebased onto the active version); "
             f"held-out accuracy {fmean(o.accuracy_before for o in outcomes):.2%} -> "
             f"{fmean(o.accuracy_after for o in outcomes):.2%}"
         )
+    yield from _bucket_materializations(context, "trained", trained, failures, _training_metadata)
     _fail_if_any(failures, len(outcomes), "Local training")
-    return dg.MaterializeResult(
-        metadata={
-            "learners": len(outcomes),
-            "rebased": rebased,
-            "mean_accuracy_before_pct": percent(fmean(o.accuracy_before for o in outcomes)) if outcomes else 0.0,
-            "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
-            "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
-            "samples": sum(o.samples for o in outcomes),
-        }
-    )

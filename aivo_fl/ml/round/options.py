@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aivo_fl.ml.aggregation.server_optimizers import Sgd
+from aivo_fl.ml.aggregation.server_optimizers import Adam
 from aivo_fl.ml.aggregation.strategies import TRIM_FRACTION, FedAvg
 from aivo_fl.ml.privacy import DEFAULT_DELTA, DEFAULT_SAMPLE_CAP
 
@@ -21,9 +21,11 @@ class RoundOptions:
     strategy: str = FedAvg.name
     min_learners: int = 3
     max_stale_days: int = 7
-    server_optimizer: str = Sgd.name
-    # None: the optimizer's own default. Server learning rate 1.0 with sgd is model averaging
-    # (McMahan et al. 2017), the setting the delta semantics were designed for.
+    # FedAdam (Reddi et al. 2021) at its default rate 0.01, the fl_quality benchmark's choice: each
+    # coordinate moves by about the rate whatever the aggregate's scale (DP-FedAvg shrinks it), and
+    # it closed more of the gap to the central oracle than plain FedAvg (sgd 1.0, which stalls).
+    server_optimizer: str = Adam.name
+    # None: the optimizer's own default (adam 0.01; sgd 1.0 is plain model averaging).
     learning_rate: float | None = None
     dry_run: bool = False
     max_delta_norm: float = DEFAULT_MAX_DELTA_NORM

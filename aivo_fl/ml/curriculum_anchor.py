@@ -1,0 +1,31 @@
+"""Server-side anchoring to the curriculum: the server holds the curriculum it trained the main
+model on, so after a round it can pull the candidate back toward it, privately for free.
+
+Averaging many learners' small local fits moves the personal layers along directions that also
+cost curriculum accuracy where the population does not need them to (each learner overfits its
+few interactions). A short proximal fine-tune of the candidate on the curriculum (the same loss
+and SGD as local training, anchored at the candidate) undoes what the population did not ask
+for and keeps what it did: over rounds the main model settles near the joint optimum of both
+losses instead of drifting along the population's alone. It reads no learner data, so under DP
+it is post-processing and spends no privacy budget.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
+from aivo_fl.ml.data import Samples
+from aivo_fl.ml.model import CurriculumNet, freeze_trunk, samples_to_tensors
+
+
+def anchor_to_curriculum(candidate: CurriculumNet, curriculum: Samples, config: LocalTrainingConfig) -> CurriculumNet:
+    """A copy of ``candidate`` whose personal layers took ``config.epochs`` proximal SGD epochs on
+    ``curriculum`` (proximal term toward ``candidate`` itself); the trunk's frozen layers stay."""
+    if len(curriculum) == 0:
+        raise ValueError("anchoring needs curriculum samples")
+    model = copy.deepcopy(candidate)
+    freeze_trunk(model)
+    train_one(model, LearnerBatch(0, *samples_to_tensors(curriculum)), personal_tensors(candidate), config)
+    model.eval()
+    return model
