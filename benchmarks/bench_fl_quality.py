@@ -31,7 +31,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,8 +50,9 @@ from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, CurriculumNet, freeze_trunk
 from aivo_fl.ml.population import Interactions, Population, PopulationConfig, concat_interactions
 from aivo_fl.ml.privacy_ledger import compose_rounds
 from aivo_fl.ml.round.accounting import PrivacyHistory
+from aivo_fl.ml.round.backtrack import MAX_HALVINGS, backtrack
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
-from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, gate, with_heads
+from aivo_fl.ml.round.gate import EvaluationSet, GateResult, Tolerances, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.training import TrainingConfig, configure_cpu, split_train_val, train_model
@@ -96,6 +97,8 @@ class Knobs:
     # Curriculum samples drawn for each round's anchoring: a fixed count, so its pull per round
     # (steps x rate) does not grow with the size of the curriculum the server holds.
     anchor_samples: int = 2_400
+    # Backtracking: a candidate the gate refuses is retried at 1/2, 1/4, ... of the server step.
+    halvings: int = MAX_HALVINGS
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class Knobs:
             "start_from_offset": self.start_from_offset,
             "anchor": None if self.anchor is None else self.anchor.__dict__,
             "anchor_samples": self.anchor_samples,
+            "halvings": self.halvings,
         }
 
 
@@ -215,23 +219,30 @@ def _round(
         lineage.privacy = lineage.privacy.after(
             result.privacy_record, [c.learner_id for c in result.contributions if c.charged]
         )
-    candidate = with_heads(lineage.active, result.candidate_heads)
-    if knobs.anchor is not None:
-        curriculum = world.curriculum_train
-        drawn = np.random.default_rng([week, 5]).permutation(len(curriculum))[: knobs.anchor_samples]
-        candidate = anchor_to_curriculum(candidate, curriculum.subset(np.sort(drawn)), replace(knobs.anchor, seed=week))
     # Pooled (correct, total) counts are the same whether learners' sets are scored apart or together.
     evaluation = EvaluationSet({CONTRIBUTORS: [data.evaluation().samples]}, world.curriculum_val)
     tolerances = Tolerances(curriculum=knobs.curriculum_tolerance)
-    verdict = gate(lineage.active, candidate, world.round0, evaluation, tolerances)
-    if verdict.accepted:
+
+    def judge(heads: Mapping[str, np.ndarray]) -> tuple[CurriculumNet, GateResult]:
+        candidate = with_heads(lineage.active, heads)
+        if knobs.anchor is not None:
+            curriculum = world.curriculum_train
+            drawn = np.random.default_rng([week, 5]).permutation(len(curriculum))[: knobs.anchor_samples]
+            candidate = anchor_to_curriculum(
+                candidate, curriculum.subset(np.sort(drawn)), replace(knobs.anchor, seed=week)
+            )
+        return candidate, gate(lineage.active, candidate, world.round0, evaluation, tolerances)
+
+    judged = backtrack(result, state.base_heads, state.optimizer_state, judge, knobs.halvings)
+    if judged.verdict.accepted:
         lineage.versions.append(next_version(lineage.versions[-1]))
-        lineage.active, lineage.optimizer_state = candidate, result.optimizer_state
+        lineage.active, lineage.optimizer_state = judged.candidate, judged.result.optimizer_state
     return {
         "learners": len(update.learners),
         "included": len(result.included),
-        "accepted": verdict.accepted,
-        "gate_reason": verdict.reason,
+        "accepted": judged.verdict.accepted,
+        "gate_reason": judged.verdict.reason,
+        "step_scale": judged.step_scale,
         "clip_norm": result.clip_norm,
         "epsilon": result.privacy.epsilon_total,
         **_personalized(lineage, data.evaluation()),

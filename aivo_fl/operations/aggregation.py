@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from aivo_fl.ml.artifacts import load_artifact, load_main_model, main_version_di
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.round.accounting import PrivacyHistory
+from aivo_fl.ml.round.backtrack import Backtracked, backtrack
 from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, GateResult, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
@@ -57,6 +58,7 @@ def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: 
         "curriculumReference": verdict.curriculum_reference,
         "heldoutSamples": verdict.heldout_samples,
         "aggregateNorm": result.aggregate_norm,
+        "stepScale": result.step_scale,  # the server step's accepted scale (backtracking; 1 = full step)
     }
 
 
@@ -257,14 +259,19 @@ def recorded_privacy(result: RoundResult) -> dict[str, Any]:
 
 def _judge(
     registry: ModelRegistry, store: ModelStore, active: MainVersionRecord, read: _Read, result: RoundResult
-) -> tuple[CurriculumNet, GateResult]:
-    """The gate on the data the operations layer has: the contributors' held-out interactions."""
-    candidate = with_heads(read.active_model, result.candidate_heads)
+) -> Backtracked:
+    """The gate on the data the operations layer has: the contributors' held-out interactions; a
+    refused candidate is retried with smaller server steps (no extra privacy cost, see backtrack)."""
     heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
     evaluation = EvaluationSet({CONTRIBUTORS: heldouts}, curriculum_validation_split(active, store))
     reference = trained_version(active.version)
     trained = read.active_model if reference == active.version else load_main_model(store.main_root, reference)[0]
-    return candidate, gate(read.active_model, candidate, trained, evaluation)
+
+    def judge(heads: Mapping[str, np.ndarray]) -> tuple[CurriculumNet, GateResult]:
+        candidate = with_heads(read.active_model, heads)
+        return candidate, gate(read.active_model, candidate, trained, evaluation)
+
+    return backtrack(result, read.state.base_heads, read.state.optimizer_state, judge)
 
 
 def _report_gate(verdict: GateResult, report: Report) -> None:
@@ -313,8 +320,11 @@ def _run_round(
     read = _read(registry, store, active, options, now, report)
     result = build_candidate(read.state, options, privacy, now, rng)
     _report_round(result, privacy, options, report)
-    candidate, verdict = _judge(registry, store, active, read, result)
+    judged_step = _judge(registry, store, active, read, result)
+    result, candidate, verdict = judged_step.result, judged_step.candidate, judged_step.verdict
     _report_gate(verdict, report)
+    if judged_step.step_scale < 1.0:
+        report(f"Backtracking: the full server step was refused; promoted at {judged_step.step_scale:g} of it.")
     candidate_version = next_free_version(registry, store, active.version, "minor")
     if options.dry_run:
         outcome = f"promote it as {candidate_version}" if verdict.accepted else f"reject it ({verdict.reason})"

@@ -1,7 +1,8 @@
 """Steps 1-2 of a round composed: from what the round reads to its candidate heads.
 
 Pure inputs, no database: the operations layer (registry + model store) and the benchmarks (in
-memory) both call :func:`build_candidate`, then :func:`aivo_fl.ml.round.gate.gate`, then persist
+memory) both call :func:`build_candidate`, then :func:`aivo_fl.ml.round.backtrack.backtrack` (the
+gate, with smaller server steps if it refuses), then persist
 in their own way. A dry run builds the very same candidate, only without DP noise: nothing is
 released, so no privacy is spent, and its gate verdict is the real one (exactly so with DP off).
 """
@@ -75,6 +76,8 @@ class RoundResult:
     privacy: PrivacyAccount
     noise_std: float | None  # std of the noise on the released average (None without DP or on a dry run)
     dry_run: bool
+    aggregate: Delta  # the strategy's (released) aggregate: backtracking rebuilds smaller steps from it
+    step_scale: float = 1.0  # the server step's scale (backtracking: 1/2, 1/4, ... when the gate refused more)
 
     @property
     def privacy_record(self) -> RoundPrivacy | None:
@@ -226,6 +229,7 @@ def build_candidate(
         privacy=accounted,
         noise_std=strategy.released_noise_std if noisy else None,
         dry_run=options.dry_run,
+        aggregate=update,
     )
 
 
