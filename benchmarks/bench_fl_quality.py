@@ -9,7 +9,9 @@ deltas held in memory: :func:`aivo_fl.ml.round.candidate.build_candidate` (scree
 sampling, fixed denominator, budgets, adaptive clipping, DpClipped, server optimizer), the
 server's anchoring of the candidate to its curriculum (:mod:`aivo_fl.ml.curriculum_anchor`; a
 benchmark knob, not yet part of the product's round), and :func:`aivo_fl.ml.round.gate.gate` on
-the contributors' held-out interactions, as in production.
+the contributors' held-out interactions, with the product's backtracking
+(:func:`aivo_fl.ml.round.backtrack.backtrack`: a refused step is retried at 1/2, 1/4, 1/8), as in
+production.
 
 Per round: cold start (the main model on a fixed evaluation cohort that never trains: what a new
 learner gets), personalized (each contributor's clone on its own held-out interactions, next to the
@@ -80,8 +82,10 @@ class Knobs:
     depth: str = "heads"
     # FedAdam: each coordinate moves by about the rate whatever the aggregate's scale, so the same
     # rate suits DP-FedAvg's shrunken average (capped weights over a fixed denominator) and no DP.
+    # 0.02 with backtracking (seed 1, 3,000 learners, no DP: 84% of the gap against 77% at 0.01,
+    # where backtracking never triggers, and 67% at 0.02 without it, frozen from round 3).
     server_optimizer: str = "adam"
-    server_learning_rate: float = 0.01
+    server_learning_rate: float = 0.02
     local: LocalTrainingConfig = field(default_factory=lambda: LocalTrainingConfig(epochs=5, proximal_mu=0.1))
     # The gate's cumulative curriculum guard (the product's default is 5 points): the goal here is
     # to stay within 3 points of round 0, so the gate enforces exactly that.
