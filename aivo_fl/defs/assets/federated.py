@@ -114,6 +114,7 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
         "strategy": s["strategy"],
         "server_optimizer": s["serverOptimizer"],
         "server_learning_rate": s["learningRate"],
+        "server_step_scale": s["stepScale"],  # < 1: backtracking halved a refused step
         "contributing_learners": len(s["contributingLearners"]),
         "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
         "accuracy_before_pct": percent(s["accuracyBefore"]),
