@@ -31,10 +31,9 @@ from typing import Any
 import dagster as dg
 
 from aivo_fl.defs import sensors
-from benchmarks.bench_sensor import add_learners, trained_deployment
+from benchmarks.bench_sensor import add_learners, execute_requests, trained_deployment
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "provisioning.json"
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 GOAL_SECONDS_100K = 300  # the goal: 100,000 learners in under 5 minutes on 2 cores
 
 
@@ -79,13 +78,7 @@ def _dagster(count: int) -> dict[str, Any]:
             requests, cursor = list(data.run_requests or []), data.cursor or cursor
             tick_seconds += time.perf_counter() - tick_started
             ticks += 1
-            for request in requests:
-                result = job.execute_in_process(
-                    instance=instance, tags=request.tags, raise_on_error=False, run_config=QUIET
-                )
-                if not result.success:
-                    raise RuntimeError(f"cloning run failed for {request.tags}")
-                runs += 1
+            runs += execute_requests(job, instance, requests)
             if not requests and not registry.learners_needing_model(limit=1):
                 break
         seconds = time.perf_counter() - started

@@ -26,6 +26,16 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results" / "sensor.json"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
+def execute_requests(job: dg.JobDefinition, instance: dg.DagsterInstance, requests: list[dg.RunRequest]) -> int:
+    """Execute each requested run in-process, as the daemon would launch it; a failed run stops the
+    benchmark (a figure from a half-done run would be wrong). Returns the number of runs."""
+    for request in requests:
+        result = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False, run_config=QUIET)
+        if not result.success:
+            raise RuntimeError(f"{job.name} run failed for {request.tags}")
+    return len(requests)
+
+
 def trained_deployment(root: Path) -> tuple[Any, Any, Any]:
     """Settings, a migrated SQLite registry holding a (barely) trained main 1.0.0, and the definitions."""
     from aivo_fl.config import Settings
@@ -111,12 +121,7 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
         if clone:
             job = defs.resolve_job_def("clone_learners")
             started = time.perf_counter()
-            for request in data.run_requests:
-                result = job.execute_in_process(
-                    instance=instance, tags=request.tags, raise_on_error=False, run_config=QUIET
-                )
-                if not result.success:
-                    raise RuntimeError(f"cloning run failed for {request.tags}")
+            execute_requests(job, instance, data.run_requests)
             clone_seconds = time.perf_counter() - started
             learner_dir = Path(settings.learner_models_path) / "learner-000000"
             clone_bytes = sum(p.stat().st_size for p in learner_dir.iterdir())

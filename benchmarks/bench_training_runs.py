@@ -27,10 +27,9 @@ from typing import Any
 
 import dagster as dg
 
-from benchmarks.bench_sensor import trained_deployment
+from benchmarks.bench_sensor import execute_requests, trained_deployment
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "training_runs.json"
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
@@ -77,13 +76,7 @@ def _dagster(count: int) -> dict[str, Any]:
         runs = 0
         started = time.perf_counter()
         while requests := list(tick_sensor(defs, instance, "learner_activity_sensor").run_requests or []):
-            for request in requests:
-                result = job.execute_in_process(
-                    instance=instance, tags=request.tags, raise_on_error=False, run_config=QUIET
-                )
-                if not result.success:
-                    raise RuntimeError(f"training run failed for {request.tags}")
-                runs += 1
+            runs += execute_requests(job, instance, requests)
         seconds = time.perf_counter() - started
         sessions = registry.get_statistics()["totalTrainingSessions"]
         events = sum(len(instance.all_logs(r.run_id)) for r in instance.get_runs())
