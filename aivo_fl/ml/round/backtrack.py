@@ -36,8 +36,12 @@ class Backtracked:
     result: RoundResult  # the accepted step's candidate heads and optimizer state (the full step's if none)
     candidate: CurriculumNet
     verdict: GateResult  # the accepted step's verdict, or the full step's rejection
-    step_scale: float  # the accepted scale of the server step (1.0 if none passed)
     tries: int  # candidates judged
+
+    @property
+    def step_scale(self) -> float:
+        """The accepted scale of the server step (1.0 if none passed), as its result records it."""
+        return self.result.step_scale
 
 
 def rescaled(result: RoundResult, base_heads: Mapping[str, np.ndarray], state: State, scale: float) -> RoundResult:
@@ -62,12 +66,12 @@ def backtrack(
     exactly as without backtracking (same reason), and the caller keeps the old optimizer state.
     """
     candidate, verdict = judge(result.candidate_heads)
-    full = Backtracked(result, candidate, verdict, 1.0, 1)
+    full = Backtracked(result, candidate, verdict, 1)
     if verdict.accepted:
         return full
     for tries in range(2, halvings + 2):
         trial = rescaled(result, base_heads, state, 0.5 ** (tries - 1))
         candidate, verdict = judge(trial.candidate_heads)
         if verdict.accepted:
-            return Backtracked(trial, candidate, verdict, trial.step_scale, tries)
+            return Backtracked(trial, candidate, verdict, tries)
     return replace(full, tries=halvings + 1)
