@@ -192,6 +192,49 @@ def train_many(
     return out
 
 
+def evaluate_many(
+    model: CurriculumNet,
+    samples: Sequence[tuple[Tensor, Tensor]],
+    params: Sequence[dict[str, Tensor]],
+    group_size: int = 256,
+) -> list[dict[str, dict[str, float]]]:
+    """Learner i's personal layers `params[i]` (on `model`'s frozen layers) on its own `samples[i]`
+    (x, y): per head, mean cross-entropy and accuracy, as :func:`aivo_fl.ml.model.evaluate` gives
+    for one learner, for a group of learners at once. A learner without samples gets NaN."""
+    ops, out = personal_ops(model), []
+    with torch.no_grad():
+        for first in range(0, len(samples), group_size):
+            group = range(first, min(first + group_size, len(samples)))
+            counts = [samples[i][0].shape[0] for i in group]
+            h = torch.split(model.shared_features(torch.cat([samples[i][0] for i in group])), counts)
+            width = max(max(counts), 1)
+            feats = torch.zeros(len(counts), width, h[0].shape[1], dtype=h[0].dtype)
+            targets = torch.zeros(len(counts), width, len(_HEAD_SIZES), dtype=torch.int64)
+            for j, i in enumerate(group):
+                feats[j, : counts[j]], targets[j, : counts[j]] = h[j], samples[i][1]
+            stacked = fuse_heads({k: torch.stack([params[i][k] for i in group]) for k in params[first]})
+            logits = forward(ops, stacked, feats).logits
+            valid = torch.arange(width)[None, :] < torch.tensor(counts)[:, None]
+            out.extend(_head_metrics(logits, targets, valid))
+    return out
+
+
+def _head_metrics(logits: Tensor, y: Tensor, valid: Tensor) -> list[dict[str, dict[str, float]]]:
+    """Per learner and head, the masked mean cross-entropy and accuracy. logits (L, B, C), y (L, B, H)."""
+    count = valid.sum(dim=1).to(logits.dtype)  # 0 for a learner without samples: NaN, as evaluate gives
+    metrics: dict[str, tuple[list[float], list[float]]] = {}
+    for i, (head, part) in enumerate(zip(HEAD_CLASSES, torch.split(logits, _HEAD_SIZES, dim=2), strict=True)):
+        target = y[:, :, i]
+        nll = -torch.log_softmax(part, dim=2).gather(2, target[:, :, None]).squeeze(2)
+        hits = (part.argmax(dim=2) == target) & valid
+        loss = (nll * valid).sum(dim=1) / count
+        metrics[head] = (loss.tolist(), (hits.sum(dim=1) / count).tolist())
+    return [
+        {head: {"loss": losses[j], "accuracy": accuracy[j]} for head, (losses, accuracy) in metrics.items()}
+        for j in range(logits.shape[0])
+    ]
+
+
 Tensors = dict[str, Tensor]
 
 
