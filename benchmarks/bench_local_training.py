@@ -51,9 +51,13 @@ def _gemm_flops_per_second() -> float:
 
 
 def _personal_matmul_flops(model: CurriculumNet, samples: int) -> float:
-    """Forward (2 * in * out) + backward (4 * in * out) per sample and personal linear weight."""
+    """Matmul FLOPs per epoch: forward (2 * in * out), weight gradient (2 * in * out) and input
+    gradient (2 * in * out) per sample and personal linear weight, except that a lowest personal
+    layer that is linear needs no input gradient (its input is the frozen features)."""
     weights = [p for k, p in model.named_parameters() if k.endswith("weight") and p.dim() == 2 and p.requires_grad]
-    return 6.0 * samples * sum(p.numel() for p in weights)
+    lowest = model.trunk[model.frozen_layers] if model.frozen_layers < len(model.trunk) else None
+    no_input_grad = lowest.weight.numel() if isinstance(lowest, torch.nn.Linear) else 0
+    return samples * (6.0 * sum(p.numel() for p in weights) - 2.0 * no_input_grad)
 
 
 def _speed(main: CurriculumNet, population: Population, depth: str, loop_sample: int) -> dict[str, Any]:
@@ -70,13 +74,21 @@ def _speed(main: CurriculumNet, population: Population, depth: str, loop_sample:
 
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(batches), min(loop_sample, len(batches)), replace=False)
-    max_diff, started = 0.0, time.perf_counter()
+    # The plain loop as a server would run it: one model, each learner's start loaded into it, its
+    # trained tensors copied out. (A deepcopy per learner would cost more than a whole local step.)
+    clone = copy.deepcopy(model)
+    params = dict(clone.named_parameters())
+    looped, started = [], time.perf_counter()
     for i in chosen:
-        clone = copy.deepcopy(model)
+        with torch.no_grad():
+            for k in start:
+                params[k].copy_(start[k])
         train_one(clone, batches[i], start, CONFIG)
-        params = dict(clone.named_parameters())
-        max_diff = max(max_diff, max(float((params[k].detach() - trained[i][k]).abs().max()) for k in start))
+        looped.append({k: params[k].detach().clone() for k in start})
     loop_s = time.perf_counter() - started
+    max_diff = max(
+        float((got[k] - trained[i][k]).abs().max()) for i, got in zip(chosen, looped, strict=True) for k in start
+    )
     samples = sum(b.x.shape[0] for b in batches)
     floor_s = _personal_matmul_flops(model, samples) * CONFIG.epochs / _gemm_flops_per_second()
     return {
