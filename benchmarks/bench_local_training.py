@@ -60,6 +60,34 @@ def _personal_matmul_flops(model: CurriculumNet, samples: int) -> float:
     return samples * (6.0 * sum(p.numel() for p in weights) - 2.0 * no_input_grad)
 
 
+def _matmul_floor_seconds(model: CurriculumNet, learner_steps: int, rows: int) -> float:
+    """The batched step's weight matmuls alone, at this week's mean rows per learner-step: forward,
+    input gradient (not for a lowest linear layer) and fused update per personal linear weight, timed
+    on a stack of 256 learners. A learner's step has only ~10 rows, so these small matmuls run far
+    below the large-GEMM rate of the FLOP floor and stream the learner's weights on every pass: this
+    is what the stacked formulation costs before any other work."""
+    group, per_learner_step = 256, 0.0
+    lowest = model.trunk[model.frozen_layers] if model.frozen_layers < len(model.trunk) else None
+    for k, p in model.named_parameters():
+        if not (k.endswith("weight") and p.dim() == 2 and p.requires_grad):
+            continue
+        w, x, dy = (
+            torch.randn(group, *p.shape),
+            torch.randn(group, rows, p.shape[1]),
+            torch.randn(group, rows, p.shape[0]),
+        )
+        calls = [(torch.bmm, (x, w.transpose(1, 2)), {}), (w.baddbmm_, (dy.transpose(1, 2), x), {"alpha": -1e-6})]
+        if not (isinstance(lowest, torch.nn.Linear) and p is lowest.weight):
+            calls.append((torch.bmm, (dy, w), {}))
+        for fn, args, kwargs in calls:
+            fn(*args, **kwargs)
+            started = time.perf_counter()
+            for _ in range(5):
+                fn(*args, **kwargs)
+            per_learner_step += (time.perf_counter() - started) / (5 * group)
+    return per_learner_step * learner_steps
+
+
 def _speed(main: CurriculumNet, population: Population, depth: str, loop_sample: int) -> dict[str, Any]:
     model = copy.deepcopy(main)
     model.frozen_layers = frozen_layers_for(depth)
@@ -91,6 +119,8 @@ def _speed(main: CurriculumNet, population: Population, depth: str, loop_sample:
     )
     samples = sum(b.x.shape[0] for b in batches)
     floor_s = _personal_matmul_flops(model, samples) * CONFIG.epochs / _gemm_flops_per_second()
+    learner_steps = CONFIG.epochs * sum(-(-b.x.shape[0] // CONFIG.batch_size) for b in batches)
+    matmul_s = _matmul_floor_seconds(model, learner_steps, round(samples * CONFIG.epochs / learner_steps))
     return {
         "depth": depth,
         "trainable_params": architecture_summary(model).trainable_params,
@@ -103,6 +133,9 @@ def _speed(main: CurriculumNet, population: Population, depth: str, loop_sample:
         "speedup": (len(batches) / batched_s) / (len(chosen) / loop_s),
         "floor_seconds": floor_s,
         "batched_over_floor": batched_s / floor_s,
+        "learner_steps": learner_steps,
+        "matmul_floor_seconds": matmul_s,
+        "batched_over_matmul_floor": batched_s / matmul_s,
         "max_abs_difference": max_diff,
     }
 
@@ -134,12 +167,12 @@ def _print(speed: list[dict[str, Any]], main_val: float) -> None:
     )
     print(
         f"{'depth':<6} {'trainable':>9} {'learners':>8} {'batched/s':>10} {'loop/s':>8} {'speedup':>8} "
-        f"{'x floor':>8} {'% of floor':>10} {'max |diff|':>10}"
+        f"{'x floor':>8} {'% of floor':>10} {'x matmuls':>9} {'max |diff|':>10}"
     )
     for r in speed:
         print(
             f"{r['depth']:<6} {r['trainable_params']:>9,} {r['learners']:>8} {r['batched_learners_per_s']:>10.0f} "
             f"{r['loop_learners_per_s']:>8.0f} {r['speedup']:>7.1f}x {r['batched_over_floor']:>7.1f}x "
-            f"{100 / r['batched_over_floor']:>9.1f}% "
+            f"{100 / r['batched_over_floor']:>9.1f}% {r['batched_over_matmul_floor']:>8.1f}x "
             f"{r['max_abs_difference']:>10.1e}"
         )
