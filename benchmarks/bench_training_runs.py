@@ -1,14 +1,20 @@
-"""Local training of N learners through bucket runs against the same `train_learner_locally` loop without Dagster.
+"""Local training of N learners through bucket runs against the same work without Dagster.
 
 For each path, in one process: a fresh SQLite registry with N learners who completed their
-baseline and have their first interactions (`simulate_new_learners`), already cloned (not timed).
+baseline and have INTERACTIONS interactions each (a first week or two: ready to train), already
+cloned (not timed). The interactions are those of TEMPLATES simulated learners
+(`generate_learner`) reused in turn and bulk-inserted: what training costs does not depend on
+their values, and simulating 100,000 learners one by one would take longer than training them.
 
-- **plain**: `train_learner_locally` per learner, as the training asset calls it, no Dagster.
+- **plain**: `train_learners_locally` over all N, as the training asset calls it, no Dagster.
 - **dagster**: what the daemon does: tick `learner_activity_sensor`, execute every requested
   `train_learners` run (each over a range of learner buckets) in-process; repeat until a tick
   finds nobody ready.
+- **one at a time**: `train_learner_locally` per learner (a batch of one: its own flush and
+  registry commit), on the first LOOP_SAMPLE learners; what batching buys.
 
-Both record one `"ModelTrainingSession"` per learner; the ratio is the cost of the orchestration.
+All record one `"ModelTrainingSession"` per learner; dagster / plain is the cost of the
+orchestration, one-at-a-time / plain (per learner) that of training learners one by one.
 
     python -m benchmarks.bench_training_runs            # 1,000 learners
     python -m benchmarks.bench_training_runs --quick    # 100
@@ -22,43 +28,80 @@ import json
 import os
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
+import sqlalchemy as sa
 
-from benchmarks.bench_sensor import execute_requests, trained_deployment
+from benchmarks.bench_sensor import add_learners, execute_requests, trained_deployment
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "training_runs.json"
+LOOP_SAMPLE = 500
+INTERACTIONS = 30
+TEMPLATES = 1_000
+
+
+@lru_cache(maxsize=1)
+def _template_rows() -> list[list[dict[str, Any]]]:
+    """Per template learner, its interaction rows (packed float32 features, one column per head)."""
+    from aivo_fl.ml.data import HEAD_CLASSES, generate_learner
+
+    rows = []
+    for i in range(TEMPLATES):
+        data = generate_learner(f"template-{i}", 0, INTERACTIONS)
+        parts = [data.train, data.heldout]
+        features = np.concatenate([p.features for p in parts]).astype("<f4")
+        targets = {h: np.concatenate([p.targets[h] for p in parts]) for h in HEAD_CLASSES}
+        rows.append(
+            [{"features": f.tobytes()} | {h: int(targets[h][j]) for h in HEAD_CLASSES} for j, f in enumerate(features)]
+        )
+    return rows
+
+
+def _add_interactions(registry: Any, count: int) -> None:
+    from aivo_fl.registry.schema import LearnerInteraction, utcnow
+
+    now, templates = utcnow(), _template_rows()
+    for first in range(0, count, 1_000):
+        with registry.engine.begin() as conn:
+            rows = [
+                {"learnerId": f"learner-{i:06d}", "createdAt": now} | row
+                for i in range(first, min(first + 1_000, count))
+                for row in templates[i % TEMPLATES]
+            ]
+            conn.execute(sa.insert(LearnerInteraction), rows)
 
 
 def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
-    from aivo_fl.operations.app_simulation import simulate_new_learners
     from aivo_fl.operations.learners import clone_learners
     from aivo_fl.operations.store import ModelStore
 
     settings, registry, defs = trained_deployment(root)
     store = ModelStore.from_settings(settings)
-    clone_learners(registry, store, simulate_new_learners(registry, count))
+    add_learners(registry, count)
+    _add_interactions(registry, count)
+    clone_learners(registry, store, [f"learner-{i:06d}" for i in range(count)])
     return settings, registry, store, defs
 
 
-def _plain(count: int) -> float:
-    from aivo_fl.operations.learners import train_learner_locally
+def _plain(count: int, one_at_a_time: bool = False) -> float:
+    from aivo_fl.operations.learners import train_learner_locally, train_learners_locally
 
     with tempfile.TemporaryDirectory() as tmp:
         settings, registry, store, _ = _deployment(Path(tmp), count)
         learners = [learner for learner, _, _ in registry.learners_with_new_interactions(20)]
+        options = {"epochs": settings.local_epochs, "proximal_mu": settings.local_proximal_mu, "num_threads": 1}
         started = time.perf_counter()
-        for learner in learners:
-            train_learner_locally(
-                registry,
-                store,
-                learner,
-                epochs=settings.local_epochs,
-                proximal_mu=settings.local_proximal_mu,
-                num_threads=1,
-            )
+        if one_at_a_time:
+            for learner in learners:
+                train_learner_locally(registry, store, learner, **options)
+        else:
+            failures = train_learners_locally(registry, store, learners, **options).failures
+            if failures:
+                raise RuntimeError(f"plain training: {len(failures)} failures, e.g. {next(iter(failures.items()))}")
         seconds = time.perf_counter() - started
         sessions = registry.get_statistics()["totalTrainingSessions"]
         registry.engine.dispose()
@@ -90,6 +133,8 @@ def measure(count: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     plain = _plain(count)
     dagster = _dagster(count)
+    loop_count = min(count, LOOP_SAMPLE)
+    loop = _plain(loop_count, one_at_a_time=True)
     return {
         "learners": count,
         "plain_seconds": plain,
@@ -98,6 +143,9 @@ def measure(count: int) -> dict[str, Any]:
         "dagster_learners_per_s": count / dagster["seconds"],
         "dagster_overhead_ms_per_learner": 1000 * (dagster["seconds"] - plain) / count,
         "ratio_dagster_to_plain": dagster["seconds"] / plain,
+        "one_at_a_time_learners": loop_count,
+        "one_at_a_time_learners_per_s": loop_count / loop,
+        "batched_over_one_at_a_time": (count / plain) / (loop_count / loop),
         "runs": dagster["runs"],
         "events": dagster["events"],
         "load_average_1m": [load_before, os.getloadavg()[0]],
@@ -111,13 +159,17 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
         print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "training_runs", "quick": quick, "cpus": os.cpu_count(), "rows": rows}
     print("\nLocal training (activity sensor ticks + training runs + sessions + delta files), SQLite")
-    header = f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} {'runs':>5}"
+    header = (
+        f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} {'runs':>5}"
+        f" {'1-by-1 learners/s':>17} {'batched/1-by-1':>14}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['dagster_seconds']:>10.1f} "
             f"{r['ratio_dagster_to_plain']:>6.2f}x {r['dagster_overhead_ms_per_learner']:>19.2f} {r['runs']:>5}"
+            f" {r['one_at_a_time_learners_per_s']:>17.1f} {r['batched_over_one_at_a_time']:>13.1f}x"
         )
     return result
 

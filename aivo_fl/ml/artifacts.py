@@ -60,8 +60,11 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace over `path`."""
+def write_file_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace over `path`.
+
+    ``sync=False`` skips the fsyncs: for a batch the caller makes durable at once (``os.sync``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,13 +72,15 @@ def write_file_atomic(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def encode_tensors(tensors: dict[str, np.ndarray]) -> bytes:
@@ -96,13 +101,16 @@ def save_artifact(
     manifest: dict[str, Any],
     weights_name: str = MAIN_WEIGHTS_NAME,
     extra_files: Mapping[str, dict[str, np.ndarray]] | None = None,
+    *,
+    sync: bool = True,
 ) -> None:
     """Write `weights_name` (and `extra_files`, more safetensors files) + manifest.json into `directory`.
 
     A new directory is assembled as a temp sibling and renamed into place in one step. An existing
     directory (e.g. a learner dir that also holds a delta) gets per-file atomic replaces, weights
     first and manifest last; a crash in between leaves a hash mismatch that loading reports.
-    Entries already in ``manifest["files"]`` (other weight files) are kept.
+    Entries already in ``manifest["files"]`` (other weight files) are kept. ``sync=False``: see
+    :func:`write_file_atomic`.
     """
     directory = Path(directory)
     files = {weights_name: encode_tensors(tensors)}
@@ -115,8 +123,8 @@ def save_artifact(
 
     if directory.exists():
         for name, data in files.items():
-            write_file_atomic(directory / name, data)
-        write_file_atomic(directory / MANIFEST_NAME, manifest_data)
+            write_file_atomic(directory / name, data, sync=sync)
+        write_file_atomic(directory / MANIFEST_NAME, manifest_data, sync=sync)
         return
 
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -124,13 +132,14 @@ def save_artifact(
     staging.mkdir()
     try:
         for name, data in files.items():
-            write_file_atomic(staging / name, data)
-        write_file_atomic(staging / MANIFEST_NAME, manifest_data)
+            write_file_atomic(staging / name, data, sync=sync)
+        write_file_atomic(staging / MANIFEST_NAME, manifest_data, sync=sync)
         os.replace(staging, directory)  # fails if someone else created it meanwhile: no clobbering
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(directory.parent)
+    if sync:
+        _fsync_dir(directory.parent)
 
 
 def decode_tensors(data: bytes, origin: Path | str) -> dict[str, np.ndarray]:

@@ -30,9 +30,10 @@ from torch import Tensor
 from aivo_fl.ml.data import HEAD_CLASSES
 from aivo_fl.ml.model import CurriculumNet, is_personal, samples_to_tensors
 from aivo_fl.ml.population import Interactions
-from aivo_fl.ml.stacked_layers import forward, fuse_heads, personal_ops, sgd_step, split_heads
+from aivo_fl.ml.stacked_layers import Op, forward, fuse_heads, personal_ops, sgd_step, split_heads
 
 DEFAULT_PROXIMAL_MU = 0.1
+DEFAULT_GROUP_SIZE = 256
 _HEAD_SIZES = list(HEAD_CLASSES.values())
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -123,46 +124,36 @@ def train_one(
             optimizer.step()
 
 
-def _pad(learners: Sequence[LearnerBatch], h: list[Tensor], width: int) -> tuple[Tensor, Tensor]:
-    feats = torch.zeros(len(learners), width, h[0].shape[1], dtype=h[0].dtype)
-    targets = torch.zeros(len(learners), width, learners[0].y.shape[1], dtype=torch.int64)
-    for i, (learner, hi) in enumerate(zip(learners, h, strict=True)):
-        feats[i, : hi.shape[0]] = hi
-        targets[i, : hi.shape[0]] = learner.y
-    return feats, targets
-
-
 def _train_group(
-    model: CurriculumNet,
-    learners: Sequence[LearnerBatch],
-    start: dict[str, Tensor],
+    ops: list[Op],
+    params: dict[str, Tensor],
     anchor: dict[str, Tensor],
+    data: tuple[Tensor, Tensor],
+    first: np.ndarray,
+    counts: np.ndarray,
+    keys: np.ndarray,
     config: LocalTrainingConfig,
-) -> dict[str, Tensor]:
-    """Train one group (stacked start params, leading dim = learners); returns the trained stack."""
-    with torch.no_grad():
-        h = [model.shared_features(learner.x) for learner in learners]
-    counts = np.array([hi.shape[0] for hi in h])
+) -> None:
+    """Train one group in place: ``params`` are its stacked (heads fused) personal tensors, learner i's
+    samples are rows ``first[i] : first[i] + counts[i]`` of ``data`` (features, targets); counts ascending."""
+    feats, targets = data
     width = int(counts.max())
-    feats, targets = _pad(learners, h, width)
-    ops = personal_ops(model)
-    params, fused_anchor = fuse_heads({k: v.clone() for k, v in start.items()}), fuse_heads(anchor)
-    keys = np.array([learner.key for learner in learners])
-    rows = torch.arange(len(learners))[:, None]
-    valid = (torch.arange(width)[None, :] < torch.from_numpy(counts)[:, None]).to(feats.dtype)  # padding last
+    base, count = torch.from_numpy(first)[:, None], torch.from_numpy(counts)[:, None]
     for epoch in range(config.epochs):
         order = torch.from_numpy(epoch_orders(keys, counts, width, config.seed, epoch))
-        x_epoch, y_epoch = feats[rows, order], targets[rows, order]
+        # Padding (order >= count, sorted last) points at the learner's first sample: a real row,
+        # masked out of the loss, so its gradient is exactly zero. No padded copy of the data.
+        index = base + torch.where(order < count, order, 0)
+        valid = (order < count).to(feats.dtype)
         for begin in range(0, width, config.batch_size):
             # Learners are sorted by count, so those with data left at this step are a suffix:
             # the step costs only what they need, not what the largest learner needs.
             a = int(np.searchsorted(counts, begin, side="right"))
-            window = slice(begin, begin + config.batch_size)
+            rows = index[a:, begin : begin + config.batch_size]
             live = {k: v[a:] for k, v in params.items()}  # views: the step updates `params` in place
-            run = forward(ops, live, x_epoch[a:, window])
-            loss = _loss_terms(run.logits, y_epoch[a:, window], valid[a:, window]).sum()
-            sgd_step(ops, live, fused_anchor, run, loss, config.learning_rate, config.proximal_mu)
-    return split_heads(params)
+            run = forward(ops, live, feats[rows])
+            loss = _loss_terms(run.logits, targets[rows], valid[a:, begin : begin + config.batch_size]).sum()
+            sgd_step(ops, live, anchor, run, loss, config.learning_rate, config.proximal_mu)
 
 
 def train_many(
@@ -170,7 +161,7 @@ def train_many(
     learners: Sequence[LearnerBatch],
     starts: Sequence[dict[str, Tensor]],
     config: LocalTrainingConfig,
-    group_size: int = 256,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> list[dict[str, Tensor]]:
     """Train every learner's personal layers (from `starts[i]`, anchored at `model`'s) in batched groups.
 
@@ -178,18 +169,72 @@ def train_many(
     """
     if len(learners) != len(starts):
         raise ValueError(f"{len(learners)} learners but {len(starts)} start points")
-    if any(learner.x.shape[0] < 1 for learner in learners):
+    counts = np.array([learner.x.shape[0] for learner in learners], dtype=np.int64)
+    if not learners:
+        return []
+    if counts.min() < 1:
         raise ValueError("every learner needs at least one sample")
     anchor = personal_tensors(model)
-    by_size = sorted(range(len(learners)), key=lambda i: learners[i].x.shape[0])
+    ops, fused_anchor = personal_ops(model), fuse_heads(anchor)
+    with torch.no_grad():  # the frozen layers run once per sample, as one matmul for everyone
+        feats = model.shared_features(torch.cat([learner.x for learner in learners]))
+    data = (feats, torch.cat([learner.y for learner in learners]))
+    first = np.cumsum(counts) - counts
+    keys = np.array([learner.key for learner in learners])
+    by_size = np.argsort(counts, kind="stable")
     out: list[dict[str, Tensor]] = [{} for _ in learners]
-    for first in range(0, len(by_size), group_size):
-        group = by_size[first : first + group_size]
-        stacked = {k: torch.stack([starts[i][k] for i in group]) for k in anchor}
-        trained = _train_group(model, [learners[i] for i in group], stacked, anchor, config)
+    for begin in range(0, len(by_size), group_size):
+        group = by_size[begin : begin + group_size]
+        # The stack is the only copy: trained in place, returned as per-learner views.
+        params = fuse_heads({k: torch.stack([starts[i][k] for i in group]) for k in anchor})
+        _train_group(ops, params, fused_anchor, data, first[group], counts[group], keys[group], config)
+        trained = split_heads(params)
         for j, i in enumerate(group):
             out[i] = {k: v[j] for k, v in trained.items()}
     return out
+
+
+def evaluate_many(
+    model: CurriculumNet,
+    samples: Sequence[tuple[Tensor, Tensor]],
+    params: Sequence[dict[str, Tensor]],
+    group_size: int = 256,
+) -> list[dict[str, dict[str, float]]]:
+    """Learner i's personal layers `params[i]` (on `model`'s frozen layers) on its own `samples[i]`
+    (x, y): per head, mean cross-entropy and accuracy, as :func:`aivo_fl.ml.model.evaluate` gives
+    for one learner, for a group of learners at once. A learner without samples gets NaN."""
+    ops, out = personal_ops(model), []
+    with torch.no_grad():
+        for first in range(0, len(samples), group_size):
+            group = range(first, min(first + group_size, len(samples)))
+            counts = [samples[i][0].shape[0] for i in group]
+            h = torch.split(model.shared_features(torch.cat([samples[i][0] for i in group])), counts)
+            width = max(max(counts), 1)
+            feats = torch.zeros(len(counts), width, h[0].shape[1], dtype=h[0].dtype)
+            targets = torch.zeros(len(counts), width, len(_HEAD_SIZES), dtype=torch.int64)
+            for j, i in enumerate(group):
+                feats[j, : counts[j]], targets[j, : counts[j]] = h[j], samples[i][1]
+            stacked = fuse_heads({k: torch.stack([params[i][k] for i in group]) for k in params[first]})
+            logits = forward(ops, stacked, feats).logits
+            valid = torch.arange(width)[None, :] < torch.tensor(counts)[:, None]
+            out.extend(_head_metrics(logits, targets, valid))
+    return out
+
+
+def _head_metrics(logits: Tensor, y: Tensor, valid: Tensor) -> list[dict[str, dict[str, float]]]:
+    """Per learner and head, the masked mean cross-entropy and accuracy. logits (L, B, C), y (L, B, H)."""
+    count = valid.sum(dim=1).to(logits.dtype)  # 0 for a learner without samples: NaN, as evaluate gives
+    metrics: dict[str, tuple[list[float], list[float]]] = {}
+    for i, (head, part) in enumerate(zip(HEAD_CLASSES, torch.split(logits, _HEAD_SIZES, dim=2), strict=True)):
+        target = y[:, :, i]
+        nll = -torch.log_softmax(part, dim=2).gather(2, target[:, :, None]).squeeze(2)
+        hits = (part.argmax(dim=2) == target) & valid
+        loss = (nll * valid).sum(dim=1) / count
+        metrics[head] = (loss.tolist(), (hits.sum(dim=1) / count).tolist())
+    return [
+        {head: {"loss": losses[j], "accuracy": accuracy[j]} for head, (losses, accuracy) in metrics.items()}
+        for j in range(logits.shape[0])
+    ]
 
 
 Tensors = dict[str, Tensor]
@@ -210,7 +255,7 @@ def train_active_learners(
     week_train: Interactions,
     offsets: dict[int, Tensors],
     config: LocalTrainingConfig,
-    group_size: int = 256,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> WeekUpdates:
     """Train every learner in `week_train` at once, each from main + its kept offset (the rebase)."""
     main = personal_tensors(model)

@@ -91,6 +91,7 @@ def clone_manifest(
 @dataclass(frozen=True)
 class _MainSnapshot:
     heads: dict[str, np.ndarray]
+    trunk: dict[str, np.ndarray]
     manifest: dict[str, Any]
     architecture: ArchitectureSummary
     template: dict[str, Any]  # the clone manifest, minus the learner
@@ -103,7 +104,11 @@ def _main_snapshot(main_root: Path, version: str, identity: tuple[int, ...]) -> 
     # hash-verified afresh.
     model, manifest = load_main_model(main_root, version)
     return _MainSnapshot(
-        head_state(model), manifest, architecture_summary(model), clone_manifest("", version, manifest, model)
+        head_state(model),
+        trunk_state(model),
+        manifest,
+        architecture_summary(model),
+        clone_manifest("", version, manifest, model),
     )
 
 
@@ -228,8 +233,11 @@ def remove_learner(learners_root: Path, learner_id: str) -> bool:
     return True
 
 
-def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
-    """Move a clone onto `new_version`, keeping its personalisation. Returns the new manifest.
+def rebased(
+    main_root: Path, learner_id: str, heads: dict[str, np.ndarray], manifest: dict[str, Any], new_version: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A clone's personal tensors and manifest moved onto `new_version`, keeping its personalisation
+    (in memory; :func:`rebase_clone` writes them).
 
     Aggregated versions share the frozen layers and differ in the personal ones, so the clone
     keeps its personal offset on top of the new main: new main + (clone - old main). The learner
@@ -239,35 +247,44 @@ def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_vers
 
     A version with different frozen layers (a retrain from scratch, or another depth) makes the
     personal layers trained on the old features meaningless: the clone restarts from the new main.
+    A clone that never trained has nothing personal to keep and stays copy-on-write.
+    """
+    old_version = manifest["source_version"]
+    old, new = _verified_main(main_root, old_version), _verified_main(main_root, validate_version(new_version))
+    moved = {"created_at": manifest.get("created_at"), "rebased_from": old_version}
+    now = datetime.now(UTC).isoformat()
+    if HEADS_NAME not in manifest["files"] and manifest.get(COPY_ON_WRITE):
+        return {k: v.copy() for k, v in new.heads.items()}, _copy_on_write_manifest(
+            new, learner_id, **moved, rebased_at=now
+        )
+    same_trunk = old.trunk.keys() == new.trunk.keys() and all(
+        np.array_equal(old.trunk[k], new.trunk[k]) for k in new.trunk
+    )
+    if same_trunk:
+        moved_heads = {k: new.heads[k] + (heads[k] - old.heads[k]) for k in new.heads}
+    else:
+        moved_heads = {k: v.copy() for k, v in new.heads.items()}
+    new_manifest = {
+        **new.template,
+        "learner_id": learner_id,
+        **moved,
+        "personalisation_kept": same_trunk,
+        "rebased_at": now,
+        "files": {},  # forget the old delta's record; only the heads are current
+    }
+    return moved_heads, new_manifest
+
+
+def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
+    """Move a clone onto `new_version` on disk (see :func:`rebased`). Returns the new manifest.
+
     A stale delta (relative to the old version) is dropped.
     """
     directory = learner_dir(learners_root, learner_id)
-    heads, manifest = learner_heads(main_root, learners_root, learner_id)
-    old_version = manifest["source_version"]
-    if HEADS_NAME not in manifest["files"]:
-        # Never trained, nothing personal to keep: the clone follows the new version, still copy-on-write.
-        main = _verified_main(main_root, validate_version(new_version))
-        fields = {"created_at": manifest.get("created_at"), "rebased_from": old_version}
-        new_manifest = _copy_on_write_manifest(main, learner_id, **fields, rebased_at=datetime.now(UTC).isoformat())
-        write_file_atomic(directory / MANIFEST_NAME, manifest_bytes(new_manifest))
-        (directory / DELTA_NAME).unlink(missing_ok=True)
-        return read_learner_manifest(learners_root, learner_id)
-    old_model, _ = load_main_model(main_root, old_version)
-    new_model, new_main_manifest = load_main_model(main_root, validate_version(new_version))
-    old_frozen, new_frozen = trunk_state(old_model), trunk_state(new_model)
-    same_trunk = old_frozen.keys() == new_frozen.keys() and all(
-        np.array_equal(old_frozen[k], new_frozen[k]) for k in new_frozen
-    )
-    old_main, new_main = head_state(old_model), head_state(new_model)
-    rebased = {k: new_main[k] + (heads[k] - old_main[k]) for k in new_main} if same_trunk else new_main
-    new_manifest = {
-        **clone_manifest(learner_id, new_version, new_main_manifest, new_model),
-        "created_at": manifest.get("created_at"),
-        "rebased_from": old_version,
-        "personalisation_kept": same_trunk,
-        "rebased_at": datetime.now(UTC).isoformat(),
-        "files": {},  # forget the old delta's record; only the heads are current
-    }
-    save_artifact(directory, rebased, new_manifest, HEADS_NAME)
+    heads, manifest = rebased(main_root, learner_id, *learner_heads(main_root, learners_root, learner_id), new_version)
+    if manifest.get(COPY_ON_WRITE):
+        write_file_atomic(directory / MANIFEST_NAME, manifest_bytes(manifest))
+    else:
+        save_artifact(directory, heads, manifest, HEADS_NAME)
     (directory / DELTA_NAME).unlink(missing_ok=True)
     return read_learner_manifest(learners_root, learner_id)

@@ -1,9 +1,9 @@
-"""On-device style fine-tuning of a learner's clone: its personal layers, delta written atomically."""
+"""Local fine-tuning of learners' clones, many at once: their personal layers, deltas written atomically."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,26 +13,33 @@ import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.artifacts import (
+    ArtifactError,
     encode_tensors,
     file_record,
-    main_head_tensors,
+    load_main_model,
     save_artifact,
     validate_version,
     write_file_atomic,
 )
-from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, learner_key, train_one
+from aivo_fl.ml.batched_training import (
+    LearnerBatch,
+    LocalTrainingConfig,
+    evaluate_many,
+    learner_key,
+    personal_tensors,
+    train_many,
+)
 from aivo_fl.ml.cloning import (
     COPY_ON_WRITE,
     DELTA_NAME,
     HEADS_NAME,
-    load_learner_model,
-    read_learner_manifest,
-    rebase_clone,
+    learner_heads,
+    rebased,
     subtract,
 )
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
-from aivo_fl.ml.model import evaluate, head_state, mean_loss, samples_to_tensors
+from aivo_fl.ml.model import mean_loss, samples_to_tensors
 from aivo_fl.ml.training import configure_cpu
 
 
@@ -65,13 +72,99 @@ class TrainingSessionResult:
         return out
 
 
-def _rebase_if_behind(main_root: Path, learners_root: Path, learner_id: str, active_version: str) -> str | None:
-    """Rebase the clone onto `active_version` if it was made from another; the version it left, or None."""
-    source = read_learner_manifest(learners_root, learner_id)["source_version"]
-    if source == active_version:
-        return None
-    rebase_clone(main_root, learners_root, learner_id, active_version)
-    return source
+@dataclass(frozen=True)
+class LearnerData:
+    """One learner's local interactions: trained on, and held out to report before/after."""
+
+    learner_id: str
+    train: Samples
+    heldout: Samples
+
+
+# What one learner's data or files can be wrong with; anything else is not the learner's and fails the batch.
+LEARNER_ERRORS = (ArtifactError, OSError, ValueError)
+
+
+@dataclass
+class TrainedLearners:
+    results: list[TrainingSessionResult] = field(default_factory=list)
+    failures: dict[str, Exception] = field(default_factory=dict)  # learner id -> what went wrong
+
+
+@dataclass
+class _Prepared:
+    data: LearnerData
+    directory: Path
+    rebased_from: str | None
+    manifest: dict[str, Any]
+    start: dict[str, np.ndarray]
+
+
+def _prepare(
+    main_root: Path, learners_root: Path, data: LearnerData, active_version: str, shapes: dict[str, tuple[int, ...]]
+) -> _Prepared:
+    if len(data.train) == 0:
+        raise ValueError(f"learner {data.learner_id!r}: no training samples")
+    directory = learner_dir(learners_root, data.learner_id)  # validates the id before any file is touched
+    start, manifest = learner_heads(main_root, learners_root, data.learner_id)
+    rebased_from = None
+    if manifest["source_version"] != active_version:  # the clone is behind: it moves, keeping what is its own
+        rebased_from = manifest["source_version"]
+        start, manifest = rebased(main_root, data.learner_id, start, manifest, active_version)
+    found = {k: tuple(v.shape) for k, v in start.items()}
+    if found != shapes:
+        raise ArtifactError(f"{directory / HEADS_NAME}: personal tensors {found}, expected {shapes}")
+    return _Prepared(data, directory, rebased_from, manifest, start)
+
+
+def train_learners(
+    main_root: Path,
+    learners_root: Path,
+    learners: Sequence[LearnerData],
+    active_version: str,
+    config: LocalTrainingConfig | None = None,
+    num_threads: int | None = None,
+    *,
+    sync: bool = True,
+) -> TrainedLearners:
+    """Fine-tune many learners' personal layers at once (`train_many`), each on its own `train`,
+    reporting before/after on its `heldout` (`evaluate_many`).
+
+    A clone made from an older main version is rebased onto `active_version` first (keeping its
+    personalisation), so every learner trains on the active version's frozen layers. Each
+    learner's delta is this session's update only (trained minus the clone as it started), the
+    FedAvg client update: the personal offset a learner carries from earlier sessions is not sent
+    again every week. A learner whose id, data or files are wrong is reported in `failures` and
+    the others go on. ``sync=False`` leaves durability to the caller (one ``os.sync`` per batch
+    before the registry records the sessions).
+    """
+    config = config or LocalTrainingConfig()
+    started_at = datetime.now(UTC)
+    validate_version(active_version)
+    configure_cpu(num_threads)
+    model, _ = load_main_model(main_root, active_version)
+    shapes = {k: tuple(v.shape) for k, v in personal_tensors(model).items()}
+    out, ready = TrainedLearners(), []
+    for data in learners:
+        try:
+            ready.append(_prepare(main_root, learners_root, data, active_version, shapes))
+        except LEARNER_ERRORS as exc:
+            out.failures[data.learner_id] = exc
+    if not ready:
+        return out
+    batches = [LearnerBatch(learner_key(p.data.learner_id), *samples_to_tensors(p.data.train)) for p in ready]
+    heldouts = [samples_to_tensors(p.data.heldout) for p in ready]
+    starts = [{k: torch.from_numpy(v) for k, v in p.start.items()} for p in ready]
+    before = evaluate_many(model, heldouts, starts)
+    trained = train_many(model, batches, starts, config)
+    after = evaluate_many(model, heldouts, trained)
+    for i, prepared in enumerate(ready):
+        heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
+        try:
+            out.results.append(_finish(prepared, heads, (before[i], after[i]), config, started_at, sync=sync))
+        except OSError as exc:
+            out.failures[prepared.data.learner_id] = exc
+    return out
 
 
 def train_learner(
@@ -84,42 +177,35 @@ def train_learner(
     config: LocalTrainingConfig | None = None,
     num_threads: int | None = None,
 ) -> TrainingSessionResult:
-    """Fine-tune the learner's personal layers on `train`, report before/after on `heldout`.
+    """One learner: :func:`train_learners` of one, raising what went wrong."""
+    batch = train_learners(
+        main_root, learners_root, [LearnerData(learner_id, train, heldout)], active_version, config, num_threads
+    )
+    if learner_id in batch.failures:
+        raise batch.failures[learner_id]
+    return batch.results[0]
 
-    If the clone was made from an older main version it is rebased onto `active_version` first
-    (keeping its personalisation). The delta is this session's update only (trained minus the
-    clone as it started), the FedAvg client update: the personal offset a learner carries from
-    earlier sessions is not sent again every week.
-    """
-    config = config or LocalTrainingConfig()
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    if len(train) == 0:
-        raise ValueError(f"learner {learner_id!r}: no training samples")
-    validate_version(active_version)
-    directory = learner_dir(learners_root, learner_id)
-    rebased_from = _rebase_if_behind(main_root, learners_root, learner_id, active_version)
-    model, manifest = load_learner_model(main_root, learners_root, learner_id)
-    before = evaluate(model, heldout)
 
-    start = head_state(model)
-    anchor = {k: torch.from_numpy(v) for k, v in main_head_tensors(main_root, active_version).items()}
-    configure_cpu(num_threads)
-    train_one(model, LearnerBatch(learner_key(learner_id), *samples_to_tensors(train)), anchor, config)
-    model.eval()
-    after = evaluate(model, heldout)
-
-    heads = head_state(model)
-    delta = subtract(heads, start)
+def _finish(
+    prepared: _Prepared,
+    heads: dict[str, np.ndarray],
+    metrics: tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]],
+    config: LocalTrainingConfig,
+    started_at: datetime,
+    *,
+    sync: bool,
+) -> TrainingSessionResult:
+    """Write the delta, the heads and the manifest; the session's result."""
+    directory, (before, after) = prepared.directory, metrics
+    delta = subtract(heads, prepared.start)
     delta_bytes = encode_tensors(delta)
-    write_file_atomic(directory / DELTA_NAME, delta_bytes)
-
+    write_file_atomic(directory / DELTA_NAME, delta_bytes, sync=sync)
     finished_at = datetime.now(UTC)
     result = TrainingSessionResult(
-        learner_id=learner_id,
-        source_version=active_version,
-        rebased_from=rebased_from,
-        samples=len(train),
+        learner_id=prepared.data.learner_id,
+        source_version=prepared.manifest["source_version"],
+        rebased_from=prepared.rebased_from,
+        samples=len(prepared.data.train),
         epochs=config.epochs,
         loss_before=mean_loss(before),
         accuracy_before=before[PRIMARY_HEAD]["accuracy"],
@@ -127,11 +213,11 @@ def train_learner(
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
         delta_norm=delta_norm(delta),
         delta_path=directory / DELTA_NAME,
-        started_at=started_at,
+        started_at=started_at,  # the batch's start: the learners trained together
         finished_at=finished_at,
-        seconds=time.perf_counter() - started,
+        seconds=(finished_at - started_at).total_seconds(),
     )
-    _save_trained(directory, heads, manifest, delta_bytes, result)
+    _save_trained(directory, heads, prepared.manifest, delta_bytes, result, sync=sync)
     return result
 
 
@@ -141,6 +227,8 @@ def _save_trained(
     manifest: dict[str, Any],
     delta_bytes: bytes,
     result: TrainingSessionResult,
+    *,
+    sync: bool,
 ) -> None:
     # Manifest is written last (inside save_artifact), so it only ever points at complete files.
     new_manifest = {
@@ -148,4 +236,4 @@ def _save_trained(
         "files": {DELTA_NAME: file_record(delta_bytes)},
         "last_training": result.to_json(),
     }
-    save_artifact(directory, heads, new_manifest, HEADS_NAME)
+    save_artifact(directory, heads, new_manifest, HEADS_NAME, sync=sync)

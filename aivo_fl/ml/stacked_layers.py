@@ -92,9 +92,8 @@ def forward(ops: list[Op], params: dict[str, Tensor], x: Tensor) -> Forward:
             h = F.layer_norm(h, h.shape[-1:], eps=op.eps) * w[:, None, :] + b[:, None, :]
         else:
             assert op.weight is not None
-            y = torch.bmm(h, params[op.weight].transpose(1, 2))
-            if op.bias is not None:
-                y = y + params[op.bias][:, None, :]
+            weight = params[op.weight].transpose(1, 2)  # the bias add, if any, folded into the matmul
+            y = torch.bmm(h, weight) if op.bias is None else torch.baddbmm(params[op.bias][:, None, :], h, weight)
             if not y.requires_grad:  # the first personal layer: its output is where the graph starts
                 y.requires_grad_(True)
             inputs.append(h.detach())

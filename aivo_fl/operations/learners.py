@@ -15,7 +15,7 @@ from aivo_fl.ml.batched_training import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
-from aivo_fl.ml.local_training import TrainingSessionResult, train_learner
+from aivo_fl.ml.local_training import LearnerData, TrainingSessionResult, train_learners
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.store import ModelStore
@@ -126,6 +126,113 @@ class LearnerTrainingOutcome:
     result: TrainingSessionResult
 
 
+# Learners trained together: their interactions read in one query, their files made durable by one
+# flush, their sessions recorded in one transaction. Bounds memory (a batch's interactions and
+# personal layers) whatever the size of the run.
+TRAIN_BATCH = 1_000
+
+
+@dataclass
+class TrainedBatch:
+    outcomes: dict[str, LearnerTrainingOutcome] = field(default_factory=dict)
+    failures: dict[str, Exception] = field(default_factory=dict)  # learner id -> what went wrong
+
+
+def train_learners_locally(
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_ids: Sequence[str],
+    *,
+    epochs: int,
+    seed: int = 0,
+    proximal_mu: float = DEFAULT_PROXIMAL_MU,
+    num_threads: int | None = None,
+) -> TrainedBatch:
+    """Fine-tune these learners' personal layers on their own interactions, TRAIN_BATCH at a time
+    (batched tensor operations), and record one session each.
+
+    A learner that cannot train (a bad id, no clone, too few interactions, a damaged file) is
+    reported in `failures` and the others go on. Per batch the files are flushed to disk at once
+    before the registry rows that point at them are committed, as for clones.
+    """
+    active = registry.get_active_version()
+    if active is None:
+        raise MainModelMissing()
+    config = LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu)
+    done = TrainedBatch()
+    for start in range(0, len(learner_ids), TRAIN_BATCH):
+        ready = _training_data(registry, learner_ids[start : start + TRAIN_BATCH], done.failures)
+        batch = train_learners(
+            store.main_root, store.learners_root, ready, active.version, config, num_threads, sync=False
+        )
+        done.failures.update(batch.failures)
+        os.sync()
+        session_ids = registry.record_training_sessions([_session_input(r) for r in batch.results])
+        rebased = {r.learner_id: r.source_version for r in batch.results if r.rebased_from is not None}
+        if rebased:
+            registry.register_personalized_models(_with_source_versions(registry, rebased))
+        done.outcomes.update(
+            {r.learner_id: LearnerTrainingOutcome(i, r) for i, r in zip(session_ids, batch.results, strict=True)}
+        )
+    return done
+
+
+def _training_data(
+    registry: ModelRegistry, learner_ids: Sequence[str], failures: dict[str, Exception]
+) -> list[LearnerData]:
+    """The learners of a batch that can train, with their train/held-out split; the rest into `failures`."""
+    valid = []
+    for learner_id in learner_ids:
+        try:
+            valid.append(validate_learner_id(learner_id))
+        except InvalidLearnerId as exc:
+            failures[learner_id] = exc
+    cloned, interactions = registry.get_personalized_models(valid), registry.get_interactions_of(valid)
+    ready = []
+    for learner_id in valid:
+        if learner_id not in interactions:
+            failures[learner_id] = RegistryError(f"Unknown learner {learner_id}")
+        elif learner_id not in cloned:
+            failures[learner_id] = RegistryError(f"Learner {learner_id} has no personalized model yet; clone it first")
+        else:
+            train, heldout = split_interactions(interactions[learner_id])
+            if len(train) < MIN_TRAINING_INTERACTIONS or len(heldout) < 1:
+                failures[learner_id] = RegistryError(
+                    f"Learner {learner_id} has {len(train) + len(heldout)} interactions; "
+                    f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
+                )
+            else:
+                ready.append(LearnerData(learner_id, train, heldout))
+    return ready
+
+
+def _session_input(result: TrainingSessionResult) -> TrainingSessionInput:
+    return TrainingSessionInput(
+        learner_id=result.learner_id,
+        source_version=result.source_version,
+        rebased_from=result.rebased_from,
+        samples=result.samples,
+        epochs=result.epochs,
+        loss_before=result.loss_before,
+        accuracy_before=result.accuracy_before,
+        loss_after=result.loss_after,
+        accuracy_after=result.accuracy_after,
+        delta_norm=result.delta_norm,
+        delta_path=str(result.delta_path),
+        started_at=result.started_at,
+        completed_at=result.finished_at,
+    )
+
+
+def _with_source_versions(registry: ModelRegistry, versions: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The learners' `"PersonalizedModel".metadata` with their new source version (after a rebase)."""
+    records = registry.get_personalized_models(list(versions))
+    return {
+        learner_id: {**(records[learner_id].metadata if learner_id in records else {}), "sourceVersion": version}
+        for learner_id, version in versions.items()
+    }
+
+
 def train_learner_locally(
     registry: ModelRegistry,
     store: ModelStore,
@@ -136,48 +243,10 @@ def train_learner_locally(
     proximal_mu: float = DEFAULT_PROXIMAL_MU,
     num_threads: int | None = None,
 ) -> LearnerTrainingOutcome:
-    """Fine-tune a learner's personal layers on their own interactions and record the session."""
-    validate_learner_id(learner_id)
-    active = registry.get_active_version()
-    if active is None:
-        raise MainModelMissing()
-    if registry.get_personalized_model(learner_id) is None:
-        raise RegistryError(f"Learner {learner_id} has no personalized model yet; clone it first")
-    train, heldout = split_interactions(registry.get_interactions(learner_id))
-    if len(train) < MIN_TRAINING_INTERACTIONS or len(heldout) < 1:
-        raise RegistryError(
-            f"Learner {learner_id} has {len(train) + len(heldout)} interactions; "
-            f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
-        )
-    result = train_learner(
-        store.main_root,
-        store.learners_root,
-        learner_id,
-        train,
-        heldout,
-        active.version,
-        LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu),
-        num_threads=num_threads,
+    """One learner: :func:`train_learners_locally` of one, raising what went wrong."""
+    done = train_learners_locally(
+        registry, store, [learner_id], epochs=epochs, seed=seed, proximal_mu=proximal_mu, num_threads=num_threads
     )
-    session_id = registry.record_training_session(
-        TrainingSessionInput(
-            learner_id=learner_id,
-            source_version=result.source_version,
-            rebased_from=result.rebased_from,
-            samples=result.samples,
-            epochs=result.epochs,
-            loss_before=result.loss_before,
-            accuracy_before=result.accuracy_before,
-            loss_after=result.loss_after,
-            accuracy_after=result.accuracy_after,
-            delta_norm=result.delta_norm,
-            delta_path=str(result.delta_path),
-            started_at=result.started_at,
-            completed_at=result.finished_at,
-        )
-    )
-    if result.rebased_from is not None:
-        record = registry.get_personalized_model(learner_id)
-        metadata = dict(record.metadata) if record else {}
-        registry.register_personalized_model(learner_id, {**metadata, "sourceVersion": result.source_version})
-    return LearnerTrainingOutcome(session_id, result)
+    if learner_id in done.failures:
+        raise done.failures[learner_id]
+    return done.outcomes[learner_id]

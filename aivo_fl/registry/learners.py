@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
 from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
@@ -25,6 +24,7 @@ from aivo_fl.registry.schema import (
 )
 
 HEADS = tuple(HEAD_CLASSES)  # one integer column per head in the interaction table
+IN_CHUNK = 1_000  # ids per IN list: bounded on every backend
 
 
 @dataclass(frozen=True)
@@ -85,27 +85,34 @@ class Learners(RegistryBase):
                 session.execute(sa.insert(LearnerInteraction), rows)
         return len(rows)
 
-    def _learner_exists(self, session: Session, learner_id: str) -> bool:
-        """Known and not deleted: a deleted learner's interactions are never read again."""
-        learner = self.app.learner.c
-        query = sa.select(learner.id).where(learner.id == learner_id, learner.deletedAt.is_(None))
-        return session.scalar(query) is not None
-
     def get_interactions(self, learner_id: str) -> LearnerInteractions:
         """A learner's interactions in time order (id breaks ties): the held-out split is positional."""
-        checked_learner_id(learner_id)
-        interaction = self.app.interaction.c
+        found = self.get_interactions_of([learner_id])
+        if learner_id not in found:
+            raise RegistryError(f"Unknown learner {learner_id}")
+        return found[learner_id]
+
+    def get_interactions_of(self, learner_ids: Sequence[str]) -> dict[str, LearnerInteractions]:
+        """:meth:`get_interactions` of many learners, a query per IN_CHUNK of them. Unknown and
+        deleted learners are left out: a deleted learner's interactions are never read again."""
+        for learner_id in learner_ids:
+            checked_learner_id(learner_id)
+        learner, interaction = self.app.learner.c, self.app.interaction.c
+        rows_of: dict[str, list[Any]] = {}
         with self._session() as session:
-            if not self._learner_exists(session, learner_id):
-                raise RegistryError(f"Unknown learner {learner_id}")
-            rows = session.execute(
-                sa.select(interaction.features, *(interaction[head] for head in HEADS))
-                .where(interaction.learnerId == learner_id)
-                .order_by(interaction.createdAt, interaction.id)
-            ).all()
-        features = decode_features([r[0] for r in rows])
-        targets = {head: np.array([r[i + 1] for r in rows], dtype=np.int64) for i, head in enumerate(HEADS)}
-        return LearnerInteractions(features=features, targets=targets)
+            for start in range(0, len(learner_ids), IN_CHUNK):
+                chunk = list(learner_ids[start : start + IN_CHUNK])
+                known = session.scalars(sa.select(learner.id).where(learner.id.in_(chunk), learner.deletedAt.is_(None)))
+                rows_of.update({learner_id: [] for learner_id in known})
+                rows = session.execute(
+                    sa.select(interaction.learnerId, interaction.features, *(interaction[head] for head in HEADS))
+                    .where(interaction.learnerId.in_(chunk))
+                    .order_by(interaction.learnerId, interaction.createdAt, interaction.id)
+                )
+                for row in rows:
+                    if row[0] in rows_of:
+                        rows_of[row[0]].append(row[1:])
+        return {learner_id: _interactions(rows) for learner_id, rows in rows_of.items()}
 
     def learners_needing_model(self, *, after: str | None = None, limit: int = 10_000) -> list[str]:
         """Learners with a completed baseline, not deleted, and no federated personalized model, in
@@ -203,8 +210,8 @@ class Learners(RegistryBase):
             checked_learner_id(learner_id)
         with self._session() as session:
             ids = list(models)
-            for start in range(0, len(ids), 1_000):  # bounded IN lists on every backend
-                chunk = ids[start : start + 1_000]
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = ids[start : start + IN_CHUNK]
                 existing = session.scalars(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId.in_(chunk)))
                 rows = {row.learnerId: row for row in existing}
                 for learner_id in chunk:
@@ -216,10 +223,19 @@ class Learners(RegistryBase):
                         row.status = "ACTIVE"
 
     def get_personalized_model(self, learner_id: str) -> PersonalizedModelRecord | None:
-        checked_learner_id(learner_id)
+        return self.get_personalized_models([learner_id]).get(learner_id)
+
+    def get_personalized_models(self, learner_ids: Sequence[str]) -> dict[str, PersonalizedModelRecord]:
+        """The personalized models of those of these learners who have one."""
+        for learner_id in learner_ids:
+            checked_learner_id(learner_id)
+        found = {}
         with self._session() as session:
-            row = session.scalar(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId == learner_id))
-            return _personalized_record(row) if row else None
+            for start in range(0, len(learner_ids), IN_CHUNK):
+                chunk = list(learner_ids[start : start + IN_CHUNK])
+                rows = session.scalars(sa.select(PersonalizedModel).where(PersonalizedModel.learnerId.in_(chunk)))
+                found.update({row.learnerId: _personalized_record(row) for row in rows})
+        return found
 
     def delete_personalized_model(self, learner_id: str) -> bool:
         checked_learner_id(learner_id)
@@ -236,6 +252,12 @@ def _personalized_record(row: PersonalizedModel) -> PersonalizedModelRecord:
         metadata=dict(row.metadata_ or {}),
         created_at=row.createdAt,
     )
+
+
+def _interactions(rows: Sequence[Any]) -> LearnerInteractions:
+    features = decode_features([r[0] for r in rows])
+    targets = {head: np.array([r[i + 1] for r in rows], dtype=np.int64) for i, head in enumerate(HEADS)}
+    return LearnerInteractions(features=features, targets=targets)
 
 
 def _marker(value: int | datetime) -> int:

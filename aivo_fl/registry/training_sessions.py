@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -50,14 +51,18 @@ class TrainingSessionInput:
 
 class TrainingSessions(RegistryBase):
     def record_training_session(self, record: TrainingSessionInput) -> int:
-        checked_learner_id(record.learner_id)
+        return self.record_training_sessions([record])[0]
+
+    def record_training_sessions(self, records: Sequence[TrainingSessionInput]) -> list[int]:
+        """Record many sessions in one transaction; their ids, in order."""
+        for record in records:
+            checked_learner_id(record.learner_id)
         # Field names map one to one: snake_case here, Prisma's camelCase in the table.
-        values = {_camel(name): value for name, value in asdict(record).items()}
+        rows = [ModelTrainingSession(**{_camel(name): value for name, value in asdict(r).items()}) for r in records]
         with self._session() as session:
-            row = ModelTrainingSession(**values)
-            session.add(row)
+            session.add_all(rows)
             session.flush()
-            return row.id
+            return [row.id for row in rows]
 
     def get_eligible_for_aggregation(self, days: int, *, now: datetime | None = None) -> list[EligibleLearner]:
         """What the next round would be offered: each non-deleted learner's latest training session

@@ -85,3 +85,29 @@ def test_retries_are_bounded_and_the_reason_is_visible(trained: Deployment) -> N
     assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == bucket_key(bucket_of(newcomer))
     assert d.run("clone_learners", tags=request.tags).success
     assert _with_model(d, [*ids, newcomer]) == [newcomer]
+
+
+def test_a_failed_run_pushed_out_of_the_runs_read_is_still_retried(
+    trained: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = trained
+    [learner] = _learners(d, ids_in_bucket(BUCKET, 1))
+    first = tick_sensor(d.defs, d.instance, "new_learner_sensor")
+    off = d.with_settings(use_federated_learning=False)
+    assert not off.run("clone_learners", tags=first.run_requests[0].tags).success
+    counted = tick_sensor(d.defs, d.instance, "new_learner_sensor", first.cursor)  # the failure is in the cursor
+    assert len(counted.run_requests) == 1
+
+    # Later runs of another bucket push the failed run out of the HISTORY runs a tick reads.
+    monkeypatch.setattr(sensors, "HISTORY", 1)
+    far = BUCKET + 500
+    [other] = _learners(d, ids_in_bucket(far, 1))
+    only_far = {sensors.RANGE_START: bucket_key(far), sensors.RANGE_END: bucket_key(far)}
+    assert d.run("clone_learners", tags=only_far).success
+    assert _with_model(d, [learner, other]) == [other]
+
+    [again] = tick_sensor(d.defs, d.instance, "new_learner_sensor", counted.cursor).run_requests
+    assert again.tags[sensors.RANGE_START] == again.tags[sensors.RANGE_END] == bucket_key(BUCKET)
+    assert again.run_key != first.run_requests[0].run_key  # not the failed run's key: the daemon launches it
+    assert d.run("clone_learners", tags=again.tags).success
+    assert _with_model(d, [learner]) == [learner]

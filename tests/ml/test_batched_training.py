@@ -10,6 +10,7 @@ from aivo_fl.ml.batched_training import (
     LearnerBatch,
     LocalTrainingConfig,
     epoch_orders,
+    evaluate_many,
     personal_tensors,
     train_active_learners,
     train_many,
@@ -26,6 +27,7 @@ from aivo_fl.ml.evaluation import (
 from aivo_fl.ml.model import (
     PERSONALIZATION_DEPTHS,
     build_model,
+    evaluate_tensors,
     freeze_trunk,
     samples_to_tensors,
 )
@@ -71,6 +73,29 @@ def test_batched_training_equals_the_one_at_a_time_loop(depth: str) -> None:
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
             assert not torch.equal(got[key], start[key])  # every learner really trained
+
+
+@pytest.mark.parametrize("depth", sorted(PERSONALIZATION_DEPTHS))
+def test_batched_evaluation_equals_evaluating_each_learner_alone(depth: str) -> None:
+    model = build_model(seed=3, frozen_layers=PERSONALIZATION_DEPTHS[depth])
+    main = personal_tensors(model)
+    rng = torch.Generator().manual_seed(1)
+    learners = _learners(limit=30)
+    params = [{k: v + 0.3 * torch.randn(v.shape, generator=rng) for k, v in main.items()} for _ in learners]
+    samples = [(b.x, b.y) for b in learners] + [(learners[0].x[:0], learners[0].y[:0])]  # and one with none
+    params.append(main)
+
+    got = evaluate_many(model, samples, params, group_size=7)  # groups of unequal widths
+
+    for (x, y), own, metrics in zip(samples[:-1], params, got, strict=False):
+        clone = copy.deepcopy(model)
+        clone.load_state_dict(own, strict=False)
+        expected = evaluate_tensors(clone, x, y)
+        assert metrics.keys() == expected.keys()
+        for head, values in expected.items():
+            assert metrics[head]["loss"] == pytest.approx(values["loss"], abs=1e-5)
+            assert metrics[head]["accuracy"] == pytest.approx(values["accuracy"], abs=1e-9)
+    assert all(np.isnan(m["loss"]) and np.isnan(m["accuracy"]) for m in got[-1].values())
 
 
 def test_batched_training_is_the_same_maths_as_the_loop_in_float64() -> None:

@@ -64,15 +64,21 @@ def test_personalized_clones_beat_main_on_their_heldout(tmp_path: Path, main_sto
     assert np.mean(clone_acc) > np.mean(main_acc) + 0.02  # 250 held-out interactions: +5 or more
 
 
-def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
-    model, _ = trained_small
-    main_root, learners = tmp_path / "main", tmp_path / "learners"
+def _versions_with_shifted_heads(main_root: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Main 1.0.0 = `model`; 1.1.0 = the same trunk with shifted heads (what a round promotes). Returns 1.1.0."""
     save_main_model(main_root, "1.0.0", model, {}, data_seed=0)
     shifted, _ = load_main_model(main_root, "1.0.0")
     with torch.no_grad():
         for p in shifted.heads.parameters():
             p.add_(torch.linspace(-0.5, 0.5, p.numel()).view(p.shape))
     save_main_model(main_root, "1.1.0", shifted, {}, data_seed=0, parent_version="1.0.0")
+    return shifted
+
+
+def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
+    model, _ = trained_small
+    main_root, learners = tmp_path / "main", tmp_path / "learners"
+    shifted = _versions_with_shifted_heads(main_root, model)
 
     data = generate_learner("learner-0003", seed=0)
     clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
@@ -133,3 +139,30 @@ def test_refuses_bad_ids_and_missing_clones(tmp_path: Path, main_store: Path) ->
     with pytest.raises(ArtifactError, match="no clone"):
         train_learner(main_store, tmp_path, "learner-0001", data.train, data.heldout, "1.0.0")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_a_clone_that_is_behind_equals_rebasing_it_first(tmp_path: Path, trained_small) -> None:
+    model, _ = trained_small
+    main_root = tmp_path / "main"
+    _versions_with_shifted_heads(main_root, model)
+    data = generate_learner("learner-0005", seed=0)
+    on_disk, in_memory = tmp_path / "rebased-first", tmp_path / "rebased-while-training"
+    for learners in (on_disk, in_memory):
+        clone_for_learner(main_root, learners, data.learner_id, "1.0.0")
+        train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.0.0")
+
+    created = learner_heads(main_root, in_memory, data.learner_id)[1]["created_at"]
+    rebase_clone(main_root, on_disk, data.learner_id, "1.1.0")
+    first = train_learner(main_root, on_disk, data.learner_id, data.train, data.heldout, "1.1.0")
+    second = train_learner(main_root, in_memory, data.learner_id, data.train, data.heldout, "1.1.0")
+
+    assert first.rebased_from is None and second.rebased_from == "1.0.0"
+    assert second.delta_norm == pytest.approx(first.delta_norm, rel=1e-6)
+    (heads_a, manifest_a), (heads_b, manifest_b) = (
+        learner_heads(main_root, root, data.learner_id) for root in (on_disk, in_memory)
+    )
+    for key in heads_a:
+        np.testing.assert_allclose(heads_b[key], heads_a[key], atol=1e-6)
+    for field in ("source_version", "source_sha256", "rebased_from", "personalisation_kept"):
+        assert manifest_b[field] == manifest_a[field]
+    assert manifest_b["created_at"] == created

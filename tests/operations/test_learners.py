@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import aivo_fl.operations.learners as learners_module
+from aivo_fl.ml.cloning import learner_heads
 from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
-from aivo_fl.operations.learners import MainModelMissing, clone_learners, train_learner_locally
+from aivo_fl.operations.learners import (
+    MainModelMissing,
+    clone_learners,
+    train_learner_locally,
+    train_learners_locally,
+)
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, RegistryError
@@ -113,3 +121,44 @@ def test_local_training_refuses_a_path_like_learner_id(world: World) -> None:
     with pytest.raises(ValueError):
         train_learner_locally(world.registry, world.store, "../../main-aivo", epochs=1)
     assert world.registry.get_eligible_for_aggregation(7) == []
+
+
+def test_learners_train_in_batches_as_they_would_alone_and_a_failure_stays_with_its_learner(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(learners_module, "TRAIN_BATCH", 2)  # several batches, one with a failure in it
+    fine = simulate_new_learners(world.registry, 4)
+    damaged, uncloned = simulate_new_learners(world.registry, 2)
+    (sparse,) = simulate_new_learners(world.registry, 1, interactions=6)
+    clone_learners(world.registry, world.store, [*fine, damaged, sparse])
+    (world.store.learner_dir(damaged) / "manifest.json").write_text("{not json")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(world.store.learners_root, pristine)
+
+    batch = train_learners_locally(
+        world.registry, world.store, [*fine, damaged, uncloned, sparse, "../escape", "ghost-0001"], epochs=3
+    )
+
+    assert sorted(batch.outcomes) == sorted(fine)
+    assert sorted(batch.failures) == sorted([damaged, uncloned, sparse, "../escape", "ghost-0001"])
+    assert "clone it first" in str(batch.failures[uncloned])
+    assert "interactions" in str(batch.failures[sparse])
+    assert "Unknown learner" in str(batch.failures["ghost-0001"])
+    assert not (world.store.learners_root.parent / "escape").exists()
+    eligible = world.registry.get_eligible_for_aggregation(7)
+    assert sorted(e.learner_id for e in eligible) == sorted(fine)  # one session each, none for failures
+    assert len({o.session_id for o in batch.outcomes.values()}) == len(fine)
+    together = {
+        learner: learner_heads(world.store.main_root, world.store.learners_root, learner)[0] for learner in fine
+    }
+
+    # The same learners trained one at a time from the same clones end where the batch did.
+    shutil.rmtree(world.store.learners_root)
+    shutil.copytree(pristine, world.store.learners_root)
+    for learner in fine:
+        alone = train_learner_locally(world.registry, world.store, learner, epochs=3)
+        assert alone.result.samples == batch.outcomes[learner].result.samples
+        heads, _ = learner_heads(world.store.main_root, world.store.learners_root, learner)
+        for name, tensor in heads.items():
+            np.testing.assert_allclose(tensor, together[learner][name], atol=1e-5, rtol=0)
+        assert not np.array_equal(heads[name], learner_heads(world.store.main_root, pristine, learner)[0][name])

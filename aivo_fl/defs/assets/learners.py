@@ -7,7 +7,7 @@ One learner's failure fails only that learner: the others are handled, every buc
 materialized, and then the run fails naming them.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from statistics import fmean
 from typing import Any, TypeVar
@@ -25,18 +25,13 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
-from aivo_fl.ml.artifacts import ArtifactError
 from aivo_fl.ml.cloning import CloneInfo
 from aivo_fl.ml.learner_buckets import bucket_index, group_by_bucket
-from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.operations.cohorts import Selection, needing_model, ready_to_train
 from aivo_fl.operations.errors import diagnose
-from aivo_fl.operations.learners import LearnerTrainingOutcome, clone_learners, train_learner_locally
+from aivo_fl.operations.learners import LearnerTrainingOutcome, clone_learners, train_learners_locally
 from aivo_fl.operations.recovery import clean_store
-from aivo_fl.registry import RegistryError
 
-# One learner's bad file or refused row fails that learner, not the batch.
-PER_LEARNER_ERRORS = (InvalidLearnerId, RegistryError, ArtifactError, OSError)
 # Failures listed by name: per bucket in its metadata, per run in its failure (all are counted).
 MAX_LISTED = 20
 T = TypeVar("T")
@@ -65,19 +60,6 @@ def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:
             metadata={"failed": dg.MetadataValue.json(dict(sorted(failures.items())[:100])), "succeeded": done},
             allow_retries=False,
         )
-
-
-def _for_each_learner(keys: Sequence[str], work: Callable[[str], T]) -> tuple[dict[str, T], dict[str, str]]:
-    """Run `work` per learner: a learner's own error fails that learner; anything else fails the run
-    (retried only when transient)."""
-    done, failures = {}, {}
-    with fail_fast_unless_transient():
-        for learner_id in keys:
-            try:
-                done[learner_id] = work(learner_id)
-            except PER_LEARNER_ERRORS as exc:
-                failures[learner_id] = diagnose(exc).line
-    return done, failures
 
 
 def _bucket_materializations(
@@ -173,18 +155,18 @@ def learner_training(
     threads = training_settings.torch_threads(context.instance)
     with fail_fast_unless_transient():
         selection = ready_to_train(reg, bucket_numbers(context.partition_keys))
-    _report_refused(context, selection)
-    trained, failures = _for_each_learner(
-        selection.learners,
-        lambda learner: train_learner_locally(
+        report(f"Training {len(selection.learners)} learner model(s) in {len(context.partition_keys)} bucket(s)...")
+        batch = train_learners_locally(
             reg,
             store,
-            learner,
+            selection.learners,
             epochs=training_settings.local_epochs,
             proximal_mu=training_settings.local_proximal_mu,
             num_threads=threads,
-        ),
-    )
+        )
+    _report_refused(context, selection)
+    failures = {learner: diagnose(exc).line for learner, exc in batch.failures.items()}
+    trained = batch.outcomes
     outcomes = [t.result for t in trained.values()]
     if outcomes:
         rebased = sum(1 for o in outcomes if o.rebased_from is not None)
