@@ -6,12 +6,11 @@ A seeded population of 10,000 learners (``--quick``: 1,000) goes through 12 week
 layers locally, all at once (:func:`aivo_fl.ml.batched_training.train_active_learners`, from main +
 their kept personalization, with the proximal term); then the product's own round runs on their
 deltas held in memory: :func:`aivo_fl.ml.round.candidate.build_candidate` (screening, Poisson
-sampling, fixed denominator, budgets, adaptive clipping, DpClipped, server optimizer), the
-server's anchoring of the candidate to its curriculum (:mod:`aivo_fl.ml.curriculum_anchor`; a
-benchmark knob, not yet part of the product's round), and :func:`aivo_fl.ml.round.gate.gate` on
-the contributors' held-out interactions, with the product's backtracking
-(:func:`aivo_fl.ml.round.backtrack.backtrack`: a refused step is retried at 1/2, 1/4, 1/8), as in
-production.
+sampling, fixed denominator, budgets, adaptive clipping, DpClipped, server optimizer), then
+:func:`aivo_fl.ml.round.judge.judge_round`: the server's anchoring of each candidate to its
+curriculum's training split (:mod:`aivo_fl.ml.curriculum_anchor`), the gate on the contributors'
+held-out interactions and the curriculum validation set, and backtracking (a refused step is
+retried at 1/2, 1/4, 1/8), exactly as in production.
 
 Per round: cold start (the main model on a fixed evaluation cohort that never trains: what a new
 learner gets), personalized (each contributor's clone on its own held-out interactions, next to the
@@ -33,7 +32,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,20 +42,20 @@ import numpy as np
 import torch
 
 from aivo_fl.config import load_settings
-from aivo_fl.ml.aggregation.server_optimizers import State
+from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
 from aivo_fl.ml.batched_training import LocalTrainingConfig, Tensors, personal_tensors, train_active_learners
-from aivo_fl.ml.curriculum_anchor import anchor_to_curriculum
 from aivo_fl.ml.data import Samples, generate_curriculum
 from aivo_fl.ml.evaluation import accuracy, cold_start_accuracy, gap_closed, personalized_accuracy, train_oracle
 from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, CurriculumNet, freeze_trunk, frozen_layers_for, head_state
 from aivo_fl.ml.population import Interactions, Population, PopulationConfig, concat_interactions
 from aivo_fl.ml.privacy_ledger import compose_rounds
 from aivo_fl.ml.round.accounting import PrivacyHistory
-from aivo_fl.ml.round.backtrack import MAX_HALVINGS, backtrack
+from aivo_fl.ml.round.backtrack import MAX_HALVINGS
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
-from aivo_fl.ml.round.gate import EvaluationSet, GateResult, Tolerances, gate, with_heads
+from aivo_fl.ml.round.gate import EvaluationSet, Tolerances
 from aivo_fl.ml.round.gather import LearnerUpdate
-from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.round.judge import Judging, judge_round
+from aivo_fl.ml.round.options import AnchorOptions, PrivacySettings, RoundOptions
 from aivo_fl.ml.training import TrainingConfig, configure_cpu, split_train_val, train_model
 from aivo_fl.operations.aggregation import privacy_settings_from
 from aivo_fl.operations.versions import next_version
@@ -82,10 +81,10 @@ class Knobs:
     depth: str = "heads"
     # FedAdam: each coordinate moves by about the rate whatever the aggregate's scale, so the same
     # rate suits DP-FedAvg's shrunken average (capped weights over a fixed denominator) and no DP.
-    # 0.02 with backtracking (seed 1, 3,000 learners, no DP: 84% of the gap against 77% at 0.01,
-    # where backtracking never triggers, and 67% at 0.02 without it, frozen from round 3).
-    server_optimizer: str = "adam"
-    server_learning_rate: float = 0.02
+    # The product's default rate 0.02 with backtracking (seed 1, 3,000 learners, no DP: 84% of the
+    # gap against 77% at 0.01, where backtracking never triggers, and 67% at 0.02 without it).
+    server_optimizer: str = RoundOptions.server_optimizer
+    server_learning_rate: float | None = None  # None: the product's default for the optimizer
     local: LocalTrainingConfig = field(default_factory=lambda: LocalTrainingConfig(epochs=5, proximal_mu=0.1))
     # The gate's cumulative curriculum guard (the product's default is 5 points): the goal here is
     # to stay within 3 points of round 0, so the gate enforces exactly that.
@@ -94,13 +93,8 @@ class Knobs:
     # from the main model alone (plain FedAvg: the update carries the shared shift every week).
     start_from_offset: bool = True
     # After each round the server fine-tunes the candidate on the curriculum it trained the main
-    # model on (one epoch of SGD at a small rate, see aivo_fl.ml.curriculum_anchor); None = off.
-    anchor: LocalTrainingConfig | None = field(
-        default_factory=lambda: LocalTrainingConfig(epochs=1, batch_size=64, learning_rate=0.005, proximal_mu=0.0)
-    )
-    # Curriculum samples drawn for each round's anchoring: a fixed count, so its pull per round
-    # (steps x rate) does not grow with the size of the curriculum the server holds.
-    anchor_samples: int = 2_400
+    # model on (the product's round option and default, see aivo_fl.ml.curriculum_anchor); None = off.
+    anchor: AnchorOptions | None = RoundOptions.anchor
     # Backtracking: a candidate the gate refuses is retried at 1/2, 1/4, ... of the server step.
     halvings: int = MAX_HALVINGS
 
@@ -108,12 +102,11 @@ class Knobs:
         return {
             "depth": self.depth,
             "server_optimizer": self.server_optimizer,
-            "server_learning_rate": self.server_learning_rate,
+            "server_learning_rate": server_optimizer(self.server_optimizer, self.server_learning_rate).learning_rate,
             "local": self.local.__dict__,
             "curriculum_tolerance": self.curriculum_tolerance,
             "start_from_offset": self.start_from_offset,
             "anchor": None if self.anchor is None else self.anchor.__dict__,
-            "anchor_samples": self.anchor_samples,
             "halvings": self.halvings,
         }
 
@@ -225,19 +218,14 @@ def _round(
         )
     # Pooled (correct, total) counts are the same whether learners' sets are scored apart or together.
     evaluation = EvaluationSet({CONTRIBUTORS: [data.evaluation().samples]}, world.curriculum_val)
-    tolerances = Tolerances(curriculum=knobs.curriculum_tolerance)
-
-    def judge(heads: Mapping[str, np.ndarray]) -> tuple[CurriculumNet, GateResult]:
-        candidate = with_heads(lineage.active, heads)
-        if knobs.anchor is not None:
-            curriculum = world.curriculum_train
-            drawn = np.random.default_rng([week, 5]).permutation(len(curriculum))[: knobs.anchor_samples]
-            candidate = anchor_to_curriculum(
-                candidate, curriculum.subset(np.sort(drawn)), replace(knobs.anchor, seed=week)
-            )
-        return candidate, gate(lineage.active, candidate, world.round0, evaluation, tolerances)
-
-    judged = backtrack(result, state.base_heads, state.optimizer_state, judge, knobs.halvings)
+    judging = Judging(
+        lineage.active,
+        world.round0,
+        evaluation,
+        world.curriculum_train,
+        Tolerances(curriculum=knobs.curriculum_tolerance),
+    )
+    judged = judge_round(result, state, judging, knobs.anchor, knobs.halvings)
     if judged.verdict.accepted:
         lineage.versions.append(next_version(lineage.versions[-1]))
         lineage.active, lineage.optimizer_state = judged.candidate, judged.result.optimizer_state
@@ -274,7 +262,9 @@ def run_configuration(
 ) -> dict[str, Any]:
     """Every week's round under ``privacy``; one row per round (round 0 = the curriculum model),
     printed as it completes when ``name`` is given."""
-    options = RoundOptions(server_optimizer=knobs.server_optimizer, learning_rate=knobs.server_learning_rate)
+    options = RoundOptions(
+        server_optimizer=knobs.server_optimizer, learning_rate=knobs.server_learning_rate, anchor=knobs.anchor
+    )
     lineage = Lineage(copy.deepcopy(world.round0))
     round0_cold = cold_start_accuracy(world.round0, world.population.evaluation_cohort)
     rows = [{"round": 0, **_scores(world, world.round0, round0_cold), "epsilon": 0.0, "seconds": 0.0}]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, freeze_trunk, samples_to_tensors
+from aivo_fl.ml.round.options import AnchorOptions
 
 
 def anchor_to_curriculum(candidate: CurriculumNet, curriculum: Samples, config: LocalTrainingConfig) -> CurriculumNet:
@@ -29,3 +32,16 @@ def anchor_to_curriculum(candidate: CurriculumNet, curriculum: Samples, config: 
     train_one(model, LearnerBatch(0, *samples_to_tensors(curriculum)), personal_tensors(candidate), config)
     model.eval()
     return model
+
+
+def drawn_curriculum(curriculum: Samples, samples: int, seed: int) -> Samples:
+    """The round's ``samples`` curriculum samples (all of them if fewer), drawn by ``seed`` alone."""
+    drawn = np.random.default_rng([seed, 5]).permutation(len(curriculum))[:samples]
+    return curriculum.subset(np.sort(drawn))
+
+
+def anchor_round(candidate: CurriculumNet, curriculum: Samples, options: AnchorOptions, seed: int) -> CurriculumNet:
+    """``candidate`` anchored as a round does it: ``options.samples`` drawn from the curriculum's
+    training split (never the split the gate judges on), plain SGD, shuffled by ``seed``."""
+    config = LocalTrainingConfig(options.epochs, options.batch_size, options.learning_rate, 0.0, seed)
+    return anchor_to_curriculum(candidate, drawn_curriculum(curriculum, options.samples, seed), config)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,10 +27,11 @@ from aivo_fl.ml.artifacts import load_artifact, load_main_model, main_version_di
 from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.round.accounting import PrivacyHistory
-from aivo_fl.ml.round.backtrack import Backtracked, backtrack
+from aivo_fl.ml.round.backtrack import Backtracked
 from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
-from aivo_fl.ml.round.gate import EvaluationSet, GateResult, gate, with_heads
+from aivo_fl.ml.round.gate import EvaluationSet, GateResult
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
+from aivo_fl.ml.round.judge import Judging, judge_round
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.round_status import RoundStatus
 from aivo_fl.ml.safe_files import NOT_IN_MANIFEST, FileRejected
@@ -59,6 +60,7 @@ def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: 
         "heldoutSamples": verdict.heldout_samples,
         "aggregateNorm": result.aggregate_norm,
         "stepScale": result.step_scale,  # the server step's accepted scale (backtracking; 1 = full step)
+        "curriculumAnchor": result.curriculum_anchor,  # None: the candidate was not anchored
     }
 
 
@@ -129,13 +131,18 @@ def round_options(settings: Settings, *, learning_rate: float | None = None, **o
     return RoundOptions(server_optimizer=settings.server_optimizer, learning_rate=rate, **options)
 
 
-def curriculum_validation_split(registry_record: MainVersionRecord, store: ModelStore) -> Samples:
-    """The validation split the main model was scored on (same dataset, same seed, same split)."""
+def curriculum_splits(registry_record: MainVersionRecord, store: ModelStore) -> tuple[Samples, Samples]:
+    """The (training, validation) splits the main model was trained and scored on: same dataset,
+    same seed, same split. The server anchors candidates on the first; the gate judges on the second."""
     metrics = registry_record.metrics
     path = Path(metrics["curriculumPath"])
     seed = int(metrics.get("dataSeed", 0))
-    _, val = split_train_val(load_samples(path), metrics.get("validationFraction", 0.2), seed)
-    return val
+    return split_train_val(load_samples(path), metrics.get("validationFraction", 0.2), seed)
+
+
+def curriculum_validation_split(registry_record: MainVersionRecord, store: ModelStore) -> Samples:
+    """The validation split the main model was scored on."""
+    return curriculum_splits(registry_record, store)[1]
 
 
 def load_server_state(main_root: Path, version: str, optimizer: str) -> State:
@@ -258,20 +265,34 @@ def recorded_privacy(result: RoundResult) -> dict[str, Any]:
 
 
 def _judge(
-    registry: ModelRegistry, store: ModelStore, active: MainVersionRecord, read: _Read, result: RoundResult
+    registry: ModelRegistry,
+    store: ModelStore,
+    active: MainVersionRecord,
+    read: _Read,
+    result: RoundResult,
+    options: RoundOptions,
 ) -> Backtracked:
-    """The gate on the data the operations layer has: the contributors' held-out interactions; a
-    refused candidate is retried with smaller server steps (no extra privacy cost, see backtrack)."""
+    """The gate on the data the operations layer has: the contributors' held-out interactions; each
+    candidate anchored to the curriculum's training split first (when on), and a refused one retried
+    with smaller server steps (no extra privacy cost, see backtrack)."""
     heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
-    evaluation = EvaluationSet({CONTRIBUTORS: heldouts}, curriculum_validation_split(active, store))
+    train, val = curriculum_splits(active, store)
     reference = trained_version(active.version)
     trained = read.active_model if reference == active.version else load_main_model(store.main_root, reference)[0]
+    judging = Judging(read.active_model, trained, EvaluationSet({CONTRIBUTORS: heldouts}, val), train)
+    return judge_round(result, read.state, judging, options.anchor)
 
-    def judge(heads: Mapping[str, np.ndarray]) -> tuple[CurriculumNet, GateResult]:
-        candidate = with_heads(read.active_model, heads)
-        return candidate, gate(read.active_model, candidate, trained, evaluation)
 
-    return backtrack(result, read.state.base_heads, read.state.optimizer_state, judge)
+def _report_anchor(result: RoundResult, report: Report) -> None:
+    a = result.curriculum_anchor
+    if a is None:
+        report("Curriculum anchor: off (the candidate is judged as the server step left it)")
+        return
+    report(
+        f"Curriculum anchor: the candidate's personal layers took {a['epochs']} epoch(s) of SGD at "
+        f"{a['learningRate']:g} on {a['samples']} samples of the curriculum's training split (server-side: "
+        "no learner data, no privacy cost)"
+    )
 
 
 def _report_gate(verdict: GateResult, report: Report) -> None:
@@ -320,8 +341,9 @@ def _run_round(
     read = _read(registry, store, active, options, now, report)
     result = build_candidate(read.state, options, privacy, now, rng)
     _report_round(result, privacy, options, report)
-    judged_step = _judge(registry, store, active, read, result)
+    judged_step = _judge(registry, store, active, read, result, options)
     result, candidate, verdict = judged_step.result, judged_step.candidate, judged_step.verdict
+    _report_anchor(result, report)
     _report_gate(verdict, report)
     if judged_step.step_scale < 1.0:
         report(f"Backtracking: the full server step was refused; promoted at {judged_step.step_scale:g} of it.")

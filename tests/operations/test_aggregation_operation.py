@@ -11,7 +11,12 @@ from aivo_fl.ml.model import head_state
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.safe_files import read_manifest
-from aivo_fl.operations.aggregation import SERVER_STATE_NAME, load_server_state, run_federated_aggregation
+from aivo_fl.operations.aggregation import (
+    SERVER_STATE_NAME,
+    curriculum_splits,
+    load_server_state,
+    run_federated_aggregation,
+)
 from aivo_fl.operations.app_simulation import simulate_activity
 from aivo_fl.operations.learners import train_learner_locally
 from aivo_fl.registry import AggregationInProgress
@@ -158,3 +163,47 @@ def test_server_optimizer_state_is_stored_with_the_version_and_carries_over(coho
     state_file.write_bytes(state_file.read_bytes()[:-4] + b"\x00\x00\x80\x7f")
     with pytest.raises(ArtifactError, match="hash mismatch"):
         load_server_state(cohort.store.main_root, "1.1.0", "momentum")
+
+
+def test_the_round_anchors_its_candidate_on_the_curriculum_training_split_and_records_it(cohort: Cohort) -> None:
+    active = cohort.registry.get_active_version()
+    assert active is not None
+    train, val = curriculum_splits(active, cohort.store)
+    assert len(train) == 4000 and len(val) == 1000  # the main model's own split of its 5,000 samples
+    assert not {s.tobytes() for s in train.features} & {s.tobytes() for s in val.features}
+
+    plain = aggregate(cohort, NO_DP, dry_run=True, anchor=None)
+    assert plain.round.curriculum_anchor is None and plain.summary()["curriculumAnchor"] is None
+    anchored = aggregate(cohort, NO_DP, dry_run=True)  # on by default
+    record = anchored.summary()["curriculumAnchor"]
+    assert record == {"samples": 2400, "epochs": 1, "batchSize": 64, "learningRate": 0.005, "seed": 1}
+    moved = [not np.array_equal(anchored.round.candidate_heads[k], v) for k, v in plain.round.candidate_heads.items()]
+    assert any(moved)  # the judged candidate is the anchored one, not the server step's
+    again = aggregate(cohort, NO_DP, dry_run=True)  # the seed is the round's: the same candidate again
+    for name, value in anchored.round.candidate_heads.items():
+        np.testing.assert_array_equal(again.round.candidate_heads[name], value)
+
+    real = aggregate(cohort, NO_DP)
+    [update] = cohort.registry.get_federated_updates()
+    assert update["metrics"]["curriculumAnchor"] == record and real.gate == anchored.gate
+
+
+def test_a_refused_full_step_is_promoted_at_half_the_step_and_recorded(cohort: Cohort) -> None:
+    # Double the server rate until the full step is refused: the half step is then the previous
+    # rate's full step, which the gate accepted (the same heads, the same anchoring).
+    rate = 1e-3
+    while rate < HARMFUL:
+        dry = aggregate(cohort, NO_DP, dry_run=True, learning_rate=rate)
+        if dry.round.step_scale < 1.0 or not dry.gate.accepted:
+            break
+        rate *= 2
+    assert dry.gate.accepted and dry.round.step_scale == 0.5, (rate, dry.gate.reason)
+    lines: list[str] = []
+    real = aggregate(cohort, NO_DP, report=lines.append, learning_rate=rate)
+    assert real.promoted and real.round.step_scale == 0.5 and real.round.learning_rate == rate
+    assert "promoted at 0.5 of it" in "\n".join(lines)
+    [update] = cohort.registry.get_federated_updates()
+    assert update["status"] == "PROMOTED" and update["metrics"]["stepScale"] == 0.5
+    stored = head_state(load_main_model(cohort.store.main_root, real.new_version)[0])
+    for name, value in real.round.candidate_heads.items():
+        np.testing.assert_array_equal(stored[name], value)

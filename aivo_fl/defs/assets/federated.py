@@ -115,6 +115,7 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
         "server_optimizer": s["serverOptimizer"],
         "server_learning_rate": s["learningRate"],
         "server_step_scale": s["stepScale"],  # < 1: backtracking halved a refused step
+        "curriculum_anchor_samples": (s["curriculumAnchor"] or {}).get("samples", 0),  # 0: not anchored
         "contributing_learners": len(s["contributingLearners"]),
         "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
         "accuracy_before_pct": percent(s["accuracyBefore"]),

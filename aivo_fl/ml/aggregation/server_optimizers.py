@@ -109,11 +109,12 @@ class Adam(_PerTensor):
     """FedAdam: m = b1 m + (1 - b1) u; v = b2 v + (1 - b2) u^2; params + lr x m / (sqrt(v) + tau).
 
     Each coordinate moves by about ``learning_rate`` whatever the update's scale, so the rate is a
-    step in weight units (Reddi et al.'s defaults: b1 0.9, b2 0.99, tau 1e-3)."""
+    step in weight units (Reddi et al.'s defaults: b1 0.9, b2 0.99, tau 1e-3). The rate 0.02 is
+    fl_quality's choice for the product's round (with backtracking and the curriculum anchor)."""
 
     name: ClassVar[str] = "adam"
     slots: ClassVar[tuple[str, ...]] = ("m", "v")
-    learning_rate: float = 0.01
+    learning_rate: float = 0.02
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3

@@ -1,10 +1,10 @@
 """Steps 1-2 of a round composed: from what the round reads to its candidate heads.
 
 Pure inputs, no database: the operations layer (registry + model store) and the benchmarks (in
-memory) both call :func:`build_candidate`, then :func:`aivo_fl.ml.round.backtrack.backtrack` (the
-gate, with smaller server steps if it refuses), then persist
-in their own way. A dry run builds the very same candidate, only without DP noise: nothing is
-released, so no privacy is spent, and its gate verdict is the real one (exactly so with DP off).
+memory) both call :func:`build_candidate`, then :func:`aivo_fl.ml.round.judge.judge_round` (the
+curriculum anchor, the gate, with smaller server steps if it refuses), then persist in their own way.
+A dry run builds the very same candidate, only without DP noise: nothing is released, so no
+privacy is spent, and its gate verdict is the real one (exactly so with DP off).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ class RoundResult:
     dry_run: bool
     aggregate: Delta  # the strategy's (released) aggregate: backtracking rebuilds smaller steps from it
     step_scale: float = 1.0  # the server step's scale (backtracking: 1/2, 1/4, ... when the gate refused more)
+    curriculum_anchor: Mapping[str, Any] | None = None  # how the judged candidate was anchored (None: it was not)
 
     @property
     def privacy_record(self) -> RoundPrivacy | None:

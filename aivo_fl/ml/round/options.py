@@ -17,16 +17,36 @@ DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class AnchorOptions:
+    """The server's anchoring of each candidate to the curriculum it trained the main model on
+    (:mod:`aivo_fl.ml.curriculum_anchor`): ``epochs`` of plain SGD over ``samples`` curriculum
+    training samples drawn afresh each round. A fixed count, so the pull per round (steps x rate)
+    does not grow with the curriculum the server holds. Defaults chosen by ``fl_quality``."""
+
+    samples: int = 2_400
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ValueError("curriculum anchor: need samples, epochs, batch_size >= 1 and learning_rate > 0")
+
+
+@dataclass(frozen=True)
 class RoundOptions:
     strategy: str = FedAvg.name
     min_learners: int = 3
     max_stale_days: int = 7
-    # FedAdam (Reddi et al. 2021) at its default rate 0.01, the fl_quality benchmark's choice: each
+    # FedAdam (Reddi et al. 2021) at its default rate 0.02, the fl_quality benchmark's choice: each
     # coordinate moves by about the rate whatever the aggregate's scale (DP-FedAvg shrinks it), and
     # it closed more of the gap to the central oracle than plain FedAvg (sgd 1.0, which stalls).
     server_optimizer: str = Adam.name
-    # None: the optimizer's own default (adam 0.01; sgd 1.0 is plain model averaging).
+    # None: the optimizer's own default (adam 0.02; sgd 1.0 is plain model averaging).
     learning_rate: float | None = None
+    # None: the candidate is judged as the server step left it. On by default: fl_quality measured
+    # it (it is what keeps a larger server step inside the curriculum guard).
+    anchor: AnchorOptions | None = AnchorOptions()
     dry_run: bool = False
     max_delta_norm: float = DEFAULT_MAX_DELTA_NORM
     trim_fraction: float = TRIM_FRACTION
