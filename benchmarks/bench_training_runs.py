@@ -16,9 +16,9 @@ their values, and simulating 100,000 learners one by one would take longer than 
 All record one `"ModelTrainingSession"` per learner; dagster / plain is the cost of the
 orchestration, one-at-a-time / plain (per learner) that of training learners one by one.
 
-    python -m benchmarks.bench_training_runs            # 1,000 learners
+    python -m benchmarks.bench_training_runs            # 10,000 and 100,000 learners (~1 hour here)
     python -m benchmarks.bench_training_runs --quick    # 100
-    python -m benchmarks.bench_training_runs --sizes 10000
+    python -m benchmarks.bench_training_runs --sizes 1000
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def measure(count: int) -> dict[str, Any]:
 
 def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
     rows = []
-    for count in sizes or ([100] if quick else [1_000]):
+    for count in sizes or ([100] if quick else [10_000, 100_000]):
         rows.append(measure(count))
         print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "training_runs", "quick": quick, "cpus": os.cpu_count(), "rows": rows}
@@ -177,7 +177,7 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 1,000)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
     args = parser.parse_args(argv)
     result = run(quick=args.quick, sizes=args.sizes)
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
