@@ -19,7 +19,13 @@ from aivo_fl.ml.local_training import LearnerData, TrainingSessionResult, train_
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import LearnerInteractions, ModelRegistry, RegistryError, TrainingSessionInput
+from aivo_fl.registry import (
+    LearnerInteractions,
+    ModelRegistry,
+    PersonalizedModelRecord,
+    RegistryError,
+    TrainingSessionInput,
+)
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
 # from held-out to training as the learner's history grows.
@@ -161,16 +167,21 @@ def train_learners_locally(
     config = LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu)
     done = TrainedBatch()
     for start in range(0, len(learner_ids), TRAIN_BATCH):
-        ready = _training_data(registry, learner_ids[start : start + TRAIN_BATCH], done.failures)
+        ready, models = _training_data(registry, learner_ids[start : start + TRAIN_BATCH], done.failures)
         batch = train_learners(
             store.main_root, store.learners_root, ready, active.version, config, num_threads, sync=False
         )
         done.failures.update(batch.failures)
         os.sync()
         session_ids = registry.record_training_sessions([_session_input(r) for r in batch.results])
-        rebased = {r.learner_id: r.source_version for r in batch.results if r.rebased_from is not None}
+        # A rebased clone's row follows it to its new source version.
+        rebased = {
+            r.learner_id: {**models[r.learner_id].metadata, "sourceVersion": r.source_version}
+            for r in batch.results
+            if r.rebased_from is not None
+        }
         if rebased:
-            registry.register_personalized_models(_with_source_versions(registry, rebased))
+            registry.register_personalized_models(rebased)
         done.outcomes.update(
             {r.learner_id: LearnerTrainingOutcome(i, r) for i, r in zip(session_ids, batch.results, strict=True)}
         )
@@ -179,8 +190,9 @@ def train_learners_locally(
 
 def _training_data(
     registry: ModelRegistry, learner_ids: Sequence[str], failures: dict[str, Exception]
-) -> list[LearnerData]:
-    """The learners of a batch that can train, with their train/held-out split; the rest into `failures`."""
+) -> tuple[list[LearnerData], dict[str, PersonalizedModelRecord]]:
+    """The learners of a batch that can train, with their train/held-out split, and their
+    personalized models; the rest into `failures`."""
     valid = []
     for learner_id in learner_ids:
         try:
@@ -203,7 +215,7 @@ def _training_data(
                 )
             else:
                 ready.append(LearnerData(learner_id, train, heldout))
-    return ready
+    return ready, cloned
 
 
 def _session_input(result: TrainingSessionResult) -> TrainingSessionInput:
@@ -222,15 +234,6 @@ def _session_input(result: TrainingSessionResult) -> TrainingSessionInput:
         started_at=result.started_at,
         completed_at=result.finished_at,
     )
-
-
-def _with_source_versions(registry: ModelRegistry, versions: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The learners' `"PersonalizedModel".metadata` with their new source version (after a rebase)."""
-    records = registry.get_personalized_models(list(versions))
-    return {
-        learner_id: {**(records[learner_id].metadata if learner_id in records else {}), "sourceVersion": version}
-        for learner_id, version in versions.items()
-    }
 
 
 def train_learner_locally(
