@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import aivo_fl.operations.learners as learners_module
+from aivo_fl.ml.artifacts import load_main_model, save_main_model
 from aivo_fl.ml.cloning import learner_heads
 from aivo_fl.ml.training import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
@@ -162,3 +164,24 @@ def test_learners_train_in_batches_as_they_would_alone_and_a_failure_stays_with_
         for name, tensor in heads.items():
             np.testing.assert_allclose(tensor, together[learner][name], atol=1e-5, rtol=0)
         assert not np.array_equal(heads[name], learner_heads(world.store.main_root, pristine, learner)[0][name])
+
+
+def test_a_clone_behind_the_active_version_is_rebased_as_it_trains_and_its_row_follows(world: World) -> None:
+    (learner,) = simulate_new_learners(world.registry, 1)
+    clone_learners(world.registry, world.store, [learner])
+    train_learner_locally(world.registry, world.store, learner, epochs=1)
+    active = world.registry.get_active_version()
+    assert active is not None
+    newer, _ = load_main_model(world.store.main_root, active.version)
+    with torch.no_grad():
+        for p in newer.heads.parameters():
+            p.add_(0.05)  # a promoted round moves the personal layers, the trunk stays
+    path = save_main_model(world.store.main_root, "1.1.0", newer, {}, data_seed=0, parent_version=active.version)
+    world.registry.register_main_version("1.1.0", str(path), {}, parent_version=active.version)
+    metadata_before = world.registry.get_personalized_model(learner).metadata
+
+    outcome = train_learner_locally(world.registry, world.store, learner, epochs=1)
+
+    assert (outcome.result.rebased_from, outcome.result.source_version) == ("1.0.0", "1.1.0")
+    record = world.registry.get_personalized_model(learner)
+    assert record.metadata == {**metadata_before, "sourceVersion": "1.1.0"}
