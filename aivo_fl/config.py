@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     server_optimizer: str = Field(_ROUND.server_optimizer, alias="SERVER_OPTIMIZER")
-    # Unset: the server optimizer's own default (1.0 for sgd: plain model averaging). The CLI's and
+    # Unset: the server optimizer's own default (sgd 6, adam 0.02, momentum 0.1). The CLI's and
     # the Dagster config's learning rate override it for one round.
     server_learning_rate: float | None = Field(None, alias="SERVER_LEARNING_RATE", gt=0, allow_inf_nan=False)
     database_url: str = Field(DEFAULT_DATABASE_URL, alias="DATABASE_URL")

@@ -2,7 +2,8 @@
 
 Each round every learner trains its clone locally (rebasing onto the active main version first),
 then the same steps as the operations layer run: :func:`aivo_fl.ml.round.build_candidate` (gather,
-privacy accounting, strategy, server optimizer) and :func:`aivo_fl.ml.round.gate`; an accepted
+privacy accounting, strategy, server optimizer) and :func:`aivo_fl.ml.round.judge.judge_round`
+(curriculum anchor, gate, backtracking); an accepted
 candidate is saved as the next main version, with its server-optimizer state kept in memory.
 """
 
@@ -26,10 +27,11 @@ from aivo_fl.ml.local_training import train_learner
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
-from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, correct_count, federated_accuracy, gate, with_heads
+from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, correct_count, federated_accuracy
 from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.judge import Judging, judge_round
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.training import TrainingConfig, train_model
+from aivo_fl.ml.training import TrainingConfig, split_train_val, train_model
 from aivo_fl.operations.versions import next_version
 
 FIRST_VERSION = "1.0.0"
@@ -46,6 +48,7 @@ class Cohort:
     learners_root: Path
     learners: list[LearnerData]
     curriculum_val: Samples
+    curriculum_train: Samples  # the split the main model was fitted on: the round's anchor data
     trained: CurriculumNet
     active: CurriculumNet
     lineage: list[str] = field(default_factory=lambda: [FIRST_VERSION])
@@ -113,11 +116,11 @@ def _round(
     if result.privacy_record is not None:  # released whatever the gate says
         charged = [c.learner_id for c in result.contributions if c.charged]
         cohort.privacy_history = cohort.privacy_history.after(result.privacy_record, charged)
-    candidate = with_heads(cohort.active, result.candidate_heads)
     heldouts = [learner.heldout for learner in cohort.learners]
-    verdict = gate(
-        cohort.active, candidate, cohort.trained, EvaluationSet({"cohort": heldouts}, cohort.curriculum_val), tolerances
-    )
+    evaluation = EvaluationSet({"cohort": heldouts}, cohort.curriculum_val)
+    judging = Judging(cohort.active, cohort.trained, evaluation, cohort.curriculum_train, tolerances)
+    judged = judge_round(result, state, judging, options.anchor)
+    candidate, verdict = judged.candidate, judged.verdict
     version_before = cohort.lineage[-1]
     if verdict.accepted:
         version = next_version(version_before)
@@ -130,7 +133,7 @@ def _round(
             parent_version=version_before,
         )
         cohort.lineage.append(version)
-        cohort.active, cohort.optimizer_state = candidate, result.optimizer_state
+        cohort.active, cohort.optimizer_state = candidate, judged.result.optimizer_state
     return {
         "version_before": version_before,
         "version_after": cohort.lineage[-1],
@@ -142,6 +145,7 @@ def _round(
         "personalized_accuracy": _personalized_accuracy(cohort),
         "curriculum_accuracy": federated_accuracy(cohort.active, [cohort.curriculum_val]),
         "curriculum_reference": verdict.curriculum_reference,
+        "step_scale": judged.step_scale,
         "included": len(result.included),
         "excluded": len(result.excluded),
         "epsilon_round": result.privacy.epsilon_round,
@@ -166,15 +170,15 @@ def simulate_rounds(
     """Run ``rounds`` federated rounds over a synthetic cohort; one summary dict per round."""
     with tempfile.TemporaryDirectory(prefix="aivo-sim-") as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
-        model, _ = train_model(
-            generate_curriculum(curriculum_samples, seed),
-            TrainingConfig(epochs=main_epochs, seed=seed, log_every=10**6, num_threads=1),
-        )
+        curriculum = generate_curriculum(curriculum_samples, seed)
+        config = TrainingConfig(epochs=main_epochs, seed=seed, log_every=10**6, num_threads=1)
+        model, _ = train_model(curriculum, config)
         cohort = Cohort(
             root / "main",
             root / "learners",
             generate_cohort(n_learners, seed, n_interactions * rounds),
             generate_curriculum(1_000, seed + 1),
+            split_train_val(curriculum, config.val_fraction, seed)[0],
             model,
             model,
         )

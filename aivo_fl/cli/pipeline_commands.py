@@ -48,7 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--learning-rate",
         type=_positive_float,
         default=None,
-        help="server learning rate (default: SERVER_LEARNING_RATE, else the server optimizer's own: 1 for sgd)",
+        help="server learning rate (default: SERVER_LEARNING_RATE, else the server optimizer's own: 6 for sgd)",
     )
     p.set_defaults(func=cmd_run_federated_aggregation)
 

@@ -14,11 +14,22 @@ Both paths do exactly the same maths, so they agree to float rounding (a test ho
 per layer, and each weight's gradient and proximal SGD update are one in-place `baddbmm_`.
 Learners are sorted by sample count and grouped, so padding (masked out of the loss and of the
 update) stays small even with skewed counts.
+
+`train_personal_and_update` is what a learner's week does (after Ditto, Li et al. 2021): its clone
+trains from its own personal layers (the personalization it keeps), and the update it sends the
+server is a second fit of the same data from the main model's layers. An update taken from the
+clone would count the shared progress twice: once in the main model that moved, once more in the
+clone's offset, so returning learners would push every move back (measured in fl_quality: a
+server step that rings round after round). The update is normalized by the learner's local steps
+(FedNova, Wang et al. 2020) to what a one-batch learner's ``epochs`` steps give: otherwise a
+learner with many interactions, weighted by its samples AND taking more steps, pulls the main
+model toward its own personal shift.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -194,6 +205,31 @@ def train_many(
     return out
 
 
+def local_steps(samples: int, config: LocalTrainingConfig) -> int:
+    """SGD steps a learner with ``samples`` training interactions takes locally."""
+    return config.epochs * math.ceil(samples / config.batch_size)
+
+
+def train_personal_and_update(
+    model: CurriculumNet,
+    learners: Sequence[LearnerBatch],
+    starts: Sequence[dict[str, Tensor]],
+    config: LocalTrainingConfig,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """(each learner's personal layers trained from ``starts[i]``, each learner's update for the
+    server): the update is the same training from ``model``'s personal layers, minus them, scaled
+    by ``epochs / local steps``. One :func:`train_many` call trains both."""
+    main = personal_tensors(model)
+    trained = train_many(model, [*learners, *learners], [*starts, *([main] * len(learners))], config, group_size)
+    personal, from_main = trained[: len(learners)], trained[len(learners) :]
+    updates = []
+    for learner, fitted in zip(learners, from_main, strict=True):
+        scale = config.epochs / local_steps(int(learner.x.shape[0]), config)
+        updates.append({k: (fitted[k] - main[k]) * scale for k in main})
+    return personal, updates
+
+
 def evaluate_many(
     model: CurriculumNet,
     samples: Sequence[tuple[Tensor, Tensor]],
@@ -245,7 +281,7 @@ class WeekUpdates:
     """One week of local training: each active learner's update and its new personal offset."""
 
     learners: list[int]
-    deltas: list[Tensors]  # trained - start: what the learner sends (the FedAvg client update)
+    deltas: list[Tensors]  # what the learner sends: its step-normalized fit from main (train_personal_and_update)
     samples: list[int]
     offsets: dict[int, Tensors]  # trained - main: the personalisation the learner keeps
 
@@ -257,16 +293,17 @@ def train_active_learners(
     config: LocalTrainingConfig,
     group_size: int = DEFAULT_GROUP_SIZE,
 ) -> WeekUpdates:
-    """Train every learner in `week_train` at once, each from main + its kept offset (the rebase)."""
+    """Train every learner in `week_train` at once: its personal layers from main + its kept offset
+    (the rebase), its update from main (:func:`train_personal_and_update`)."""
     main = personal_tensors(model)
     data = week_train.by_learner()
     learners = list(data)
     starts = [{k: main[k] + offsets[i][k] for k in main} if i in offsets else main for i in learners]
     batches = [LearnerBatch(i, *samples_to_tensors(data[i])) for i in learners]
-    trained = train_many(model, batches, starts, config, group_size)
+    trained, updates = train_personal_and_update(model, batches, starts, config, group_size)
     return WeekUpdates(
         learners=learners,
-        deltas=[{k: t[k] - s[k] for k in main} for t, s in zip(trained, starts, strict=True)],
+        deltas=updates,
         samples=[len(data[i]) for i in learners],
         offsets={**offsets, **{i: {k: t[k] - main[k] for k in main} for i, t in zip(learners, trained, strict=True)}},
     )

@@ -27,7 +27,7 @@ from aivo_fl.ml.batched_training import (
     evaluate_many,
     learner_key,
     personal_tensors,
-    train_many,
+    train_personal_and_update,
 )
 from aivo_fl.ml.cloning import (
     COPY_ON_WRITE,
@@ -35,7 +35,6 @@ from aivo_fl.ml.cloning import (
     HEADS_NAME,
     learner_heads,
     rebased,
-    subtract,
 )
 from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.learner_ids import learner_dir
@@ -131,12 +130,13 @@ def train_learners(
     reporting before/after on its `heldout` (`evaluate_many`).
 
     A clone made from an older main version is rebased onto `active_version` first (keeping its
-    personalisation), so every learner trains on the active version's frozen layers. Each
-    learner's delta is this session's update only (trained minus the clone as it started), the
-    FedAvg client update: the personal offset a learner carries from earlier sessions is not sent
-    again every week. A learner whose id, data or files are wrong is reported in `failures` and
-    the others go on. ``sync=False`` leaves durability to the caller (one ``os.sync`` per batch
-    before the registry records the sessions).
+    personalisation), so every learner trains on the active version's frozen layers. The clone's
+    personal layers train from where they were; the delta the learner sends is the same data
+    fitted from the active version's layers, normalized by its local steps
+    (:func:`train_personal_and_update`): the personalization a learner keeps is never sent, and
+    the main model's own progress is not counted twice. A learner whose id, data or files are
+    wrong is reported in `failures` and the others go on. ``sync=False`` leaves durability to the
+    caller (one ``os.sync`` per batch before the registry records the sessions).
     """
     config = config or LocalTrainingConfig()
     started_at = datetime.now(UTC)
@@ -156,12 +156,13 @@ def train_learners(
     heldouts = [samples_to_tensors(p.data.heldout) for p in ready]
     starts = [{k: torch.from_numpy(v) for k, v in p.start.items()} for p in ready]
     before = evaluate_many(model, heldouts, starts)
-    trained = train_many(model, batches, starts, config)
+    trained, updates = train_personal_and_update(model, batches, starts, config)
     after = evaluate_many(model, heldouts, trained)
     for i, prepared in enumerate(ready):
         heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
+        delta = {k: v.numpy().astype(np.float32, copy=True) for k, v in updates[i].items()}
         try:
-            out.results.append(_finish(prepared, heads, (before[i], after[i]), config, started_at, sync=sync))
+            out.results.append(_finish(prepared, heads, delta, (before[i], after[i]), config, started_at, sync=sync))
         except OSError as exc:
             out.failures[prepared.data.learner_id] = exc
     return out
@@ -189,6 +190,7 @@ def train_learner(
 def _finish(
     prepared: _Prepared,
     heads: dict[str, np.ndarray],
+    delta: dict[str, np.ndarray],
     metrics: tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]],
     config: LocalTrainingConfig,
     started_at: datetime,
@@ -197,7 +199,6 @@ def _finish(
 ) -> TrainingSessionResult:
     """Write the delta, the heads and the manifest; the session's result."""
     directory, (before, after) = prepared.directory, metrics
-    delta = subtract(heads, prepared.start)
     delta_bytes = encode_tensors(delta)
     write_file_atomic(directory / DELTA_NAME, delta_bytes, sync=sync)
     finished_at = datetime.now(UTC)

@@ -11,6 +11,7 @@ from aivo_fl.ml.batched_training import (
     LocalTrainingConfig,
     epoch_orders,
     evaluate_many,
+    local_steps,
     personal_tensors,
     train_active_learners,
     train_many,
@@ -130,25 +131,29 @@ def test_proximal_term_keeps_small_learners_near_the_main_model() -> None:
     assert distance(5.0) < 0.8 * distance(0.0)
 
 
-def test_week_training_keeps_offsets_and_sends_only_the_update() -> None:
+def test_week_training_keeps_offsets_and_sends_a_step_normalized_fit_from_main() -> None:
     model = build_model(seed=1, frozen_layers=PERSONALIZATION_DEPTHS["heads"])
     population = Population(POPULATION)
-    config = LocalTrainingConfig(epochs=2)
+    config = LocalTrainingConfig(epochs=2, batch_size=4)
     first = train_active_learners(model, population.week(1).train(), {}, config)
     main = personal_tensors(model)
     assert set(first.offsets) == set(first.learners)
-    for learner, delta in zip(first.learners, first.deltas, strict=True):
-        for k in main:  # first session: start = main, so update == offset
-            torch.testing.assert_close(delta[k], first.offsets[learner][k])
+    scales = [config.epochs / local_steps(n, config) for n in first.samples]
+    assert min(scales) < 1.0 == max(scales)  # learners past one batch, and learners within one
+    for learner, delta, scale in zip(first.learners, first.deltas, scales, strict=True):
+        for k in main:  # first session: the clone starts at main, so update == offset x epochs / steps
+            torch.testing.assert_close(delta[k], first.offsets[learner][k] * scale, rtol=0, atol=1e-6)
+
     second = train_active_learners(model, population.week(2).train(), first.offsets, config)
+    fresh = train_active_learners(model, population.week(2).train(), {}, config)
     returning = set(first.learners) & set(second.learners)
     assert returning and set(second.offsets) == set(first.learners) | set(second.learners)
-    for learner, delta in zip(second.learners, second.deltas, strict=True):
-        if learner in returning:
-            for k in main:  # new offset = old offset + this week's update (main did not move)
-                torch.testing.assert_close(
-                    second.offsets[learner][k], first.offsets[learner][k] + delta[k], rtol=0, atol=1e-6
-                )
+    assert second.learners == fresh.learners
+    for delta, fresh_delta in zip(second.deltas, fresh.deltas, strict=True):
+        for k in main:  # the update never carries the kept personalization: as if the clone were new
+            torch.testing.assert_close(delta[k], fresh_delta[k], rtol=0, atol=1e-6)
+    for learner in returning:  # while the clone keeps its own: it trained from main + its offset
+        assert any(not torch.allclose(second.offsets[learner][k], fresh.offsets[learner][k]) for k in main)
 
 
 def test_oracle_sees_exactly_the_training_learners_data_and_beats_round_zero(trained_small) -> None:

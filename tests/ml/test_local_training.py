@@ -8,6 +8,14 @@ import torch
 
 from aivo_fl.ml.aggregation.base import shapes_of
 from aivo_fl.ml.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
+from aivo_fl.ml.batched_training import (
+    LearnerBatch,
+    LocalTrainingConfig,
+    learner_key,
+    local_steps,
+    personal_tensors,
+    train_many,
+)
 from aivo_fl.ml.cloning import (
     DELTA_NAME,
     clone_for_learner,
@@ -20,7 +28,7 @@ from aivo_fl.ml.data import PRIMARY_HEAD, generate_cohort, generate_learner
 from aivo_fl.ml.deltas import load_delta
 from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.local_training import train_learner
-from aivo_fl.ml.model import evaluate, trunk_state
+from aivo_fl.ml.model import evaluate, samples_to_tensors, trunk_state
 
 
 def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_store: Path) -> None:
@@ -40,9 +48,12 @@ def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_stor
     stored, norm = load_delta(result.delta_path, learners, shapes_of(expected), 1e3)  # hash-checked
     assert norm == pytest.approx(result.delta_norm, rel=1e-6)
     assert stored.keys() == expected.keys()
+    # A first session trains from main, so the update is the clone's own fit, step-normalized.
+    scale = result.epochs / local_steps(result.samples, LocalTrainingConfig())
+    assert scale == pytest.approx(0.2)  # 150 samples in batches of 32: 5 steps an epoch
     for key in expected:
-        np.testing.assert_allclose(stored[key], expected[key], rtol=0, atol=1e-7)
-    norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in expected.values()))
+        np.testing.assert_allclose(stored[key], expected[key] * scale, rtol=0, atol=1e-7)
+    norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) * scale**2 for v in expected.values()))
     assert result.delta_norm == pytest.approx(norm, rel=1e-5) and result.delta_norm > 0
     after = evaluate(model, data.heldout)
     assert result.accuracy_after == pytest.approx(after[PRIMARY_HEAD]["accuracy"])
@@ -97,13 +108,20 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
         np.testing.assert_allclose(offset[key], personal_heads[key] - old_main[key], atol=1e-6)
     assert not (learners / data.learner_id / DELTA_NAME).exists()  # the stale delta is dropped
 
-    # The next delta is that session's update only, not the carried offset again.
+    # The next delta is the learner's data fitted from the new main, step-normalized: neither the
+    # carried offset nor the clone's own progress is sent.
     result = train_learner(main_root, learners, data.learner_id, data.train, data.heldout, "1.1.0")
     assert result.rebased_from is None and result.source_version == "1.1.0"
     trained_heads, _ = learner_heads(main_root, learners, data.learner_id)
     stored, _ = load_delta(result.delta_path, learners, shapes_of(trained_heads), 1e3)
+    main_model, _ = load_main_model(main_root, "1.1.0")
+    config, main = LocalTrainingConfig(), personal_tensors(main_model)
+    batch = LearnerBatch(learner_key(data.learner_id), *samples_to_tensors(data.train))
+    from_main = train_many(main_model, [batch], [main], config)[0]
+    scale = config.epochs / local_steps(len(data.train), config)
     for key in stored:
-        np.testing.assert_allclose(stored[key], trained_heads[key] - heads[key], atol=1e-6)
+        np.testing.assert_allclose(stored[key], (from_main[key] - main[key]).numpy() * scale, atol=1e-6)
+        assert not np.allclose(trained_heads[key], from_main[key].numpy(), atol=1e-4)  # the clone kept its own
     clone, _ = load_learner_model(main_root, learners, data.learner_id)
     assert result.accuracy_after == pytest.approx(evaluate(clone, data.heldout)[PRIMARY_HEAD]["accuracy"])
 

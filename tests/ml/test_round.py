@@ -61,7 +61,7 @@ def _update(tmp: Path, i: int, delta: dict | None = None, **kw: object) -> Learn
 def _options(**kw: Any) -> RoundOptions:
     """These tests pin the strategies' maths on plain model averaging (sgd, rate 1 unless given),
     not on the product's default server optimizer (FedAdam)."""
-    return RoundOptions(**{"server_optimizer": "sgd", **kw})
+    return RoundOptions(**{"server_optimizer": "sgd", "learning_rate": 1.0, **kw})
 
 
 def _run(

@@ -163,7 +163,7 @@ def test_the_fold_equals_the_weighted_mean_of_the_files(tmp_path: Path, strategy
     base = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
     state = RoundState("1.0.0", base, ["1.0.0"], offered, store)
     # Plain model averaging (sgd 1.0): the candidate is the base plus the weighted mean itself.
-    options = RoundOptions(strategy=strategy, server_optimizer="sgd")
+    options = RoundOptions(strategy=strategy, server_optimizer="sgd", learning_rate=1.0)
     result = build_candidate(state, options, no_dp, NOW, np.random.default_rng(0))
     weights = np.array([c.weight for c in result.contributions])
     assert weights.sum() == pytest.approx(1.0) and len(set(weights.round(12))) > 1

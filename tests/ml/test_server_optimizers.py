@@ -54,7 +54,8 @@ def test_state_is_not_mutated_and_a_mismatched_slot_starts_fresh() -> None:
 
 
 def test_names_defaults_and_bad_values() -> None:
-    assert server_optimizer("sgd") == Sgd(1.0)  # plain FedAvg: the new model is the learners' average
+    assert server_optimizer("sgd") == Sgd(6.0)  # FedAvg with a server rate, the product's round
+    assert server_optimizer("sgd", 1.0) == Sgd(1.0)  # plain FedAvg: the new model is the learners' average
     assert server_optimizer("adam", 0.05) == Adam(learning_rate=0.05)
     assert server_optimizer("momentum").learning_rate == pytest.approx(1 - Momentum().beta)
     with pytest.raises(ValueError, match="Unknown server optimizer 'lamb'; valid: sgd, momentum, adam"):

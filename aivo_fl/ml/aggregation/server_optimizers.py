@@ -2,7 +2,8 @@
 
 After Reddi et al., "Adaptive Federated Optimization" (ICLR 2021): the aggregate delta (trained
 heads minus main heads, averaged) is a pseudo-gradient pointing *downhill*, so every optimizer
-adds it. ``Sgd(1.0)`` is plain FedAvg (the new main model is the average of the learners' models).
+adds it. ``Sgd(1.0)`` is plain FedAvg (the new main model is the average of the learners' models);
+``Sgd``'s default rate 6 is FedAvg with a server learning rate, the product's round.
 ``Momentum`` is FedAvgM (Hsu et al. 2019), ``Adam`` is FedAdam (no bias correction, ``tau`` as the
 adaptivity floor, as in the paper). The optimizer's state (momentum, moments) is a dict of float64
 tensors the caller persists next to the main version it produced, so it survives restarts and a
@@ -73,10 +74,17 @@ class _PerTensor:
 
 @dataclass(frozen=True)
 class Sgd(_PerTensor):
-    """params + lr x update. No state."""
+    """params + lr x update. No state.
+
+    The default rate 6 is fl_quality's choice for the product's round: learners' updates are fits
+    from the main model normalized to a few local steps (``train_personal_and_update``), small
+    and consistent, so a plain step several times their average moves the main model as far per
+    round as FedAdam did without moving every coordinate by the same amount (FedAdam's sign-like
+    step spent the curriculum guard on coordinates the learners barely agree on). Rate 1 is plain
+    model averaging, which stalls."""
 
     name: ClassVar[str] = "sgd"
-    learning_rate: float = 1.0
+    learning_rate: float = 6.0
 
     def __post_init__(self) -> None:
         _positive("server learning rate", self.learning_rate)
