@@ -28,7 +28,7 @@ from sqlalchemy.exc import ArgumentError
 
 from aivo_fl.ml.aggregation.server_optimizers import SERVER_OPTIMIZERS
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
-from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.redaction import hide_secrets, url_password
 
 DEFAULT_DATABASE_URL = "sqlite:///./models/registry.db"
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
     )
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
-    # (aivo_fl.ml.training.cpu_threads); set: this many, capped at the CPUs allowed.
+    # (aivo_fl.ml.runtime.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
     server_optimizer: str = Field(_ROUND.server_optimizer, alias="SERVER_OPTIMIZER")
     # Unset: the server optimizer's own default (sgd 6, adam 0.02, momentum 0.1). The CLI's and
@@ -289,6 +289,20 @@ class Settings(BaseSettings):
         if self.clip_norm == AUTO_CLIP:
             return INITIAL_AUTO_CLIP_NORM, self.clip_target_quantile
         return float(self.clip_norm), None
+
+    def privacy(self) -> PrivacySettings:
+        """The round's DP knobs, as this deployment sets them."""
+        clip_norm, target_quantile = self.privacy_clip()
+        return PrivacySettings(
+            enabled=self.enable_differential_privacy,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=clip_norm,
+            delta=self.privacy_delta,
+            epsilon_budget=self.privacy_epsilon_budget,
+            learner_epsilon_budget=self.privacy_learner_epsilon_budget,
+            sample_rate=self.learner_sample_rate,
+            clip_target_quantile=target_quantile,
+        )
 
     @cached_property
     def sqlalchemy_url(self) -> URL:

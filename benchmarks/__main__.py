@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import time
-from pathlib import Path
+
+from benchmarks.report import run_and_report, write_result
 
 BENCHMARKS = (
     "training",
@@ -23,7 +23,6 @@ BENCHMARKS = (
     "fl_quality",
     "privacy",
 )
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -31,17 +30,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not minutes)")
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     for name in args.names or BENCHMARKS:
         started = time.perf_counter()
         print(f"\n=== benchmark: {name} ===", flush=True)
-        result = importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick)
-        path = RESULTS / f"{name}.json"
-        path.write_text(json.dumps(result, indent=2, default=str))
-        print(f"({time.perf_counter() - started:.0f} s; wrote {path})")
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        if hasattr(module, "table"):
+            run_and_report(name, module.run, module.table, args.quick)
+        else:  # TRANSITIONAL: until every benchmark has moved to benchmarks.report
+            write_result(name, module.run(quick=args.quick))
+        print(f"({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

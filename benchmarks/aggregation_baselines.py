@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-DELTA_NAME = "delta.safetensors"  # aivo_fl.ml.cloning.DELTA_NAME (no aivo_fl import here)
+DELTA_NAME = "delta.safetensors"  # aivo_fl.ml.store.cloning.DELTA_NAME (no aivo_fl import here)
 MANIFEST_NAME = "manifest.json"
 
 Offered = list[tuple[Path, int]]  # (delta file, num_samples) per learner

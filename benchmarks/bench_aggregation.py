@@ -58,9 +58,9 @@ LABELS = {
 
 def write_learners(root: Path, n: int, seed: int = 0) -> Path:
     """``n`` learners who trained once, as local training leaves their folders; returns the index."""
-    from aivo_fl.ml.artifacts import save_main_model
-    from aivo_fl.ml.cloning import clone_for_learner
     from aivo_fl.ml.model import build_model, head_state
+    from aivo_fl.ml.store.artifacts import save_main_model
+    from aivo_fl.ml.store.cloning import clone_for_learner
 
     main_root, learners_root = root / "main", root / "learners"
     model = build_model(seed)
@@ -86,9 +86,9 @@ def _write_trained(
     """The files ``train_learner`` leaves (``_save_trained``: heads, delta, manifest listing both with
     the session's record), the same bytes, without its fsyncs (which only make them durable: 5 ms a
     file here, 25 minutes for 100,000 learners)."""
-    from aivo_fl.ml.artifacts import encode_tensors, file_record, manifest_bytes
-    from aivo_fl.ml.cloning import COPY_ON_WRITE, DELTA_NAME, HEADS_NAME
-    from aivo_fl.ml.local_training import TrainingSessionResult
+    from aivo_fl.ml.store.artifacts import encode_tensors, file_record, manifest_bytes
+    from aivo_fl.ml.store.cloning import COPY_ON_WRITE, DELTA_NAME, HEADS_NAME
+    from aivo_fl.ml.training.clones import TrainingSessionResult
 
     heads = {k: start[k] + delta[k] for k in start}
     files = {DELTA_NAME: encode_tensors(delta), HEADS_NAME: encode_tensors(heads)}
@@ -112,10 +112,9 @@ def _round_of(index: Path, dp: bool) -> Callable[[int | None], Any]:
     from aivo_fl.ml.round.candidate import RoundState, build_candidate
     from aivo_fl.ml.round.gather import LearnerUpdate
     from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-    from aivo_fl.operations.aggregation import privacy_settings_from
 
     offered = read_index(index)
-    privacy = privacy_settings_from(Settings(_env_file=None))  # type: ignore[call-arg]
+    privacy = Settings(_env_file=None).privacy()  # type: ignore[call-arg]
     if not dp:
         privacy = PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=privacy.clip_norm)
     updates = [
@@ -231,7 +230,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def _cohort_results(quick: bool) -> list[dict[str, Any]]:
-    from benchmarks.cohort_rounds import simulate_rounds
+    from aivo_fl.ml.simulation.cohort import simulate_rounds
 
     return simulate_rounds(n_learners=6, rounds=2) if quick else simulate_rounds(n_learners=12, rounds=5)
 

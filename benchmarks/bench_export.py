@@ -12,21 +12,18 @@ the same model as one fp32 safetensors file, scored in the same run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from aivo_fl.ml.artifacts import save_main_model
-from aivo_fl.ml.cloning import clone_for_learner, load_learner_model
-from aivo_fl.ml.data import generate_cohort, generate_curriculum
-from aivo_fl.ml.export import EXPORT_FORMATS, check_export, export_model, fp32_size
-from aivo_fl.ml.local_training import train_learner
-from aivo_fl.ml.training import TrainingConfig, train_model
-
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "export.json"
+from aivo_fl.ml.simulation.world import generate_cohort, generate_curriculum
+from aivo_fl.ml.store.artifacts import save_main_model
+from aivo_fl.ml.store.cloning import clone_for_learner, load_learner_model
+from aivo_fl.ml.store.export import EXPORT_FORMATS, check_export, export_model, fp32_size
+from aivo_fl.ml.training.clones import train_learner
+from aivo_fl.ml.training.main_model import TrainingConfig, train_model
+from benchmarks.report import cli
 
 
 def _personalized_models(root: Path, learners: int, quick: bool) -> list[tuple[Any, Any]]:
@@ -81,12 +78,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aivo-bench-export-") as tmp:
         models = _personalized_models(Path(tmp), learners, quick)
         formats = {fmt: _measure(models, fmt) for fmt in EXPORT_FORMATS}
-    results = {"learners": learners, "formats": formats, "quick": quick}
-    print(format_table(results))
-    return results
+    return {"learners": learners, "formats": formats}
 
 
-def format_table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any]) -> str:
     rows = [
         f"{'format':<18}{'bytes':>10}{'vs fp32':>9}{'max |dlogit|':>14}{'acc fp32':>10}{'acc file':>10}"
         f"{'change pts':>12}{'agree':>8}{'export s':>10}"
@@ -103,13 +98,5 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    results = run(quick=parser.parse_args().quick)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
-
-
 if __name__ == "__main__":
-    main()
+    cli("export", run, table, __doc__)

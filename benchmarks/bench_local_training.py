@@ -24,14 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from aivo_fl.ml.batched_training import (
-    LearnerBatch,
-    LocalTrainingConfig,
-    personal_tensors,
-    train_many,
-    train_one,
-)
-from aivo_fl.ml.data import generate_curriculum
 from aivo_fl.ml.model import (
     PERSONALIZATION_DEPTHS,
     CurriculumNet,
@@ -39,8 +31,12 @@ from aivo_fl.ml.model import (
     frozen_layers_for,
     samples_to_tensors,
 )
-from aivo_fl.ml.population import Population, PopulationConfig
-from aivo_fl.ml.training import TrainingConfig, configure_cpu, train_model
+from aivo_fl.ml.runtime import configure_cpu
+from aivo_fl.ml.simulation.population import Population, PopulationConfig
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.batched import train_many
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
+from aivo_fl.ml.training.main_model import TrainingConfig, train_model
 
 CONFIG = LocalTrainingConfig()
 

@@ -1,7 +1,7 @@
 """Privacy over a year of weekly rounds: the guide's defaults, the user-level preset, no DP.
 
 Epsilon comes from dp-accounting's RDP accountant through the same ledger the product uses
-(:mod:`aivo_fl.ml.privacy_ledger`), for rounds planned exactly as a round plans them
+(:mod:`aivo_fl.ml.privacy.ledger`), for rounds planned exactly as a round plans them
 (:func:`planned_round`) on a 10,000-learner population. Also measured: what the per-learner
 ledger costs at 10,000 learners (cached per distinct history) against composing every learner
 separately, and a plot of epsilon over the year (``benchmarks/results/privacy_epsilon.png``).
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from aivo_fl.config import PRIVACY_PRESETS
-from aivo_fl.ml import privacy
-from aivo_fl.ml.adaptive_clipping import DEFAULT_INITIAL_CLIP_NORM
-from aivo_fl.ml.privacy_ledger import RoundPrivacy, compose_rounds, learner_totals, planned_round
+from aivo_fl.ml.privacy import mechanism as privacy
+from aivo_fl.ml.privacy.adaptive_clipping import DEFAULT_INITIAL_CLIP_NORM
+from aivo_fl.ml.privacy.ledger import RoundPrivacy, compose_rounds, learner_totals, planned_round
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOT_PATH = RESULTS / "privacy_epsilon.png"

@@ -40,7 +40,7 @@ def trained_deployment(root: Path) -> tuple[Any, Any, Any]:
     """Settings, a migrated SQLite registry holding a (barely) trained main 1.0.0, and the definitions."""
     from aivo_fl.config import Settings
     from aivo_fl.definitions import build_definitions
-    from aivo_fl.ml.training import TrainingConfig
+    from aivo_fl.ml.training.main_model import TrainingConfig
     from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
     from aivo_fl.operations.store import ModelStore
     from aivo_fl.registry import ModelRegistry, migrate
@@ -73,7 +73,7 @@ def add_learners(registry: Any, count: int) -> None:
 
 def _heads_clone_seconds(settings: Any, count: int) -> float:
     """Our clone without Dagster around it: what the event log's per-bucket overhead is added to."""
-    from aivo_fl.ml.cloning import clone_for_learner
+    from aivo_fl.ml.store.cloning import clone_for_learner
 
     root = Path(settings.learner_models_path).parent / "plain-clones"
     started = time.perf_counter()
@@ -84,7 +84,7 @@ def _heads_clone_seconds(settings: Any, count: int) -> float:
 
 def _naive_clone_seconds(settings: Any, count: int) -> tuple[float, int]:
     """Baseline: copy the whole main model per learner (what a clone that keeps the trunk costs)."""
-    from aivo_fl.ml.artifacts import load_main_model, save_artifact
+    from aivo_fl.ml.store.artifacts import load_main_model, save_artifact
 
     model, _ = load_main_model(settings.main_model_path, "1.0.0")
     tensors = {k: v.numpy() for k, v in model.state_dict().items()}

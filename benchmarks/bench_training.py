@@ -15,25 +15,18 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from aivo_fl.ml.data import HEAD_CLASSES, PRIMARY_HEAD, generate_curriculum
 from aivo_fl.ml.model import build_model, evaluate_tensors, samples_to_tensors
-from aivo_fl.ml.training import (
-    TrainingConfig,
-    allowed_cpus,
-    configure_cpu,
-    cosine_lr,
-    split_train_val,
-    train_model,
-)
-
-RESULTS_PATH = Path(__file__).parent / "results" / "training.json"
+from aivo_fl.ml.runtime import allowed_cpus, configure_cpu
+from aivo_fl.ml.samples import HEAD_CLASSES, PRIMARY_HEAD
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.main_model import TrainingConfig, cosine_lr, split_train_val, train_model
+from benchmarks.report import run_and_report
 
 
 def plain_training(n_samples: int, config: TrainingConfig) -> dict[str, Any]:
@@ -213,13 +206,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "gap_closed": gap_closed,
         "bayes_ceiling": fast["bayes_ceiling"],
         "sharing": sharing(quick),
-        "quick": quick,
     }
-    print(format_table(results))
     return results
 
 
-def format_table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any]) -> str:
     ours, plain, floor, share = results["train_model"], results["plain"], results["matmul_floor"], results["sharing"]
     rows = [
         f"{'loop':<12}{'s/epoch':>10}{'total s':>10}{'val acc':>10}",
@@ -250,11 +241,7 @@ def main() -> None:
     if args.worker:
         worker(int(args.worker[0]), int(args.worker[1]))
         return
-    results = run(quick=args.quick)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS_PATH.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS_PATH)
+    run_and_report("training", run, table, args.quick)
 
 
 if __name__ == "__main__":

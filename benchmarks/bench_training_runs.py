@@ -47,7 +47,8 @@ TEMPLATES = 1_000
 @lru_cache(maxsize=1)
 def _template_rows() -> list[list[dict[str, Any]]]:
     """Per template learner, its interaction rows (packed float32 features, one column per head)."""
-    from aivo_fl.ml.data import HEAD_CLASSES, generate_learner
+    from aivo_fl.ml.samples import HEAD_CLASSES
+    from aivo_fl.ml.simulation.world import generate_learner
 
     rows = []
     for i in range(TEMPLATES):

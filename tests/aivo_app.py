@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from aivo_fl.ml.data import generate_learner
+from aivo_fl.ml.simulation.world import generate_learner
 from tests.registry.test_migrations import PRISMA_PERSONALIZED_MODEL
 
 APP_TABLES = [

@@ -19,7 +19,7 @@ from aivo_fl.cli import registry_commands
 from aivo_fl.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
-    from aivo_fl.ml.data import Samples
+    from aivo_fl.ml.samples import Samples
     from aivo_fl.registry import ModelRegistry
 
 SWITCH = "USE_FEDERATED_LEARNING"
@@ -86,8 +86,8 @@ def activate(env_file: Path = Path(".env")) -> Settings:
 
 def newcomers(seed: int = 0) -> Samples:
     """Learners who never register nor train: the main model is all they get (cold start)."""
-    from aivo_fl.ml.data import generate_learner_activity
-    from aivo_fl.ml.population import concat_samples
+    from aivo_fl.ml.simulation.population import concat_samples
+    from aivo_fl.ml.simulation.world import generate_learner_activity
 
     return concat_samples(
         [generate_learner_activity(f"newcomer-{i:04d}", seed, 1, NEWCOMER_INTERACTIONS) for i in range(NEWCOMERS)]
@@ -100,8 +100,8 @@ def score_active_version(
     """The active main version on the newcomers and on its curriculum validation split, and the
     privacy spent so far (composed from the recorded rounds)."""
     from aivo_fl.cli.registry_commands import statistics_payload
-    from aivo_fl.ml.artifacts import load_main_model
-    from aivo_fl.ml.evaluation import accuracy
+    from aivo_fl.ml.simulation.evaluation import accuracy
+    from aivo_fl.ml.store.artifacts import load_main_model
     from aivo_fl.operations.aggregation import curriculum_validation_split
     from aivo_fl.operations.store import ModelStore
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from aivo_fl.cli.registry_commands import open_registry
 from aivo_fl.config import load_settings
 
-FORMATS = ("safetensors-fp16", "int8", "onnx")  # = aivo_fl.ml.export.EXPORT_FORMATS, without importing torch
+FORMATS = ("safetensors-fp16", "int8", "onnx")  # = aivo_fl.ml.store.export.EXPORT_FORMATS, without importing torch
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

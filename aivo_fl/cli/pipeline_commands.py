@@ -101,7 +101,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         # A dry run reads only: it does not even add a run to Dagster's history.
-        from aivo_fl.operations.aggregation import privacy_settings_from, round_options, run_federated_aggregation
+        from aivo_fl.operations.aggregation import round_options, run_federated_aggregation
         from aivo_fl.operations.store import ModelStore
 
         if not settings.use_federated_learning:
@@ -109,7 +109,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
         run_federated_aggregation(
             registry,
             ModelStore.from_settings(settings),
-            privacy_settings_from(settings),
+            settings.privacy(),
             round_options(settings, **options, dry_run=True),
         )
         return 0

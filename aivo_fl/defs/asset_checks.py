@@ -7,7 +7,7 @@ import dagster as dg
 from aivo_fl.defs.assets.federated import federated_main_model
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.resources import FederatedSettingsResource, RegistryResource
-from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.round.status import RoundStatus
 from aivo_fl.operations.privacy_report import privacy_summary
 
 # The main model's validation accuracy must come within this many points of the Bayes ceiling.

@@ -1,6 +1,6 @@
 """Learner assets are partitioned by cohort: a fixed hash bucket of the learner id.
 
-1,024 static partitions (`bucket-0000` .. `bucket-1023`, `aivo_fl.ml.learner_buckets`), whatever
+1,024 static partitions (`bucket-0000` .. `bucket-1023`, `aivo_fl.ml.store.learner_buckets`), whatever
 the number of learners: Dagster's event log pays per bucket a run covers, not per learner, and no
 learner id ever becomes a partition key. Per-learner status, lineage and failures stay in the
 registry and in each bucket's materialization metadata.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from aivo_fl.ml.learner_buckets import BUCKET_KEYS, bucket_index
+from aivo_fl.ml.store.learner_buckets import BUCKET_KEYS, bucket_index
 
 learner_buckets = dg.StaticPartitionsDefinition(BUCKET_KEYS)
 

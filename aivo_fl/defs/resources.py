@@ -11,8 +11,7 @@ import dagster as dg
 from aivo_fl.config import AUTO_CLIP, DEFAULT_BASE_MODEL, Settings
 from aivo_fl.defs.secrets import database_url_reference, secret_reference
 from aivo_fl.ml.round.options import PrivacySettings
-from aivo_fl.ml.training import cpu_threads
-from aivo_fl.operations.aggregation import privacy_settings_from
+from aivo_fl.ml.runtime import cpu_threads
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
 from aivo_fl.operations.faults import crash_point
 from aivo_fl.operations.store import ModelStore
@@ -93,7 +92,7 @@ class FederatedSettingsResource(dg.ConfigurableResource):
         return Settings.model_construct(**fields)
 
     def privacy(self) -> PrivacySettings:
-        return privacy_settings_from(self.settings())
+        return self.settings().privacy()
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):

@@ -1,7 +1,7 @@
 """Sensors: provision clones for new learners, retrain learners with new activity.
 
 Both ask for learner buckets, never for learners: a tick groups the learners needing work by
-bucket (`aivo_fl.ml.learner_buckets`) and asks for a few runs, each over a contiguous range of
+bucket (`aivo_fl.ml.store.learner_buckets`) and asks for a few runs, each over a contiguous range of
 buckets (single-run backfill), and a run handles every learner of its buckets that needs it. A
 bucket covered by a queued or running run of the same job is not asked for until that run ends,
 so nobody is handled twice at once.
@@ -16,7 +16,7 @@ import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
-from aivo_fl.ml.learner_buckets import bucket_index, bucket_key, bucket_of, group_by_bucket
+from aivo_fl.ml.store.learner_buckets import bucket_index, bucket_key, bucket_of, group_by_bucket
 from aivo_fl.operations.cohorts import MIN_NEW_INTERACTIONS, valid_ids
 from aivo_fl.registry import ModelRegistry
 

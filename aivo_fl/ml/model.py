@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES, Samples
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES, Samples
 
 TRUNK_PREFIX = "trunk."
 HEAD_PREFIX = "heads."

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,34 @@ import numpy as np
 
 from aivo_fl.config import Settings
 from aivo_fl.ml.aggregation.server_optimizers import State
-from aivo_fl.ml.artifacts import load_artifact, load_main_model, main_version_dir, save_main_model
-from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.round.accounting import PrivacyHistory
-from aivo_fl.ml.round.backtrack import Backtracked
-from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
-from aivo_fl.ml.round.gate import EvaluationSet, GateResult
+from aivo_fl.ml.round.candidate import RoundResult, RoundState
+from aivo_fl.ml.round.gate import CONTRIBUTORS, EvaluationSet, GateResult
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
-from aivo_fl.ml.round.judge import Judging, judge_round
+from aivo_fl.ml.round.judge import Judging
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.round_status import RoundStatus
-from aivo_fl.ml.safe_files import NOT_IN_MANIFEST, FileRejected
-from aivo_fl.ml.training import split_train_val
+from aivo_fl.ml.round.run import run_round
+from aivo_fl.ml.round.status import RoundStatus
+from aivo_fl.ml.samples import Samples
+from aivo_fl.ml.store.artifacts import (
+    load_artifact,
+    load_main_model,
+    main_version_dir,
+    save_main_model,
+    trained_version,
+)
+from aivo_fl.ml.store.safe_files import NOT_IN_MANIFEST, FileRejected
+from aivo_fl.ml.training.main_model import split_train_val
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
 from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
-from aivo_fl.operations.versions import next_free_version, trained_version
+from aivo_fl.operations.versions import next_free_version
 from aivo_fl.registry import ContributionInput, FederatedUpdateInput, MainVersionRecord, ModelRegistry
 from aivo_fl.registry.schema import ModelVersionStatus, utcnow
 
 Report = Callable[[str], None]
 SERVER_STATE_NAME = "server_optimizer.safetensors"  # beside model.safetensors, listed in the manifest
-CONTRIBUTORS = "contributing learners"  # the EvaluationSet part the operations layer can provide
 
 
 def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: int) -> dict[str, Any]:
@@ -108,20 +114,6 @@ class AggregationOutcome:
             "privacy": recorded_privacy(r),
             **round_figures(r, g, self.already_aggregated),
         }
-
-
-def privacy_settings_from(settings: Settings) -> PrivacySettings:
-    clip_norm, target_quantile = settings.privacy_clip()
-    return PrivacySettings(
-        enabled=settings.enable_differential_privacy,
-        noise_multiplier=settings.noise_multiplier,
-        clip_norm=clip_norm,
-        delta=settings.privacy_delta,
-        epsilon_budget=settings.privacy_epsilon_budget,
-        learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
-        sample_rate=settings.learner_sample_rate,
-        clip_target_quantile=target_quantile,
-    )
 
 
 def round_options(settings: Settings, *, learning_rate: float | None = None, **options: Any) -> RoundOptions:
@@ -264,23 +256,16 @@ def recorded_privacy(result: RoundResult) -> dict[str, Any]:
     }
 
 
-def _judge(
-    registry: ModelRegistry,
-    store: ModelStore,
-    active: MainVersionRecord,
-    read: _Read,
-    result: RoundResult,
-    options: RoundOptions,
-) -> Backtracked:
-    """The gate on the data the operations layer has: the contributors' held-out interactions; each
-    candidate anchored to the curriculum's training split first (when on), and a refused one retried
-    with smaller server steps (no extra privacy cost, see backtrack)."""
+def _judging(
+    registry: ModelRegistry, store: ModelStore, active: MainVersionRecord, read: _Read, result: RoundResult
+) -> Judging:
+    """What the gate judges on, from the data the operations layer has: the drawn learners' held-out
+    interactions, the curriculum's validation split, and the trained version as the curriculum floor."""
     heldouts = [split_interactions(registry.get_interactions(c.learner_id))[1] for c in result.included]
     train, val = curriculum_splits(active, store)
     reference = trained_version(active.version)
     trained = read.active_model if reference == active.version else load_main_model(store.main_root, reference)[0]
-    judging = Judging(read.active_model, trained, EvaluationSet({CONTRIBUTORS: heldouts}, val), train)
-    return judge_round(result, read.state, judging, options.anchor)
+    return Judging(read.active_model, trained, EvaluationSet({CONTRIBUTORS: heldouts}, val), train)
 
 
 def _report_anchor(result: RoundResult, report: Report) -> None:
@@ -339,10 +324,10 @@ def _run_round(
     report("=== Federated Aggregation ===" + (" (dry run: nothing will be written)" if options.dry_run else ""))
     report(f"Active main version: {active.version}")
     read = _read(registry, store, active, options, now, report)
-    result = build_candidate(read.state, options, privacy, now, rng)
-    _report_round(result, privacy, options, report)
-    judged_step = _judge(registry, store, active, read, result, options)
+    judging = partial(_judging, registry, store, active, read)
+    judged_step = run_round(read.state, options, privacy, judging, now, rng)
     result, candidate, verdict = judged_step.result, judged_step.candidate, judged_step.verdict
+    _report_round(result, privacy, options, report)
     _report_anchor(result, report)
     _report_gate(verdict, report)
     if judged_step.step_scale < 1.0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aivo_fl.ml.data import Samples, generate_learner, generate_learner_activity
+from aivo_fl.ml.samples import Samples
+from aivo_fl.ml.simulation.world import generate_learner, generate_learner_activity
 from aivo_fl.registry import ModelRegistry
 from aivo_fl.registry.schema import utcnow
 

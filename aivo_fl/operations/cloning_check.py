@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
-from aivo_fl.ml.artifacts import load_artifact, load_main_model
-from aivo_fl.ml.cloning import (
+from aivo_fl.ml.model import is_personal
+from aivo_fl.ml.store.artifacts import load_artifact, load_main_model
+from aivo_fl.ml.store.cloning import (
     CloneInfo,
     clone_for_learner,
     load_learner_model,
@@ -18,7 +19,6 @@ from aivo_fl.ml.cloning import (
     remove_learner,
     weight_delta,
 )
-from aivo_fl.ml.model import is_personal
 from aivo_fl.operations.errors import OperationFailed, diagnose
 from aivo_fl.operations.learners import MainModelMissing, personalized_model_metadata
 from aivo_fl.operations.store import ModelStore

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from aivo_fl.ml.learner_buckets import bucket_of
-from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.ml.store.learner_buckets import bucket_of
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.registry import ModelRegistry
 
 # New interactions since the last session that make a learner worth retraining.

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aivo_fl.ml.cloning import remove_learner
-from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.ml.store.cloning import remove_learner
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 from aivo_fl.registry.erasure import pseudonym

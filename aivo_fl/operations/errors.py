@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import sqlalchemy.exc as sa_exc
 
 from aivo_fl.config import ConfigError
-from aivo_fl.ml.artifacts import ArtifactError
-from aivo_fl.ml.learner_ids import InvalidLearnerId
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.gather import NoEligibleLearners
+from aivo_fl.ml.store.artifacts import ArtifactError
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId
 from aivo_fl.registry import AggregationInProgress, DatabaseUnavailable, RegistryError
 
 # The exit codes the README documents.

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from aivo_fl.ml.artifacts import sha256_bytes, write_file_atomic
-from aivo_fl.ml.cloning import load_learner_model
-from aivo_fl.ml.export import SUFFIXES, check_export, export_model, fp32_size
-from aivo_fl.ml.learner_ids import validate_learner_id
+from aivo_fl.ml.store.artifacts import sha256_bytes, write_file_atomic
+from aivo_fl.ml.store.cloning import load_learner_model
+from aivo_fl.ml.store.export import SUFFIXES, check_export, export_model, fp32_size
+from aivo_fl.ml.store.learner_ids import validate_learner_id
 from aivo_fl.operations.learners import split_interactions
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, RegistryError

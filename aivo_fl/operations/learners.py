@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
-from aivo_fl.ml.artifacts import ArtifactError
-from aivo_fl.ml.batched_training import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
-from aivo_fl.ml.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
-from aivo_fl.ml.data import Samples
-from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
-from aivo_fl.ml.local_training import LearnerData, TrainingSessionResult, train_learners
 from aivo_fl.ml.model import ArchitectureSummary
+from aivo_fl.ml.samples import Samples
+from aivo_fl.ml.store.artifacts import ArtifactError
+from aivo_fl.ml.store.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.ml.training.clones import LearnerData, TrainingSessionResult, train_learners
+from aivo_fl.ml.training.local import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import (

@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aivo_fl.ml.artifacts import save_main_model
-from aivo_fl.ml.data import HEAD_CLASSES, Samples, bayes_ceiling, generate_curriculum
 from aivo_fl.ml.model import (
     DEFAULT_PERSONALIZATION_DEPTH,
     ArchitectureSummary,
@@ -16,7 +14,16 @@ from aivo_fl.ml.model import (
     build_model,
     frozen_layers_for,
 )
-from aivo_fl.ml.training import TrainingConfig, TrainingResult, format_epoch, format_training_results, train_model
+from aivo_fl.ml.samples import HEAD_CLASSES, Samples, bayes_ceiling
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.store.artifacts import save_main_model
+from aivo_fl.ml.training.main_model import (
+    TrainingConfig,
+    TrainingResult,
+    format_epoch,
+    format_training_results,
+    train_model,
+)
 from aivo_fl.operations.recovery import clean_store, reclaim_unregistered_version
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
 from aivo_fl.operations.versions import next_free_version

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aivo_fl.ml.privacy import epsilon_warning
-from aivo_fl.ml.privacy_ledger import (
+from aivo_fl.ml.privacy.ledger import (
     LedgerTotal,
     RoundPrivacy,
     compose_rounds,
@@ -19,6 +18,7 @@ from aivo_fl.ml.privacy_ledger import (
     ledger_delta,
     worst_learner,
 )
+from aivo_fl.ml.privacy.mechanism import epsilon_warning
 from aivo_fl.registry import ModelRegistry
 
 ACCOUNTANT = "dp-accounting RDP: PoissonSampled(sampleRate, Gaussian(noise multiplier)) per recorded round"

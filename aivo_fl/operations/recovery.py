@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aivo_fl.ml.artifacts import main_version_dir
+from aivo_fl.ml.store.artifacts import main_version_dir
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 

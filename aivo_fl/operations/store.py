@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from aivo_fl.config import Settings
-from aivo_fl.ml.artifacts import write_file_atomic
-from aivo_fl.ml.data import HEAD_CLASSES, Samples
-from aivo_fl.ml.learner_ids import learner_dir
+from aivo_fl.ml.samples import HEAD_CLASSES, Samples
+from aivo_fl.ml.store.artifacts import write_file_atomic
+from aivo_fl.ml.store.learner_ids import learner_dir
 
 
 @dataclass(frozen=True)

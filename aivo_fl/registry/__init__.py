@@ -1,8 +1,8 @@
 """The registry: `ModelRegistry`, one facade over one module per concern, behind one Dagster resource."""
 
-from aivo_fl.registry.base import AggregationInProgress, PromotionConflict, RegistryError
-from aivo_fl.registry.database import DatabaseUnavailable, create_registry_engine, migrate
+from aivo_fl.registry.database import create_registry_engine, migrate
 from aivo_fl.registry.erasure import ErasureReport
+from aivo_fl.registry.errors import AggregationInProgress, DatabaseUnavailable, PromotionConflict, RegistryError
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
 from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput

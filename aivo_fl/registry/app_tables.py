@@ -27,8 +27,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from aivo_fl.config import APP_INTERACTION_FIELDS, APP_LEARNER_FIELDS
-from aivo_fl.ml.data import NUM_FEATURES
-from aivo_fl.registry.base import RegistryError
+from aivo_fl.ml.samples import NUM_FEATURES
+from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import Learner, LearnerInteraction, UTCDateTime
 
 if TYPE_CHECKING:

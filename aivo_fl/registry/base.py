@@ -4,34 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aivo_fl.ml.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
+from aivo_fl.registry.app_tables import AppTables
 from aivo_fl.registry.database import create_registry_engine, current_revision, head_revision, unavailable
-
-if TYPE_CHECKING:
-    from aivo_fl.registry.app_tables import AppTables
-
-
-class RegistryError(Exception):
-    """A registry operation was refused; the message says why."""
-
-
-class PromotionConflict(RegistryError):
-    """Another promotion changed the active version first."""
-
-
-class AggregationInProgress(RegistryError):
-    """Another aggregation round holds the lease."""
-
-
-class RefusedLearnerId(RegistryError):
-    """A learner id the registry will not store or look up (NUL, too long, path-like)."""
+from aivo_fl.registry.errors import RefusedLearnerId, RegistryError
 
 
 def checked_learner_id(learner_id: str) -> str:
@@ -47,8 +29,6 @@ class RegistryBase:
     """The engine and one-transaction sessions every registry concern builds on."""
 
     def __init__(self, database_url: str, engine: Engine | None = None, *, app_tables: AppTables | None = None) -> None:
-        from aivo_fl.registry.app_tables import AppTables  # it refuses with RegistryError, defined here
-
         self.engine = engine or create_registry_engine(database_url)
         # Learners and interactions: aivo-fl's own tables (the demo) or the app's (APP_*_TABLE).
         self.app = app_tables or AppTables.own()

@@ -13,16 +13,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
 
 from aivo_fl.config import normalize_database_url
+from aivo_fl.registry.errors import DatabaseUnavailable
 from aivo_fl.registry.schema import ALEMBIC_VERSION_TABLE
 
 if TYPE_CHECKING:
     from aivo_fl.registry.app_tables import AppTables
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-
-
-class DatabaseUnavailable(Exception):
-    """The registry database cannot be reached. The message names the host, never the password."""
 
 
 def describe_target(url: URL) -> str:

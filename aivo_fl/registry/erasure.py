@@ -21,7 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
+from aivo_fl.registry.base import RegistryBase, checked_learner_id
+from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import (
     FederatedUpdate,
     FederatedUpdateContribution,

@@ -11,9 +11,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES
 from aivo_fl.registry.app_tables import decode_features
-from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
+from aivo_fl.registry.base import RegistryBase, checked_learner_id
+from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import (
     FederatedUpdateContribution,
     Learner,

@@ -21,7 +21,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from aivo_fl.registry.base import AggregationInProgress, RegistryBase
+from aivo_fl.registry.base import RegistryBase
+from aivo_fl.registry.errors import AggregationInProgress
 from aivo_fl.registry.schema import AggregationLock, utcnow
 
 LEASE_NAME = "aggregation"

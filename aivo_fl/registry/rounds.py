@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aivo_fl.ml.round_status import RoundStatus
-from aivo_fl.registry.base import RegistryBase, RegistryError, checked_learner_id
+from aivo_fl.ml.round.status import RoundStatus
+from aivo_fl.registry.base import RegistryBase, checked_learner_id
+from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import (
     FederatedUpdate,
     FederatedUpdateContribution,

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from aivo_fl.ml.learner_ids import MAX_LEARNER_ID_LENGTH
+from aivo_fl.ml.store.learner_ids import MAX_LEARNER_ID_LENGTH
 
 # Dagster's own storage keeps `alembic_version` in the same schema when it shares AIVO's database.
 ALEMBIC_VERSION_TABLE = "aivo_fl_alembic_version"

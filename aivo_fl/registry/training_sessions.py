@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.round.status import RoundStatus
 from aivo_fl.registry.base import RegistryBase, checked_learner_id
 from aivo_fl.registry.schema import (
     FederatedUpdate,

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aivo_fl.registry.base import PromotionConflict, RegistryBase, RegistryError
+from aivo_fl.registry.base import RegistryBase
+from aivo_fl.registry.errors import PromotionConflict, RegistryError
 from aivo_fl.registry.schema import MainModelVersion, ModelVersionStatus, utcnow
 
 

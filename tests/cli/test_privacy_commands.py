@@ -9,7 +9,7 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.round.status import RoundStatus
 from aivo_fl.registry import ContributionInput, FederatedUpdateInput, ModelRegistry, migrate
 from tests.cli.conftest import RunCli
 

@@ -57,7 +57,7 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
 
 def ids_in_bucket(bucket: int, count: int, prefix: str = "learner") -> list[str]:
     """`count` learner ids that fall in `bucket` (found by trying, since the bucket is a hash)."""
-    from aivo_fl.ml.learner_buckets import bucket_of
+    from aivo_fl.ml.store.learner_buckets import bucket_of
 
     found: list[str] = []
     i = 0

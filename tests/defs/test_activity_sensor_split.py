@@ -15,8 +15,8 @@ import pytest
 
 from aivo_fl.defs import sensors
 from aivo_fl.defs.ticks import tick_sensor
-from aivo_fl.ml.data import generate_learner_activity
-from aivo_fl.ml.learner_buckets import bucket_key
+from aivo_fl.ml.simulation.world import generate_learner_activity
+from aivo_fl.ml.store.learner_buckets import bucket_key
 from tests.defs.conftest import Deployment, ids_in_bucket
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

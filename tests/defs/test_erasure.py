@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from aivo_fl.ml.cloning import DELTA_NAME
+from aivo_fl.ml.store.cloning import DELTA_NAME
 from aivo_fl.registry.erasure import pseudonym
 from aivo_fl.registry.schema import Learner, utcnow
 from tests.app_side import contribution_reasons, delete_learner_in_app

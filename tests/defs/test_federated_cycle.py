@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from aivo_fl.defs.resources import DISABLED_REASON
-from aivo_fl.ml.learner_buckets import bucket_key, bucket_of
+from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
 from tests.defs.conftest import Deployment

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from aivo_fl.defs import sensors
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.defs.ticks import tick_sensor
-from aivo_fl.ml.learner_buckets import bucket_key, bucket_of
+from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.registry.schema import Learner
 from tests.defs.conftest import Deployment, ids_in_bucket
 

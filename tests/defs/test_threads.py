@@ -9,7 +9,7 @@ import pytest
 
 from aivo_fl.config import ConfigError, load_settings
 from aivo_fl.definitions import build_definitions
-from aivo_fl.ml.training import allowed_cpus
+from aivo_fl.ml.runtime import allowed_cpus
 from aivo_fl.registry import ModelRegistry, migrate
 from tests.defs.conftest import make_settings
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from aivo_fl.ml.artifacts import save_main_model
-from aivo_fl.ml.data import Samples, generate_curriculum
 from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, CurriculumNet
-from aivo_fl.ml.training import TrainingConfig, TrainingResult, train_model
+from aivo_fl.ml.samples import Samples
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.store.artifacts import save_main_model
+from aivo_fl.ml.training.main_model import TrainingConfig, TrainingResult, train_model
 
 SMALL_SAMPLES = 3_000
 SMALL_EPOCHS = 30

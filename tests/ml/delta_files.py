@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aivo_fl.ml.artifacts import encode_tensors, file_record
-from aivo_fl.ml.cloning import DELTA_NAME
-from aivo_fl.ml.safe_files import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from aivo_fl.ml.store.artifacts import encode_tensors, file_record
+from aivo_fl.ml.store.cloning import DELTA_NAME
+from aivo_fl.ml.store.safe_files import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 
 
 def vouch(path: Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml.adaptive_clipping import (
+from aivo_fl.ml.privacy.adaptive_clipping import (
     combined_noise_multiplier,
     count_noise_std,
     next_clip_norm,

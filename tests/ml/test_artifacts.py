@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml.artifacts import (
+from aivo_fl.ml.model import architecture_summary, build_model
+from aivo_fl.ml.store.artifacts import (
     MANIFEST_NAME,
     ArtifactError,
     list_main_versions,
@@ -19,7 +20,6 @@ from aivo_fl.ml.artifacts import (
     save_main_model,
     write_file_atomic,
 )
-from aivo_fl.ml.model import architecture_summary, build_model
 
 TENSORS = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, dtype=np.float32)}
 

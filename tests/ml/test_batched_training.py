@@ -6,25 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml.batched_training import (
-    LearnerBatch,
-    LocalTrainingConfig,
-    epoch_orders,
-    evaluate_many,
-    local_steps,
-    personal_tensors,
-    train_active_learners,
-    train_many,
-    train_one,
-)
-from aivo_fl.ml.data import generate_curriculum
-from aivo_fl.ml.evaluation import (
-    accuracy,
-    cold_start_accuracy,
-    gap_closed,
-    personalized_accuracy,
-    train_oracle,
-)
 from aivo_fl.ml.model import (
     PERSONALIZATION_DEPTHS,
     build_model,
@@ -32,7 +13,25 @@ from aivo_fl.ml.model import (
     freeze_trunk,
     samples_to_tensors,
 )
-from aivo_fl.ml.population import Population, PopulationConfig, concat_samples
+from aivo_fl.ml.simulation.evaluation import (
+    accuracy,
+    cold_start_accuracy,
+    gap_closed,
+    personalized_accuracy,
+    train_oracle,
+)
+from aivo_fl.ml.simulation.population import Population, PopulationConfig, concat_samples
+from aivo_fl.ml.simulation.week import train_active_learners
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.batched import evaluate_many, train_many
+from aivo_fl.ml.training.local import (
+    LearnerBatch,
+    LocalTrainingConfig,
+    epoch_orders,
+    local_steps,
+    personal_tensors,
+    train_one,
+)
 
 POPULATION = PopulationConfig(n_learners=120, eval_learners=20, seed=2, median_weekly_interactions=6.0)
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
-from aivo_fl.ml.artifacts import MAIN_WEIGHTS_NAME, load_main_model, main_head_tensors, main_version_dir
-from aivo_fl.ml.cloning import (
+from aivo_fl.ml.model import architecture_summary, build_model, frozen_layers_for, is_personal
+from aivo_fl.ml.simulation.world import generate_learner
+from aivo_fl.ml.store.artifacts import MAIN_WEIGHTS_NAME, load_main_model, main_head_tensors, main_version_dir
+from aivo_fl.ml.store.cloning import (
     COPY_ON_WRITE,
     HEADS_NAME,
     clone_for_learner,
@@ -17,11 +19,9 @@ from aivo_fl.ml.cloning import (
     remove_learner,
     weight_delta,
 )
-from aivo_fl.ml.data import generate_learner
-from aivo_fl.ml.learner_ids import InvalidLearnerId, learner_dir, validate_learner_id
-from aivo_fl.ml.local_training import train_learner
-from aivo_fl.ml.model import architecture_summary, build_model, frozen_layers_for, is_personal
-from aivo_fl.ml.safe_files import MANIFEST_NAME
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId, learner_dir, validate_learner_id
+from aivo_fl.ml.store.safe_files import MANIFEST_NAME
+from aivo_fl.ml.training.clones import train_learner
 
 BAD_IDS = ["..", "../x", "/etc", "a/b", "a\\b", "a\x00b", "", "x" * 200, ".hidden", "a b", "é"]
 

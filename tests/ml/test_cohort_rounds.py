@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 
 from aivo_fl.ml.round.gate import DEFAULT_CURRICULUM_TOLERANCE
-from benchmarks.cohort_rounds import simulate_rounds
+from aivo_fl.ml.simulation.cohort import simulate_rounds
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from aivo_fl.ml.batched_training import LocalTrainingConfig
-from aivo_fl.ml.curriculum_anchor import anchor_to_curriculum
-from aivo_fl.ml.data import generate_curriculum
 from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, evaluate, freeze_trunk, mean_loss
-from aivo_fl.ml.training import split_train_val
+from aivo_fl.ml.round.anchor import anchor_to_curriculum
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.local import LocalTrainingConfig
+from aivo_fl.ml.training.main_model import split_train_val
 
 CONFIG = LocalTrainingConfig(epochs=1, batch_size=64, learning_rate=0.05, proximal_mu=0.0)
 

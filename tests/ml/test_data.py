@@ -2,16 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aivo_fl.ml.data import (
-    HEAD_CLASSES,
-    NUM_FEATURES,
-    PRIMARY_HEAD,
-    Samples,
-    bayes_ceiling,
-    generate_cohort,
-    generate_curriculum,
-    generate_learner,
-)
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD, Samples, bayes_ceiling
+from aivo_fl.ml.simulation.world import generate_cohort, generate_curriculum, generate_learner
 
 
 def assert_samples_equal(a, b) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aivo_fl.ml import deltas
 from aivo_fl.ml.aggregation.base import plan_blocks
-from aivo_fl.ml.deltas import DeltaRejected, iter_stacked_blocks, load_delta, read_block
+from aivo_fl.ml.store import deltas
+from aivo_fl.ml.store.deltas import DeltaRejected, iter_stacked_blocks, load_delta, read_block
 from tests.ml.delta_files import vouch, write_delta, write_raw
 
 SHAPES = {"heads.a.weight": (5, 7), "heads.a.bias": (5,), "heads.b.weight": (2, 7)}

@@ -14,9 +14,11 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from aivo_fl.cli.export_command import FORMATS
-from aivo_fl.ml.artifacts import ArtifactError
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES, generate_curriculum
-from aivo_fl.ml.export import (
+from aivo_fl.ml.model import evaluate
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.store.artifacts import ArtifactError
+from aivo_fl.ml.store.export import (
     EXPORT_FORMATS,
     METADATA_KEY,
     TOLERANCES,
@@ -28,7 +30,6 @@ from aivo_fl.ml.export import (
     load_exported_state,
     quantize_int8,
 )
-from aivo_fl.ml.model import evaluate
 
 DESCRIPTION = {"learnerId": "learner-000001", "mainVersion": "1.2.0"}
 

@@ -1,6 +1,5 @@
-"""The fl_quality benchmark's path on a tiny population: every configuration through the product's
-round steps, rows as reported, epsilon from the recorded rounds. (That the oracle sees exactly the
-training learners' data is tested in test_batched_training.py; here: the benchmark's oracle data.)"""
+"""The population simulation behind the fl_quality benchmark, on a tiny population: every
+configuration through the product's round, rows as reported, epsilon from the recorded rounds."""
 
 from __future__ import annotations
 
@@ -9,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from aivo_fl.ml.population import Population, PopulationConfig
-from aivo_fl.ml.privacy import PrivacyEvent, epsilon_for_events
-from benchmarks import bench_fl_quality as bench
+from aivo_fl.config import load_settings
+from aivo_fl.ml.privacy.mechanism import PrivacyEvent, epsilon_for_events
+from aivo_fl.ml.simulation import population_rounds as bench
+from aivo_fl.ml.simulation.population import Population, PopulationConfig
+from aivo_fl.ml.simulation.world import generate_curriculum
 
 POPULATION = PopulationConfig(n_learners=150, eval_learners=20, seed=3, median_weekly_interactions=6.0)
 WEEKS = 2
@@ -19,7 +20,8 @@ WEEKS = 2
 
 @pytest.fixture(scope="module")
 def world(trained_small: tuple) -> bench.World:
-    return bench.build_world(trained_small[0], Population(POPULATION), WEEKS, "heads")
+    curriculum, curriculum_val = generate_curriculum(3_000, seed=0), generate_curriculum(2_000, seed=1)
+    return bench.build_world(trained_small[0], Population(POPULATION), WEEKS, "heads", curriculum, curriculum_val)
 
 
 def test_the_oracle_trains_on_every_weeks_training_interactions_and_never_the_evaluation_cohort() -> None:
@@ -34,7 +36,7 @@ def test_the_oracle_trains_on_every_weeks_training_interactions_and_never_the_ev
 
 @pytest.mark.parametrize("configuration", list(bench.CONFIGURATIONS))
 def test_each_configuration_runs_its_rounds_and_reports_them(world: bench.World, configuration: str) -> None:
-    privacy = bench.privacy_of(configuration)
+    privacy = load_settings(_env_file=None, **bench.CONFIGURATIONS[configuration]).privacy()
     result = bench.run_configuration(world, privacy, bench.Knobs(server_optimizer="sgd"))
     rows = result["rounds"]
     assert [r["round"] for r in rows] == list(range(WEEKS + 1)) and rows[0]["gap_closed"] == 0.0

@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml import safe_files
-from aivo_fl.ml.artifacts import (
+from aivo_fl.ml.round.candidate import RoundState, build_candidate
+from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.store import safe_files
+from aivo_fl.ml.store.artifacts import (
     MAIN_WEIGHTS_NAME,
     ArtifactError,
     load_main_model,
@@ -28,7 +31,7 @@ from aivo_fl.ml.artifacts import (
     save_artifact,
     save_main_model,
 )
-from aivo_fl.ml.cloning import (
+from aivo_fl.ml.store.cloning import (
     COPY_ON_WRITE,
     HEADS_NAME,
     CloneInfo,
@@ -36,11 +39,8 @@ from aivo_fl.ml.cloning import (
     learner_heads,
     load_learner_model,
 )
-from aivo_fl.ml.learner_ids import InvalidLearnerId
-from aivo_fl.ml.round.candidate import RoundState, build_candidate
-from aivo_fl.ml.round.gather import LearnerUpdate
-from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.safe_files import FileRejected, read_verified
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId
+from aivo_fl.ml.store.safe_files import FileRejected, read_verified
 from tests.ml.delta_files import write_delta
 
 SHAPES = {"heads.d.weight": (5, 8), "heads.d.bias": (5,), "heads.s.weight": (2, 8)}

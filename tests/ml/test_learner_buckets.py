@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from aivo_fl.ml.learner_buckets import BUCKET_KEYS, BUCKETS, bucket_index, bucket_key, bucket_of, group_by_bucket
+from aivo_fl.ml.store.learner_buckets import BUCKET_KEYS, BUCKETS, bucket_index, bucket_key, bucket_of, group_by_bucket
 
 IDS = [f"learner-{i:06d}" for i in range(2_000)] + ["cuid_clx9a0001", "ü-ñ", "", "x" * 128, "a b"]
 
@@ -18,7 +18,7 @@ IDS = [f"learner-{i:06d}" for i in range(2_000)] + ["cuid_clx9a0001", "ü-ñ", "
 def test_the_same_in_another_process_whatever_its_hash_seed() -> None:
     # Python's own hash() differs per process (PYTHONHASHSEED); the bucket must not.
     code = (
-        "import json, sys; from aivo_fl.ml.learner_buckets import bucket_of; "
+        "import json, sys; from aivo_fl.ml.store.learner_buckets import bucket_of; "
         "print(json.dumps([bucket_of(i) for i in json.load(sys.stdin)]))"
     )
     for seed in ("1", "2"):

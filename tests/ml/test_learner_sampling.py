@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg
-from aivo_fl.ml.learner_sampling import expected_cohort, poisson_sample
+from aivo_fl.ml.privacy.sampling import expected_cohort, poisson_sample
 from tests.ml.memory_source import Info, MemorySource
 
 ALPHA = 1e-3

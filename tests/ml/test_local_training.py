@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from aivo_fl.ml.aggregation.base import shapes_of
-from aivo_fl.ml.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
-from aivo_fl.ml.batched_training import (
-    LearnerBatch,
-    LocalTrainingConfig,
-    learner_key,
-    local_steps,
-    personal_tensors,
-    train_many,
-)
-from aivo_fl.ml.cloning import (
+from aivo_fl.ml.model import evaluate, samples_to_tensors, trunk_state
+from aivo_fl.ml.samples import PRIMARY_HEAD
+from aivo_fl.ml.simulation.world import generate_cohort, generate_learner
+from aivo_fl.ml.store.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
+from aivo_fl.ml.store.cloning import (
     DELTA_NAME,
     clone_for_learner,
     learner_heads,
@@ -24,11 +19,11 @@ from aivo_fl.ml.cloning import (
     rebase_clone,
     weight_delta,
 )
-from aivo_fl.ml.data import PRIMARY_HEAD, generate_cohort, generate_learner
-from aivo_fl.ml.deltas import load_delta
-from aivo_fl.ml.learner_ids import InvalidLearnerId
-from aivo_fl.ml.local_training import train_learner
-from aivo_fl.ml.model import evaluate, samples_to_tensors, trunk_state
+from aivo_fl.ml.store.deltas import load_delta
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId
+from aivo_fl.ml.training.batched import train_many
+from aivo_fl.ml.training.clones import train_learner
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, learner_key, local_steps, personal_tensors
 
 
 def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_store: Path) -> None:

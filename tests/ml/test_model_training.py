@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD, generate_curriculum
 from aivo_fl.ml.model import (
     architecture_summary,
     build_model,
@@ -21,13 +20,10 @@ from aivo_fl.ml.model import (
     is_personal,
     load_head_state,
 )
-from aivo_fl.ml.training import (
-    TrainingConfig,
-    allowed_cpus,
-    cpu_threads,
-    format_training_results,
-    train_model,
-)
+from aivo_fl.ml.runtime import allowed_cpus, cpu_threads
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.main_model import TrainingConfig, format_training_results, train_model
 
 
 def test_model_size_and_summary_are_computed() -> None:
@@ -77,7 +73,7 @@ def test_reduced_training_gets_close_to_bayes_ceiling(trained_small) -> None:
 
 def test_training_honours_epochs_and_logs_in_guide_format(caplog: pytest.LogCaptureFixture) -> None:
     seen = []
-    with caplog.at_level(logging.INFO, logger="aivo_fl.ml.training"):
+    with caplog.at_level(logging.INFO, logger="aivo_fl.ml.training.main_model"):
         _, result = train_model(
             generate_curriculum(400, seed=1), TrainingConfig(epochs=12, batch_size=32), callback=seen.append
         )
@@ -159,8 +155,8 @@ def test_training_in_a_process_pinned_to_one_cpu_uses_one_thread() -> None:
     script = (
         "import os, json\n"
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-        "from aivo_fl.ml.data import generate_curriculum\n"
-        "from aivo_fl.ml.training import TrainingConfig, train_model\n"
+        "from aivo_fl.ml.simulation.world import generate_curriculum\n"
+        "from aivo_fl.ml.training.main_model import TrainingConfig, train_model\n"
         "_, r = train_model(generate_curriculum(100, seed=0), TrainingConfig(epochs=1, num_threads=8))\n"
         "import torch\n"
         "print(json.dumps([r.threads, torch.get_num_threads()]))\n"

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from aivo_fl.ml.data import PRIMARY_HEAD, bayes_ceiling, generate_curriculum
-from aivo_fl.ml.population import Population, PopulationConfig
+from aivo_fl.ml.samples import PRIMARY_HEAD, bayes_ceiling
+from aivo_fl.ml.simulation.population import Population, PopulationConfig
+from aivo_fl.ml.simulation.world import generate_curriculum
 
 SMALL = PopulationConfig(n_learners=600, eval_learners=60, seed=3)
 

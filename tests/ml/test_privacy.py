@@ -11,7 +11,7 @@ from dp_accounting.rdp import RdpAccountant
 from scipy import stats
 
 from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, Median, Weighted
-from aivo_fl.ml.privacy import (
+from aivo_fl.ml.privacy.mechanism import (
     PrivacyEvent,
     clip_delta,
     dp_weight,

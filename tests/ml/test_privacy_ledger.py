@@ -6,9 +6,8 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from aivo_fl.ml import privacy
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
-from aivo_fl.ml.privacy_ledger import (
+from aivo_fl.ml.privacy import mechanism as privacy
+from aivo_fl.ml.privacy.ledger import (
     NO_NOISE,
     RoundPrivacy,
     check_budget,
@@ -17,6 +16,7 @@ from aivo_fl.ml.privacy_ledger import (
     ledger_delta,
     worst_learner,
 )
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 
 DELTA = 1e-6
 

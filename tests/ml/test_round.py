@@ -13,18 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml import deltas
-from aivo_fl.ml.cloning import DELTA_NAME
-from aivo_fl.ml.data import PRIMARY_HEAD, Samples, generate_cohort, generate_curriculum
 from aivo_fl.ml.model import CurriculumNet, head_state
-from aivo_fl.ml.privacy import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
-from aivo_fl.ml.privacy_ledger import RoundPrivacy
+from aivo_fl.ml.privacy.ledger import RoundPrivacy
+from aivo_fl.ml.privacy.mechanism import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
 from aivo_fl.ml.round.accounting import PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, Tolerances, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners, staleness_factor
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.training import TrainingConfig, train_model
+from aivo_fl.ml.samples import PRIMARY_HEAD, Samples
+from aivo_fl.ml.simulation.world import generate_cohort, generate_curriculum
+from aivo_fl.ml.store import deltas
+from aivo_fl.ml.store.cloning import DELTA_NAME
+from aivo_fl.ml.training.main_model import TrainingConfig, train_model
 from tests.ml.delta_files import write_delta, write_raw
 
 SHAPES = {"heads.d.weight": (5, 8), "heads.d.bias": (5,), "heads.s.weight": (2, 8), "heads.s.bias": (2,)}

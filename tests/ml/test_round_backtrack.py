@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from aivo_fl.ml.aggregation.server_optimizers import Momentum
-from aivo_fl.ml.data import generate_cohort, generate_curriculum
 from aivo_fl.ml.model import CurriculumNet, head_state
 from aivo_fl.ml.round.backtrack import backtrack
 from aivo_fl.ml.round.candidate import RoundResult, RoundState, build_candidate
 from aivo_fl.ml.round.gate import EvaluationSet, GateResult, Tolerances, gate, with_heads
 from aivo_fl.ml.round.gather import LearnerUpdate
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.training import TrainingConfig, train_model
+from aivo_fl.ml.simulation.world import generate_cohort, generate_curriculum
+from aivo_fl.ml.training.main_model import TrainingConfig, train_model
 from tests.ml.test_round import _labelled_by
 
 NOW = datetime(2025, 3, 1, 12, tzinfo=UTC)

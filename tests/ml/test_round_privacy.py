@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aivo_fl.ml.adaptive_clipping import next_clip_norm
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
-from aivo_fl.ml.privacy_ledger import compose_rounds
+from aivo_fl.ml.privacy.adaptive_clipping import next_clip_norm
+from aivo_fl.ml.privacy.ledger import compose_rounds
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.accounting import PrivacyHistory, account_round
 from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
@@ -91,7 +91,7 @@ def test_adaptive_clip_norm_follows_the_recorded_estimate() -> None:
 
 
 def test_epsilon_is_composed_once_per_distinct_history_not_once_per_learner() -> None:
-    from aivo_fl.ml import privacy
+    from aivo_fl.ml.privacy import mechanism as privacy
 
     history = _year(Settings(), 3)
     veterans = {learner: history.of(learner) for learner in LEARNERS}

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aivo_fl.ml import deltas
-from aivo_fl.ml.cloning import DELTA_NAME
-from aivo_fl.ml.privacy import BUDGET_SPENT
-from aivo_fl.ml.privacy_ledger import RoundPrivacy, compose_rounds, planned_round
+from aivo_fl.ml.privacy.ledger import RoundPrivacy, compose_rounds, planned_round
+from aivo_fl.ml.privacy.mechanism import BUDGET_SPENT
 from aivo_fl.ml.round.accounting import NOT_SAMPLED, PrivacyHistory
 from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gather import LearnerUpdate
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.safe_files import MANIFEST_NAME
+from aivo_fl.ml.store import deltas
+from aivo_fl.ml.store.cloning import DELTA_NAME
+from aivo_fl.ml.store.safe_files import MANIFEST_NAME
 from tests.ml.delta_files import write_delta
 
 SHAPES = {"heads.d.weight": (5, 8), "heads.d.bias": (5,), "heads.s.weight": (2, 8)}

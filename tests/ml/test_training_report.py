@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aivo_fl.ml.data import generate_curriculum
-from aivo_fl.ml.training import TrainingConfig, format_epoch, format_training_results, train_model
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.training.main_model import TrainingConfig, format_epoch, format_training_results, train_model
 
 
 def test_final_loss_and_accuracy_are_the_last_epochs() -> None:

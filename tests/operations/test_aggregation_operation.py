@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivo_fl.ml.artifacts import ArtifactError, load_main_model
 from aivo_fl.ml.model import head_state
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
-from aivo_fl.ml.safe_files import read_manifest
+from aivo_fl.ml.store.artifacts import ArtifactError, load_main_model
+from aivo_fl.ml.store.safe_files import read_manifest
 from aivo_fl.operations.aggregation import (
     SERVER_STATE_NAME,
     curriculum_splits,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.cloning_check import CloningCheckFailed, run_cloning_check
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.erasure import erasable, erase_everywhere, scrub_log
 from aivo_fl.operations.learners import clone_learners, train_learner_locally

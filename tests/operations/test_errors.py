@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.config import ConfigError
-from aivo_fl.ml.artifacts import ArtifactError
-from aivo_fl.ml.learner_ids import validate_learner_id
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.gather import NoEligibleLearners
+from aivo_fl.ml.store.artifacts import ArtifactError
+from aivo_fl.ml.store.learner_ids import validate_learner_id
 from aivo_fl.operations.errors import OperationFailed, diagnose
 from aivo_fl.registry import AggregationInProgress, RegistryError
 from aivo_fl.registry.database import create_registry_engine, unavailable

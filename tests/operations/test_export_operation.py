@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml.artifacts import ArtifactError, main_head_tensors
-from aivo_fl.ml.cloning import HEADS_NAME, load_learner_model
-from aivo_fl.ml.export import load_exported_state
-from aivo_fl.ml.learner_ids import InvalidLearnerId
 from aivo_fl.ml.model import build_model, head_state
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.store.artifacts import ArtifactError, main_head_tensors
+from aivo_fl.ml.store.cloning import HEADS_NAME, load_learner_model
+from aivo_fl.ml.store.export import load_exported_state
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.export import export_learner_model
 from aivo_fl.operations.learners import clone_learners, split_interactions, train_learner_locally

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import aivo_fl.operations.learners as learners_module
-from aivo_fl.ml.artifacts import load_main_model, save_main_model
-from aivo_fl.ml.cloning import learner_heads
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.store.artifacts import load_main_model, save_main_model
+from aivo_fl.ml.store.cloning import learner_heads
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import (
     MainModelMissing,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from aivo_fl.ml.artifacts import load_main_model
-from aivo_fl.ml.data import HEAD_CLASSES
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.samples import HEAD_CLASSES
+from aivo_fl.ml.store.artifacts import load_main_model
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore, load_samples
 from aivo_fl.registry import ModelRegistry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dp_accounting
 import pytest
 
-from aivo_fl.ml.privacy_ledger import RoundPrivacy
+from aivo_fl.ml.privacy.ledger import RoundPrivacy
 from aivo_fl.operations.privacy_report import ledger_figures, privacy_summary, summary_warning
 from aivo_fl.registry import ModelRegistry
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.accounting import NOT_SAMPLED
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.operations.aggregation import run_federated_aggregation

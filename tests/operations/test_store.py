@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aivo_fl.ml.data import generate_curriculum
-from aivo_fl.ml.learner_ids import InvalidLearnerId
+from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.store.learner_ids import InvalidLearnerId
 from aivo_fl.operations.store import ModelStore, load_samples, save_samples
 
 

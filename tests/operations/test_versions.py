@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aivo_fl.operations.versions import next_version, trained_version
+from aivo_fl.ml.store.artifacts import next_version, trained_version
 
 
 def test_next_version() -> None:

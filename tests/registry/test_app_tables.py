@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.config import load_settings
-from aivo_fl.ml.data import generate_learner
+from aivo_fl.ml.simulation.world import generate_learner
 from aivo_fl.registry import ModelRegistry, RegistryError, TrainingSessionInput, migrate
 from aivo_fl.registry.app_tables import AppTables, decode_features
 from aivo_fl.registry.database import head_revision

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from aivo_fl.ml.round_status import RoundStatus
+from aivo_fl.ml.round.status import RoundStatus
 from aivo_fl.registry import (
     AggregationInProgress,
     ContributionInput,

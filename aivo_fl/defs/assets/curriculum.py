@@ -5,7 +5,7 @@ import dagster as dg
 from aivo_fl.defs.readable import percent
 from aivo_fl.defs.resources import ModelStoreResource, ReporterResource, TrainingSettingsResource
 from aivo_fl.defs.retries import fail_fast_unless_transient
-from aivo_fl.ml.data import HEAD_CLASSES
+from aivo_fl.ml.samples import HEAD_CLASSES
 from aivo_fl.operations.main_model import build_curriculum_dataset
 
 

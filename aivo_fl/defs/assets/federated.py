@@ -17,7 +17,7 @@ from aivo_fl.defs.resources import (
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
-from aivo_fl.ml.privacy import PrivacyBudgetExceeded
+from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import RoundOptions
 from aivo_fl.operations.aggregation import round_options, run_federated_aggregation

@@ -25,8 +25,8 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
-from aivo_fl.ml.cloning import CloneInfo
-from aivo_fl.ml.learner_buckets import bucket_index, group_by_bucket
+from aivo_fl.ml.store.cloning import CloneInfo
+from aivo_fl.ml.store.learner_buckets import bucket_index, group_by_bucket
 from aivo_fl.operations.cohorts import Selection, needing_model, ready_to_train
 from aivo_fl.operations.errors import diagnose
 from aivo_fl.operations.learners import LearnerTrainingOutcome, clone_learners, train_learners_locally

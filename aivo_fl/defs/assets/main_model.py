@@ -11,7 +11,7 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
-from aivo_fl.ml.training import TrainingConfig
+from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.main_model import train_and_register_main_model
 
 

@@ -23,7 +23,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from aivo_fl.ml.aggregation.base import Block, Delta, FlatSum, assemble, flatten
-from aivo_fl.ml.privacy import DEFAULT_SAMPLE_CAP, dp_weight, noise_std
+from aivo_fl.ml.privacy.mechanism import DEFAULT_SAMPLE_CAP, dp_weight, noise_std
 
 TRIM_FRACTION = 0.1  # per side
 IMPROVEMENT_FLOOR = 0.01  # one accuracy point: a non-improving learner still counts a little
@@ -195,7 +195,7 @@ def strategy_named(name: str, trim_fraction: float = TRIM_FRACTION) -> Strategy:
 
 @dataclass(frozen=True)
 class DpClipped:
-    """DP-FedAvg (McMahan et al. 2018) around a sum strategy; see :mod:`aivo_fl.ml.privacy`.
+    """DP-FedAvg (McMahan et al. 2018) around a sum strategy; see :mod:`aivo_fl.ml.privacy.mechanism`.
 
     Each learner's whole delta is clipped to ``clip_norm``; its weight is capped at 1
     (``min(n / sample_cap, 1)`` times the inner strategy's factor and the staleness discount, all

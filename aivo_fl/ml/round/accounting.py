@@ -1,7 +1,7 @@
 """Privacy accounting of a round, in one place: who may be drawn, the draw (Poisson sampling), the
 fixed denominator, both budgets, adaptive clipping's estimate, and the record the round persists.
 The mechanism itself is :class:`aivo_fl.ml.aggregation.DpClipped`; the ledger is
-:mod:`aivo_fl.ml.privacy_ledger`.
+:mod:`aivo_fl.ml.privacy.ledger`.
 
 Order matters: the round's worst-case charge is known from the settings and the population size
 alone, so both budgets are checked BEFORE any learner is drawn or any noise is drawn.
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from aivo_fl.ml.adaptive_clipping import next_clip_norm, noised_fraction_below
-from aivo_fl.ml.learner_sampling import poisson_sample
-from aivo_fl.ml.privacy import PrivacyEvent, epsilon_warning
-from aivo_fl.ml.privacy_ledger import LedgerTotal, RoundPrivacy, check_budget, compose_rounds, planned_round
+from aivo_fl.ml.privacy.adaptive_clipping import next_clip_norm, noised_fraction_below
+from aivo_fl.ml.privacy.ledger import LedgerTotal, RoundPrivacy, check_budget, compose_rounds, planned_round
+from aivo_fl.ml.privacy.mechanism import PrivacyEvent, epsilon_warning
+from aivo_fl.ml.privacy.sampling import poisson_sample
 from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
 

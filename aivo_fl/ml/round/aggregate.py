@@ -17,9 +17,9 @@ import numpy as np
 from aivo_fl.ml.aggregation.base import Block, Delta, block_of, delta_norm, plan_blocks
 from aivo_fl.ml.aggregation.server_optimizers import ServerOptimizer, State
 from aivo_fl.ml.aggregation.strategies import DpClipped, Strategy
-from aivo_fl.ml.deltas import iter_stacked_blocks, load_delta
 from aivo_fl.ml.round.gather import Update
 from aivo_fl.ml.round.options import PrivacySettings
+from aivo_fl.ml.store.deltas import iter_stacked_blocks, load_delta
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ import numpy as np
 from aivo_fl.ml.aggregation.base import Delta, FlatSum, shapes_of
 from aivo_fl.ml.aggregation.server_optimizers import State, server_optimizer
 from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, strategy_named
-from aivo_fl.ml.deltas import DeltaReader
-from aivo_fl.ml.privacy import BUDGET_SPENT
-from aivo_fl.ml.privacy_ledger import RoundPrivacy
+from aivo_fl.ml.privacy.ledger import RoundPrivacy
+from aivo_fl.ml.privacy.mechanism import BUDGET_SPENT
 from aivo_fl.ml.round.accounting import (
     NOT_SAMPLED,
     PrivacyAccount,
@@ -46,6 +45,7 @@ from aivo_fl.ml.round.gather import (
     screen,
 )
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.store.deltas import DeltaReader
 
 
 @dataclass(frozen=True)

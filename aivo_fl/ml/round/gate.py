@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.model import CurriculumNet, load_head_state
+from aivo_fl.ml.samples import PRIMARY_HEAD, Samples
 
 # Two accuracy points per round on learners' data. A pooled held-out set of ~1,000 interactions has
 # a paired (same-samples) standard error of roughly one point for a model change that flips a
@@ -32,6 +32,10 @@ DEFAULT_TOLERANCE = 0.02
 # really differs from the curriculum (easier content, more video), so fitting real learners costs
 # some curriculum accuracy by design: the guard is against forgetting, not against adaptation.
 DEFAULT_CURRICULUM_TOLERANCE = 0.05
+
+
+# The evaluation part every round has: the held-out interactions of the learners drawn into it.
+CONTRIBUTORS = "contributing learners"
 
 
 @dataclass(frozen=True)

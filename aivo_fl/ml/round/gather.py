@@ -2,7 +2,7 @@
 
 :func:`screen` checks the metadata (no file I/O): duplicates, staleness, version lineage, sample
 counts. :func:`read_updates` then reads each delta that the round needs exactly once (see
-:mod:`aivo_fl.ml.deltas`), checks it, and folds it straight into the strategy's running sum; a bad
+:mod:`aivo_fl.ml.store.deltas`), checks it, and folds it straight into the strategy's running sum; a bad
 file excludes only its learner and the round goes on. Which files are read is the accounting's
 call (:mod:`.accounting`): under learner sampling, only the drawn learners'.
 """
@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from aivo_fl.ml.aggregation.base import Delta, FlatSum, Layout, flatten, shapes_of
-from aivo_fl.ml.deltas import DeltaReader, DeltaRejected, norm_reason
 from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.ml.store.deltas import DeltaReader, DeltaRejected, norm_reason
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The candidate heads (the server step's, or a halved step's) go into the active model; when the
 round anchors (``RoundOptions.anchor``), the server then fine-tunes them on its curriculum's
-TRAINING split (:func:`aivo_fl.ml.curriculum_anchor.anchor_round`), and the gate judges that
+TRAINING split (:func:`aivo_fl.ml.round.anchor.anchor_round`), and the gate judges that
 model, on learners' held-out data and the curriculum's VALIDATION split: what is judged is what
 is promoted, and the gate's data never trained it. The operations layer and the benchmark both
 call :func:`judge_round`, so the benchmark measures the product's round.
@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from aivo_fl.ml.curriculum_anchor import anchor_round
-from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, head_state
+from aivo_fl.ml.round.anchor import anchor_round
 from aivo_fl.ml.round.backtrack import MAX_HALVINGS, Backtracked, backtrack
 from aivo_fl.ml.round.candidate import RoundResult, RoundState
 from aivo_fl.ml.round.gate import EvaluationSet, GateResult, Tolerances, gate, with_heads
 from aivo_fl.ml.round.options import AnchorOptions
+from aivo_fl.ml.samples import Samples
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aivo_fl.ml.aggregation.server_optimizers import Sgd
 from aivo_fl.ml.aggregation.strategies import TRIM_FRACTION, FedAvg
-from aivo_fl.ml.privacy import DEFAULT_DELTA, DEFAULT_SAMPLE_CAP
+from aivo_fl.ml.privacy.mechanism import DEFAULT_DELTA, DEFAULT_SAMPLE_CAP
 
 # Heads deltas from a few local epochs have L2 norms around 0.1-5; a norm of 1000 can only be a
 # corrupted or malicious file, and would swamp every non-robust strategy.
@@ -19,7 +19,7 @@ DEFAULT_BLOCK_BYTES = 32 * 1024 * 1024
 @dataclass(frozen=True)
 class AnchorOptions:
     """The server's anchoring of each candidate to the curriculum it trained the main model on
-    (:mod:`aivo_fl.ml.curriculum_anchor`): ``epochs`` of plain SGD over ``samples`` curriculum
+    (:mod:`aivo_fl.ml.round.anchor`): ``epochs`` of plain SGD over ``samples`` curriculum
     training samples drawn afresh each round. A fixed count, so the pull per round (steps x rate)
     does not grow with the curriculum the server holds. Defaults chosen by ``fl_quality``."""
 
@@ -40,7 +40,7 @@ class RoundOptions:
     max_stale_days: int = 7
     # FedAvg with a server learning rate (sgd 6, Reddi et al. 2021's eta_g): the fl_quality
     # benchmark's choice over FedAdam 0.02 once learners send step-normalized fits from the main
-    # model (aivo_fl.ml.batched_training.train_personal_and_update).
+    # model (aivo_fl.ml.training.batched.train_personal_and_update).
     server_optimizer: str = Sgd.name
     # None: the optimizer's own default (sgd 6; sgd 1.0 is plain model averaging; adam 0.02).
     learning_rate: float | None = None
@@ -55,7 +55,7 @@ class RoundOptions:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy` for the mechanism, :mod:`aivo_fl.ml.round.accounting`
+    """DP-FedAvg knobs; see :mod:`aivo_fl.ml.privacy.mechanism` for the mechanism, :mod:`aivo_fl.ml.round.accounting`
     for the draw and the accounting.
 
     Each eligible learner joins a round with probability ``sample_rate``; the released average is

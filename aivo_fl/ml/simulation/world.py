@@ -26,53 +26,49 @@ from functools import lru_cache
 
 import numpy as np
 
-NUM_FEATURES = 256
-HEAD_CLASSES: dict[str, int] = {"difficulty": 5, "modality": 4, "success": 2}
-PRIMARY_HEAD = "difficulty"
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES, LearnerData, Samples, check_fraction
 
 _WORLD_SEED = 20_240_601  # the hidden teacher is the same for every data seed
+
+
 _N_LEARNER_FACTORS = 4
+
+
 _N_CONTENT_FACTORS = 4
+
+
 _FEATURE_NOISE = 0.2
+
+
 # Calibrated so the primary head's Bayes ceiling on the curriculum is ~91%, next to the guide's
 # reported accuracies (91.23% training, 89.67% validation): operators compare with those.
 _UNIFORM_NOISE = 0.03  # probability that a label is replaced by a uniformly random class
+
+
 _DIFFICULTY_LEVELS = np.array([-1.5, -0.75, 0.0, 0.75, 1.5])
+
+
 _DIFFICULTY_SHARPNESS = 16.0
+
+
 # The curriculum was written for engaged learners (narrow spread of engagement), and its rule is
 # wrong for disengaged ones (engagement below -1): they need easier content than it says. Real
 # learners are less engaged on average, so many sit where the curriculum has few samples and a
 # wrong rule: that is the shared shift federated learning should find. Learning it costs the
 # curriculum little (about 5% of its samples are in that region).
 _ENGAGEMENT = 1
+
+
 _CURRICULUM_ENGAGEMENT_STD = 0.6
+
+
 _DISENGAGED_BELOW = -1.0
+
+
 _MODALITY_SCALE = 2.0
+
+
 _SUCCESS_SCALE = 2.5
-
-
-@dataclass(frozen=True)
-class Samples:
-    features: np.ndarray  # (n, 256) float32
-    targets: dict[str, np.ndarray]  # head -> (n,) int64 observed (noisy) labels
-    bayes_labels: dict[str, np.ndarray]  # head -> (n,) int64 teacher argmax
-
-    def __len__(self) -> int:
-        return int(self.features.shape[0])
-
-    def subset(self, index: np.ndarray) -> Samples:
-        return Samples(
-            features=self.features[index],
-            targets={h: t[index] for h, t in self.targets.items()},
-            bayes_labels={h: b[index] for h, b in self.bayes_labels.items()},
-        )
-
-
-@dataclass(frozen=True)
-class LearnerData:
-    learner_id: str
-    train: Samples
-    heldout: Samples
 
 
 @dataclass(frozen=True)
@@ -179,19 +175,6 @@ def _sample(rng: np.random.Generator, n: int, shift: _Shift) -> Samples:
         targets[head] = np.minimum(drawn, k - 1).astype(np.int64)
         bayes[head] = logits[head].argmax(axis=1).astype(np.int64)
     return Samples(features=features, targets=targets, bayes_labels=bayes)
-
-
-def check_fraction(name: str, value: float) -> None:
-    """Refuse a split fraction outside (0, 1): one side of the split would be empty."""
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
-
-
-def bayes_ceiling(samples: Samples) -> dict[str, float]:
-    """Accuracy of the Bayes-optimal predictions on exactly these samples."""
-    if len(samples) == 0:
-        return {h: float("nan") for h in HEAD_CLASSES}
-    return {h: float(np.mean(samples.targets[h] == samples.bayes_labels[h])) for h in HEAD_CLASSES}
 
 
 def generate_curriculum(n_samples: int = 10_000, seed: int = 0) -> Samples:

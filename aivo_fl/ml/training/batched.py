@@ -1,17 +1,9 @@
-"""Local training of learners' personal layers: one learner at a time, or many at once.
-
-Both paths do exactly the same maths, so they agree to float rounding (a test holds them to 1e-5):
-
-* the frozen bottom layers run once per sample (`shared_features`), never per step;
-* mini-batch SGD over the personal layers, each learner's own shuffle every epoch (keys derived
-  from (seed, learner key, epoch, position), so the order does not depend on who else trains);
-* loss = mean over heads of the mean cross-entropy + mu/2 * ||theta - theta_main||^2, the
-  proximal term of FedProx/Ditto: a learner with a handful of interactions cannot wander far
-  from the main model, one with many can.
+"""Local training of many learners at once: the same maths as the plain loop
+(:func:`aivo_fl.ml.training.local.train_one`, held to it at 1e-5 by a test), batched.
 
 `train_many` stacks the learners' personal parameters along a new leading dimension
-(`aivo_fl.ml.stacked_layers`): every step of every learner in a group is one batched matmul
-per layer, and each weight's gradient and proximal SGD update are one in-place `baddbmm_`.
+(:mod:`aivo_fl.ml.training.stacked_layers`): every step of every learner in a group is one batched
+matmul per layer, and each weight's gradient and proximal SGD update are one in-place `baddbmm_`.
 Learners are sorted by sample count and grouped, so padding (masked out of the loss and of the
 update) stays small even with skewed counts.
 
@@ -19,82 +11,29 @@ update) stays small even with skewed counts.
 trains from its own personal layers (the personalization it keeps), and the update it sends the
 server is a second fit of the same data from the main model's layers. An update taken from the
 clone would count the shared progress twice: once in the main model that moved, once more in the
-clone's offset, so returning learners would push every move back (measured in fl_quality: a
-server step that rings round after round). The update is normalized by the learner's local steps
-(FedNova, Wang et al. 2020) to what a one-batch learner's ``epochs`` steps give: otherwise a
-learner with many interactions, weighted by its samples AND taking more steps, pulls the main
-model toward its own personal shift.
+clone's offset, so returning learners would push every move back round after round. The update is
+normalized by the learner's local steps (FedNova, Wang et al. 2020) to what a one-batch learner's
+``epochs`` steps give: otherwise a learner with many interactions, weighted by its samples AND
+taking more steps, pulls the main model toward its own personal shift.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from aivo_fl.ml.data import HEAD_CLASSES
-from aivo_fl.ml.model import CurriculumNet, is_personal, samples_to_tensors
-from aivo_fl.ml.population import Interactions
-from aivo_fl.ml.stacked_layers import Op, forward, fuse_heads, personal_ops, sgd_step, split_heads
+from aivo_fl.ml.model import CurriculumNet
+from aivo_fl.ml.samples import HEAD_CLASSES
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, epoch_orders, local_steps, personal_tensors
+from aivo_fl.ml.training.stacked_layers import Op, forward, fuse_heads, personal_ops, sgd_step, split_heads
 
-DEFAULT_PROXIMAL_MU = 0.1
 DEFAULT_GROUP_SIZE = 256
+
+
 _HEAD_SIZES = list(HEAD_CLASSES.values())
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-@dataclass(frozen=True)
-class LocalTrainingConfig:
-    epochs: int = 5
-    batch_size: int = 32
-    learning_rate: float = 0.05  # plain SGD, as in FedAvg / FedProx
-    proximal_mu: float = DEFAULT_PROXIMAL_MU
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0 or self.proximal_mu < 0:
-            raise ValueError("need epochs >= 1, batch_size >= 1, learning_rate > 0 and proximal_mu >= 0")
-
-
-@dataclass(frozen=True)
-class LearnerBatch:
-    """One learner's local data: its stable key (for the shuffle), inputs (n, 256), targets (n, heads)."""
-
-    key: int
-    x: Tensor
-    y: Tensor
-
-
-def learner_key(learner_id: str) -> int:
-    """A stable 63-bit key for a learner id: seeds the learner's shuffle wherever it trains."""
-    return int.from_bytes(hashlib.sha256(learner_id.encode()).digest()[:8], "little") >> 1
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-        return z ^ (z >> np.uint64(31))
-
-
-def epoch_orders(keys: np.ndarray, counts: np.ndarray, width: int, seed: int, epoch: int) -> np.ndarray:
-    """(learners, width) int64: row i is a permutation of range(counts[i]), padding (index >= count) last."""
-    base = _splitmix64(_splitmix64(np.uint64(seed) ^ _splitmix64(np.asarray(keys, np.uint64))) + np.uint64(epoch))
-    position = np.arange(width, dtype=np.uint64)
-    draws = _splitmix64(base[:, None] ^ _splitmix64(position)[None, :])
-    draws[position[None, :] >= np.asarray(counts, np.uint64)[:, None]] = _MASK64  # padding sorts last
-    return np.argsort(draws, axis=1, kind="stable").astype(np.int64)
-
-
-def personal_tensors(model: CurriculumNet) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if is_personal(model, k)}
 
 
 def _loss_terms(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
@@ -105,34 +44,6 @@ def _loss_terms(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         nll = -torch.log_softmax(part, dim=2).gather(2, y[:, :, i : i + 1]).squeeze(2)
         total = total + (nll * mask).sum(dim=1) / count
     return total / len(_HEAD_SIZES)
-
-
-def train_one(
-    model: CurriculumNet, learner: LearnerBatch, anchor: dict[str, Tensor], config: LocalTrainingConfig
-) -> None:
-    """The plain loop: train `model`'s personal layers in place on one learner (autograd + torch.optim.SGD)."""
-    params = [p for k, p in model.named_parameters() if is_personal(model, k)]
-    names = [k for k, _ in model.named_parameters() if is_personal(model, k)]
-    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
-    with torch.no_grad():
-        h = model.shared_features(learner.x)
-    n = h.shape[0]
-    for epoch in range(config.epochs):
-        order = torch.from_numpy(epoch_orders(np.array([learner.key]), np.array([n]), n, config.seed, epoch)[0])
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
-            logits = model.fused_logits(h[index], start=model.frozen_layers)
-            y = learner.y[index]
-            loss = sum(
-                F.cross_entropy(part, y[:, i]) for i, part in enumerate(torch.split(logits, _HEAD_SIZES, dim=1))
-            ) / len(_HEAD_SIZES)
-            if config.proximal_mu:
-                loss = loss + 0.5 * config.proximal_mu * sum(
-                    ((p - anchor[k]) ** 2).sum() for k, p in zip(names, params, strict=True)
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
 
 
 def _train_group(
@@ -205,11 +116,6 @@ def train_many(
     return out
 
 
-def local_steps(samples: int, config: LocalTrainingConfig) -> int:
-    """SGD steps a learner with ``samples`` training interactions takes locally."""
-    return config.epochs * math.ceil(samples / config.batch_size)
-
-
 def train_personal_and_update(
     model: CurriculumNet,
     learners: Sequence[LearnerBatch],
@@ -271,39 +177,3 @@ def _head_metrics(logits: Tensor, y: Tensor, valid: Tensor) -> list[dict[str, di
         {head: {"loss": losses[j], "accuracy": accuracy[j]} for head, (losses, accuracy) in metrics.items()}
         for j in range(logits.shape[0])
     ]
-
-
-Tensors = dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class WeekUpdates:
-    """One week of local training: each active learner's update and its new personal offset."""
-
-    learners: list[int]
-    deltas: list[Tensors]  # what the learner sends: its step-normalized fit from main (train_personal_and_update)
-    samples: list[int]
-    offsets: dict[int, Tensors]  # trained - main: the personalisation the learner keeps
-
-
-def train_active_learners(
-    model: CurriculumNet,
-    week_train: Interactions,
-    offsets: dict[int, Tensors],
-    config: LocalTrainingConfig,
-    group_size: int = DEFAULT_GROUP_SIZE,
-) -> WeekUpdates:
-    """Train every learner in `week_train` at once: its personal layers from main + its kept offset
-    (the rebase), its update from main (:func:`train_personal_and_update`)."""
-    main = personal_tensors(model)
-    data = week_train.by_learner()
-    learners = list(data)
-    starts = [{k: main[k] + offsets[i][k] for k in main} if i in offsets else main for i in learners]
-    batches = [LearnerBatch(i, *samples_to_tensors(data[i])) for i in learners]
-    trained, updates = train_personal_and_update(model, batches, starts, config, group_size)
-    return WeekUpdates(
-        learners=learners,
-        deltas=updates,
-        samples=[len(data[i]) for i in learners],
-        offsets={**offsets, **{i: {k: t[k] - main[k] for k in main} for i, t in zip(learners, trained, strict=True)}},
-    )

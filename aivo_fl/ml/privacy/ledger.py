@@ -19,9 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aivo_fl.ml.adaptive_clipping import combined_noise_multiplier, quantile_noise_multiplier
-from aivo_fl.ml.learner_sampling import expected_cohort
-from aivo_fl.ml.privacy import DEFAULT_DELTA, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
+from aivo_fl.ml.privacy.adaptive_clipping import combined_noise_multiplier, quantile_noise_multiplier
+from aivo_fl.ml.privacy.mechanism import (
+    DEFAULT_DELTA,
+    PrivacyBudgetExceeded,
+    PrivacyEvent,
+    epsilon_for_events,
+)
+from aivo_fl.ml.privacy.sampling import expected_cohort
 
 NO_NOISE = "released without noise (differential privacy off): no guarantee"
 

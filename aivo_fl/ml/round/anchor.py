@@ -16,10 +16,10 @@ import copy
 
 import numpy as np
 
-from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
-from aivo_fl.ml.data import Samples
 from aivo_fl.ml.model import CurriculumNet, freeze_trunk, samples_to_tensors
 from aivo_fl.ml.round.options import AnchorOptions
+from aivo_fl.ml.samples import Samples
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
 
 
 def anchor_to_curriculum(candidate: CurriculumNet, curriculum: Samples, config: LocalTrainingConfig) -> CurriculumNet:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aivo_fl.ml.data import HEAD_CLASSES, PRIMARY_HEAD, Samples, bayes_ceiling, check_fraction
 from aivo_fl.ml.model import (
     CurriculumNet,
     build_model,
@@ -29,10 +27,15 @@ from aivo_fl.ml.model import (
     mean_loss,
     samples_to_tensors,
 )
+from aivo_fl.ml.runtime import configure_cpu
+from aivo_fl.ml.samples import HEAD_CLASSES, PRIMARY_HEAD, Samples, bayes_ceiling, check_fraction
 
 logger = logging.getLogger(__name__)
 
+
 _HEAD_SIZES = list(HEAD_CLASSES.values())
+
+
 _PRIMARY_INDEX = list(HEAD_CLASSES).index(PRIMARY_HEAD)
 
 
@@ -111,41 +114,6 @@ def format_training_results(result: TrainingResult) -> str:
             f"  - Bayes Ceiling: {result.bayes_ceiling * 100:.2f}%",
         ]
     )
-
-
-def allowed_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cpu_threads(requested: int | None = None, concurrent_runs: int | None = None) -> int:
-    """Torch threads for one training: never more than the affinity mask allows.
-
-    An explicit request (`TORCH_NUM_THREADS`) is capped at the allowed CPUs. Otherwise the CPUs are
-    split between the runs that may share them (`concurrent_runs`, e.g. Dagster's
-    `max_concurrent_runs`); unknown means as many runs as CPUs, so 1 thread each. Why so careful:
-    torch's OpenMP threads spin while they wait, and two threads on a busy 2-core machine ran an
-    epoch 19x slower (median) than one.
-    """
-    cpus = allowed_cpus()
-    if requested is not None:
-        return max(1, min(requested, cpus))
-    return max(1, cpus // max(1, concurrent_runs or cpus))
-
-
-def configure_cpu(num_threads: int | None) -> None:
-    """Thread count (`cpu_threads(num_threads)`), and denormals flushed to zero.
-
-    Weight decay shrinks the unused input weights geometrically towards zero; once they reach the
-    denormal range every matmul touching them runs on the slow microcode path, and an epoch took
-    1.8-2.3 s instead of 0.11 s from epoch ~30 on (measured on this machine's Xeon). Flushing them
-    changes no accuracy figure (66.00% either way) and the saved weights hold zeros instead.
-    """
-    torch.set_num_threads(cpu_threads(num_threads))
-    torch.set_flush_denormal(True)
 
 
 def multi_head_loss(fused: Tensor, targets: Tensor) -> Tensor:

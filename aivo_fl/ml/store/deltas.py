@@ -1,7 +1,7 @@
 """Read learner delta files defensively, and fast.
 
 A delta file comes from a learner's device or worker, so it is untrusted input. It is read through
-:mod:`aivo_fl.ml.safe_files` (a regular file inside the learners' store, no link anywhere below the
+:mod:`aivo_fl.ml.store.safe_files` (a regular file inside the learners' store, no link anywhere below the
 root, at most the manifest's size, SHA-256 checked against the learner folder's ``manifest.json``),
 then only ever parsed as safetensors (never pickle / torch.load): the header is parsed once and
 checked against the expected names, dtypes and shapes, and the tensors must tile the data section
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from aivo_fl.ml.aggregation.base import Block, Delta, block_of, vector_norm
-from aivo_fl.ml.safe_files import (
+from aivo_fl.ml.store.safe_files import (
     HASH_MISMATCH,
     MISSING,
     NOT_REGULAR,

@@ -30,9 +30,9 @@ import torch
 from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
-from aivo_fl.ml.artifacts import ArtifactError, decode_tensors
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD, Samples
 from aivo_fl.ml.model import CurriculumNet, build_model, samples_to_tensors
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES, PRIMARY_HEAD, Samples
+from aivo_fl.ml.store.artifacts import ArtifactError, decode_tensors
 
 EXPORT_FORMATS = ("safetensors-fp16", "int8", "onnx")
 SUFFIXES = {"safetensors-fp16": ".fp16.safetensors", "int8": ".int8.safetensors", "onnx": ".onnx"}

@@ -17,9 +17,9 @@ Mechanism, per round:
 Accounting uses dp-accounting's RDP accountant with add-or-remove-one-learner adjacency
 (user-level DP: the unit of privacy is a learner's entire contribution to a round). With
 ``LEARNER_SAMPLE_RATE`` q < 1 every eligible learner joins a round independently with probability
-q (:mod:`aivo_fl.ml.learner_sampling`) and the round is ``PoissonSampledDpEvent(q,
+q (:mod:`aivo_fl.ml.privacy.sampling`) and the round is ``PoissonSampledDpEvent(q,
 GaussianDpEvent(z))``; at q = 1 it is a plain ``GaussianDpEvent(z)``. What each round used is
-recorded and recomposed by :mod:`aivo_fl.ml.privacy_ledger`.
+recorded and recomposed by :mod:`aivo_fl.ml.privacy.ledger`.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aivo_fl.ml.batched_training import LearnerBatch, LocalTrainingConfig, train_one
-from aivo_fl.ml.data import PRIMARY_HEAD, Samples
 from aivo_fl.ml.model import CurriculumNet, freeze_trunk, samples_to_tensors
-from aivo_fl.ml.population import Interactions
+from aivo_fl.ml.samples import PRIMARY_HEAD, Samples
+from aivo_fl.ml.simulation.population import Interactions
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, train_one
 
 
 def correct(model: CurriculumNet, samples: Samples, head: str = PRIMARY_HEAD) -> np.ndarray:

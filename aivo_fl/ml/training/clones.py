@@ -12,7 +12,10 @@ import numpy as np
 import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
-from aivo_fl.ml.artifacts import (
+from aivo_fl.ml.model import mean_loss, samples_to_tensors
+from aivo_fl.ml.runtime import configure_cpu
+from aivo_fl.ml.samples import PRIMARY_HEAD, LearnerData, Samples
+from aivo_fl.ml.store.artifacts import (
     ArtifactError,
     encode_tensors,
     file_record,
@@ -21,25 +24,16 @@ from aivo_fl.ml.artifacts import (
     validate_version,
     write_file_atomic,
 )
-from aivo_fl.ml.batched_training import (
-    LearnerBatch,
-    LocalTrainingConfig,
-    evaluate_many,
-    learner_key,
-    personal_tensors,
-    train_personal_and_update,
-)
-from aivo_fl.ml.cloning import (
+from aivo_fl.ml.store.cloning import (
     COPY_ON_WRITE,
     DELTA_NAME,
     HEADS_NAME,
     learner_heads,
     rebased,
 )
-from aivo_fl.ml.data import PRIMARY_HEAD, Samples
-from aivo_fl.ml.learner_ids import learner_dir
-from aivo_fl.ml.model import mean_loss, samples_to_tensors
-from aivo_fl.ml.training import configure_cpu
+from aivo_fl.ml.store.learner_ids import learner_dir
+from aivo_fl.ml.training.batched import evaluate_many, train_personal_and_update
+from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, learner_key, personal_tensors
 
 
 @dataclass(frozen=True)
@@ -69,15 +63,6 @@ class TrainingSessionResult:
         out["started_at"] = self.started_at.isoformat()
         out["finished_at"] = self.finished_at.isoformat()
         return out
-
-
-@dataclass(frozen=True)
-class LearnerData:
-    """One learner's local interactions: trained on, and held out to report before/after."""
-
-    learner_id: str
-    train: Samples
-    heldout: Samples
 
 
 # What one learner's data or files can be wrong with; anything else is not the learner's and fails the batch.

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aivo_fl.ml.data import HEAD_CLASSES
 from aivo_fl.ml.model import HEAD_PREFIX, TRUNK_PREFIX, CurriculumNet
+from aivo_fl.ml.samples import HEAD_CLASSES
 
 FUSED_HEADS = "heads.fused.weight"  # the heads' weights concatenated along their output dimension
 

@@ -1,7 +1,7 @@
 """Weight artifacts: safetensors + a JSON manifest with hashes, written atomically.
 
 Loading never unpickles: weights are parsed by ``safetensors.numpy`` from bytes that
-:mod:`aivo_fl.ml.safe_files` read from a regular file inside the store, capped at the manifest's
+:mod:`aivo_fl.ml.store.safe_files` read from a regular file inside the store, capped at the manifest's
 size and checked against its sha256.
 """
 
@@ -26,7 +26,6 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from aivo_fl.ml.data import HEAD_CLASSES, NUM_FEATURES
 from aivo_fl.ml.model import (
     PERSONALIZATION_DEPTHS,
     TRUNK_WIDTHS,
@@ -36,7 +35,8 @@ from aivo_fl.ml.model import (
     head_layer_names,
     trunk_layer_names,
 )
-from aivo_fl.ml.safe_files import (
+from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES
+from aivo_fl.ml.store.safe_files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -170,6 +170,21 @@ def validate_version(version: str) -> str:
     if not isinstance(version, str) or not _SEMVER.match(version):
         raise ValueError(f"invalid model version {version!r}: expected semver like '1.0.0'")
     return version
+
+
+def next_version(version: str, bump: str = "minor") -> str:
+    """Semver bump: a trained main model takes the next major version, an aggregated one a minor."""
+    major, minor, _ = (int(p) for p in validate_version(version).split("."))
+    if bump == "major":
+        return f"{major + 1}.0.0"
+    if bump == "minor":
+        return f"{major}.{minor + 1}.0"
+    raise ValueError(f"bump must be major or minor, got {bump!r}")
+
+
+def trained_version(version: str) -> str:
+    """The trained (non-aggregated) version an aggregated version descends from: its major x.0.0."""
+    return f"{validate_version(version).split('.')[0]}.0.0"
 
 
 def main_version_dir(main_root: Path, version: str) -> Path:

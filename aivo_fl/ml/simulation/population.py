@@ -16,7 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
-from aivo_fl.ml.data import Samples, _personal_shifts, _repeat_rows, _sample, _Shift, check_fraction
+from aivo_fl.ml.samples import Samples, check_fraction
+from aivo_fl.ml.simulation.world import _personal_shifts, _repeat_rows, _sample, _Shift
 
 
 @dataclass(frozen=True)

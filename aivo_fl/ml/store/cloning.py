@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from aivo_fl.ml.artifacts import (
+from aivo_fl.ml.model import (
+    ArchitectureSummary,
+    CurriculumNet,
+    architecture_summary,
+    freeze_trunk,
+    head_state,
+    load_head_state,
+    trunk_state,
+)
+from aivo_fl.ml.store.artifacts import (
     MAIN_WEIGHTS_NAME,
     ArtifactError,
     load_artifact,
@@ -35,17 +44,8 @@ from aivo_fl.ml.artifacts import (
     validate_version,
     write_file_atomic,
 )
-from aivo_fl.ml.learner_ids import learner_dir, validate_learner_id
-from aivo_fl.ml.model import (
-    ArchitectureSummary,
-    CurriculumNet,
-    architecture_summary,
-    freeze_trunk,
-    head_state,
-    load_head_state,
-    trunk_state,
-)
-from aivo_fl.ml.safe_files import (
+from aivo_fl.ml.store.learner_ids import learner_dir, validate_learner_id
+from aivo_fl.ml.store.safe_files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HASH_MISMATCH,
