@@ -28,9 +28,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## The Dagster UI with this project's code location, on http://127.0.0.1:3000
+## The Dagster UI and daemon with this project's code location (`[tool.dg]` in pyproject.toml), on
+## http://127.0.0.1:3000. VIRTUAL_ENV tells `dg` the project's venv is the active one.
 dev: $(STAMP) $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev -h 127.0.0.1 -p 3000
 
 ## A Celery worker for the runs Dagster launches when CELERY_BROKER_URL is set (one per host, or more).
 ## Needs the deployment's settings (.env), DAGSTER_HOME with deploy/dagster.yaml, a shared model store.

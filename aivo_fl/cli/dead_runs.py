@@ -19,8 +19,11 @@ from aivo_fl.registry import AggregationInProgress
 # The registry lease's own liveness test (a zombie awaiting its parent counts as gone).
 from aivo_fl.registry.lock import process_running
 
-PID_TAG = "aivo/pid"
-HOST_TAG = "aivo/host"
+# Under `aivo_cli/`, which sorts after the `aivo/` tags that say what a run is (`defs/run_tags.py`).
+PID_TAG = "aivo_cli/pid"
+HOST_TAG = "aivo_cli/host"
+# The keys an older aivo-fl tagged its runs with: a run it left behind is released as well.
+PROCESS_TAG_KEYS = [(HOST_TAG, PID_TAG), ("aivo/host", "aivo/pid")]
 IN_PROGRESS = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -37,12 +40,13 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Mark this host's CLI runs whose process is gone as failed and free their pool slots."""
     host = socket.gethostname()
     released = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={HOST_TAG: host})):
-        pid = int(run.tags.get(PID_TAG, "0"))
-        if pid <= 0 or pid == os.getpid() or process_running(pid):
-            continue
-        instance.report_run_failed(run, message=f"Process {pid} on {host} died; marked failed by aivo-fl")
-        released.append(run.run_id)
+    for host_key, pid_key in PROCESS_TAG_KEYS:
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS, tags={host_key: host})):
+            pid = int(run.tags.get(pid_key, "0"))
+            if pid <= 0 or pid == os.getpid() or process_running(pid):
+                continue
+            instance.report_run_failed(run, message=f"Process {pid} on {host} died; marked failed by aivo-fl")
+            released.append(run.run_id)
     storage = instance.event_log_storage
     # Also slots of runs that ended without giving them back (what run monitoring would free).
     for run_id in storage.get_concurrency_run_ids():

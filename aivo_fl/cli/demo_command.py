@@ -131,6 +131,7 @@ def print_rounds(rows: list[dict[str, Any]]) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     # Heavy imports (Dagster, torch) only when the command runs: `aivo-fl stats` stays quick.
     from aivo_fl.cli.dagster_runs import RunFailed, definitions, local_instance, run_job
+    from aivo_fl.defs.run_tags import TRIGGER_TAG
     from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 
     started = time.perf_counter()
@@ -163,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             runs = _tick_and_run(defs, instance, "learner_activity_sensor", "train_learners")
             print(f"✓ {runs} local training run(s)")
             try:
-                run_job(defs, instance, "federated_aggregation", tags={"aivo/trigger": "demo"})
+                run_job(defs, instance, "federated_aggregation", tags={TRIGGER_TAG: "demo"})
             except RunFailed as exc:
                 # A rejected or refused round is part of the story, not the end of the demo.
                 print(f"✗ {exc}")

@@ -117,6 +117,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
     # the gate's "Performance degradation: ..." line (exit 1).
     from aivo_fl.cli.dead_runs import release_dead_runs, require_free_slot
     from aivo_fl.defs.assets.federated import AGGREGATION_POOL
+    from aivo_fl.defs.run_tags import TRIGGER_TAG
 
     instance = local_instance()
     release_dead_runs(instance)
@@ -126,7 +127,7 @@ def cmd_run_federated_aggregation(args: argparse.Namespace) -> int:
         instance,
         "federated_aggregation",
         run_config={"ops": {"federated_main_model": {"config": options}}},
-        tags={"aivo/trigger": "cli"},
+        tags={TRIGGER_TAG: "cli"},
     )
     return 0
 

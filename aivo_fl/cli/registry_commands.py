@@ -171,7 +171,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"  - Date: {update['aggregatedAt']}")
         print(f"  - Learners: {len(update['contributingLearners'])}")
         print(f"  - Strategy: {update['aggregationStrategy']}")
-        print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f}'}%")
+        print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f} points'}")
         if update["accuracyBefore"] is not None:
             print(f"  - Accuracy: {update['accuracyBefore']:.2%} -> {update['accuracyAfter']:.2%} (learners' held-out)")
         print(f"  - Privacy: {_privacy_line(update['privacy'])}")

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from aivo_fl.defs.assets.federated import OUTCOME_TAG, federated_main_model
+from aivo_fl.defs.assets.federated import federated_main_model
 from aivo_fl.defs.jobs import federated_aggregation_job
 from aivo_fl.defs.resources import AlertsResource, RegistryResource
+from aivo_fl.defs.run_tags import OUTCOME_TAG
 from aivo_fl.operations.alerts import Alert
 
 NO_ELIGIBLE = "no_eligible_learners"

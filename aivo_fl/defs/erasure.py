@@ -20,6 +20,7 @@ from aivo_fl.defs.resources import (
     ReporterResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY
+from aivo_fl.defs.run_tags import RUN_TAG, RunKind
 from aivo_fl.defs.sensors import IN_FLIGHT
 from aivo_fl.operations.erasure import erasable, erase_everywhere
 
@@ -57,7 +58,9 @@ def erased_learners(
     )
 
 
-erase_learners_job = dg.define_asset_job("erase_learners", selection=dg.AssetSelection.assets(erased_learners))
+erase_learners_job = dg.define_asset_job(
+    "erase_learners", selection=dg.AssetSelection.assets(erased_learners), tags={RUN_TAG: RunKind.ERASURE.value}
+)
 
 
 def _waiting_reason(instance: dg.DagsterInstance) -> str | None:

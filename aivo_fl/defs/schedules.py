@@ -13,6 +13,7 @@ import dagster as dg
 from aivo_fl.config import Settings
 from aivo_fl.defs.jobs import federated_aggregation_job
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource
+from aivo_fl.defs.run_tags import TRIGGER_TAG
 
 SCHEDULE_NAME = "weekly_aggregation_schedule"
 
@@ -48,7 +49,7 @@ def build_aggregation_schedule(settings: Settings) -> dg.ScheduleDefinition:
             return dg.SkipReason(DISABLED_REASON)
         return dg.RunRequest(
             run_config={"ops": {"federated_main_model": {"config": options}}},
-            tags={"aivo/trigger": "schedule", **{f"aivo/{k}": str(v) for k, v in options.items()}},
+            tags={TRIGGER_TAG: "schedule"},  # the options are in the run's config
         )
 
     return weekly_aggregation_schedule

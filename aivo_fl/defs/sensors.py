@@ -16,6 +16,7 @@ import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
+from aivo_fl.defs.run_tags import BUCKETS_TAG, bucket_range
 from aivo_fl.ml.store.learner_buckets import bucket_index, bucket_key, bucket_of, group_by_bucket
 from aivo_fl.operations.cohorts import MIN_NEW_INTERACTIONS, valid_ids
 from aivo_fl.registry import ModelRegistry
@@ -103,7 +104,8 @@ def bucket_requests(
         digest = hashlib.sha256("\n".join([*learners, salt(span, learners)]).encode()).hexdigest()[:16]
         requests.append(
             dg.RunRequest(
-                run_key=f"{prefix}:{start}..{end}:{len(learners)}:{digest}", tags={RANGE_START: start, RANGE_END: end}
+                run_key=f"{prefix}:{start}..{end}:{len(learners)}:{digest}",
+                tags={RANGE_START: start, RANGE_END: end, BUCKETS_TAG: bucket_range(start, end)},
             )
         )
     return requests

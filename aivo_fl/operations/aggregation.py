@@ -42,7 +42,7 @@ from aivo_fl.ml.store.artifacts import (
     trained_version,
 )
 from aivo_fl.ml.store.safe_files import NOT_IN_MANIFEST, FileRejected
-from aivo_fl.ml.training.main_model import split_train_val
+from aivo_fl.ml.training.main_model import split_curriculum
 from aivo_fl.operations.learners import MainModelMissing, split_interactions
 from aivo_fl.operations.privacy_report import learner_ledgers, recorded_rounds
 from aivo_fl.operations.store import ModelStore, load_samples
@@ -124,12 +124,17 @@ def round_options(settings: Settings, *, learning_rate: float | None = None, **o
 
 
 def curriculum_splits(registry_record: MainVersionRecord, store: ModelStore) -> tuple[Samples, Samples]:
-    """The (training, validation) splits the main model was trained and scored on: same dataset,
-    same seed, same split. The server anchors candidates on the first; the gate judges on the second."""
+    """The (training, validation) splits the main model was trained and selected on: same dataset,
+    same seed, same split. The server anchors candidates on the first; the gate judges on the second.
+    The test split that judged the trained model is left out of both (a version without a
+    `testFraction` was trained on a two-way split)."""
     metrics = registry_record.metrics
     path = Path(metrics["curriculumPath"])
     seed = int(metrics.get("dataSeed", 0))
-    return split_train_val(load_samples(path), metrics.get("validationFraction", 0.2), seed)
+    splits = split_curriculum(
+        load_samples(path), metrics.get("validationFraction", 0.2), metrics.get("testFraction", 0.0), seed
+    )
+    return splits.train, splits.validation
 
 
 def curriculum_validation_split(registry_record: MainVersionRecord, store: ModelStore) -> Samples:
@@ -371,6 +376,7 @@ def _version_metrics(judged: Judged) -> dict[str, Any]:
         "curriculumPath": active.get("curriculumPath"),
         "dataSeed": active.get("dataSeed", 0),
         "validationFraction": active.get("validationFraction", 0.2),
+        "testFraction": active.get("testFraction", 0.0),
         "bayesCeiling": active.get("bayesCeiling"),
     }
 

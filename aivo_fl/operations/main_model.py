@@ -21,6 +21,7 @@ from aivo_fl.ml.training.main_model import (
     TrainingConfig,
     TrainingResult,
     format_epoch,
+    format_kept_epoch,
     format_training_results,
     train_model,
 )
@@ -82,9 +83,13 @@ class MainModelOutcome:
             "finalAccuracy": r.final_accuracy,
             "validationLoss": r.val_loss,
             "validationAccuracy": r.val_accuracy,
-            "bayesCeiling": r.bayes_ceiling,
-            "perHead": r.per_head,
+            "testLoss": r.test_loss,
+            "testAccuracy": r.test_accuracy,
+            "bayesCeiling": r.bayes_ceiling,  # on the test split, like testAccuracy
+            "perHead": r.per_head,  # test split
             "epochs": r.epochs,
+            "epochsRun": r.epochs_run,
+            "bestEpoch": r.best_epoch,
             "batchSize": r.batch_size,
             "seconds": r.seconds,
         }
@@ -115,6 +120,7 @@ def train_and_register_main_model(
     active = registry.get_active_version()
     version = _version_to_train(registry, store, active.version if active else None, report)
     outcome = MainModelOutcome(version, store.main_root / version, result, architecture_summary(model))
+    report(format_kept_epoch(result))
     report("")
     for line in format_training_results(result).splitlines():
         report(line)
@@ -139,7 +145,10 @@ def train_and_register_main_model(
             "architecture": asdict(outcome.architecture),
             "dataSeed": config.seed,
             "curriculumPath": str(dataset_path),
+            # The splits the model was selected and judged on: rounds guard on the same validation
+            # split and anchor on the same training split (`operations.aggregation.curriculum_splits`).
             "validationFraction": config.val_fraction,
+            "testFraction": config.test_fraction,
         },
         parent_version=active.version if active else None,
     )

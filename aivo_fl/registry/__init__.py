@@ -5,7 +5,7 @@ from aivo_fl.registry.erasure import ErasureReport
 from aivo_fl.registry.errors import AggregationInProgress, DatabaseUnavailable, PromotionConflict, RegistryError
 from aivo_fl.registry.learners import LearnerInteractions, PersonalizedModelRecord
 from aivo_fl.registry.registry import ModelRegistry
-from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput
+from aivo_fl.registry.rounds import ContributionInput, FederatedUpdateInput, RoundSummary
 from aivo_fl.registry.training_sessions import EligibleLearner, TrainingSessionInput
 from aivo_fl.registry.versions import MainVersionRecord
 
@@ -22,6 +22,7 @@ __all__ = [
     "PersonalizedModelRecord",
     "PromotionConflict",
     "RegistryError",
+    "RoundSummary",
     "TrainingSessionInput",
     "create_registry_engine",
     "migrate",

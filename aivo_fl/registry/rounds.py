@@ -74,6 +74,22 @@ class FederatedUpdateInput:
     clip_quantile_estimate: float | None = None
 
 
+@dataclass(frozen=True)
+class RoundSummary:
+    """A recorded round without its learners: what the operator's views (UI, reports) read."""
+
+    number: int  # 1 for the first round ever recorded
+    update_id: str
+    aggregated_at: datetime
+    base_version: str
+    new_version: str | None  # the candidate's version, promoted or not
+    status: RoundStatus
+    rejection_reason: str | None
+    epsilon_round: float | None
+    epsilon_total: float | None
+    metrics: dict[str, Any]  # the round's own figures (curriculum accuracies, server step, ...)
+
+
 class Rounds(RegistryBase):
     def record_federated_update(self, update: FederatedUpdateInput) -> str:
         """Write the round in one transaction and return its updateId.
@@ -128,6 +144,39 @@ class Rounds(RegistryBase):
             ):
                 charged.setdefault(update_pk, []).append(learner_id)
             return [_update_dict(r) | {"chargedLearners": charged.get(r.id, [])} for r in rows]
+
+    def round_summaries(self) -> list[RoundSummary]:
+        """Every recorded round, oldest first, read without its contributions (one query, any cohort size)."""
+        with self._session() as session:
+            rows = session.scalars(sa.select(FederatedUpdate).order_by(FederatedUpdate.id)).all()
+            return [
+                RoundSummary(
+                    number=number,
+                    update_id=r.updateId,
+                    aggregated_at=r.aggregatedAt,
+                    base_version=r.baseVersion,
+                    new_version=r.newVersion,
+                    status=RoundStatus(r.status),
+                    rejection_reason=r.rejectionReason,
+                    epsilon_round=r.epsilonRound,
+                    epsilon_total=r.epsilonTotal,
+                    metrics=dict(r.metrics or {}),
+                )
+                for number, r in enumerate(rows, 1)
+            ]
+
+    def contribution_counts(self, update_id: str) -> dict[str | None, int]:
+        """How many learners a round took (key None) and left out, by reason: counted in the database,
+        so no learner id leaves it."""
+        reason = FederatedUpdateContribution.excludedReason
+        query = (
+            sa.select(reason, sa.func.count())
+            .join(FederatedUpdate, FederatedUpdate.id == FederatedUpdateContribution.federatedUpdateId)
+            .where(FederatedUpdate.updateId == update_id)
+            .group_by(reason)
+        )
+        with self._session() as session:
+            return {r: int(n) for r, n in session.execute(query)}
 
     def round_privacy_records(self) -> list[dict[str, Any]]:
         """Every recorded round's privacy parameters, oldest first: what the accountant recomposes.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from aivo_fl.defs.readable import significant, tiny
 from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.defs.run_tags import BUCKETS_TAG, OUTCOME_TAG, RUN_TAG, VERSIONS_TAG, RunKind
+from aivo_fl.defs.sensors import RANGE_END, RANGE_START
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
@@ -28,7 +31,19 @@ def run_requested(deployment: Deployment, sensor: str, job: str, asset: str) -> 
         result = deployment.run(job, tags=request.tags)
         assert result.success
         materializations += result.asset_materializations_for_node(asset)
+        # The run says what it is and which buckets it covered, first in its (key-sorted) tags.
+        tags = deployment.instance.get_run_by_id(result.run_id).tags
+        kind = {"clone_learners": RunKind.CLONING, "train_learners": RunKind.TRAINING}[job]
+        start, end = request.tags[RANGE_START], request.tags[RANGE_END]
+        assert tags[RUN_TAG] == kind and tags[BUCKETS_TAG] == (start if start == end else f"{start}..{end}")
     return materializations
+
+
+def _active_version(deployment: Deployment) -> dict[str, object]:
+    """The latest materialization of `active_main_version`, as the UI shows it."""
+    event = deployment.instance.get_latest_materialization_event(dg.AssetKey("active_main_version"))
+    assert event is not None and event.asset_materialization is not None
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def _clone_and_train(deployment: Deployment) -> tuple[list[str], list[dg.AssetMaterialization]]:
@@ -59,6 +74,15 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     accuracy = materialization.metadata["validation_accuracy_pct"].value
     assert 1 < accuracy <= 100 and round(accuracy, 2) == accuracy
     assert _check(main, "main_model_near_bayes_ceiling").metadata["bayes_ceiling_pct"].value > 1
+    # The version serving learners, on its own asset: trained, the only one in its lineage.
+    active = _active_version(deployment)
+    assert (active["version"], active["produced_by"], active["base_version"]) == (
+        "1.0.0",
+        "trained on the curriculum",
+        "-",
+    )
+    assert "| **1.0.0** (active) |" in active["lineage"]
+    assert deployment.instance.get_run_by_id(main.run_id).tags[RUN_TAG] == RunKind.MAIN_MODEL
 
     learners, cloned = _clone_and_train(deployment)
     # One materialization per bucket of the runs, counting exactly the learners of that bucket.
@@ -85,20 +109,32 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     assert update.metadata["epsilon_total"].value > 0
     # What the round's accounting used, as numbers the UI plots; the same figures the registry recorded.
     [recorded] = deployment.registry.round_privacy_records()
-    for key, field in (
-        ("privacy_noise_multiplier", "noiseMultiplier"),
-        ("privacy_clip_norm", "clipNorm"),
-        ("privacy_sample_rate", "sampleRate"),
-        ("privacy_eligible_learners", "eligiblePopulation"),
-        ("privacy_denominator", "denominator"),
-        ("privacy_delta", "delta"),
+    # Measured figures to four significant digits, the tiny delta as text ("1e-06", not "1.0000000E-6").
+    for key, field, shown in (
+        ("privacy_noise_multiplier", "noiseMultiplier", float),
+        ("privacy_clip_norm", "clipNorm", significant),
+        ("privacy_sample_rate", "sampleRate", float),
+        ("privacy_eligible_learners", "eligiblePopulation", int),
+        ("privacy_denominator", "denominator", significant),
+        ("privacy_delta", "delta", tiny),
     ):
-        assert update.metadata[key].value == recorded["privacy"][field], key
+        assert update.metadata[key].value == shown(recorded["privacy"][field]), key
     assert recorded["privacy"]["eligiblePopulation"] == LEARNERS
     for key in ("accuracy_before_pct", "accuracy_after_pct", "performance_improvement_points"):
         assert round(update.metadata[key].value, 2) == update.metadata[key].value
     assert _check(first, "candidate_not_degraded").passed
     assert _check(first, "privacy_budget_not_exceeded").passed
+    # The round's report: this round, its figures and exclusions, a picture; no learner named.
+    report = update.metadata["round_report"].value
+    assert report.startswith("### Round 1: promoted 1.0.0 -> 1.1.0") and "data:image/png;base64," in report
+    assert f"| learners | {LEARNERS} contributed, 0 left out |" in report
+    assert not any(learner in report for learner in learners)
+    tags = deployment.instance.get_run_by_id(first.run_id).tags
+    assert (tags[RUN_TAG], tags[OUTCOME_TAG], tags[VERSIONS_TAG]) == (RunKind.ROUND, "promoted", "1.0.0 -> 1.1.0")
+    active = _active_version(deployment)
+    assert (active["version"], active["base_version"]) == ("1.1.0", "1.0.0")
+    assert str(active["produced_by"]).startswith("round 1 (fu-")
+    assert active["serving_since"] > 0 and active["rounds_recorded"] == 1
 
     # A week later: new activity -> retraining (rebased onto 1.1.0) -> a second round.
     simulate_activity(deployment.registry, learners, week=2)
@@ -126,6 +162,13 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
         "totalTrainingSessions": 2 * LEARNERS,
     }
     assert deployment.registry.get_active_version().version == "1.2.0"
+    active = _active_version(deployment)
+    assert active["version"] == "1.2.0" and str(active["produced_by"]).startswith("round 2 (fu-")
+    assert [line.split(" | ")[0] for line in str(active["lineage"]).splitlines()[2:]] == [
+        "| 1.0.0",
+        "| 1.1.0",
+        "| **1.2.0** (active)",
+    ]
     # The guide's "review logs": both rounds, with their run ids, in logs/aggregation.log.
     log = deployment.settings.aggregation_log_path.read_text()
     assert log.count("=== Federated Aggregation ===") == 2 and f"-- Dagster run {first.run_id}" in log
@@ -164,6 +207,12 @@ def test_degradation_check_blocks_a_harmful_round(deployment: Deployment) -> Non
     statuses = {v.version: v.status for v in deployment.registry.list_main_versions()}
     assert statuses == {"1.0.0": ModelVersionStatus.ACTIVE, "1.1.0": ModelVersionStatus.REJECTED}
     assert not (deployment.store.main_root / "1.1.0").exists()
+    # The rejection is reported and tagged; 1.0.0 still serves, as its own asset says.
+    [materialization] = result.asset_materializations_for_node("federated_main_model")
+    assert materialization.metadata["round_report"].value.startswith("### Round 1: rejected, 1.0.0 stays active")
+    tags = deployment.instance.get_run_by_id(result.run_id).tags
+    assert (tags[OUTCOME_TAG], tags[VERSIONS_TAG]) == ("rejected", "1.0.0 kept")
+    assert _active_version(deployment)["version"] == "1.0.0"
 
 
 def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployment) -> None:
@@ -191,3 +240,6 @@ def test_dry_run_changes_nothing(deployment: Deployment) -> None:
         store_before
     )
     assert deployment.registry.round_privacy_records() == []
+    # Nothing changed, so the active version's asset was not materialized again.
+    key = dg.AssetKey("active_main_version")
+    assert deployment.instance.get_latest_materialization_event(key).run_id != result.run_id

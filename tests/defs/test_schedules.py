@@ -62,7 +62,7 @@ def test_cron_and_round_options_come_from_the_environment(
     assert schedule.metadata["min_learners"].value == 10  # shown on the schedule's page in the UI
 
     [request] = evaluate(custom, datetime(2026, 11, 30, 3, 30, tzinfo=UTC)).run_requests
-    assert request.tags["aivo/strategy"] == "weighted"
+    assert request.run_config["ops"]["federated_main_model"]["config"]["strategy"] == "weighted"
     # The request really launches a round with those options: it asks for 10 learners.
     assert custom.run("train_main_model").success
     result = custom.run("federated_aggregation", run_config=request.run_config, tags=request.tags)

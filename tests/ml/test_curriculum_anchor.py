@@ -12,7 +12,7 @@ from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, evaluate, freeze_trunk, mea
 from aivo_fl.ml.round.anchor import anchor_to_curriculum
 from aivo_fl.ml.simulation.world import generate_curriculum
 from aivo_fl.ml.training.local import LocalTrainingConfig
-from aivo_fl.ml.training.main_model import split_train_val
+from aivo_fl.ml.training.main_model import split_curriculum
 
 CONFIG = LocalTrainingConfig(epochs=1, batch_size=64, learning_rate=0.05, proximal_mu=0.0)
 
@@ -30,7 +30,8 @@ def test_anchoring_lowers_the_curriculum_loss_of_a_drifted_candidate_and_moves_o
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=generator))
     before = copy.deepcopy(candidate.state_dict())
-    train, val = split_train_val(generate_curriculum(1_500, seed=5), 0.2, 5)
+    splits = split_curriculum(generate_curriculum(1_500, seed=5), 0.2, 0.0, 5)
+    train, val = splits.train, splits.validation
 
     anchored = anchor_to_curriculum(candidate, train, CONFIG)
 

@@ -61,13 +61,18 @@ def test_head_state_roundtrip() -> None:
 def test_reduced_training_gets_close_to_bayes_ceiling(trained_small) -> None:
     model, result = trained_small
     assert result.epochs == 30 and result.batch_size == 64
-    assert (result.n_train, result.n_val) == (2400, 600)
-    # The full-size run (10k samples, 100 epochs) is within 1 point; 3k samples get a looser bound.
-    assert result.val_accuracy >= result.bayes_ceiling - 0.04
-    assert result.val_accuracy > 0.5
+    assert (result.n_train, result.n_val, result.n_test) == (2100, 450, 450)
+    # The full-size run (10k samples, up to 100 epochs) is within about 1 point (bench_training);
+    # 3k samples get a looser bound. Judged on the test split, which selected nothing.
+    assert result.test_accuracy >= result.bayes_ceiling - 0.04
+    assert result.test_accuracy > 0.5 and result.val_accuracy > 0.5
     assert result.per_head.keys() == HEAD_CLASSES.keys()
-    assert result.per_head[PRIMARY_HEAD]["accuracy"] == result.val_accuracy
-    assert result.seconds > 0 and [h.epoch for h in result.history] == [10, 20, 30]
+    assert result.per_head[PRIMARY_HEAD]["accuracy"] == result.test_accuracy
+    assert result.val_per_head[PRIMARY_HEAD]["accuracy"] == result.val_accuracy
+    assert 1 <= result.best_epoch <= result.epochs_run <= 30
+    logged = [h.epoch for h in result.history]
+    assert logged == [e for e in (10, 20, 30) if e < result.epochs_run] + [result.epochs_run]
+    assert result.seconds > 0
     assert not any(p.requires_grad is False for p in model.parameters())
 
 
@@ -101,11 +106,13 @@ def test_format_training_results(trained_small) -> None:
         r"  - Final Accuracy: \d+\.\d{2}%",
         r"  - Validation Loss: \d+\.\d{4}",
         r"  - Validation Accuracy: \d+\.\d{2}%",
-        r"  - Bayes Ceiling: \d+\.\d{2}%",
+        r"  - Test Accuracy: \d+\.\d{2}% \(held out: selected nothing\)",
+        r"  - Bayes Ceiling \(test\): \d+\.\d{2}%",
     ]
     for line, pattern in zip(lines[1:], patterns, strict=True):
         assert re.fullmatch(pattern, line), line
-    assert f"{result.bayes_ceiling * 100:.2f}%" in lines[5]
+    assert f"{result.test_accuracy * 100:.2f}%" in lines[5]
+    assert f"{result.bayes_ceiling * 100:.2f}%" in lines[6]
 
 
 def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(trained_small) -> None:
@@ -121,12 +128,14 @@ def test_training_flushes_denormals_so_decayed_weights_do_not_slow_every_matmul(
 def test_input_layer_gets_its_own_heavier_weight_decay() -> None:
     samples = generate_curriculum(400, seed=2)
     norms = {}
-    for decay in (0.01, 20.0):
-        model, _ = train_model(samples, TrainingConfig(epochs=8, input_weight_decay=decay, log_every=100))
+    heavy = TrainingConfig().input_weight_decay
+    for decay in (0.01, heavy):
+        config = TrainingConfig(epochs=8, input_weight_decay=decay, average_epochs=0, log_every=100)
+        model, _ = train_model(samples, config)
         norms[decay] = (float(model.trunk[0].weight.detach().norm()), float(model.trunk[2].weight.detach().norm()))
-    # Decoupled decay of lr x 20 per step shrinks the input layer; the next layer keeps its own 0.01.
-    assert norms[20.0][0] < 0.5 * norms[0.01][0]
-    assert norms[20.0][1] == pytest.approx(norms[0.01][1], rel=0.3)
+    # Decoupled decay of lr x the input decay per step shrinks the input layer; the next layer keeps its 0.01.
+    assert norms[heavy][0] < 0.5 * norms[0.01][0]
+    assert norms[heavy][1] == pytest.approx(norms[0.01][1], rel=0.3)
 
 
 def test_project_uses_public_pytorch_apis_only() -> None:

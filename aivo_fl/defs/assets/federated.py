@@ -1,6 +1,7 @@
 """One federated aggregation round per materialization: a new main version, or a recorded rejection."""
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from aivo_fl.defs.assets.learners import learner_training
-from aivo_fl.defs.readable import percent, rounded
+from aivo_fl.defs.readable import percent, rounded, significant, tiny
 from aivo_fl.defs.resources import (
     FederatedSettingsResource,
     ModelStoreResource,
@@ -16,17 +17,17 @@ from aivo_fl.defs.resources import (
     ReporterResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
+from aivo_fl.defs.run_tags import OUTCOME_TAG, TRIGGER_TAG, VERSIONS_TAG, round_versions
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import RoundOptions
 from aivo_fl.operations.aggregation import round_options, run_federated_aggregation
+from aivo_fl.operations.round_report import build_round_report
 from aivo_fl.operations.run_log import appending_to
 
 AGGREGATION_POOL = "aggregation"
 _DEFAULTS = RoundOptions()
-# Each aggregation run is tagged with how the round ended: the UI filters on it and alerts read it.
-OUTCOME_TAG = "aivo/outcome"
 REFUSALS = {NoEligibleLearners: "no_eligible_learners", PrivacyBudgetExceeded: "privacy_budget_exceeded"}
 
 
@@ -76,7 +77,7 @@ def federated_main_model(
     report = appending_to(
         Path(reporter.aggregation_log_path),
         reporter.for_context(context),
-        heading=f"-- Dagster run {context.run.run_id} (trigger: {context.run.tags.get('aivo/trigger', 'ui')})",
+        heading=f"-- Dagster run {context.run.run_id} (trigger: {context.run.tags.get(TRIGGER_TAG, 'ui')})",
     )
     try:
         # Decisions and permanent errors fail at once with their one line; transient ones are retried.
@@ -95,11 +96,25 @@ def federated_main_model(
         context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: tag})
         raise
     s = outcome.summary()
-    context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: s["status"].lower()})
+    # Each round's run says how it ended: the UI filters on it and alerts read it.
+    context.instance.add_run_tags(
+        context.run.run_id,
+        {OUTCOME_TAG: s["status"].lower(), VERSIONS_TAG: round_versions(s["baseVersion"], s["newVersion"])},
+    )
     if outcome.dry_run:
         context.log.info(f"Dry run, nothing materialized: {s}")
         return
-    yield dg.MaterializeResult(metadata=_metadata(s))
+    yield dg.MaterializeResult(metadata={**_metadata(s), "round_report": _report(context, registry, s["updateId"])})
+
+
+def _report(context: dg.AssetExecutionContext, registry: RegistryResource, update_id: str) -> dg.MetadataValue:
+    """The round's report; the round is recorded whatever happens here, so a report that cannot be
+    drawn is a warning on the run, not a failed round."""
+    try:
+        return dg.MetadataValue.md(build_round_report(registry.get_registry(), update_id).markdown)
+    except Exception as exc:
+        context.log.warning(f"Round report not rendered: {type(exc).__name__}: {exc}")
+        return dg.MetadataValue.text(f"not rendered ({type(exc).__name__}); the round is in the registry")
 
 
 def _metadata(s: dict[str, Any]) -> dict[str, Any]:
@@ -132,15 +147,16 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
 def privacy_metadata(recorded: dict[str, Any], epsilon_round: float | None, epsilon_total: float | None) -> dict:
     """What the round's accounting used, as numbers the UI plots across rounds. Without noise there is
     no epsilon to plot: ``privacy_guarantee`` says so instead of a made-up 0."""
-    numbers = {
-        "privacy_noise_multiplier": recorded["noise_multiplier"],
-        "privacy_clip_norm": recorded["clip_norm"],
-        "privacy_sample_rate": recorded["sample_rate"],
-        "privacy_eligible_learners": recorded["eligible_population"],
-        "privacy_denominator": recorded["dp_denominator"],
-        "privacy_delta": recorded["privacy_delta"],
-        "epsilon_round": rounded(epsilon_round, 3) if epsilon_round is not None else None,
-        "epsilon_total": rounded(epsilon_total, 3) if epsilon_total is not None else None,
+    shown = {  # figures to four significant digits, the tiny delta as text (not "1.0600000E-5")
+        "privacy_noise_multiplier": (recorded["noise_multiplier"], float),
+        "privacy_clip_norm": (recorded["clip_norm"], significant),
+        "privacy_sample_rate": (recorded["sample_rate"], float),
+        "privacy_eligible_learners": (recorded["eligible_population"], int),
+        "privacy_denominator": (recorded["dp_denominator"], significant),
+        "privacy_delta": (recorded["privacy_delta"], tiny),
+        "epsilon_round": (epsilon_round, partial(rounded, digits=3)),
+        "epsilon_total": (epsilon_total, partial(rounded, digits=3)),
     }
+    numbers = {key: show(value) for key, (value, show) in shown.items() if value is not None}
     guarantee = "epsilon" if epsilon_total is not None else "none (released without noise)"
-    return {k: v for k, v in numbers.items() if v is not None} | {"privacy_guarantee": guarantee}
+    return numbers | {"privacy_guarantee": guarantee}

@@ -7,8 +7,8 @@ One learner's failure fails only that learner: the others are handled, every buc
 materialized, and then the run fails naming them.
 """
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from statistics import fmean
 from typing import Any, TypeVar
 
@@ -35,17 +35,26 @@ from aivo_fl.operations.recovery import clean_store
 # Failures listed by name: per bucket in its metadata, per run in its failure (all are counted).
 MAX_LISTED = 20
 T = TypeVar("T")
-# What both per-learner assets share: a partition per bucket, one run per range of buckets, and
-# materializations yielded per bucket (so a run that then fails still records what it did).
-_learner_asset = partial(
-    dg.asset,
-    group_name="learners",
-    partitions_def=learner_buckets,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    kinds={"pytorch"},
-    retry_policy=TRANSIENT_RETRY,
-    output_required=False,
-)
+# Dagster marks `backfill_policy` as beta and warns each time a process defines an asset with it:
+# every run worker and code server, so `dagster dev` printed it hundreds of times. Only that one
+# warning is silenced, only while the two learner assets are defined.
+BACKFILL_POLICY_BETA = r"Parameter `backfill_policy` of function `asset` is currently in beta"
+
+
+def _learner_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """What both per-learner assets share: a partition per bucket, one run per range of buckets, and
+    materializations yielded per bucket (so a run that then fails still records what it did)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=BACKFILL_POLICY_BETA, category=dg.BetaWarning)
+        return dg.asset(
+            group_name="learners",
+            partitions_def=learner_buckets,
+            backfill_policy=dg.BackfillPolicy.single_run(),
+            kinds={"pytorch"},
+            retry_policy=TRANSIENT_RETRY,
+            output_required=False,
+            **kwargs,
+        )
 
 
 def _fail_if_any(failures: dict[str, str], done: int, what: str) -> None:

@@ -48,8 +48,13 @@ def main_model(
             "final_accuracy_pct": percent(r.final_accuracy),
             "validation_loss": rounded(r.val_loss),
             "validation_accuracy_pct": percent(r.val_accuracy),
+            # The test split selected nothing: what the check judges, against the ceiling on the same samples.
+            "test_accuracy_pct": percent(r.test_accuracy),
+            "test_samples": r.n_test,
             "bayes_ceiling_pct": percent(r.bayes_ceiling),
             "gap_to_ceiling_points": percent(r.gap_to_ceiling),
+            "best_epoch": r.best_epoch,
+            "epochs_run": r.epochs_run,
             "total_parameters": arch.total_params,
             "frozen_parameters": arch.frozen_params,
             "trainable_parameters": arch.trainable_params,

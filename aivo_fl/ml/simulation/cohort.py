@@ -26,7 +26,7 @@ from aivo_fl.ml.simulation.world import generate_cohort, generate_curriculum
 from aivo_fl.ml.store.cloning import clone_for_learner, load_learner_model
 from aivo_fl.ml.training.clones import train_learner
 from aivo_fl.ml.training.local import LocalTrainingConfig
-from aivo_fl.ml.training.main_model import TrainingConfig, split_train_val, train_model
+from aivo_fl.ml.training.main_model import TrainingConfig, split_curriculum, train_model
 
 # DP on with the environment's default noise multiplier (0.1): epsilon is reported with its warning.
 # The clip norm sits near the local updates' own norms (0.15-0.3 with SGD and the proximal term):
@@ -124,7 +124,9 @@ def simulate_rounds(
     with tempfile.TemporaryDirectory(prefix="aivo-sim-") as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
         model, config = _trained_main(curriculum_samples, main_epochs, seed)
-        curriculum_train = split_train_val(generate_curriculum(curriculum_samples, seed), config.val_fraction, seed)[0]
+        curriculum_train = split_curriculum(
+            generate_curriculum(curriculum_samples, seed), config.val_fraction, config.test_fraction, seed
+        ).train
         server = SimulatedServer(model, curriculum_train, generate_curriculum(1_000, seed + 1), root / "main")
         learners_root = root / "learners"
         learners = generate_cohort(n_learners, seed, n_interactions * rounds)

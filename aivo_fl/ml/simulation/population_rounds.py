@@ -34,7 +34,7 @@ from aivo_fl.ml.simulation.population import Interactions, Population, concat_in
 from aivo_fl.ml.simulation.server import SimulatedServer
 from aivo_fl.ml.simulation.week import Tensors, train_active_learners
 from aivo_fl.ml.training.local import LocalTrainingConfig, personal_tensors
-from aivo_fl.ml.training.main_model import split_train_val
+from aivo_fl.ml.training.main_model import TrainingConfig, split_curriculum
 
 YEAR = 52
 FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)
@@ -110,8 +110,9 @@ def build_world(
     main.frozen_layers = frozen_layers_for(depth)
     freeze_trunk(main)
     oracle = train_oracle(main, oracle_interactions(population, weeks).samples)
-    # The training split the main model was fitted on (train_model's own split), never the validation.
-    train, _ = split_train_val(curriculum, 0.2, seed)
+    # The training split the main model was fitted on (train_model's own split), never validation or test.
+    defaults = TrainingConfig()
+    train = split_curriculum(curriculum, defaults.val_fraction, defaults.test_fraction, seed).train
     cold, curriculum_accuracy = accuracy(oracle, population.evaluation_cohort.samples), accuracy(oracle, curriculum_val)
     return World(population, weeks, main, curriculum_val, train, cold, curriculum_accuracy)
 
