@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint dev worker bench clean
+.PHONY: demo test lint dev worker bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ dev: $(STAMP) $(DAGSTER_HOME)
 CELERY_QUEUE ?= dagster
 worker: $(STAMP) $(DAGSTER_HOME)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml -q $(CELERY_QUEUE)
+
+## Screenshots of the Dagster UI on the demo's instance (`make demo` first) into docs/screenshots/:
+## a read-only webserver and Debian's headless Chromium (apt-get install -y chromium), both stopped after.
+screenshots: $(STAMP) $(DAGSTER_HOME)
+	$(BIN)/python scripts/screenshots.py
 
 ## Benchmarks: prints a table, writes benchmarks/results/*.json. The aggregation benchmark's Flower
 ## baseline runs in .venv-flower (flwr 1.42.0; its pins conflict with Dagster's), created on first use.

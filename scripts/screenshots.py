@@ -1,0 +1,183 @@
+"""Screenshots of the Dagster UI on the demo's instance: `make screenshots`, after `make demo`.
+
+Starts `dagster-webserver --read-only` (no daemon: nothing is launched, nothing changes) on
+DAGSTER_HOME with this project's workspace, drives Debian's headless Chromium through Playwright
+(its own browser builds are never downloaded), and saves one PNG per page under docs/screenshots/.
+A page is captured once it shows what it is for (a named element is visible and the network has
+gone quiet), not after a fixed sleep. The webserver and the browser are stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STARTUP_SECONDS = 300  # the code location imports torch and Dagster: slow on a loaded machine
+PAGE_SECONDS = 120
+WORKSPACE_QUERY = '{"query": "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"}'
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str  # the PNG's file name, without .png
+    path: str  # URL path in the UI
+    ready: str  # text that is visible once the page shows what it is for
+    then: Callable | None = None  # what to do on the page before the picture (open a dialog, ...)
+
+
+def _open_markdown(entry: str) -> Callable:
+    """Open the metadata entry `entry` (markdown: the UI shows a button) in its dialog."""
+
+    def open_dialog(page) -> None:  # type: ignore[no-untyped-def]
+        row = page.locator("tr", has=page.get_by_text(entry, exact=True)).first
+        row.get_by_role("button").first.click()
+        page.get_by_role("dialog").wait_for(state="visible", timeout=PAGE_SECONDS * 1000)
+
+    return open_dialog
+
+
+SHOTS = [
+    Shot("lineage", "/asset-groups", "active_main_version"),
+    Shot("active-version", "/assets/active_main_version", "serving_since"),
+    Shot("active-version-lineage", "/assets/active_main_version", "lineage", _open_markdown("lineage")),
+    Shot("round-report", "/assets/federated_main_model", "round_report", _open_markdown("round_report")),
+    Shot("main-model", "/assets/main_model", "test_accuracy_pct"),
+    Shot("runs", "/runs", "federated_aggregation"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _location_loaded(url: str) -> bool:
+    request = urllib.request.Request(
+        f"{url}/graphql", data=WORKSPACE_QUERY.encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+
+@contextmanager
+def webserver(dagster_home: Path) -> Iterator[str]:
+    """`dagster-webserver --read-only` on a free port; yields its URL once the code location is loaded."""
+    port = _free_port()
+    log = open(dagster_home / "screenshots-webserver.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+        + ["--read-only"],
+        cwd=ROOT,
+        env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server is in the same group: stopped together
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not _location_loaded(url):
+            if process.poll() is not None:
+                raise RuntimeError(f"the webserver exited ({process.returncode}); see {log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the code location did not load in {STARTUP_SECONDS} s; see {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def capture(url: str, out: Path, width: int, height: int) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="aivo-chromium-") as profile:
+        browser = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": width, "height": height},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(PAGE_SECONDS * 1000)
+            for shot in SHOTS:
+                page.goto(f"{url}{shot.path}")
+                page.get_by_text(shot.ready, exact=True).first.wait_for(state="visible")
+                page.wait_for_load_state("networkidle")
+                if shot.then is not None:
+                    shot.then(page)
+                    page.wait_for_load_state("networkidle")
+                path = out / f"{shot.name}.png"
+                page.screenshot(path=path)
+                saved.append(path)
+                print(f"✓ {path.relative_to(ROOT)}", flush=True)
+        finally:
+            browser.close()
+    return saved
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--height", type=int, default=1000)
+    args = parser.parse_args()
+    home = Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home").resolve()
+    if not CHROMIUM.exists():
+        print(f"{CHROMIUM} is missing: apt-get install -y chromium", file=sys.stderr)
+        return 2
+    if not (home / "history").exists():
+        print(f"No Dagster instance at {home}: run `make demo` first", file=sys.stderr)
+        return 2
+    with webserver(home) as url:
+        capture(url, args.out, args.width, args.height)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
