@@ -129,9 +129,9 @@ REPORT_SEEDS = (0, 1, 2)
 # The baselines keep the defaults' three-way split, so all three are judged on the same test samples.
 QUALITY_CONFIGS = {
     # The training before validation selection: input decay 20, every epoch run, the last one kept.
-    "last epoch (before)": {"input_weight_decay": 20.0, "average_epochs": 0.0, "patience": 10**6},
+    "last epoch (before)": {"input_weight_decay": 20.0, "average_fraction": 0.0, "patience": 10**6},
     # The same with early stopping on validation loss: the plain fix.
-    "early stopping only": {"input_weight_decay": 20.0, "average_epochs": 0.0},
+    "early stopping only": {"input_weight_decay": 20.0, "average_fraction": 0.0},
     "defaults": {},
 }
 

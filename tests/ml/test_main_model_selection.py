@@ -14,7 +14,7 @@ from aivo_fl.ml.training.main_model import TrainingConfig, TrainingDiverged, spl
 
 # Small and without regularization, so validation turns around early and training stops.
 OVERFITTING = TrainingConfig(
-    epochs=200, batch_size=32, input_weight_decay=0.0, average_epochs=0, patience=5, log_every=1, seed=1
+    epochs=200, batch_size=32, input_weight_decay=0.0, average_fraction=0, patience=5, log_every=1, seed=1
 )
 
 
@@ -82,7 +82,7 @@ def test_training_that_never_reaches_a_finite_validation_loss_is_refused() -> No
 def test_weight_averaging_is_what_gets_evaluated_and_kept() -> None:
     samples = generate_curriculum(600, seed=2)
     averaged, result = train_model(samples, TrainingConfig(epochs=6, patience=10, seed=2))
-    raw, raw_result = train_model(samples, TrainingConfig(epochs=6, patience=10, seed=2, average_epochs=0))
+    raw, raw_result = train_model(samples, TrainingConfig(epochs=6, patience=10, seed=2, average_fraction=0))
     # Same steps, different weights kept: the average of the trajectory, not its last point.
     assert not torch.equal(averaged.trunk[0].weight, raw.trunk[0].weight)
     assert result.history[0].loss == raw_result.history[0].loss  # the training itself is identical
@@ -93,7 +93,7 @@ def test_weight_averaging_is_what_gets_evaluated_and_kept() -> None:
     ("overrides", "message"),
     [
         ({"patience": 0}, "patience"),
-        ({"average_epochs": -1.0}, "average_epochs"),
+        ({"average_fraction": -0.1}, "average_fraction"),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction"),
     ],
 )

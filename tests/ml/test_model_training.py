@@ -130,7 +130,7 @@ def test_input_layer_gets_its_own_heavier_weight_decay() -> None:
     norms = {}
     heavy = TrainingConfig().input_weight_decay
     for decay in (0.01, heavy):
-        config = TrainingConfig(epochs=8, input_weight_decay=decay, average_epochs=0, log_every=100)
+        config = TrainingConfig(epochs=8, input_weight_decay=decay, average_fraction=0, log_every=100)
         model, _ = train_model(samples, config)
         norms[decay] = (float(model.trunk[0].weight.detach().norm()), float(model.trunk[2].weight.detach().norm()))
     # Decoupled decay of lr x the input decay per step shrinks the input layer; the next layer keeps its 0.01.

@@ -52,9 +52,10 @@ class TrainingConfig:
     # First layer only: the input is where the net memorises noise. The curriculum's signal lies in a
     # few directions of the 256 features; a heavy decay there keeps the layer close to that subspace.
     input_weight_decay: float = 120.0
-    # Time constant, in epochs, of the exponential average of the weights; the average is what is
-    # evaluated, selected and kept (it smooths the step-to-step noise of the noisy labels). 0: off.
-    average_epochs: float = 9.0
+    # Time constant of the exponential average of the weights, as a share of `epochs` (9 epochs of
+    # 100); the average is what is evaluated, selected and kept: it smooths the step-to-step noise
+    # the noisy labels cause. 0: off, the raw weights.
+    average_fraction: float = 0.09
     patience: int = 20  # epochs without a lower validation loss before training stops
     val_fraction: float = 0.15  # selects the epoch
     test_fraction: float = 0.15  # judges the kept model; never used to select anything
@@ -65,8 +66,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("epochs, batch_size and patience must be >= 1")
-        if self.average_epochs < 0:
-            raise ValueError(f"average_epochs must be >= 0, got {self.average_epochs}")
+        if not 0.0 <= self.average_fraction <= 1.0:
+            raise ValueError(f"average_fraction must be in [0, 1], got {self.average_fraction}")
         check_fraction("val_fraction", self.val_fraction)
         if not 0.0 <= self.test_fraction < 1.0 or self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(
@@ -345,7 +346,8 @@ def train_model(
     model = model if model is not None else build_model(config.seed)
     splits = split_curriculum(samples, config.val_fraction, config.test_fraction, config.seed)
     data = _Tensors(samples_to_tensors(splits.train), samples_to_tensors(splits.validation))
-    averaged = weight_average(model, config.average_epochs, math.ceil(len(splits.train) / config.batch_size))
+    steps = math.ceil(len(splits.train) / config.batch_size)
+    averaged = weight_average(model, config.average_fraction * config.epochs, steps)
     evaluated = averaged.module if averaged is not None else model
     best, history = BestEpoch(config.patience), []
     started = time.perf_counter()
