@@ -45,28 +45,34 @@ class Shot:
     name: str  # the PNG's file name, without .png
     path: str  # URL path in the UI
     ready: str  # text that is visible once the page shows what it is for
-    then: Callable | None = None  # what to do on the page before the picture (open a dialog, ...)
+    then: Callable | None = None  # what to do on the page before the picture, waiting for its effect
 
 
-def _open_markdown(entry: str) -> Callable:
-    """Open the metadata entry `entry` (markdown: the UI shows a button) in its dialog."""
+def _expand_groups(page) -> None:  # type: ignore[no-untyped-def]
+    """The global lineage opens with each group collapsed to a box: expand all (the graph's ⌥E)."""
+    page.keyboard.press("Alt+KeyE")
+    page.get_by_text("active_main_version", exact=True).first.wait_for(state="visible")
 
-    def open_dialog(page) -> None:  # type: ignore[no-untyped-def]
-        row = page.locator("tr", has=page.get_by_text(entry, exact=True)).first
-        row.get_by_role("button").first.click()
-        page.get_by_role("dialog").wait_for(state="visible", timeout=PAGE_SECONDS * 1000)
 
-    return open_dialog
+def _only_metadata(key: str) -> Callable:
+    """Filter the asset's metadata table down to `key` and wait for its embedded picture."""
+
+    def only(page) -> None:  # type: ignore[no-untyped-def]
+        page.get_by_placeholder("Filter metadata keys").fill(key)
+        page.locator("img[src^='data:image/png']").first.wait_for(state="visible")
+
+    return only
 
 
 SHOTS = [
-    Shot("lineage", "/asset-groups", "active_main_version"),
+    Shot("lineage", "/asset-groups", "main_model", _expand_groups),
     Shot("active-version", "/assets/active_main_version", "serving_since"),
-    Shot("active-version-lineage", "/assets/active_main_version", "lineage", _open_markdown("lineage")),
-    Shot("round-report", "/assets/federated_main_model", "round_report", _open_markdown("round_report")),
+    Shot("round-report", "/assets/federated_main_model", "round_report", _only_metadata("round_report")),
     Shot("main-model", "/assets/main_model", "test_accuracy_pct"),
     Shot("runs", "/runs", "federated_aggregation"),
 ]
+# The UI's welcome dialog (shown on 127.0.0.1 until dismissed) would cover every page.
+SKIP_WELCOME = "window.localStorage.setItem('communityNux', JSON.stringify('1'));"
 
 
 def _free_port() -> int:
@@ -92,9 +98,9 @@ def webserver(dagster_home: Path) -> Iterator[str]:
     """`dagster-webserver --read-only` on a free port; yields its URL once the code location is loaded."""
     port = _free_port()
     log = open(dagster_home / "screenshots-webserver.log", "w")  # noqa: SIM115 (closed below)
+    command = [sys.executable, "-m", "dagster_webserver", "--read-only", "-w", "workspace.yaml"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-        + ["--read-only"],
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
         cwd=ROOT,
         env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
         stdout=log,
@@ -142,6 +148,7 @@ def capture(url: str, out: Path, width: int, height: int) -> list[Path]:
             args=CHROMIUM_FLAGS,
             viewport={"width": width, "height": height},
         )
+        browser.add_init_script(SKIP_WELCOME)
         try:
             page = browser.new_page()
             page.set_default_timeout(PAGE_SECONDS * 1000)
@@ -165,7 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--height", type=int, default=1300)
     args = parser.parse_args()
     home = Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home").resolve()
     if not CHROMIUM.exists():

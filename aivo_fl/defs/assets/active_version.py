@@ -31,18 +31,19 @@ def active_main_version(registry: RegistryResource) -> dg.MaterializeResult:
 def _metadata(view: ActiveVersion) -> dict[str, object]:
     step = view.active
     parent = view.lineage[-2].version if len(view.lineage) > 1 else "-"
-    metadata: dict[str, object] = {
-        "version": step.version,
+    metadata: dict[str, object] = {"version": step.version}
+    if step.active_from is not None:
+        metadata["serving_since"] = dg.MetadataValue.timestamp(step.active_from)
+    metadata |= {
         "produced_by": step.origin + (f" ({step.update_id})" if step.update_id else ""),
         "base_version": parent,
+    }
+    if step.curriculum_accuracy is not None:
+        metadata["curriculum_validation_accuracy_pct"] = percent(step.curriculum_accuracy)
+    return metadata | {
         "rounds_recorded": view.rounds_recorded,
         "lineage": dg.MetadataValue.md(_lineage_table(view.lineage)),
     }
-    if step.active_from is not None:
-        metadata["serving_since"] = dg.MetadataValue.timestamp(step.active_from)
-    if step.curriculum_accuracy is not None:
-        metadata["curriculum_validation_accuracy_pct"] = percent(step.curriculum_accuracy)
-    return metadata
 
 
 def _lineage_table(lineage: list[LineageStep]) -> str:
