@@ -46,11 +46,16 @@ class Shot:
     path: str  # URL path in the UI
     ready: str  # text that is visible once the page shows what it is for
     then: Callable | None = None  # what to do on the page before the picture, waiting for its effect
+    height: int = 1000  # viewport height in CSS pixels
 
 
 def _expand_groups(page) -> None:  # type: ignore[no-untyped-def]
-    """The global lineage opens with each group collapsed to a box: expand all (the graph's ⌥E)."""
+    """The global lineage opens with each group collapsed to a box: expand them all (the graph's
+    ⌥E, kept by the UI), then load the page again so the graph is fitted to the expanded nodes."""
+    page.get_by_text("main_model", exact=True).first.click()
     page.keyboard.press("Alt+KeyE")
+    page.get_by_text("curriculum_dataset", exact=True).first.wait_for(state="visible")
+    page.reload()
     page.get_by_text("active_main_version", exact=True).first.wait_for(state="visible")
 
 
@@ -65,14 +70,20 @@ def _only_metadata(key: str) -> Callable:
 
 
 SHOTS = [
-    Shot("lineage", "/asset-groups", "main_model", _expand_groups),
-    Shot("active-version", "/assets/active_main_version", "serving_since"),
-    Shot("round-report", "/assets/federated_main_model", "round_report", _only_metadata("round_report")),
-    Shot("main-model", "/assets/main_model", "test_accuracy_pct"),
+    Shot("lineage", "/asset-groups", "main_model", _expand_groups, height=1800),
+    Shot("active-version", "/assets/active_main_version", "serving_since", height=1300),
+    Shot("round-report", "/assets/federated_main_model", "round_report", _only_metadata("round_report"), 1300),
+    Shot("main-model", "/assets/main_model", "test_accuracy_pct", height=1300),
     Shot("runs", "/runs", "federated_aggregation"),
 ]
-# The UI's welcome dialog (shown on 127.0.0.1 until dismissed) would cover every page.
-SKIP_WELCOME = "window.localStorage.setItem('communityNux', JSON.stringify('1'));"
+# Set before any page loads: the UI's welcome dialog (shown on 127.0.0.1 until dismissed) would
+# cover every page, and a vertical graph fits the lineage's five levels with its nodes' details.
+BROWSER_STATE = (
+    "window.localStorage.setItem('communityNux', JSON.stringify('1'));"
+    "window.localStorage.setItem('asset-graph-direction', JSON.stringify('vertical'));"
+)
+# What the UI shows while a page's live data (statuses, checks) is still arriving.
+LOADING = "Loading…"
 
 
 def _free_port() -> int:
@@ -135,7 +146,7 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def capture(url: str, out: Path, width: int, height: int) -> list[Path]:
+def capture(url: str, out: Path, width: int) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -146,23 +157,24 @@ def capture(url: str, out: Path, width: int, height: int) -> list[Path]:
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_FLAGS,
-            viewport={"width": width, "height": height},
+            viewport={"width": width, "height": 1000},
         )
-        browser.add_init_script(SKIP_WELCOME)
+        browser.add_init_script(BROWSER_STATE)
         try:
             page = browser.new_page()
             page.set_default_timeout(PAGE_SECONDS * 1000)
             for shot in SHOTS:
+                page.set_viewport_size({"width": width, "height": shot.height})
                 page.goto(f"{url}{shot.path}")
                 page.get_by_text(shot.ready, exact=True).first.wait_for(state="visible")
-                page.wait_for_load_state("networkidle")
                 if shot.then is not None:
                     shot.then(page)
-                    page.wait_for_load_state("networkidle")
+                page.wait_for_load_state("networkidle")
+                page.get_by_text(LOADING).first.wait_for(state="hidden")  # live data arrived
                 path = out / f"{shot.name}.png"
                 page.screenshot(path=path)
                 saved.append(path)
-                print(f"✓ {path.relative_to(ROOT)}", flush=True)
+                print(f"✓ {path}", flush=True)
         finally:
             browser.close()
     return saved
@@ -172,7 +184,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=1300)
     args = parser.parse_args()
     home = Path(os.environ.get("DAGSTER_HOME") or ROOT / ".dagster_home").resolve()
     if not CHROMIUM.exists():
@@ -182,7 +193,7 @@ def main() -> int:
         print(f"No Dagster instance at {home}: run `make demo` first", file=sys.stderr)
         return 2
     with webserver(home) as url:
-        capture(url, args.out, args.width, args.height)
+        capture(url, args.out, args.width)
     return 0
 
 
