@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,20 +60,22 @@ def _expand_groups(page) -> None:  # type: ignore[no-untyped-def]
     page.get_by_text("active_main_version", exact=True).first.wait_for(state="visible")
 
 
-def _only_metadata(key: str) -> Callable:
-    """Filter the asset's metadata table down to `key` and wait for its embedded picture."""
+def _open_markdown(key: str) -> Callable:
+    """Filter the asset's metadata down to `key`, open its markdown (a long one is behind a link)
+    and wait for its embedded picture."""
 
-    def only(page) -> None:  # type: ignore[no-untyped-def]
+    def open_markdown(page) -> None:  # type: ignore[no-untyped-def]
         page.get_by_placeholder("Filter metadata keys").fill(key)
+        page.get_by_text("[Show Markdown]").first.click()
         page.locator("img[src^='data:image/png']").first.wait_for(state="visible")
 
-    return only
+    return open_markdown
 
 
 SHOTS = [
     Shot("lineage", "/asset-groups", "main_model", _expand_groups, height=1800),
     Shot("active-version", "/assets/active_main_version", "serving_since", height=1300),
-    Shot("round-report", "/assets/federated_main_model", "round_report", _only_metadata("round_report"), 1300),
+    Shot("round-report", "/assets/federated_main_model", "round_report", _open_markdown("round_report"), 1300),
     Shot("main-model", "/assets/main_model", "test_accuracy_pct", height=1300),
     Shot("runs", "/runs", "federated_aggregation"),
 ]
@@ -83,7 +86,7 @@ BROWSER_STATE = (
     "window.localStorage.setItem('asset-graph-direction', JSON.stringify('vertical'));"
 )
 # What the UI shows while a page's live data (statuses, checks) is still arriving.
-LOADING = "Loading…"
+LOADING = re.compile(r"^Loading(\.\.\.|…)$")
 
 
 def _free_port() -> int:
