@@ -77,6 +77,7 @@ SHOTS = [
     Shot("active-version", "/assets/active_main_version", "serving_since", height=1300),
     Shot("round-report", "/assets/federated_main_model", "round_report", _open_markdown("round_report"), 1300),
     Shot("main-model", "/assets/main_model", "test_accuracy_pct", height=1300),
+    Shot("main-model-check", "/assets/main_model?view=checks", "main_model_near_bayes_ceiling"),
     Shot("runs", "/runs", "federated_aggregation"),
 ]
 # Set before any page loads: the UI's welcome dialog (shown on 127.0.0.1 until dismissed) would

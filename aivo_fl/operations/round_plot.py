@@ -60,7 +60,7 @@ def render_rounds(points: list[RoundPoint], this_round: int) -> bytes:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     epsilon.set_ylim(bottom=0)
-    accuracy.legend(loc="lower left", fontsize="small")
+    accuracy.legend(loc="best", fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
