@@ -7,9 +7,11 @@ fixtures that keep every test away from the working tree's `.env`, `models/`, `l
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import absl.logging
 import pytest
 
 from aivo_fl.config import Settings
@@ -19,6 +21,12 @@ from tests.trained import Snapshots, TrainedMain, train_main
 
 # Every variable a setting reads (its alias), so a developer's shell cannot steer a test.
 CONFIG_VARIABLES = tuple(sorted(field.alias for field in Settings.model_fields.values() if field.alias))
+
+# absl (dp-accounting's logging) binds its handler to the sys.stderr of the moment it is imported, here
+# pytest's capture. A Dagster instance's logging.config.dictConfig closes every handler, and absl's
+# close() closes that stream unless it is the sys.stderr of that moment, which a captured test changes.
+# The process's own stderr is one absl never closes.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 # Kept under their old names: tests import them from here.
 _admin_engine = admin_engine

@@ -74,24 +74,32 @@ def _exit_code(args: tuple[str, ...]) -> int:
         return 1
 
 
-@pytest.fixture
-def run_cli(tmp_path: Path) -> RunCli:
+def in_process(folder: Path) -> RunCli:
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return run_in_process(tmp_path, args, _clean_environment(tmp_path, env))
+        return run_in_process(folder, args, _clean_environment(folder, env))
 
     return run
 
 
-@pytest.fixture
-def run_cli_subprocess(tmp_path: Path) -> RunCli:
+def in_a_subprocess(folder: Path) -> RunCli:
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [AIVO_FL, *args],
-            cwd=tmp_path,
-            env=_clean_environment(tmp_path, env),
+            cwd=folder,
+            env=_clean_environment(folder, env),
             capture_output=True,
             text=True,
             timeout=timeout,
         )
 
     return run
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> RunCli:
+    return in_process(tmp_path)
+
+
+@pytest.fixture
+def run_cli_subprocess(tmp_path: Path) -> RunCli:
+    return in_a_subprocess(tmp_path)

@@ -103,12 +103,12 @@ def test_aggregation_refuses_while_switched_off_and_dry_run_reports_no_eligible_
     assert json.loads(run_cli("history", "--json", env=on).stdout) == []
 
 
-def test_bad_options_are_refused_by_the_parser(run_cli: RunCli) -> None:
-    bogus = run_cli("run-federated-aggregation", "--strategy", "bogus")
+def test_bad_options_are_refused_by_the_parser(run_cli_subprocess: RunCli) -> None:
+    bogus = run_cli_subprocess("run-federated-aggregation", "--strategy", "bogus")
     assert bogus.returncode == 2
     assert "invalid choice: 'bogus'" in bogus.stderr
-    assert run_cli("simulate-learners", "--count", "0").returncode == 2
-    assert run_cli("run-federated-aggregation", "--learning-rate", "-1").returncode == 2
+    assert run_cli_subprocess("simulate-learners", "--count", "0").returncode == 2
+    assert run_cli_subprocess("run-federated-aggregation", "--learning-rate", "-1").returncode == 2
 
 
 def test_demo_runs_the_whole_cycle(run_cli: RunCli) -> None:

@@ -13,6 +13,11 @@ from aivo_fl.config import Settings
 from aivo_fl.definitions import build_definitions
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
+from tests.trained import TrainedMain
+
+# For tests of Dagster's wiring (jobs, checks, sensors' run history, alerts, schedules): the SQL they
+# run is tested on both backends in tests/registry, tests/operations and the end-to-end cycle.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
 
 
 @dataclass
@@ -29,6 +34,11 @@ class Deployment:
     def with_settings(self, **overrides: object) -> Deployment:
         settings = self.settings.model_copy(update=overrides)
         return Deployment(settings, build_definitions(settings), self.instance, self.registry, self.store)
+
+    def with_main_version(self, trained: TrainedMain) -> Deployment:
+        """The session's trained main version installed as 1.0.0, as a `train_main_model` run would leave it."""
+        trained.install(self.registry, self.store)
+        return self
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
