@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import dagster as dg
-import pytest
 
-from aivo_fl.defs import sensors
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
-from tests.defs.conftest import SQLITE_ONLY, Deployment
+from tests.defs.conftest import SQLITE_ONLY, Deployment, whole_stretches
 from tests.defs.test_sensors import tick
 from tests.trained import TrainedMain
 
@@ -35,15 +30,6 @@ def run_requested(deployment: Deployment, sensor: str, job: str, asset: str) -> 
         assert result.success
         materializations += result.asset_materializations_for_node(asset)
     return materializations
-
-
-@contextmanager
-def whole_stretches() -> Iterator[None]:
-    """Runs bridge every gap within their 256 buckets: the 20 learners take 4 runs per sensor tick
-    instead of 19 (how the sensors cut runs is tested in test_sensors.py and test_activity_sensor_split.py)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sensors, "MAX_GAP", sensors.BUCKETS_PER_RUN)
-        yield
 
 
 def _clone_and_train(deployment: Deployment) -> tuple[list[str], list[dg.AssetMaterialization]]:
