@@ -21,9 +21,10 @@ $(DAGSTER_HOME):
 demo: $(STAMP) $(DAGSTER_HOME)
 	$(BIN)/aivo-fl demo
 
-## Every test (PostgreSQL tests skip locally without a server; CI makes them mandatory).
+## Every test, one worker per core (PostgreSQL tests skip locally without a server; CI makes them mandatory).
+## A worker takes whole test modules (--dist loadscope), so a module's shared fixture is built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,70 +1,74 @@
-"""Shared fixtures: a fresh registry on SQLite and on a real PostgreSQL.
-
-PostgreSQL comes from AIVO_TEST_POSTGRES_URL (default: this machine's trust-auth server). Each
-test gets its own database, dropped afterwards. Locally without a server those tests skip; in CI
-(CI=true) an unreachable server fails them, so PostgreSQL coverage can never silently vanish.
+"""Shared fixtures: a fresh registry on SQLite and on a real PostgreSQL (tests/postgres.py), a main
+version trained once per session and snapshots restored per test (tests/trained.py), and the
+fixtures that keep every test away from the working tree's `.env`, `models/`, `logs/` and
+`.dagster_home/`.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import absl.logging
 import pytest
-import sqlalchemy as sa
 
+from aivo_fl.config import Settings
 from aivo_fl.registry import ModelRegistry, migrate
+from tests.postgres import admin_engine, postgres_database, postgres_or_skip
+from tests.trained import Snapshots, TrainedMain, train_main
 
-POSTGRES_ADMIN_URL = os.environ.get("AIVO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Every variable a setting reads (its alias), so a developer's shell cannot steer a test.
+CONFIG_VARIABLES = tuple(sorted(field.alias for field in Settings.model_fields.values() if field.alias))
 
+# absl (dp-accounting's logging) binds its handler to the sys.stderr of the moment it is imported, here
+# pytest's capture. A Dagster instance's logging.config.dictConfig closes every handler, and absl's
+# close() closes that stream unless it is the sys.stderr of that moment, which a captured test changes.
+# The process's own stderr is one absl never closes.
+absl.logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
-def _admin_engine() -> sa.Engine:
-    from aivo_fl.config import normalize_database_url
-
-    return sa.create_engine(
-        normalize_database_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-
-
-def _postgres_or_skip() -> sa.Engine:
-    engine = _admin_engine()
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        message = f"PostgreSQL not reachable at {engine.url.render_as_string(hide_password=True)}: {exc.orig}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return engine
+# Kept under their old names: tests import them from here.
+_admin_engine = admin_engine
+_postgres_or_skip = postgres_or_skip
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """URL (operator's bare `postgresql://` form) of a brand-new, empty database."""
-    admin = _postgres_or_skip()
-    name = f"aivo_fl_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(POSTGRES_ADMIN_URL).set(database=name, drivername="postgresql")
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """URL of a brand-new, empty PostgreSQL database."""
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'registry.db'}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each registry backend in turn (the test ids say which)."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str:
     """An empty database on each backend."""
-    return request.getfixturevalue(f"{request.param}_url")
+    return request.getfixturevalue(f"{backend}_url")
+
+
+@pytest.fixture(scope="session")
+def trained_main(tmp_path_factory: pytest.TempPathFactory) -> TrainedMain:
+    """Main version 1.0.0, trained once (5,000 samples, 40 epochs): `trained_main.install(registry, store)`."""
+    return train_main(tmp_path_factory.mktemp("trained-main"))
+
+
+@pytest.fixture(scope="session")
+def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snapshots]:
+    """Registries and stores built once per session, restored per test (tests/trained.py)."""
+    built = Snapshots(tmp_path_factory.mktemp("snapshots"))
+    yield built
+    built.close()
 
 
 @pytest.fixture
@@ -84,3 +88,27 @@ def _environment_restored() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _away_from_the_working_tree(patch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Run from an empty folder with no setting in the environment: the settings' `.env`, the default
+    `./models/` store and registry, `./logs/` and the Makefile's `DAGSTER_HOME=./.dagster_home` all
+    resolve inside `folder`, never to what a developer's shell or `make demo` left in the working tree."""
+    patch.chdir(folder)
+    for name in CONFIG_VARIABLES:
+        patch.delenv(name, raising=False)
+    patch.setenv("DAGSTER_HOME", str(folder / "dagster_home"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for session- and module-scoped fixtures, which are set up before any test's own folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        _away_from_the_working_tree(patch, tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(_environment_restored: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own `tmp_path` (a `.env` a test writes there is the one it reads)."""
+    _away_from_the_working_tree(monkeypatch, tmp_path)

@@ -39,8 +39,10 @@ def test_an_explicit_off_is_not_overruled(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / ".env").read_text() == "USE_FEDERATED_LEARNING=false\n"
 
 
-def test_demo_refuses_in_one_line_when_switched_off_in_the_environment(run_cli: RunCli, tmp_path: Path) -> None:
-    result = run_cli("demo", env={"USE_FEDERATED_LEARNING": "false"})
+def test_demo_refuses_in_one_line_when_switched_off_in_the_environment(
+    run_cli_subprocess: RunCli, tmp_path: Path
+) -> None:
+    result = run_cli_subprocess("demo", env={"USE_FEDERATED_LEARNING": "false"})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "USE_FEDERATED_LEARNING='false'" in result.stderr

@@ -8,25 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
 from tests.cli.conftest import RunCli
+from tests.trained import TrainedMain
 
 
 @pytest.fixture
-def deployment_env(tmp_path: Path) -> dict[str, str]:
+def deployment_env(tmp_path: Path, trained_main: TrainedMain) -> dict[str, str]:
     """A migrated SQLite registry with a main model and one trained learner, as the CLI's environment."""
     store = ModelStore(tmp_path / "models" / "main-aivo", tmp_path / "models" / "learners")
     url = f"sqlite:///{tmp_path / 'models' / 'registry.db'}"
     (tmp_path / "models").mkdir()
     registry = ModelRegistry(url)
     migrate(registry.engine)
-    dataset = build_curriculum_dataset(store, 1000, 0, report=lambda _: None)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=2), report=lambda _: None)
+    trained_main.install(registry, store)
     [learner] = simulate_new_learners(registry, 1)
     clone_learners(registry, store, [learner])
     train_learner_locally(registry, store, learner, epochs=5)
@@ -58,9 +56,9 @@ def test_export_writes_the_file_and_manifest_in_the_working_folder(
     ],
 )
 def test_unknown_and_path_like_learners_get_one_line(
-    run_cli: RunCli, deployment_env: dict[str, str], tmp_path: Path, learner: str, message: str
+    run_cli_subprocess: RunCli, deployment_env: dict[str, str], tmp_path: Path, learner: str, message: str
 ) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
-    done = run_cli("export-learner-model", learner, env=deployment_env)
+    done = run_cli_subprocess("export-learner-model", learner, env=deployment_env)  # all a real process prints
     assert (done.returncode, done.stderr, done.stdout) == (4, message, "")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -11,6 +11,7 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from tests.cli.conftest import RunCli
+from tests.defs.conftest import whole_stretches
 
 SMALL = {"TRAINING_EPOCHS": "5", "CURRICULUM_SAMPLES": "1000"}
 
@@ -103,18 +104,19 @@ def test_aggregation_refuses_while_switched_off_and_dry_run_reports_no_eligible_
     assert json.loads(run_cli("history", "--json", env=on).stdout) == []
 
 
-def test_bad_options_are_refused_by_the_parser(run_cli: RunCli) -> None:
-    bogus = run_cli("run-federated-aggregation", "--strategy", "bogus")
+def test_bad_options_are_refused_by_the_parser(run_cli_subprocess: RunCli) -> None:
+    bogus = run_cli_subprocess("run-federated-aggregation", "--strategy", "bogus")
     assert bogus.returncode == 2
     assert "invalid choice: 'bogus'" in bogus.stderr
-    assert run_cli("simulate-learners", "--count", "0").returncode == 2
-    assert run_cli("run-federated-aggregation", "--learning-rate", "-1").returncode == 2
+    assert run_cli_subprocess("simulate-learners", "--count", "0").returncode == 2
+    assert run_cli_subprocess("run-federated-aggregation", "--learning-rate", "-1").returncode == 2
 
 
 def test_demo_runs_the_whole_cycle(run_cli: RunCli) -> None:
-    result = run_cli(
-        "demo", "--learners", "12", "--rounds", "2", env={"TRAINING_EPOCHS": "20", "CURRICULUM_SAMPLES": "3000"}
-    )
+    with whole_stretches():  # in this process: the demo's sensors take fewer, larger runs
+        result = run_cli(
+            "demo", "--learners", "12", "--rounds", "2", env={"TRAINING_EPOCHS": "20", "CURRICULUM_SAMPLES": "3000"}
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     # One cloning run per stretch of the learners' buckets; together they clone all 12 from 1.0.0.
     cloned = re.findall(r"✓ Cloned (\d+) learner model\(s\) from main version 1\.0\.0", result.stdout)

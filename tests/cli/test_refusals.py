@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.registry import ModelRegistry
-from tests.cli.conftest import AIVO_FL, CONFIG_VARIABLES, RunCli
+from tests.cli.conftest import AIVO_FL, CONFIG_VARIABLES, RunCli, run_in_process
 from tests.conftest import _admin_engine
 
 SMALL = {"TRAINING_EPOCHS": "3", "CURRICULUM_SAMPLES": "500", "USE_FEDERATED_LEARNING": "true"}
@@ -36,10 +36,13 @@ class AfterDemo:
     env: dict[str, str]
 
     def __call__(self, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_in_process(self.folder, args, {**self.env, **(env_extra or {})})
+
+    def process(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [AIVO_FL, *args],
             cwd=self.folder,
-            env={**self.env, **(env_extra or {})},
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=300,
@@ -77,8 +80,8 @@ def test_main_model_not_found_is_exit_4_everywhere(run_cli: RunCli, sqlite_url: 
         ("sqlite:////proc/no-such-folder/registry.db", "SQLite file /proc/no-such-folder/registry.db"),
     ],
 )
-def test_migrate_against_an_unreachable_database(run_cli: RunCli, url: str, target: str) -> None:
-    line = one_line(run_cli("migrate", env={"DATABASE_URL": url}), 3, f"Can't reach database: {target}")
+def test_migrate_against_an_unreachable_database(run_cli_subprocess: RunCli, url: str, target: str) -> None:
+    line = one_line(run_cli_subprocess("migrate", env={"DATABASE_URL": url}), 3, f"Can't reach database: {target}")
     assert "S3cretPw" not in line
 
 
@@ -116,7 +119,7 @@ def test_a_round_held_by_a_live_process_is_refused_at_once_with_exit_5(after_dem
     registry = ModelRegistry(after_demo.env["DATABASE_URL"])
     try:
         with registry.aggregation_lock("operator-shell"):  # this test process: alive
-            result = after_demo("run-federated-aggregation")
+            result = after_demo.process("run-federated-aggregation")  # another process
     finally:
         registry.engine.dispose()
     line = one_line(result, 5, "Another aggregation round is running: operator-shell")

@@ -40,9 +40,9 @@ def test_a_password_with_an_at_sign_is_refused_whole(run_cli: RunCli) -> None:
     assert result.returncode == 2 and "percent-encode it as %40" in output
 
 
-def test_a_bad_url_in_dotenv_is_masked_too(run_cli: RunCli, tmp_path: Path) -> None:
+def test_a_bad_url_in_dotenv_is_masked_too(run_cli_subprocess: RunCli, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"DATABASE_URL=postgresql+psycopg://admin:{SECRET}@db/aivo\n")
-    result = run_cli("stats")
+    result = run_cli_subprocess("stats")  # a real process, reading the .env of its working folder
     _assert_hidden(result, SECRET)
     assert result.returncode == 2
 

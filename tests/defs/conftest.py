@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,14 @@ import pytest
 
 from aivo_fl.config import Settings
 from aivo_fl.definitions import build_definitions
+from aivo_fl.defs import sensors
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
+from tests.trained import TrainedMain
+
+# For tests of Dagster's wiring (jobs, checks, sensors' run history, alerts, schedules): the SQL they
+# run is tested on both backends in tests/registry, tests/operations and the end-to-end cycle.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
 
 
 @dataclass
@@ -29,6 +36,11 @@ class Deployment:
     def with_settings(self, **overrides: object) -> Deployment:
         settings = self.settings.model_copy(update=overrides)
         return Deployment(settings, build_definitions(settings), self.instance, self.registry, self.store)
+
+    def with_main_version(self, trained: TrainedMain) -> Deployment:
+        """The session's trained main version installed as 1.0.0, as a `train_main_model` run would leave it."""
+        trained.install(self.registry, self.store)
+        return self
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
@@ -53,6 +65,16 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     with dg.instance_for_test() as instance:
         yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
     registry.engine.dispose()
+
+
+@contextmanager
+def whole_stretches() -> Iterator[None]:
+    """Runs bridge every gap within their 256 buckets: 20 learners take 4 runs per sensor tick instead
+    of 19, each run a real one (how the sensors cut runs is tested in test_sensors.py and
+    test_activity_sensor_split.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sensors, "MAX_GAP", sensors.BUCKETS_PER_RUN)
+        yield
 
 
 def ids_in_bucket(bucket: int, count: int, prefix: str = "learner") -> list[str]:

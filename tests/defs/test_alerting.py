@@ -7,9 +7,12 @@ from pydantic import SecretStr
 
 from aivo_fl.defs.resources import DISABLED_REASON
 from aivo_fl.defs.ticks import tick_sensor
-from tests.defs.conftest import Deployment
+from tests.defs.conftest import SQLITE_ONLY, Deployment
 from tests.defs.test_federated_cycle import _clone_and_train
 from tests.operations.test_alerts import down_url, receiver
+from tests.trained import TrainedMain
+
+pytestmark = SQLITE_ONLY
 
 
 def tick(deployment: Deployment, cursor: str | None) -> dg.SensorExecutionData:
@@ -47,15 +50,12 @@ def test_a_receiver_that_is_down_does_not_fail_the_tick(deployment: Deployment) 
     assert data.cursor != cursor  # moved on: the pipeline is never held up by the receiver
 
 
-def test_empty_rounds_alert_after_the_threshold_and_a_rejected_round_alerts_at_once(deployment: Deployment) -> None:
+def test_empty_rounds_alert_after_the_threshold_and_a_rejected_round_alerts_at_once(
+    deployment: Deployment, trained_main: TrainedMain
+) -> None:
     with receiver([200]) as (url, received):
-        small = deployment.with_settings(
-            alert_webhook_url=SecretStr(url),
-            training_epochs=10,
-            curriculum_samples=2000,
-            enable_differential_privacy=False,
-        )
-        assert small.run("train_main_model").success
+        small = deployment.with_settings(alert_webhook_url=SecretStr(url), enable_differential_privacy=False)
+        small.with_main_version(trained_main)
         cursor = tick(small, None).cursor
         assert not small.run("federated_aggregation").success  # nobody trained yet
         data = tick(small, cursor)

@@ -11,8 +11,9 @@ from aivo_fl.defs.sensors import RANGE_END, RANGE_START
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.operations.app_simulation import simulate_activity, simulate_new_learners
 from aivo_fl.registry.schema import ModelVersionStatus
-from tests.defs.conftest import Deployment
+from tests.defs.conftest import SQLITE_ONLY, Deployment, whole_stretches
 from tests.defs.test_sensors import tick
+from tests.trained import TrainedMain
 
 LEARNERS = 20
 
@@ -48,8 +49,9 @@ def _active_version(deployment: Deployment) -> dict[str, object]:
 
 def _clone_and_train(deployment: Deployment) -> tuple[list[str], list[dg.AssetMaterialization]]:
     learners = simulate_new_learners(deployment.registry, LEARNERS)
-    cloned = run_requested(deployment, "new_learner_sensor", "clone_learners", "learner_models")
-    run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
+    with whole_stretches():
+        cloned = run_requested(deployment, "new_learner_sensor", "clone_learners", "learner_models")
+        run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
     return learners, cloned
 
 
@@ -138,7 +140,8 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
 
     # A week later: new activity -> retraining (rebased onto 1.1.0) -> a second round.
     simulate_activity(deployment.registry, learners, week=2)
-    trained = run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
+    with whole_stretches():
+        trained = run_requested(deployment, "learner_activity_sensor", "train_learners", "learner_training")
     assert _counts(trained, "trained") == _buckets(learners)
     assert sum(m.metadata["rebased"].value for m in trained) == LEARNERS
     assert {m.metadata["source_version"].value for m in trained if m.metadata["trained"].value} == {"1.1.0"}
@@ -174,8 +177,11 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     assert log.count("=== Federated Aggregation ===") == 2 and f"-- Dagster run {first.run_id}" in log
 
 
-def test_a_second_round_without_new_training_has_no_eligible_learners(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success
+@SQLITE_ONLY
+def test_a_second_round_without_new_training_has_no_eligible_learners(
+    deployment: Deployment, trained_main: TrainedMain
+) -> None:
+    deployment.with_main_version(trained_main)
     _clone_and_train(deployment)
     assert deployment.run("federated_aggregation").success
     again = deployment.run("federated_aggregation")
@@ -190,8 +196,9 @@ def test_a_second_round_without_new_training_has_no_eligible_learners(deployment
     )
 
 
-def test_degradation_check_blocks_a_harmful_round(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success
+@SQLITE_ONLY
+def test_degradation_check_blocks_a_harmful_round(deployment: Deployment, trained_main: TrainedMain) -> None:
+    deployment.with_main_version(trained_main)
     _clone_and_train(deployment)
     harmful = {"ops": {"federated_main_model": {"config": {"learning_rate": 200.0}}}}
     result = deployment.with_settings(enable_differential_privacy=False).run(
@@ -215,8 +222,9 @@ def test_degradation_check_blocks_a_harmful_round(deployment: Deployment) -> Non
     assert _active_version(deployment)["version"] == "1.0.0"
 
 
-def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success  # training the main model comes before activation
+@SQLITE_ONLY
+def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployment, trained_main: TrainedMain) -> None:
+    deployment.with_main_version(trained_main)  # training the main model comes before activation
     off = deployment.with_settings(use_federated_learning=False)
     result = off.run("federated_aggregation")
     assert not result.success
@@ -225,8 +233,9 @@ def test_switched_off_federated_assets_fail_with_the_reason(deployment: Deployme
     assert deployment.registry.get_federated_updates() == []
 
 
-def test_dry_run_changes_nothing(deployment: Deployment) -> None:
-    assert deployment.run("train_main_model").success
+@SQLITE_ONLY
+def test_dry_run_changes_nothing(deployment: Deployment, trained_main: TrainedMain) -> None:
+    deployment.with_main_version(trained_main)
     _clone_and_train(deployment)
     store_before = sorted(p.relative_to(deployment.store.main_root) for p in deployment.store.main_root.rglob("*"))
     result = deployment.run(

@@ -10,7 +10,8 @@ import pytest
 from aivo_fl.config import ConfigError, load_settings
 from aivo_fl.definitions import build_definitions
 from aivo_fl.defs.resources import DISABLED_REASON
-from tests.defs.conftest import Deployment
+from tests.defs.conftest import SQLITE_ONLY, Deployment
+from tests.trained import TrainedMain
 
 SUNDAY_2AM = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 
@@ -23,6 +24,7 @@ def evaluate(deployment: Deployment, when: datetime) -> dg.ScheduleExecutionData
         return schedule.evaluate_tick(context)
 
 
+@SQLITE_ONLY
 def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: Deployment) -> None:
     schedule = deployment.defs.resolve_schedule_def("weekly_aggregation_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * 0", "UTC")
@@ -34,8 +36,9 @@ def test_default_is_the_guides_weekly_round_and_runs_from_the_start(deployment: 
     assert request.tags["aivo/trigger"] == "schedule"
 
 
+@SQLITE_ONLY
 def test_cron_and_round_options_come_from_the_environment(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, trained_main: TrainedMain
 ) -> None:
     for name, value in {
         "AGGREGATION_CRON": "30 3 * * 1",
@@ -64,7 +67,7 @@ def test_cron_and_round_options_come_from_the_environment(
     [request] = evaluate(custom, datetime(2026, 11, 30, 3, 30, tzinfo=UTC)).run_requests
     assert request.run_config["ops"]["federated_main_model"]["config"]["strategy"] == "weighted"
     # The request really launches a round with those options: it asks for 10 learners.
-    assert custom.run("train_main_model").success
+    custom.with_main_version(trained_main)
     result = custom.run("federated_aggregation", run_config=request.run_config, tags=request.tags)
     assert not result.success
     run = custom.instance.get_run_by_id(result.run_id)
@@ -85,12 +88,14 @@ def test_a_bad_schedule_setting_is_one_line_naming_it(variable: str, value: str)
     assert "\n" not in str(caught.value)
 
 
+@SQLITE_ONLY
 def test_switched_off_the_schedule_skips_with_the_reason(deployment: Deployment) -> None:
     data = evaluate(deployment.with_settings(use_federated_learning=False), SUNDAY_2AM)
     assert data.run_requests == []
     assert data.skip_message == DISABLED_REASON
 
 
+@SQLITE_ONLY
 def test_aggregation_is_limited_to_one_at_a_time(deployment: Deployment) -> None:
     asset = deployment.defs.resolve_assets_def("federated_main_model")
     assert asset.op.pool == "aggregation"

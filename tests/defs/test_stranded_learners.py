@@ -8,16 +8,17 @@ from aivo_fl.defs import sensors
 from aivo_fl.defs.ticks import tick_sensor
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.registry.schema import utcnow
-from tests.defs.conftest import Deployment, ids_in_bucket
+from tests.defs.conftest import SQLITE_ONLY, Deployment, ids_in_bucket
+from tests.trained import TrainedMain
+
+pytestmark = SQLITE_ONLY
 
 BUCKET = 42
 
 
 @pytest.fixture
-def trained(deployment: Deployment) -> Deployment:
-    small = deployment.with_settings(training_epochs=3, curriculum_samples=500)
-    assert small.run("train_main_model").success
-    return small
+def trained(deployment: Deployment, trained_main: TrainedMain) -> Deployment:
+    return deployment.with_main_version(trained_main)
 
 
 def _learners(d: Deployment, ids: list[str]) -> list[str]:

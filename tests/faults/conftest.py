@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
-from tests.cli.conftest import RunCli, run_cli  # noqa: F401  (the fixture, shared with tests/cli)
+import pytest
+
+from tests.cli.conftest import RunCli, in_a_subprocess
 
 SMALL = {"TRAINING_EPOCHS": "3", "CURRICULUM_SAMPLES": "500", "USE_FEDERATED_LEARNING": "true"}
 # Bound on any single command here: a run waiting for a lock or a slot fails the test instead.
 TIMEOUT = 240
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> RunCli:
+    """Here `aivo-fl` is always a process of its own: it is what gets killed."""
+    return in_a_subprocess(tmp_path)
 
 
 def killed_at(cli: RunCli, marker: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

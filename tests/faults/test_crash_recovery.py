@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from aivo_fl.registry import ModelRegistry
@@ -21,6 +22,9 @@ def _stats(database_url: str) -> dict[str, int]:
         registry.engine.dispose()
 
 
+# SQLite only: nothing of the registry is in flight at this kill (the model is saved, not yet registered);
+# a round killed holding its PostgreSQL lease is tests/registry/test_registry.py's.
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_kill_between_saving_and_registering_the_first_model(
     run_cli: RunCli, database_url: str, tmp_path: Path
 ) -> None:

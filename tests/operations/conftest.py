@@ -1,4 +1,8 @@
-"""A registry and model store with a trained main model and a cohort of trained learners."""
+"""A registry and model store with a trained main model and a cohort of trained learners.
+
+The cohort is built once per backend and session (the session's trained main version, 20 learners
+cloned and trained in one batched call) and restored for each test from that snapshot.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from aivo_fl.ml.round.options import PrivacySettings
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
-from aivo_fl.operations.learners import clone_learners, train_learner_locally
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
+from aivo_fl.operations.learners import clone_learners, train_learners_locally
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, migrate
+from aivo_fl.registry import ModelRegistry
+from tests.trained import Build, Snapshots, TrainedMain
 
 LEARNERS = 20
 PRIVACY = PrivacySettings(enabled=True, noise_multiplier=0.1, clip_norm=1.0)
@@ -31,16 +34,27 @@ def quiet(_: str) -> None:
     pass
 
 
+def store_in(folder: Path) -> ModelStore:
+    return ModelStore(folder / "main-aivo", folder / "learners")
+
+
+def cohort_builder(trained_main: TrainedMain) -> Build:
+    def build(registry: ModelRegistry, folder: Path) -> list[str]:
+        store = store_in(folder)
+        trained_main.install(registry, store)
+        learners = simulate_new_learners(registry, LEARNERS)
+        clone_learners(registry, store, learners)
+        trained = train_learners_locally(registry, store, learners, epochs=5)
+        assert not trained.failures, trained.failures
+        return learners
+
+    return build
+
+
 @pytest.fixture
-def cohort(tmp_path: Path, database_url: str) -> Iterator[Cohort]:
-    registry = ModelRegistry(database_url)
-    migrate(registry.engine)
-    store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
-    dataset = build_curriculum_dataset(store, 5000, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=40), report=quiet)
-    learners = simulate_new_learners(registry, LEARNERS)
-    clone_learners(registry, store, learners)
-    for learner_id in learners:
-        train_learner_locally(registry, store, learner_id, epochs=5)
-    yield Cohort(registry, store, learners)
-    registry.engine.dispose()
+def cohort(backend: str, trained_main: TrainedMain, snapshots: Snapshots) -> Iterator[Cohort]:
+    snapshot = snapshots.get("cohort", backend, cohort_builder(trained_main))
+    with snapshot.restored() as url:
+        registry = ModelRegistry(url)
+        yield Cohort(registry, store_in(snapshot.live), list(snapshot.value))
+        registry.engine.dispose()

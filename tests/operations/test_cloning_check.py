@@ -7,22 +7,21 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.cloning_check import CloningCheckFailed, run_cloning_check
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 from aivo_fl.registry.schema import PersonalizedModel
+from tests.trained import TrainedMain
 
 
 def quiet(_: str) -> None:
     pass
 
 
-def _trained(tmp_path: Path, registry: ModelRegistry) -> ModelStore:
+@pytest.fixture
+def trained(tmp_path: Path, registry: ModelRegistry, trained_main: TrainedMain) -> ModelStore:
     store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
-    dataset = build_curriculum_dataset(store, 800, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=1), report=quiet)
+    trained_main.install(registry, store)
     return store
 
 
@@ -31,8 +30,10 @@ def _no_test_learner_left(registry: ModelRegistry, store: ModelStore, learner_id
     assert not store.learner_dir(learner_id).exists()
 
 
-def test_check_passes_on_a_healthy_store_and_leaves_nothing_behind(tmp_path: Path, registry: ModelRegistry) -> None:
-    store = _trained(tmp_path, registry)
+def test_check_passes_on_a_healthy_store_and_leaves_nothing_behind(
+    trained: ModelStore, registry: ModelRegistry
+) -> None:
+    store = trained
     lines: list[str] = []
     clone = run_cloning_check(registry, store, lines.append)
 
@@ -51,8 +52,8 @@ def test_without_a_main_model_step_1_fails_with_the_refused_exit_code(tmp_path: 
     assert not store.learners_root.exists() or not any(store.learners_root.iterdir())
 
 
-def test_tampered_main_weights_fail_the_check_and_clean_up(tmp_path: Path, registry: ModelRegistry) -> None:
-    store = _trained(tmp_path, registry)
+def test_tampered_main_weights_fail_the_check_and_clean_up(trained: ModelStore, registry: ModelRegistry) -> None:
+    store = trained
     weights = next((store.main_root / "1.0.0").glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # one flipped bit: the manifest's checksum no longer matches

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.erasure import erasable, erase_everywhere, scrub_log
 from aivo_fl.operations.learners import clone_learners, train_learner_locally
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry
 from tests.app_side import delete_learner_in_app
+from tests.trained import TrainedMain
 
 KEY = b"erasure-test-key-32-bytes-long!!"
 
@@ -41,10 +40,9 @@ def test_erasable_drops_path_like_ids_and_counts_them() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path, registry: ModelRegistry) -> ModelStore:
+def store(tmp_path: Path, registry: ModelRegistry, trained_main: TrainedMain) -> ModelStore:
     store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
-    dataset = build_curriculum_dataset(store, 800, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=1), report=quiet)
+    trained_main.install(registry, store)
     return store
 
 

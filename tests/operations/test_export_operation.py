@@ -17,14 +17,13 @@ from aivo_fl.ml.store.artifacts import ArtifactError, main_head_tensors
 from aivo_fl.ml.store.cloning import HEADS_NAME, load_learner_model
 from aivo_fl.ml.store.export import load_exported_state
 from aivo_fl.ml.store.learner_ids import InvalidLearnerId
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.export import export_learner_model
 from aivo_fl.operations.learners import clone_learners, split_interactions, train_learner_locally
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
-from aivo_fl.registry import ModelRegistry, RegistryError, migrate
-from tests.operations.conftest import quiet
+from aivo_fl.registry import ModelRegistry, RegistryError
+from tests.operations.conftest import store_in
+from tests.trained import Build, Snapshots, TrainedMain
 
 
 @dataclass
@@ -34,18 +33,25 @@ class Trained:
     learner: str
 
 
+def one_trained_learner(trained_main: TrainedMain) -> Build:
+    def build(registry: ModelRegistry, folder: Path) -> str:
+        store = store_in(folder)
+        trained_main.install(registry, store)
+        [learner] = simulate_new_learners(registry, 1)
+        clone_learners(registry, store, [learner])
+        train_learner_locally(registry, store, learner, epochs=5)
+        return learner
+
+    return build
+
+
 @pytest.fixture
-def trained(tmp_path: Path, database_url: str) -> Iterator[Trained]:
-    registry = ModelRegistry(database_url)
-    migrate(registry.engine)
-    store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
-    dataset = build_curriculum_dataset(store, 1000, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=3), report=quiet)
-    [learner] = simulate_new_learners(registry, 1)
-    clone_learners(registry, store, [learner])
-    train_learner_locally(registry, store, learner, epochs=5)
-    yield Trained(registry, store, learner)
-    registry.engine.dispose()
+def trained(backend: str, trained_main: TrainedMain, snapshots: Snapshots) -> Iterator[Trained]:
+    snapshot = snapshots.get("one-trained-learner", backend, one_trained_learner(trained_main))
+    with snapshot.restored() as url:
+        registry = ModelRegistry(url)
+        yield Trained(registry, store_in(snapshot.live), snapshot.value)
+        registry.engine.dispose()
 
 
 def test_export_writes_one_checked_file_and_its_manifest(trained: Trained, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import torch
 import aivo_fl.operations.learners as learners_module
 from aivo_fl.ml.store.artifacts import load_main_model, save_main_model
 from aivo_fl.ml.store.cloning import learner_heads
-from aivo_fl.ml.training.main_model import TrainingConfig
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import (
     MainModelMissing,
@@ -22,9 +21,9 @@ from aivo_fl.operations.learners import (
     train_learner_locally,
     train_learners_locally,
 )
-from aivo_fl.operations.main_model import build_curriculum_dataset, train_and_register_main_model
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, RegistryError
+from tests.trained import TrainedMain
 
 
 def quiet(_: str) -> None:
@@ -38,10 +37,9 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, registry: ModelRegistry) -> Iterator[World]:
+def world(tmp_path: Path, registry: ModelRegistry, trained_main: TrainedMain) -> Iterator[World]:
     store = ModelStore(tmp_path / "main-aivo", tmp_path / "learners")
-    dataset = build_curriculum_dataset(store, 1200, 0, report=quiet)
-    train_and_register_main_model(registry, store, dataset.path, TrainingConfig(epochs=2), report=quiet)
+    trained_main.install(registry, store)
     yield World(registry, store)
 
 
