@@ -89,7 +89,8 @@ def statistics_payload(registry: ModelRegistry, settings: Settings) -> dict[str,
         epsilon_budget=settings.privacy_epsilon_budget,
         learner_epsilon_budget=settings.privacy_learner_epsilon_budget,
     )
-    return {**registry.get_statistics(), "privacy": privacy}
+    skipped = registry.count_unusable_interactions()
+    return {**registry.get_statistics(), "skippedInteractions": skipped, "privacy": privacy}
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -110,6 +111,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
             ("Federated updates", stats["totalFederatedUpdates"]),
             ("Training sessions", stats["totalTrainingSessions"]),
         ],
+    )
+    print()
+    skipped = stats["skippedInteractions"]
+    print_fields(
+        f"Interaction rows training skips ({sum(skipped.values())}, docs/operations.md)",
+        [(reason, count) for reason, count in skipped.items()],
     )
     print()
     _print_privacy(stats["privacy"])

@@ -5,26 +5,30 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
+from aivo_fl.ml.interactions import describe_skipped
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.ml.samples import Samples
 from aivo_fl.ml.store.artifacts import ArtifactError
 from aivo_fl.ml.store.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
-from aivo_fl.ml.training.clones import LearnerData, TrainingSessionResult, train_learners
+from aivo_fl.ml.store.safe_files import BAD_MANIFEST, HASH_MISMATCH, MISSING, NOT_IN_MANIFEST, TRUNCATED
+from aivo_fl.ml.training.clones import LearnerData, TrainingSessionResult
+from aivo_fl.ml.training.finite import NON_FINITE_WEIGHTS
 from aivo_fl.ml.training.local import DEFAULT_PROXIMAL_MU, LocalTrainingConfig
 from aivo_fl.operations.errors import diagnose
+from aivo_fl.operations.isolation import read_isolated, record_isolated, register_isolated, train_isolated
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import (
     LearnerInteractions,
     ModelRegistry,
     PersonalizedModelRecord,
     RegistryError,
-    TrainingSessionInput,
 )
 
 # Every 4th interaction is held out for evaluation. Positional, so an interaction never moves
@@ -142,6 +146,12 @@ TRAIN_BATCH = 1_000
 class TrainedBatch:
     outcomes: dict[str, LearnerTrainingOutcome] = field(default_factory=dict)
     failures: dict[str, Exception] = field(default_factory=dict)  # learner id -> what went wrong
+    # Learners left for a later week: too few usable interactions (learner id -> why).
+    not_trained: dict[str, str] = field(default_factory=dict)
+    # The app's rows skipped while reading (learner id -> reason -> rows); reported only summed.
+    skipped_rows: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Clones rebuilt from the active main version before training (learner id -> why).
+    rebuilt: dict[str, str] = field(default_factory=dict)
 
 
 def train_learners_locally(
@@ -157,9 +167,12 @@ def train_learners_locally(
     """Fine-tune these learners' personal layers on their own interactions, TRAIN_BATCH at a time
     (batched tensor operations), and record one session each.
 
-    A learner that cannot train (a bad id, no clone, too few interactions, a damaged file) is
-    reported in `failures` and the others go on. Per batch the files are flushed to disk at once
-    before the registry rows that point at them are committed, as for clones.
+    One learner never costs another: a bad row of the app's is skipped (`skipped_rows`), a learner
+    with too few usable rows waits (`not_trained`), and a learner that cannot be read, trained,
+    written or recorded is reported in `failures` while the others go on (`operations.isolation`).
+    A clone that is damaged or holds non-finite weights is rebuilt from the active main version
+    (`rebuilt`) and trained. Per batch the files are flushed to disk at once before the registry
+    rows that point at them are committed, as for clones.
     """
     active = registry.get_active_version()
     if active is None:
@@ -167,73 +180,115 @@ def train_learners_locally(
     config = LocalTrainingConfig(epochs=epochs, seed=seed, proximal_mu=proximal_mu)
     done = TrainedBatch()
     for start in range(0, len(learner_ids), TRAIN_BATCH):
-        ready, models = _training_data(registry, learner_ids[start : start + TRAIN_BATCH], done.failures)
-        batch = train_learners(
-            store.main_root, store.learners_root, ready, active.version, config, num_threads, sync=False
-        )
-        done.failures.update(batch.failures)
-        os.sync()
-        session_ids = registry.record_training_sessions([_session_input(r) for r in batch.results])
-        # A rebased clone's row follows it to its new source version.
-        rebased = {
-            r.learner_id: {**models[r.learner_id].metadata, "sourceVersion": r.source_version}
-            for r in batch.results
-            if r.rebased_from is not None
-        }
-        if rebased:
-            registry.register_personalized_models(rebased)
-        done.outcomes.update(
-            {r.learner_id: LearnerTrainingOutcome(i, r) for i, r in zip(session_ids, batch.results, strict=True)}
+        _train_batch(
+            registry, store, learner_ids[start : start + TRAIN_BATCH], active.version, config, num_threads, done
         )
     return done
 
 
+def _train_batch(
+    registry: ModelRegistry,
+    store: ModelStore,
+    learner_ids: Sequence[str],
+    version: str,
+    config: LocalTrainingConfig,
+    num_threads: int | None,
+    done: TrainedBatch,
+) -> None:
+    ready, models = _training_data(registry, learner_ids, done)
+    batch = train_isolated(store, ready, version, config, num_threads)
+    rebuilt = rebuild_damaged(registry, store, batch.failures, version)
+    if rebuilt:  # trained now from the active main version: the learner loses a week, not the clone
+        again = train_isolated(store, [d for d in ready if d.learner_id in rebuilt], version, config, num_threads)
+        batch.results.extend(again.results)
+        batch.failures.update(again.failures)
+        done.rebuilt.update(rebuilt)
+    done.failures.update(batch.failures)
+    os.sync()
+    recorded = record_isolated(registry, store, batch.results, done.failures)
+    # A rebased clone's row follows it to its new source version.
+    rebased = {
+        result.learner_id: {**models[result.learner_id].metadata, "sourceVersion": result.source_version}
+        for _, result in recorded
+        if result.rebased_from is not None
+    }
+    register_isolated(registry, rebased, done.failures)
+    done.outcomes.update({r.learner_id: LearnerTrainingOutcome(i, r) for i, r in recorded})
+
+
 def _training_data(
-    registry: ModelRegistry, learner_ids: Sequence[str], failures: dict[str, Exception]
+    registry: ModelRegistry, learner_ids: Sequence[str], done: TrainedBatch
 ) -> tuple[list[LearnerData], dict[str, PersonalizedModelRecord]]:
     """The learners of a batch that can train, with their train/held-out split, and their
-    personalized models; the rest into `failures`."""
+    personalized models; the rest into `done.failures` or `done.not_trained`."""
     valid = []
     for learner_id in learner_ids:
         try:
             valid.append(validate_learner_id(learner_id))
         except InvalidLearnerId as exc:
-            failures[learner_id] = exc
-    cloned, interactions = registry.get_personalized_models(valid), registry.get_interactions_of(valid)
+            done.failures[learner_id] = exc
+    cloned, interactions = read_isolated(registry, valid, done.failures)
     ready = []
     for learner_id in valid:
+        if learner_id in done.failures:
+            continue
         if learner_id not in interactions:
-            failures[learner_id] = RegistryError(f"Unknown learner {learner_id}")
+            done.failures[learner_id] = RegistryError(f"Unknown learner {learner_id}")
         elif learner_id not in cloned:
-            failures[learner_id] = RegistryError(f"Learner {learner_id} has no personalized model yet; clone it first")
+            done.failures[learner_id] = RegistryError(
+                f"Learner {learner_id} has no personalized model yet; clone it first"
+            )
         else:
-            train, heldout = split_interactions(interactions[learner_id])
+            found = interactions[learner_id]
+            if found.skipped:
+                done.skipped_rows[learner_id] = found.skipped
+            train, heldout = split_interactions(found)
             if len(train) < MIN_TRAINING_INTERACTIONS or len(heldout) < 1:
-                failures[learner_id] = RegistryError(
-                    f"Learner {learner_id} has {len(train) + len(heldout)} interactions; "
-                    f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
-                )
+                done.not_trained[learner_id] = _too_few(learner_id, len(train) + len(heldout), found.skipped)
             else:
                 ready.append(LearnerData(learner_id, train, heldout))
     return ready, cloned
 
 
-def _session_input(result: TrainingSessionResult) -> TrainingSessionInput:
-    return TrainingSessionInput(
-        learner_id=result.learner_id,
-        source_version=result.source_version,
-        rebased_from=result.rebased_from,
-        samples=result.samples,
-        epochs=result.epochs,
-        loss_before=result.loss_before,
-        accuracy_before=result.accuracy_before,
-        loss_after=result.loss_after,
-        accuracy_after=result.accuracy_after,
-        delta_norm=result.delta_norm,
-        delta_path=str(result.delta_path),
-        started_at=result.started_at,
-        completed_at=result.finished_at,
+def _too_few(learner_id: str, usable: int, skipped: dict[str, int]) -> str:
+    unusable = f" ({sum(skipped.values())} more skipped: {describe_skipped(skipped)})" if skipped else ""
+    return (
+        f"Learner {learner_id} has {usable} usable interactions{unusable}; "
+        f"local training needs at least {MIN_TRAINING_INTERACTIONS + 1}"
     )
+
+
+# Why a clone is rebuilt from the active main version instead of failing every later training:
+# its files were left inconsistent (a crash between writes, a lost flush) or its weights are not finite.
+REPAIRABLE = {HASH_MISMATCH, TRUNCATED, MISSING, BAD_MANIFEST, NOT_IN_MANIFEST, NON_FINITE_WEIGHTS}
+
+
+def rebuild_damaged(
+    registry: ModelRegistry, store: ModelStore, failures: dict[str, Exception], version: str
+) -> dict[str, str]:
+    """Rebuild, from the active main version, each clone in `failures` that is damaged in a way
+    only a rebuild mends; its row's metadata says so (`rebuilt`). Learner id -> why, of those rebuilt."""
+    notes, reasons = {}, {}
+    if not store.learners_root.is_dir():  # an unmounted store is not a damaged clone: nothing is rebuilt
+        return {}
+    for learner_id, exc in list(failures.items()):
+        reason = getattr(exc, "reason", None)
+        if reason not in REPAIRABLE:
+            continue
+        try:
+            remove_learner(store.learners_root, learner_id)
+            clone = clone_for_learner(store.main_root, store.learners_root, learner_id, version)
+        except (ArtifactError, OSError) as error:
+            failures[learner_id] = error
+            continue
+        del failures[learner_id]
+        reasons[learner_id] = f"clone rebuilt from main version {version}: {reason}"
+        rebuilt = {"reason": reason, "at": datetime.now(UTC).isoformat(), "fromVersion": version}
+        notes[learner_id] = {**personalized_model_metadata(clone), "rebuilt": rebuilt}
+    if notes:
+        os.sync()  # the new clones are durable before the rows say so
+        register_isolated(registry, notes, failures)
+    return {learner_id: why for learner_id, why in reasons.items() if learner_id not in failures}
 
 
 def train_learner_locally(
@@ -252,4 +307,6 @@ def train_learner_locally(
     )
     if learner_id in done.failures:
         raise done.failures[learner_id]
+    if learner_id in done.not_trained:
+        raise RegistryError(done.not_trained[learner_id])
     return done.outcomes[learner_id]

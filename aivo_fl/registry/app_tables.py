@@ -13,21 +13,19 @@ What the app's tables must provide (README, "AIVO's existing database"):
 - interactions: `id` (unique; breaks ties in time order), `learnerId`, `features` (the 256 model
   inputs: packed little-endian float32 `bytea`, a numeric array, or a JSON array), `difficulty`,
   `modality`, `success` (the observed class per head, integers), `createdAt` (timestamp).
+  A row that breaks these is skipped and counted by reason, never fatal (docs/operations.md).
 Timestamps are UTC, as Prisma's `DateTime` stores them (`timestamptz` works too).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import sqlalchemy as sa
 
 from aivo_fl.config import APP_INTERACTION_FIELDS, APP_LEARNER_FIELDS
-from aivo_fl.ml.samples import NUM_FEATURES
 from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import Learner, LearnerInteraction, UTCDateTime
 
@@ -38,7 +36,8 @@ if TYPE_CHECKING:
 OWN_TABLE_NAMES = (Learner.__tablename__, LearnerInteraction.__tablename__)
 
 # Types for reading: values pass through untouched except timestamps (made aware UTC). `features`
-# and the interaction id take whatever the app stores (see `decode_features`).
+# and the interaction id take whatever the app stores (decoded and checked row by row in
+# aivo_fl.ml.interactions: the app's rows are untrusted input).
 # The settings validate mapped names against the same field lists.
 _LEARNER_TYPES: dict[str, Any] = dict(zip(APP_LEARNER_FIELDS, (sa.String(), UTCDateTime(), UTCDateTime()), strict=True))
 _INTERACTION_TYPES: dict[str, Any] = dict(
@@ -124,28 +123,3 @@ class AppTables:
 
 def _table(schema: sa.MetaData, name: str, types: dict[str, Any], names: Mapping[str, str]) -> sa.Table:
     return sa.Table(name, schema, *(sa.Column(names.get(key, key), type_, key=key) for key, type_ in types.items()))
-
-
-def decode_features(values: Sequence[Any]) -> np.ndarray:
-    """(n, 256) float32 from stored feature vectors: packed little-endian float32 bytes (our own
-    table), a numeric array (PostgreSQL `real[]`/`float8[]`) or a JSON array (`jsonb` or text)."""
-    if not values:
-        return np.zeros((0, NUM_FEATURES), dtype=np.float32)
-    if isinstance(values[0], bytes | bytearray | memoryview):
-        flat = np.frombuffer(b"".join(bytes(v) for v in values), dtype="<f4")
-        if flat.size != len(values) * NUM_FEATURES:
-            raise RegistryError(
-                f"interaction features must be {NUM_FEATURES} packed float32s ({NUM_FEATURES * 4} bytes)"
-            )
-        return flat.reshape(len(values), NUM_FEATURES).astype(np.float32)
-    if isinstance(values[0], str):  # a JSON array in a text column (or a driver that leaves JSON as text)
-        values = [json.loads(v) for v in values]
-    try:
-        array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise RegistryError(
-            f"interaction features must be bytes or arrays of {NUM_FEATURES} numbers, got {type(values[0]).__name__}"
-        ) from None
-    if array.shape != (len(values), NUM_FEATURES):
-        raise RegistryError(f"interaction features must hold {NUM_FEATURES} numbers each, got shape {array.shape[1:]}")
-    return array

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,8 +11,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from aivo_fl.config import DEFAULT_BASE_MODEL
-from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES
-from aivo_fl.registry.app_tables import decode_features
+from aivo_fl.ml.interactions import HEADS, ROW_PROBLEMS, add_counts, check_rows
+from aivo_fl.ml.samples import NUM_FEATURES
 from aivo_fl.registry.base import RegistryBase, checked_learner_id
 from aivo_fl.registry.errors import RegistryError
 from aivo_fl.registry.schema import (
@@ -24,7 +24,6 @@ from aivo_fl.registry.schema import (
     utcnow,
 )
 
-HEADS = tuple(HEAD_CLASSES)  # one integer column per head in the interaction table
 IN_CHUNK = 1_000  # ids per IN list: bounded on every backend
 
 
@@ -39,8 +38,12 @@ class PersonalizedModelRecord:
 
 @dataclass(frozen=True)
 class LearnerInteractions:
+    """A learner's usable interactions (aivo_fl.ml.interactions checks every row), and how many
+    rows were skipped for which reason."""
+
     features: np.ndarray  # (n, NUM_FEATURES) float32
     targets: dict[str, np.ndarray]  # head -> (n,) int64
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
 
 class Learners(RegistryBase):
@@ -106,7 +109,12 @@ class Learners(RegistryBase):
                 known = session.scalars(sa.select(learner.id).where(learner.id.in_(chunk), learner.deletedAt.is_(None)))
                 rows_of.update({learner_id: [] for learner_id in known})
                 rows = session.execute(
-                    sa.select(interaction.learnerId, interaction.features, *(interaction[head] for head in HEADS))
+                    sa.select(
+                        interaction.learnerId,
+                        interaction.features,
+                        *(interaction[head] for head in HEADS),
+                        interaction.createdAt,
+                    )
                     .where(interaction.learnerId.in_(chunk))
                     .order_by(interaction.learnerId, interaction.createdAt, interaction.id)
                 )
@@ -114,6 +122,23 @@ class Learners(RegistryBase):
                     if row[0] in rows_of:
                         rows_of[row[0]].append(row[1:])
         return {learner_id: _interactions(rows) for learner_id, rows in rows_of.items()}
+
+    def count_unusable_interactions(self, chunk: int = 10_000) -> dict[str, int]:
+        """The interaction rows of non-deleted learners that training skips, by reason (every
+        reason of ROW_PROBLEMS, 0 when none): one streamed pass over the interaction table, no
+        learner's own count kept."""
+        learner, interaction = self.app.learner.c, self.app.interaction.c
+        query = (
+            sa.select(interaction.features, *(interaction[head] for head in HEADS), interaction.createdAt)
+            .join(self.app.learner, learner.id == interaction.learnerId)
+            .where(learner.deletedAt.is_(None))
+            .execution_options(stream_results=True, yield_per=chunk)
+        )
+        totals = dict.fromkeys(ROW_PROBLEMS, 0)
+        with self._session() as session:
+            for rows in session.execute(query).partitions():
+                add_counts(totals, check_rows(rows).skipped)
+        return totals
 
     def learners_needing_model(self, *, after: str | None = None, limit: int = 10_000) -> list[str]:
         """Learners with a completed baseline, not deleted, and no federated personalized model, in
@@ -256,9 +281,8 @@ def _personalized_record(row: PersonalizedModel) -> PersonalizedModelRecord:
 
 
 def _interactions(rows: Sequence[Any]) -> LearnerInteractions:
-    features = decode_features([r[0] for r in rows])
-    targets = {head: np.array([r[i + 1] for r in rows], dtype=np.int64) for i, head in enumerate(HEADS)}
-    return LearnerInteractions(features=features, targets=targets)
+    checked = check_rows(rows)  # the app's rows are untrusted: a bad one is skipped and counted
+    return LearnerInteractions(features=checked.features, targets=checked.targets, skipped=checked.skipped)
 
 
 def _marker(value: int | datetime) -> int:

@@ -139,15 +139,18 @@ def test_learners_train_in_batches_as_they_would_alone_and_a_failure_stays_with_
         world.registry, world.store, [*fine, damaged, uncloned, sparse, "../escape", "ghost-0001"], epochs=3
     )
 
-    assert sorted(batch.outcomes) == sorted(fine)
-    assert sorted(batch.failures) == sorted([damaged, uncloned, sparse, "../escape", "ghost-0001"])
+    # The clone whose manifest is garbage is rebuilt from the active main version and trained.
+    assert sorted(batch.outcomes) == sorted([*fine, damaged])
+    assert batch.rebuilt == {damaged: "clone rebuilt from main version 1.0.0: bad manifest"}
+    assert world.registry.get_personalized_model(damaged).metadata["rebuilt"]["reason"] == "bad manifest"
+    assert sorted(batch.failures) == sorted([uncloned, "../escape", "ghost-0001"])
     assert "clone it first" in str(batch.failures[uncloned])
-    assert "interactions" in str(batch.failures[sparse])
+    assert "6 usable interactions" in batch.not_trained[sparse]
     assert "Unknown learner" in str(batch.failures["ghost-0001"])
     assert not (world.store.learners_root.parent / "escape").exists()
     eligible = world.registry.get_eligible_for_aggregation(7)
-    assert sorted(e.learner_id for e in eligible) == sorted(fine)  # one session each, none for failures
-    assert len({o.session_id for o in batch.outcomes.values()}) == len(fine)
+    assert sorted(e.learner_id for e in eligible) == sorted([*fine, damaged])  # one session each, none for failures
+    assert len({o.session_id for o in batch.outcomes.values()}) == len(fine) + 1
     together = {
         learner: learner_heads(world.store.main_root, world.store.learners_root, learner)[0] for learner in fine
     }

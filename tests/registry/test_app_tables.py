@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.config import load_settings
+from aivo_fl.ml.interactions import BadFeatures, decode_feature_row
 from aivo_fl.ml.simulation.world import generate_learner
 from aivo_fl.registry import ModelRegistry, RegistryError, TrainingSessionInput, migrate
-from aivo_fl.registry.app_tables import AppTables, decode_features
+from aivo_fl.registry.app_tables import AppTables
 from aivo_fl.registry.database import head_revision
 from aivo_fl.registry.schema import utcnow
 from tests.aivo_app import (
@@ -152,15 +153,15 @@ def test_erasure_removes_what_aivo_fl_holds_and_leaves_the_app_rows_to_the_app(a
 
 def test_features_may_be_packed_bytes_numeric_arrays_or_json() -> None:
     vector = np.arange(256, dtype=np.float32) / 7
-    packed = decode_features([vector.astype("<f4").tobytes()])
-    listed = decode_features([vector.tolist()])
-    texted = decode_features(["[" + ", ".join(map(str, vector.tolist())) + "]"])
+    packed = decode_feature_row(vector.astype("<f4").tobytes())
+    listed = decode_feature_row(vector.tolist())
+    texted = decode_feature_row("[" + ", ".join(map(str, vector.tolist())) + "]")
     for decoded in (packed, listed, texted):
-        np.testing.assert_allclose(decoded, vector[None, :], rtol=1e-6)
-    with pytest.raises(RegistryError, match="256 numbers each"):
-        decode_features([[1.0, 2.0]])
-    with pytest.raises(RegistryError, match="256 packed float32s"):
-        decode_features([b"\0" * 12])
+        np.testing.assert_allclose(decoded, vector, rtol=1e-6)
+    with pytest.raises(BadFeatures, match=r"shape \(2,\), expected \(256,\)"):
+        decode_feature_row([1.0, 2.0])
+    with pytest.raises(BadFeatures, match="12 bytes, expected 256 packed float32s"):
+        decode_feature_row(b"\0" * 12)
 
 
 def test_a_view_over_differently_shaped_app_tables_is_read_like_a_table(sqlite_url: str) -> None:

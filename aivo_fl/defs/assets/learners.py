@@ -25,11 +25,17 @@ from aivo_fl.defs.resources import (
     TrainingSettingsResource,
 )
 from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
+from aivo_fl.ml.interactions import ROW_PROBLEMS, add_counts, describe_skipped
 from aivo_fl.ml.store.cloning import CloneInfo
-from aivo_fl.ml.store.learner_buckets import bucket_index, group_by_bucket
+from aivo_fl.ml.store.learner_buckets import bucket_index, bucket_of, group_by_bucket
 from aivo_fl.operations.cohorts import Selection, needing_model, ready_to_train
 from aivo_fl.operations.errors import diagnose
-from aivo_fl.operations.learners import LearnerTrainingOutcome, clone_learners, train_learners_locally
+from aivo_fl.operations.learners import (
+    LearnerTrainingOutcome,
+    TrainedBatch,
+    clone_learners,
+    train_learners_locally,
+)
 from aivo_fl.operations.recovery import clean_store
 
 # Failures listed by name: per bucket in its metadata, per run in its failure (all are counted).
@@ -77,9 +83,11 @@ def _bucket_materializations(
     done: Mapping[str, T],
     failures: Mapping[str, str],
     describe: Callable[[list[T]], dict[str, Any]],
+    per_bucket: Mapping[int, dict[str, Any]] | None = None,
 ) -> Iterator[dg.AssetMaterialization]:
     """One materialization per bucket of the run: `verb` (cloned, trained), failed, the failures
-    with their reasons (the first MAX_LISTED), and what `describe` makes of the bucket's results."""
+    with their reasons (the first MAX_LISTED), what `describe` makes of the bucket's results, and
+    the bucket's entry of `per_bucket`."""
     done_in, failed_in = group_by_bucket(done), group_by_bucket(failures)
     for key in context.partition_keys:
         bucket = bucket_index(key)
@@ -90,6 +98,7 @@ def _bucket_materializations(
             "failed": len(failed),
             "failures": dg.MetadataValue.json({learner: failures[learner] for learner in failed[:MAX_LISTED]}),
             **describe(results),
+            **(per_bucket or {}).get(bucket, {}),
         }
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=metadata)
 
@@ -184,5 +193,36 @@ def learner_training(
             f"held-out accuracy {fmean(o.accuracy_before for o in outcomes):.2%} -> "
             f"{fmean(o.accuracy_after for o in outcomes):.2%}"
         )
-    yield from _bucket_materializations(context, "trained", trained, failures, _training_metadata)
+    _report_data_quality(report, batch)
+    yield from _bucket_materializations(
+        context, "trained", trained, failures, _training_metadata, _data_quality_by_bucket(context, batch)
+    )
     _fail_if_any(failures, len(outcomes), "Local training")
+
+
+def _data_quality_by_bucket(context: dg.AssetExecutionContext, batch: TrainedBatch) -> dict[int, dict[str, Any]]:
+    """Per bucket: the app's rows skipped by reason (summed: no learner's own count), the learners
+    left for a later week for want of usable rows, and the clones rebuilt."""
+
+    def empty() -> dict[str, Any]:
+        return {"skipped_rows": dict.fromkeys(ROW_PROBLEMS, 0), "not_trained": 0, "rebuilt": 0}
+
+    out = {bucket_index(key): empty() for key in context.partition_keys}
+    for learner, counts in batch.skipped_rows.items():
+        add_counts(out.setdefault(bucket_of(learner), empty())["skipped_rows"], counts)
+    for field, learners in (("not_trained", batch.not_trained), ("rebuilt", batch.rebuilt)):
+        for learner in learners:
+            out.setdefault(bucket_of(learner), empty())[field] += 1
+    return {b: {**m, "skipped_rows": dg.MetadataValue.json(m["skipped_rows"])} for b, m in out.items()}
+
+
+def _report_data_quality(report: Callable[[str], None], batch: TrainedBatch) -> None:
+    skipped: dict[str, int] = {}
+    for counts in batch.skipped_rows.values():
+        add_counts(skipped, counts)
+    if skipped:
+        report(f"Skipped {sum(skipped.values())} unusable interaction row(s): {describe_skipped(skipped)}")
+    if batch.not_trained:
+        report(f"{len(batch.not_trained)} learner(s) not trained this week: too few usable interactions")
+    if batch.rebuilt:
+        report(f"Rebuilt {len(batch.rebuilt)} damaged clone(s) from the active main version before training")

@@ -33,6 +33,7 @@ from aivo_fl.ml.store.cloning import (
 )
 from aivo_fl.ml.store.learner_ids import learner_dir
 from aivo_fl.ml.training.batched import evaluate_many, train_personal_and_update
+from aivo_fl.ml.training.finite import check_clone, check_trained
 from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, learner_key, personal_tensors
 
 
@@ -95,6 +96,7 @@ def _prepare(
     if manifest["source_version"] != active_version:  # the clone is behind: it moves, keeping what is its own
         rebased_from = manifest["source_version"]
         start, manifest = rebased(main_root, data.learner_id, start, manifest, active_version)
+    check_clone(data.learner_id, start)  # a NaN start would train to NaN: rebuilt by the caller instead
     found = {k: tuple(v.shape) for k, v in start.items()}
     if found != shapes:
         raise ArtifactError(f"{directory / HEADS_NAME}: personal tensors {found}, expected {shapes}")
@@ -144,12 +146,18 @@ def train_learners(
     trained, updates = train_personal_and_update(model, batches, starts, config)
     after = evaluate_many(model, heldouts, trained)
     for i, prepared in enumerate(ready):
+        learner_id, measured = prepared.data.learner_id, (before[i], after[i]) if len(prepared.data.heldout) else ()
+        try:
+            check_trained(learner_id, trained[i], updates[i], measured)
+        except ValueError as exc:  # nothing written: the learner keeps its previous clone
+            out.failures[learner_id] = exc
+            continue
         heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
         delta = {k: v.numpy().astype(np.float32, copy=True) for k, v in updates[i].items()}
         try:
             out.results.append(_finish(prepared, heads, delta, (before[i], after[i]), config, started_at, sync=sync))
         except OSError as exc:
-            out.failures[prepared.data.learner_id] = exc
+            out.failures[learner_id] = exc
     return out
 
 
