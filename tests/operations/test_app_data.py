@@ -23,7 +23,8 @@ from aivo_fl.ml.interactions import (
     LABEL_OUT_OF_RANGE,
     ROW_PROBLEMS,
 )
-from aivo_fl.ml.store.cloning import learner_heads
+from aivo_fl.ml.store.artifacts import save_artifact
+from aivo_fl.ml.store.cloning import HEADS_NAME, learner_heads
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally, train_learners_locally
 from aivo_fl.operations.store import ModelStore
@@ -155,3 +156,45 @@ def test_stats_counts_the_rows_training_skips_by_reason(world: World) -> None:
         FEATURES_ENCODING: 1,
         LABEL_OUT_OF_RANGE: 1,
     }
+
+
+def overwrite_heads(world: World, learner: str, value: float) -> None:
+    """What a clone trained before the finite checks could hold: personal layers all `value`, its
+    manifest consistent with them (the hash matches: only the numbers are wrong)."""
+    heads, manifest = learner_heads(world.store.main_root, world.store.learners_root, learner)
+    save_artifact(
+        world.store.learner_dir(learner), {k: np.full_like(v, value) for k, v in heads.items()}, manifest, HEADS_NAME
+    )
+
+
+def test_a_clone_holding_nan_weights_is_rebuilt_from_the_active_main_version(world: World) -> None:
+    assert not train_learners_locally(world.registry, world.store, world.learners, epochs=EPOCHS).failures
+    poisoned = world.learners[0]
+    overwrite_heads(world, poisoned, np.nan)
+
+    batch = train_learners_locally(world.registry, world.store, world.learners, epochs=EPOCHS)
+
+    assert not batch.failures and sorted(batch.outcomes) == sorted(world.learners)
+    assert batch.rebuilt == {poisoned: "clone rebuilt from main version 1.0.0: non-finite weights"}
+    note = world.registry.get_personalized_model(poisoned).metadata["rebuilt"]
+    assert (note["reason"], note["fromVersion"]) == ("non-finite weights", "1.0.0")
+    heads, _ = learner_heads(world.store.main_root, world.store.learners_root, poisoned)
+    assert all(np.isfinite(t).all() for t in heads.values())
+
+
+def test_a_training_that_goes_non_finite_keeps_the_previous_clone_and_records_the_others(world: World) -> None:
+    assert not train_learners_locally(world.registry, world.store, world.learners, epochs=EPOCHS).failures
+    blown = world.learners[0]
+    overwrite_heads(world, blown, 3e38)  # finite, but every logit overflows
+    files = {p.name: p.read_bytes() for p in world.store.learner_dir(blown).iterdir()}
+    sessions = len(world.registry.get_eligible_for_aggregation(7))
+
+    batch = train_learners_locally(world.registry, world.store, world.learners, epochs=EPOCHS)
+
+    assert list(batch.failures) == [blown]
+    assert str(batch.failures[blown]) == (
+        f"learner {blown!r}: training gave a non-finite loss; the previous clone is kept"
+    )
+    assert sorted(batch.outcomes) == sorted(world.learners[1:])
+    assert {p.name: p.read_bytes() for p in world.store.learner_dir(blown).iterdir()} == files  # nothing written
+    assert len(world.registry.get_eligible_for_aggregation(7)) == sessions  # one session each, the old one for `blown`
