@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test lint dev worker bench screenshots clean
+.PHONY: demo test fuzz lint dev worker bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP) $(DAGSTER_HOME)
 ## A worker takes whole test modules (--dist loadscope), so a module's shared fixture is built once.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadscope
+
+## The property-based tests (tests/fuzz) at nightly size: thousands of examples each, minutes.
+## `make test` runs the same tests with the quick profile.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=nightly $(BIN)/python -m pytest -q -p no:xdist tests/fuzz
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
