@@ -61,7 +61,7 @@ class Erasure(RegistryBase):
         erases all or nothing, and running it again is harmless)."""
         checked_learner_id(learner_id)
         alias = pseudonym(learner_id, key)
-        scrub = _Scrubber(learner_id, alias)
+        scrub = IdScrubber(learner_id, alias)
 
         with self._session() as session:
             interactions = learners = 0
@@ -79,7 +79,7 @@ def _delete(session: Session, column: Any, learner_id: str) -> int:
     return session.execute(sa.delete(column.class_).where(column == learner_id)).rowcount
 
 
-class _Scrubber:
+class IdScrubber:
     """Replaces the learner id wherever it stands as a whole id (in JSON keys, values, free text)."""
 
     def __init__(self, learner_id: str, alias: str) -> None:
@@ -97,7 +97,7 @@ class _Scrubber:
         return value
 
 
-def _pseudonymize_contributions(session: Session, scrub: _Scrubber) -> int:
+def _pseudonymize_contributions(session: Session, scrub: IdScrubber) -> int:
     rows = session.scalars(
         sa.select(FederatedUpdateContribution).where(
             sa.or_(
@@ -113,7 +113,7 @@ def _pseudonymize_contributions(session: Session, scrub: _Scrubber) -> int:
     return sum(row.learnerId == scrub.alias for row in rows)
 
 
-def _rewrite_rounds(session: Session, scrub: _Scrubber) -> int:
+def _rewrite_rounds(session: Session, scrub: IdScrubber) -> int:
     # Rounds are weekly: a few hundred rows at most, so reading them all is cheaper than
     # per-backend JSON containment queries.
     rewritten = 0

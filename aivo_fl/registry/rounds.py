@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -13,12 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aivo_fl.ml.round.status import RoundStatus
+from aivo_fl.registry.app_tables import AppTables
 from aivo_fl.registry.base import RegistryBase, checked_learner_id
+from aivo_fl.registry.erasure import IdScrubber
 from aivo_fl.registry.errors import RegistryError
+from aivo_fl.registry.learners import IN_CHUNK
 from aivo_fl.registry.schema import (
     FederatedUpdate,
     FederatedUpdateContribution,
     MainModelVersion,
+    ModelTrainingSession,
     ModelVersionStatus,
     utcnow,
 )
@@ -90,6 +94,54 @@ class RoundSummary:
     metrics: dict[str, Any]  # the round's own figures (curriculum accuracies, server step, ...)
 
 
+# What stands for a learner deleted or erased while the round ran (the round holds no erasure key).
+GONE_MEANWHILE = "erased"
+
+
+def _without_learners_gone(session: Session, app: AppTables, update: FederatedUpdateInput) -> FederatedUpdateInput:
+    """The round as recorded: nothing of a learner deleted (or erased) since the round read its
+    learners, in the same transaction as the rows are written, so an erasure that ran meanwhile
+    finds nothing of theirs brought back. Their update, if read before, stays in the aggregate as
+    any past contribution does."""
+    learner, contributions = app.learner.c, update.contributions
+    ids = sorted({c.learner_id for c in contributions})
+    sessions = sorted({c.training_session_id for c in contributions if c.training_session_id is not None})
+    deleted: set[str] = set()
+    kept_sessions: set[int] = set()
+    for start in range(0, max(len(ids), len(sessions)), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        deleted.update(
+            session.scalars(sa.select(learner.id).where(learner.id.in_(chunk), learner.deletedAt.is_not(None)))
+        )
+        in_chunk = sessions[start : start + IN_CHUNK]
+        kept_sessions.update(
+            session.scalars(sa.select(ModelTrainingSession.id).where(ModelTrainingSession.id.in_(in_chunk)))
+        )
+    # Erasure deletes the learner's sessions (and, on our own tables, the learner): a session the
+    # round read that is gone now is a learner erased meanwhile.
+    erased = {
+        c.learner_id
+        for c in contributions
+        if c.training_session_id is not None and c.training_session_id not in kept_sessions
+    }
+    gone = deleted | erased
+    if not gone:
+        return update
+    scrubbers = [IdScrubber(learner_id, GONE_MEANWHILE) for learner_id in sorted(gone)]
+
+    def scrub(value: Any) -> Any:
+        for scrubber in scrubbers:
+            value = scrubber(value)
+        return value
+
+    return replace(
+        update,
+        contributions=[c for c in update.contributions if c.learner_id not in gone],
+        metrics=scrub(update.metrics),
+        new_version_metrics=scrub(update.new_version_metrics),
+    )
+
+
 class Rounds(RegistryBase):
     def record_federated_update(self, update: FederatedUpdateInput) -> str:
         """Write the round in one transaction and return its updateId.
@@ -105,6 +157,7 @@ class Rounds(RegistryBase):
         aggregated_at = update.aggregated_at or utcnow()
         update_id = f"fu-{aggregated_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
         with self._session() as session:
+            update = _without_learners_gone(session, self.app, update)
             if update.new_version is not None:
                 _record_candidate(session, update, update_id)
             row = _update_row(update, update_id, aggregated_at)
