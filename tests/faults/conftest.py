@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import RunCli, in_a_subprocess
+from tests.defs.conftest import deployment  # noqa: F401  (a real Dagster instance, for the sensor's faults)
 
 SMALL = {"TRAINING_EPOCHS": "3", "CURRICULUM_SAMPLES": "500", "USE_FEDERATED_LEARNING": "true"}
 # Bound on any single command here: a run waiting for a lock or a slot fails the test instead.
