@@ -15,7 +15,6 @@ clipped copy would be a made-up measurement trained on silently.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ TIMESTAMP_MISSING = "timestamp_missing"
 ROW_PROBLEMS = (FEATURES_ENCODING, FEATURES_NON_FINITE, FEATURES_OUT_OF_RANGE, LABEL_OUT_OF_RANGE, TIMESTAMP_MISSING)
 
 HEADS = tuple(HEAD_CLASSES)
+_CLASSES = tuple(HEAD_CLASSES.values())
 
 
 class BadFeatures(ValueError):
@@ -87,36 +87,61 @@ def _label_ok(value: Any, classes: int) -> bool:
 
 def check_rows(rows: Iterable[Sequence[Any]]) -> CheckedInteractions:
     """The usable rows of (features, difficulty, modality, success, createdAt) tuples; never raises
-    for what a row holds."""
-    features, labels, skipped = [], [], Counter[str]()
-    for row in rows:
-        try:
-            vector = decode_feature_row(row[0])
-        except BadFeatures:
-            skipped[FEATURES_ENCODING] += 1
-            continue
-        problem = _row_problem(vector, row)
-        if problem is not None:
-            skipped[problem] += 1
-            continue
-        features.append(vector)
-        labels.append([int(row[1 + i]) for i in range(len(HEADS))])
-    matrix = np.stack(features) if features else np.zeros((0, NUM_FEATURES), dtype=np.float32)
-    targets = np.asarray(labels, dtype=np.int64).reshape(len(labels), len(HEADS))
+    for what a row holds. Packed rows (aivo-fl's own table) are decoded and checked as one array."""
+    rows = list(rows)
+    features, problem = _decoded(rows)
+    ok = problem == 0
+    finite = np.isfinite(features).all(axis=1)
+    problem[ok & ~finite] = ROW_PROBLEMS.index(FEATURES_NON_FINITE) + 1
+    ok &= finite
+    within = (np.abs(np.where(finite[:, None], features, 0.0)) <= FEATURE_LIMIT).all(axis=1)
+    problem[ok & ~within] = ROW_PROBLEMS.index(FEATURES_OUT_OF_RANGE) + 1
+    ok &= within
+    sound = np.flatnonzero(ok).tolist()
+    late = [_late_problem(rows[i]) for i in sound]
+    for i, reason in zip(sound, late, strict=True):
+        if reason is not None:
+            problem[i], ok[i] = ROW_PROBLEMS.index(reason) + 1, False
+    kept = np.flatnonzero(ok)
+    labels = np.array([rows[i][1 : 1 + len(HEADS)] for i in kept.tolist()], dtype=np.int64)
+    labels = labels.reshape(len(kept), len(HEADS))
+    counts = np.bincount(problem, minlength=len(ROW_PROBLEMS) + 1)[1:]
     return CheckedInteractions(
-        features=matrix, targets={h: targets[:, i].copy() for i, h in enumerate(HEADS)}, skipped=dict(skipped)
+        features=features[kept],
+        targets={h: labels[:, i].copy() for i, h in enumerate(HEADS)},
+        skipped={reason: int(c) for reason, c in zip(ROW_PROBLEMS, counts, strict=True) if c},
     )
 
 
-def _row_problem(vector: np.ndarray, row: Sequence[Any]) -> str | None:
-    if not np.isfinite(vector).all():
-        return FEATURES_NON_FINITE
-    if np.abs(vector).max() > FEATURE_LIMIT:
-        return FEATURES_OUT_OF_RANGE
-    if len(row) < 2 + len(HEADS) or not all(
-        _label_ok(row[1 + i], classes) for i, classes in enumerate(HEAD_CLASSES.values())
-    ):
+def _decoded(rows: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 256) float32 features (zeros where a row does not decode) and each row's problem so far
+    (0 none, else 1 + its index in ROW_PROBLEMS)."""
+    features = np.zeros((len(rows), NUM_FEATURES), dtype=np.float32)
+    problem = np.zeros(len(rows), dtype=np.int64)
+    packed_at, packed = [], []
+    for i, row in enumerate(rows):
+        value = row[0] if len(row) else None
+        size = value.nbytes if isinstance(value, memoryview) else len(value) if isinstance(value, bytes) else -1
+        if size == NUM_FEATURES * 4:
+            packed_at.append(i)
+            packed.append(bytes(value))
+            continue
+        try:
+            features[i] = decode_feature_row(value)
+        except BadFeatures:
+            problem[i] = ROW_PROBLEMS.index(FEATURES_ENCODING) + 1
+    if packed:
+        features[packed_at] = np.frombuffer(b"".join(packed), dtype="<f4").reshape(len(packed), NUM_FEATURES)
+    return features, problem
+
+
+def _late_problem(row: Sequence[Any]) -> str | None:
+    """What is wrong with a row whose features are sound: its labels or its timestamp."""
+    if len(row) < 2 + len(HEADS):
         return LABEL_OUT_OF_RANGE
+    for value, classes in zip(row[1 : 1 + len(HEADS)], _CLASSES, strict=True):
+        if not (type(value) is int and 0 <= value < classes) and not _label_ok(value, classes):
+            return LABEL_OUT_OF_RANGE
     if row[1 + len(HEADS)] is None:
         return TIMESTAMP_MISSING
     return None
