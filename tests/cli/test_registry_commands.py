@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 
+from aivo_fl.ml.interactions import ROW_PROBLEMS
+from aivo_fl.registry import ModelRegistry
+from aivo_fl.registry.schema import utcnow
 from tests.cli.conftest import RunCli
 
 
@@ -27,7 +32,7 @@ def test_stats_json_on_an_empty_registry_is_all_zeros(run_cli: RunCli, database_
     result = run_cli("stats", "--json", env=env)
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
-    counts = {k: v for k, v in stats.items() if k != "privacy"}
+    counts = {k: v for k, v in stats.items() if k not in ("privacy", "skippedInteractions")}
     assert counts == {
         "totalMainVersions": 0,
         "totalLearnerModels": 0,
@@ -35,6 +40,7 @@ def test_stats_json_on_an_empty_registry_is_all_zeros(run_cli: RunCli, database_
         "totalFederatedUpdates": 0,
         "totalTrainingSessions": 0,
     }
+    assert set(stats["skippedInteractions"].values()) == {0}
     assert json.loads(run_cli("history", "--json", env=env).stdout) == []
     assert json.loads(run_cli("eligible", "--days", "7", "--json", env=env).stdout) == []
     assert "0 learners ready for aggregation" in run_cli("eligible", env=env).stdout
@@ -97,3 +103,36 @@ def test_every_command_has_help(run_cli: RunCli) -> None:
         result = run_cli(name, "--help")
         assert result.returncode == 0
         assert "usage: aivo-fl" in result.stdout
+
+
+def test_stats_counts_the_interaction_rows_training_skips_by_reason(run_cli: RunCli, sqlite_url: str) -> None:
+    env = {"DATABASE_URL": sqlite_url}
+    assert run_cli("migrate", env=env).returncode == 0
+    registry = ModelRegistry(sqlite_url)
+    registry.add_learner("ada", baseline_completed_at=utcnow())
+    good, nan = np.zeros(256, "<f4"), np.full(256, np.nan, "<f4")
+    with registry.engine.begin() as conn:  # as the app writes them
+        conn.execute(
+            sa.text(
+                'INSERT INTO "LearnerInteraction" ("learnerId", features, difficulty, modality, success, "createdAt") '
+                "VALUES ('ada', :f, :d, 1, 1, '2026-12-01 10:00:00')"
+            ),
+            [
+                {"f": good.tobytes(), "d": 2},
+                {"f": nan.tobytes(), "d": 2},
+                {"f": b"x" * 100, "d": 2},
+                {"f": good.tobytes(), "d": 99},
+            ],
+        )
+    registry.engine.dispose()
+
+    counted = json.loads(run_cli("stats", "--json", env=env).stdout)["skippedInteractions"]
+    text = run_cli("stats", env=env).stdout
+
+    assert counted == dict.fromkeys(ROW_PROBLEMS, 0) | {
+        "features_non_finite": 1,
+        "features_encoding": 1,
+        "label_out_of_range": 1,
+    }
+    assert "Interaction rows training skips (3, docs/operations.md)" in text
+    assert "features_non_finite:   1" in text and "timestamp_missing:     0" in text
