@@ -46,7 +46,7 @@ class PopulationConfig:
     max_weekly_interactions: int = 400
     initial_fraction: float = 0.6  # present in week 1 (at average drive); the others arrive later
     arrival_weeks: int = 26  # late arrivals join in weeks 2..arrival_weeks
-    weekly_leave_probability: float = 0.03  # chance of stopping each week, at average drive
+    weekly_leave_probability: float = 0.015  # chance of stopping each week, at average drive
     heldout_fraction: float = 0.25  # of each learner's interactions, for personalized evaluation
     # Drive = (engagement + ability_weight x ability) as a standard score; the slopes are per unit of it.
     ability_weight: float = 0.5
