@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.model import head_state
 from aivo_fl.ml.round.backtrack import Backtracked
+from aivo_fl.ml.round.candidate import RoundState, build_candidate
 from aivo_fl.ml.round.gate import Tolerances
 from aivo_fl.ml.round.gather import Contribution, LearnerUpdate
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
@@ -21,7 +23,9 @@ from aivo_fl.ml.simulation.faults import CUT_OFF, FLIPPED_BYTE, NEVER_LANDED, We
 from aivo_fl.ml.simulation.population import Population, PopulationConfig
 from aivo_fl.ml.simulation.server import SimulatedServer
 from aivo_fl.ml.simulation.world import generate_curriculum
+from aivo_fl.ml.store.cloning import DELTA_NAME
 from aivo_fl.ml.store.safe_files import HASH_MISMATCH, MISSING, TRUNCATED
+from tests.ml.delta_files import write_delta
 
 WEEK = datetime(2026, 3, 2, tzinfo=UTC)
 # What the product's file checks say about each way an upload breaks.
@@ -95,3 +99,27 @@ def test_faults_need_in_memory_deltas_and_are_one_thing_each(server: SimulatedSe
         WeekFaults(broken={"a": "eaten by the dog"})
     with pytest.raises(ValueError, match="in-memory"):
         server.round([], {}, OPTIONS, NO_DP, WEEK, np.random.default_rng(0), faults=WeekFaults())
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_an_in_memory_round_reads_a_delta_it_does_not_hold_from_its_file(
+    trained_small: tuple, tmp_path: Path, strategy: str
+) -> None:
+    heads = head_state(trained_small[0])
+    rng = np.random.default_rng(0)
+    ids = [f"learner-{i}" for i in range(6)]
+    deltas = {i: {k: (1e-2 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in heads.items()} for i in ids}
+    offered = [
+        LearnerUpdate(i, tmp_path / i / DELTA_NAME, 10 + n, "1.0.0", WEEK, float("nan")) for n, i in enumerate(ids)
+    ]
+    options = RoundOptions(strategy=strategy, anchor=None)
+
+    def candidate(in_memory: dict) -> dict[str, np.ndarray]:
+        state = RoundState("1.0.0", heads, ["1.0.0"], offered, tmp_path, in_memory=in_memory)
+        return build_candidate(state, options, NO_DP, WEEK, np.random.default_rng(1)).candidate_heads
+
+    held = candidate(deltas)
+    write_delta(tmp_path, ids[2], deltas[ids[2]])
+    from_file = candidate({i: d for i, d in deltas.items() if i != ids[2]})
+    for name in heads:
+        np.testing.assert_array_equal(from_file[name], held[name])
