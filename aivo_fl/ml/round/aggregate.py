@@ -18,7 +18,7 @@ from aivo_fl.ml.aggregation.base import Block, Delta, block_of, delta_norm, plan
 from aivo_fl.ml.aggregation.server_optimizers import ServerOptimizer, State
 from aivo_fl.ml.aggregation.strategies import DpClipped, Strategy
 from aivo_fl.ml.round.gather import Update
-from aivo_fl.ml.round.options import DEFAULT_MAX_DELTA_NORM, PrivacySettings
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.store.deltas import iter_stacked_blocks, load_delta
 
 
@@ -54,8 +54,8 @@ class DeltasInMemory:
     by_learner: Mapping[str, Delta]
     shapes: Mapping[str, tuple[int, ...]]
     block_bytes: int
-    store_root: Path = Path(".")
-    max_norm: float = DEFAULT_MAX_DELTA_NORM
+    store_root: Path
+    max_norm: float
 
     def deltas(self) -> Iterator[Delta]:
         for update in self.infos:

@@ -156,13 +156,11 @@ class InMemory:
     by_learner: Mapping[str, Delta]
     shapes: Mapping[str, tuple[int, ...]]
     layout: Layout
-    files: FlatSource | None = None
+    files: FlatSource
 
     def flat(self, update: Update) -> np.ndarray:
         delta = self.by_learner.get(update.learner_id)
         if delta is None:
-            if self.files is None:
-                raise KeyError(f"no delta of {update.learner_id} in memory")
             return self.files.flat(update)
         if shapes_of(delta) != dict(self.shapes):
             raise ValueError(

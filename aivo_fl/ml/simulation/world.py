@@ -166,8 +166,8 @@ def _sample(rng: np.random.Generator, n: int, shift: _Shift) -> Samples:
     world = _world()
     lat_l = shift.learner_mean + shift.learner_std * rng.standard_normal((n, _N_LEARNER_FACTORS))
     lat_c = shift.content_mean + shift.content_std * rng.standard_normal((n, _N_CONTENT_FACTORS))
-    # Built in place in the noise's buffer (the same numbers as mixing + noise, a third of the memory
-    # traffic: this is most of a 10,000-learner week's time).
+    # Built in place in the noise's buffer: the same numbers as mixing + noise, without three
+    # temporaries the size of a 10,000-learner week.
     half = NUM_FEATURES // 2
     features = rng.standard_normal((n, NUM_FEATURES))
     features *= _FEATURE_NOISE
