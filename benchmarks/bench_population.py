@@ -15,13 +15,23 @@ who stopped, and how far the content moved.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from aivo_fl.ml.model import CurriculumNet, head_state
+from aivo_fl.ml.round.gate import Tolerances
+from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
+from aivo_fl.ml.runtime import configure_cpu
 from aivo_fl.ml.samples import NUM_FEATURES
 from aivo_fl.ml.simulation.population import WEEKS_PER_YEAR, Population, PopulationConfig
-from aivo_fl.ml.simulation.world import _repeat_rows, _sample
+from aivo_fl.ml.simulation.server import SimulatedServer
+from aivo_fl.ml.simulation.world import _repeat_rows, _sample, generate_curriculum
 from benchmarks.report import Column, cli
 from benchmarks.report import table as text_table
 
@@ -64,6 +74,41 @@ def _floor_seconds(interactions: int, rng: np.random.Generator) -> float:
     rng.standard_normal((interactions, NUM_FEATURES))
     rng.random((interactions, 3))
     return time.perf_counter() - started
+
+
+def _round_of_week(population: Population, week: int, with_faults: bool) -> dict[str, Any]:
+    """One product round over the week's active learners (small random deltas from an untrained
+    model: this measures the round's path, not learning), with or without the week's faults."""
+    torch.manual_seed(0)
+    server = SimulatedServer(CurriculumNet(), generate_curriculum(500, seed=0), generate_curriculum(500, seed=1))
+    data = population.week(week)
+    ids = [str(population.ids[i]) for i in data.learners]
+    rng = np.random.default_rng(week)
+    heads = head_state(server.active)
+    deltas = {i: {k: (1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in heads.items()} for i in ids}
+    now = datetime(2026, 1, 5, tzinfo=UTC) + timedelta(weeks=week)
+    offered = [LearnerUpdate(i, Path(i), 10, server.version, now, float("nan")) for i in ids]
+    heldout = {str(population.ids[i]): s for i, s in data.evaluation().by_learner().items()}
+    faults = population.faults(week) if with_faults else None
+    started = time.perf_counter()
+    judged = server.round(
+        offered,
+        heldout,
+        RoundOptions(anchor=None),
+        PrivacySettings(enabled=False, noise_multiplier=0.0, clip_norm=1.0),
+        now,
+        rng,
+        tolerances=Tolerances(learners=1.0, curriculum=1.0),
+        in_memory=deltas,
+        faults=faults,
+    )
+    seconds = time.perf_counter() - started
+    reasons = Counter(
+        "stale" if c.excluded_reason.startswith("stale") else c.excluded_reason
+        for c in judged.result.excluded
+        if c.excluded_reason is not None
+    )
+    return {"seconds": seconds, "offered": len(ids), "included": len(judged.result.included), "refused": reasons}
 
 
 def _terms(population: Population, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,6 +155,7 @@ def _engagement_quartiles(population: Population, rows: list[dict[str, Any]]) ->
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    configure_cpu(1)  # one torch thread: the gate's forward passes spin-wait on a shared machine otherwise
     config = PopulationConfig(n_learners=2_000 if quick else 10_000, eval_learners=100 if quick else 500)
     weeks = 8 if quick else WEEKS_PER_YEAR
     started = time.perf_counter()
@@ -123,6 +169,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     loop = [_loop_seconds_per_learner(population, w) * rows[w - 1]["active"] for w in measured]
     floor = [_floor_seconds(rows[w - 1]["interactions"], np.random.default_rng(w)) for w in measured]
     vectorised = float(np.mean([rows[w - 1]["seconds"] for w in measured]))
+    clean, faulty = _round_of_week(population, 2, False), _round_of_week(population, 2, True)
     return {
         "config": config.__dict__,
         "weeks": weeks,
@@ -149,6 +196,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "mean_active_per_week": float(np.mean([r["active"] for r in rows])),
             "mean_interactions_per_week": float(np.mean([r["interactions"] for r in rows])),
         },
+        "round_week_2": {"without_faults": clean, "with_faults": faulty},
         "terms": _terms(population, rows),
         "engagement_quartiles": _engagement_quartiles(population, rows),
         "per_week": rows,
@@ -201,7 +249,13 @@ def table(result: dict[str, Any]) -> str:
         f"start late {q['late_start_low']:.0%} vs {q['late_start_high']:.0%}"
     )
     terms = text_table(result["terms"], TERM_COLUMNS, title="the year, per term")
-    return "\n".join([text_table(speed_rows, columns), weeks, built, "", terms, "", quarters])
+    clean, faulty = result["round_week_2"]["without_faults"], result["round_week_2"]["with_faults"]
+    refused = ", ".join(f"{n} {reason}" for reason, n in sorted(faulty["refused"].items()))
+    round_line = (
+        f"week 2 through the product's round: {faulty['offered']:,} offered, {faulty['included']:,} included, "
+        f"refused: {refused or 'none'}; {faulty['seconds']:.2f} s against {clean['seconds']:.2f} s without faults"
+    )
+    return "\n".join([text_table(speed_rows, columns), weeks, built, round_line, "", terms, "", quarters])
 
 
 if __name__ == "__main__":
