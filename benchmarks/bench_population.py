@@ -6,7 +6,8 @@ against a plain per-learner loop (each active learner drawn on its own, the same
 sample of the week's learners and scaled to all of them) and the floor of the week's random draws
 alone (the normal and uniform numbers one week needs, nothing else). Beside it, what the year
 looks like: learners present and active, interactions, late and broken updates per term, learners
-who stopped, and how far the content moved.
+who stopped, and how far the content moved. Week 2 then goes through the product's round with its
+faults, against the same round without them, and the round's refusal reasons are tallied.
 
     python -m benchmarks population            # 10,000 learners, 52 weeks
     python -m benchmarks.bench_population --quick
