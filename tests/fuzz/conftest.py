@@ -15,6 +15,6 @@ settings.register_profile(
     "quick", max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
-    "nightly", max_examples=3_000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    "nightly", max_examples=1_000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
