@@ -260,7 +260,20 @@ def _too_few(learner_id: str, usable: int, skipped: dict[str, int]) -> str:
 
 # Why a clone is rebuilt from the active main version instead of failing every later training:
 # its files were left inconsistent (a crash between writes, a lost flush) or its weights are not finite.
-REPAIRABLE = {HASH_MISMATCH, TRUNCATED, MISSING, BAD_MANIFEST, NOT_IN_MANIFEST, NON_FINITE_WEIGHTS}
+REPAIRABLE = {HASH_MISMATCH, TRUNCATED, MISSING, BAD_MANIFEST, NOT_IN_MANIFEST}
+
+
+def _damage(store: ModelStore, learner_id: str, exc: Exception) -> str | None:
+    """Why this failure is a clone only a rebuild mends, or None. A file outside the clone's own
+    folder (an old main version pruned, say) is not the clone's damage: rebuilding would only lose
+    the learner's personalization."""
+    reason = getattr(exc, "reason", None)
+    if reason == NON_FINITE_WEIGHTS:
+        return reason
+    own = os.fspath(store.learner_dir(learner_id))
+    path = getattr(exc, "path", "")
+    inside = path == own or path.startswith(own + os.sep)
+    return reason if reason in REPAIRABLE and inside else None
 
 
 def rebuild_damaged(
@@ -272,8 +285,8 @@ def rebuild_damaged(
     if not store.learners_root.is_dir():  # an unmounted store is not a damaged clone: nothing is rebuilt
         return {}
     for learner_id, exc in list(failures.items()):
-        reason = getattr(exc, "reason", None)
-        if reason not in REPAIRABLE:
+        reason = _damage(store, learner_id, exc)
+        if reason is None:
             continue
         try:
             remove_learner(store.learners_root, learner_id)
