@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,12 @@ def federated_aggregation_job() -> dg.JobDefinition:
 
 @dataclass
 class Cluster:
+    """A running Celery worker: its environment, its name (as its events report it), its log."""
+
     env: dict[str, str]
     worker_name: str
     log: Path
+    pid: int
 
 
 def _redis_or_skip() -> None:
@@ -88,15 +92,13 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
             continue
 
 
-@pytest.fixture
-def cluster(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    _redis_or_skip()
+def _settings_environment(postgres_url: str, tmp_path: Path, queue: str) -> dict[str, str]:
+    """What every process of this deployment reads: the shared store, databases, broker and queue."""
     url = sa.engine.make_url(postgres_url)
     home = tmp_path / "dagster_home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    queue = f"aivo-test-{uuid.uuid4().hex[:10]}"  # this test's own queue: other workers never take its steps
-    settings = {
+    return {
         "USE_FEDERATED_LEARNING": "true",
         "DATABASE_URL": postgres_url,
         "AIVO_MAIN_MODEL_PATH": str(tmp_path / "shared" / "main-aivo"),
@@ -113,8 +115,12 @@ def cluster(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "DAGSTER_PG_PASSWORD": url.password or "",
         "DAGSTER_PG_DB": url.database or "",
     }
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)
+
+
+@contextmanager
+def celery_workers(tmp_path: Path, queue: str, count: int) -> Iterator[list[Cluster]]:
+    """`count` Celery workers on `queue`, one thread each (solo pool), with this environment; all of
+    them ready before the block runs, all stopped after it."""
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -122,21 +128,36 @@ def cluster(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
-    name = f"aivo-test-{uuid.uuid4().hex[:6]}"
-    log = tmp_path / "worker.log"
-    worker_dir = tmp_path / "worker"  # not the test's working directory: no shared .env, no shared cwd
-    worker_dir.mkdir()
-    command = [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-n", name]
-    command += ["-y", str(ROOT / "deploy" / "celery.yaml"), "-q", queue, "--", "--pool=solo"]
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            command, env=env, cwd=worker_dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    workers: list[tuple[subprocess.Popen[bytes], Cluster]] = []
     try:
-        _wait_ready(worker, log)
-        yield Cluster(env, name, log)
+        for _ in range(count):
+            name = f"aivo-test-{uuid.uuid4().hex[:6]}"
+            log = tmp_path / f"{name}.log"
+            folder = tmp_path / name  # not the test's working directory: no shared .env, no shared cwd
+            folder.mkdir()
+            command = [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-n", name]
+            command += ["-y", str(ROOT / "deploy" / "celery.yaml"), "-q", queue, "--", "--pool=solo"]
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    command, env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            workers.append((process, Cluster(env, name, log, process.pid)))
+        for process, worker in workers:
+            _wait_ready(process, worker.log)
+        yield [worker for _, worker in workers]
     finally:
-        _stop(worker)
+        for process, _ in workers:
+            _stop(process)
+
+
+@pytest.fixture
+def cluster(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    _redis_or_skip()
+    queue = f"aivo-test-{uuid.uuid4().hex[:10]}"  # this test's own queue: other workers never take its steps
+    for name, value in _settings_environment(postgres_url, tmp_path, queue).items():
+        monkeypatch.setenv(name, value)
+    with celery_workers(tmp_path, queue, 1) as [worker]:
+        yield worker
 
 
 def _execute(job: Callable[[], dg.JobDefinition], instance: dg.DagsterInstance, log: Path, **kwargs: object) -> Any:
@@ -202,3 +223,69 @@ def test_celery_worker_executes_cloning_and_aggregation(cluster: Cluster, tmp_pa
         # The worker appended the round's log under the shared path it was given, not in its own cwd.
         assert aggregated.run_id in (tmp_path / "shared" / "aggregation.log").read_text()
     registry.engine.dispose()
+
+
+def train_learners_job() -> dg.JobDefinition:
+    return build_definitions(load_settings()).resolve_job_def("train_learners")
+
+
+def _sessions_per_learner(registry: ModelRegistry) -> dict[str, int]:
+    from aivo_fl.registry.schema import ModelTrainingSession
+
+    query = sa.select(ModelTrainingSession.learnerId, sa.func.count()).group_by(ModelTrainingSession.learnerId)
+    with registry.engine.connect() as conn:
+        return {learner: count for learner, count in conn.execute(query)}
+
+
+def _execute_together(
+    job: Callable[[], dg.JobDefinition], instance: dg.DagsterInstance, requests: list, log: Path
+) -> list:
+    """Launch every requested run at once (as the daemon would), each orchestrated by its own thread."""
+    results: list[Any] = [None] * len(requests)
+
+    def launch(i: int) -> None:
+        results[i] = _execute(job, instance, log, tags=requests[i].tags)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_two_workers_share_a_week_of_training(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aivo_fl.defs import sensors
+    from aivo_fl.operations.learners import clone_learners
+    from aivo_fl.operations.store import ModelStore
+
+    _redis_or_skip()
+    queue = f"aivo-test-{uuid.uuid4().hex[:10]}"
+    for name, value in _settings_environment(postgres_url, tmp_path, queue).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sensors, "LEARNERS_PER_RUN", 10)  # 20 learners: the sensor's two runs
+    settings = load_settings()
+    registry = ModelRegistry(settings.database_url)
+    migrate(registry.engine)
+    defs = build_definitions(settings)
+    with celery_workers(tmp_path, queue, 2) as workers, dg.DagsterInstance.from_config(settings_home()) as instance:
+        assert defs.resolve_job_def("train_main_model").execute_in_process(instance=instance).success
+        learners = simulate_new_learners(registry, 20)
+        assert not clone_learners(registry, ModelStore.from_settings(settings), learners).failures
+
+        requests = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
+        assert len(requests) == 2
+        results = _execute_together(train_learners_job, instance, requests, workers[0].log)
+        assert all(result.success for result in results), [w.log.read_text(errors="replace")[-2000:] for w in workers]
+        # One run on each worker, and every learner trained exactly once.
+        ran_on = [_celery_workers(result) for result in results]
+        host = os.uname().nodename
+        assert sorted(map(sorted, ran_on)) == sorted([[f"{w.worker_name}@{host}"] for w in workers])
+        assert _sessions_per_learner(registry) == dict.fromkeys(learners, 1)
+    registry.engine.dispose()
+
+
+def settings_home() -> str:  # the DAGSTER_HOME the environment above names
+    return os.environ["DAGSTER_HOME"]
