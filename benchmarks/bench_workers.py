@@ -22,12 +22,12 @@ of one worker to two and of two workers to plain, and the load average.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -91,7 +91,7 @@ def _environment(root: Path, url: str, queue: str) -> dict[str, str]:
 def celery_workers(root: Path, queue: str, count: int) -> Iterator[list[str]]:
     """`count` workers on `queue`, one thread each; their names once all are ready."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     started = []
     try:
         for _ in range(count):
@@ -132,38 +132,48 @@ def _sessions_per_learner(registry: Any) -> dict[str, int]:
         return dict(conn.execute(query).all())
 
 
-def _week_through_celery(defs: Any, instance: Any, registry: Any, workers: list[str]) -> dict[str, Any]:
-    """Tick the activity sensor, launch its runs together, wait for both; what ran where, how long."""
+# A run launched in a process of its own, as the daemon's run launcher does.
+LAUNCH = """
+import json, sys
+import dagster as dg
+from benchmarks.bench_workers import train_learners_job
+with dg.DagsterInstance.get() as instance:
+    job = dg.reconstructable(train_learners_job)
+    print(dg.execute_job(job, instance=instance, tags=json.loads(sys.argv[1]), raise_on_error=False).run_id)
+"""
+
+
+def _week_through_celery(defs: Any, instance: Any) -> dict[str, Any]:
+    """Tick the activity sensor, launch its runs together (a process each), wait for all; what ran
+    where, how long."""
     import dagster as dg
 
     from aivo_fl.defs.ticks import tick_sensor
 
     requests = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
-    results: list[Any] = [None] * len(requests)
-
-    def launch(i: int) -> None:
-        recon = dg.reconstructable(train_learners_job)
-        results[i] = dg.execute_job(recon, instance=instance, tags=requests[i].tags, raise_on_error=False)
-
     started = time.perf_counter()
-    threads = [threading.Thread(target=launch, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, json.dumps(dict(r.tags))], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for r in requests
+    ]
+    run_ids = [process.communicate()[0].strip().splitlines()[-1] for process in processes]
     seconds = time.perf_counter() - started
-    if not all(result is not None and result.success for result in results):
+    if any(instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.SUCCESS for run_id in run_ids):
         raise RuntimeError("a training run failed (see the workers' logs)")
-    ran_on = [sorted(_ran_on(result)) for result in results]
+    ran_on = [sorted(_ran_on(instance, run_id)) for run_id in run_ids]
     used = {name for names in ran_on for name in names}
     return {"seconds": seconds, "runs": len(requests), "ran_on": ran_on, "workers_used": len(used)}
 
 
-def _ran_on(result: Any) -> set[str]:
+def _ran_on(instance: Any, run_id: str) -> set[str]:
     return {
-        str(event.event_specific_data.metadata["Celery worker"].value)
-        for event in result.all_events
-        if event.event_type_value == "ENGINE_EVENT" and "Celery worker" in event.event_specific_data.metadata
+        str(e.dagster_event.event_specific_data.metadata["Celery worker"].value)
+        for e in instance.all_logs(run_id)
+        if e.dagster_event
+        and e.dagster_event.event_type_value == "ENGINE_EVENT"
+        and "Celery worker" in e.dagster_event.event_specific_data.metadata
     }
 
 
@@ -200,7 +210,7 @@ def measure(count: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, _database() as url:
         root = Path(tmp)
-        os.environ.update(_environment(root, url, queue))
+        os.environ.update({**_environment(root, url, queue), "PYTHONPATH": str(ROOT)})
         registry, store, defs = _prepare(count)
         started = time.perf_counter()
         pending = [learner for learner, _, _ in registry.learners_with_new_interactions(20)]
@@ -211,8 +221,8 @@ def measure(count: int) -> dict[str, Any]:
         with dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"]) as instance:
             for week, workers in ((2, 1), (3, 2)):
                 simulate_activity(registry, pending, week=week, interactions=INTERACTIONS)
-                with celery_workers(root, queue, workers) as names:
-                    weeks[workers] = _week_through_celery(defs, instance, registry, names)
+                with celery_workers(root, queue, workers):
+                    weeks[workers] = _week_through_celery(defs, instance)
                 print(weeks[workers], flush=True)
         sessions = _sessions_per_learner(registry)
         registry.engine.dispose()

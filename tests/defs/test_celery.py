@@ -7,6 +7,7 @@ under one path; the worker gets its settings from its own environment, not from 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -237,21 +238,47 @@ def _sessions_per_learner(registry: ModelRegistry) -> dict[str, int]:
         return {learner: count for learner, count in conn.execute(query)}
 
 
-def _execute_together(
-    job: Callable[[], dg.JobDefinition], instance: dg.DagsterInstance, requests: list, log: Path
-) -> list:
-    """Launch every requested run at once (as the daemon would), each orchestrated by its own thread."""
-    results: list[Any] = [None] * len(requests)
+# A run launched in a process of its own, as the daemon's run launcher does (two runs orchestrated by
+# threads of one process contend for its locks; the processes share nothing but the instance).
+LAUNCH = """
+import json, sys
+import dagster as dg
+from tests.defs.test_celery import train_learners_job
+with dg.DagsterInstance.get() as instance:
+    job = dg.reconstructable(train_learners_job)
+    print(dg.execute_job(job, instance=instance, tags=json.loads(sys.argv[1]), raise_on_error=False).run_id)
+"""
 
-    def launch(i: int) -> None:
-        results[i] = _execute(job, instance, log, tags=requests[i].tags)
 
-    threads = [threading.Thread(target=launch, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+def _launch_together(requests: list[dg.RunRequest], env: dict[str, str]) -> list[str]:
+    """Every requested run launched at once, each in its own process; their run ids once all ended."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, json.dumps(dict(request.tags))],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for request in requests
+    ]
+    run_ids = []
+    for process in processes:
+        out, err = process.communicate(timeout=RUN_TIMEOUT)
+        assert process.returncode == 0, err[-3000:]
+        run_ids.append(out.strip().splitlines()[-1])
+    return run_ids
+
+
+def _workers_of(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    return {
+        str(e.dagster_event.event_specific_data.metadata["Celery worker"].value)
+        for e in instance.all_logs(run_id)
+        if e.dagster_event
+        and e.dagster_event.event_type_value == "ENGINE_EVENT"
+        and "Celery worker" in e.dagster_event.event_specific_data.metadata
+    }
 
 
 def test_two_workers_share_a_week_of_training(
@@ -277,12 +304,14 @@ def test_two_workers_share_a_week_of_training(
 
         requests = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
         assert len(requests) == 2
-        results = _execute_together(train_learners_job, instance, requests, workers[0].log)
-        assert all(result.success for result in results), [w.log.read_text(errors="replace")[-2000:] for w in workers]
+        run_ids = _launch_together(requests, {"PYTHONPATH": str(ROOT)})
+        runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+        logs = [w.log.read_text(errors="replace")[-2000:] for w in workers]
+        assert all(run is not None and run.status == dg.DagsterRunStatus.SUCCESS for run in runs), logs
         # One run on each worker, and every learner trained exactly once.
-        ran_on = [_celery_workers(result) for result in results]
+        ran_on = sorted(sorted(_workers_of(instance, run_id)) for run_id in run_ids)
         host = os.uname().nodename
-        assert sorted(map(sorted, ran_on)) == sorted([[f"{w.worker_name}@{host}"] for w in workers])
+        assert ran_on == sorted([f"{w.worker_name}@{host}"] for w in workers)
         assert _sessions_per_learner(registry) == dict.fromkeys(learners, 1)
     registry.engine.dispose()
 

@@ -11,6 +11,7 @@ recorded, and then the run fails naming them.
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
+from functools import partial
 from statistics import fmean
 from typing import Any
 
@@ -105,10 +106,11 @@ def _versions(versions: set[str]) -> str:
     return ", ".join(sorted(versions)) or "-"
 
 
-def _clone_metadata(clones: list[CloneInfo]) -> dict[str, Any]:
+def _clone_metadata(clones: list[CloneInfo], reg: ModelRegistry) -> dict[str, Any]:
     return {
         "source_version": _versions({c.source_version for c in clones}),
         "bytes_per_learner": round(fmean(c.bytes_on_disk for c in clones)) if clones else 0,
+        **_learner_counts(reg),
     }
 
 
@@ -140,13 +142,13 @@ def learner_models(
     clones = {clone.learner_id: clone for clone in batch.clones}
     version = _versions({c.source_version for c in batch.clones})
     report(f"✓ Cloned {len(clones)} learner model(s) from main version {version}")
-    described = lambda: {**_clone_metadata(batch.clones), **_learner_counts(reg)}  # noqa: E731
+    described = partial(_clone_metadata, batch.clones, reg)
     if materialization := _run_materialization(context, "cloned", clones, batch.failures, described):
         yield materialization
     _fail_if_any(batch.failures, len(clones), "Cloning")
 
 
-def _training_metadata(trained: list[LearnerTrainingOutcome]) -> dict[str, Any]:
+def _training_metadata(trained: list[LearnerTrainingOutcome], reg: ModelRegistry) -> dict[str, Any]:
     outcomes = [t.result for t in trained]
     return {
         "source_version": _versions({o.source_version for o in outcomes}),
@@ -155,6 +157,7 @@ def _training_metadata(trained: list[LearnerTrainingOutcome]) -> dict[str, Any]:
         "mean_accuracy_after_pct": percent(fmean(o.accuracy_after for o in outcomes)) if outcomes else 0.0,
         "mean_delta_norm": rounded(fmean(o.delta_norm for o in outcomes)) if outcomes else 0.0,
         "samples": sum(o.samples for o in outcomes),
+        **_learner_counts(reg),
     }
 
 
@@ -195,7 +198,7 @@ def learner_training(
             f"held-out accuracy {fmean(o.accuracy_before for o in outcomes):.2%} -> "
             f"{fmean(o.accuracy_after for o in outcomes):.2%}"
         )
-    described = lambda: {**_training_metadata(list(trained.values())), **_learner_counts(reg)}  # noqa: E731
+    described = partial(_training_metadata, list(trained.values()), reg)
     if materialization := _run_materialization(context, "trained", trained, failures, described):
         yield materialization
     _fail_if_any(failures, len(outcomes), "Local training")
