@@ -265,10 +265,23 @@ def learner_activity_sensor(context: dg.SensorEvaluationContext, reg: ModelRegis
     if not learners:
         return dg.SkipReason(f"No learner has {MIN_NEW_INTERACTIONS}+ new interactions")
     newest = {learner: latest for learner, _, latest in ready}
-    in_flight = bucket_runs(context.instance, train_learners_job).in_flight
-    groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in in_flight}
+    runs = bucket_runs(context.instance, train_learners_job)
+    groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in runs.in_flight}
     if not groups:
         return dg.SkipReason(f"{len(learners)} learner(s) ready, all in buckets with a training run in flight")
-    # The newest interaction of the run's learners: new activity makes a fresh key, the same does not.
-    requests = bucket_requests("train", groups, in_flight, lambda _, ids: str(max(newest[k] for k in ids)))
+    requests = bucket_requests("train", groups, runs.in_flight, _training_salt(runs, newest))
     return dg.SensorResult(run_requests=requests)
+
+
+def _training_salt(runs: BucketRuns, newest: Mapping[str, int]) -> Callable[[range, list[str]], str]:
+    """The newest interaction of the run's learners: new activity makes a fresh key, the same does
+    not. A canceled run of the range (run monitoring ends a run whose Celery worker died) adds its
+    id, so the learners it left are asked for again; a run that failed them is not retried until
+    they have new activity."""
+
+    def salt(span: range, learners: list[str]) -> str:
+        latest = (runs.latest_ended.get(bucket) for bucket in span)
+        canceled = {run.run_id for run in latest if run is not None and run.status == dg.DagsterRunStatus.CANCELED}
+        return ",".join([str(max(newest[k] for k in learners)), *sorted(canceled)])
+
+    return salt

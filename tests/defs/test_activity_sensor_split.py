@@ -102,3 +102,21 @@ def test_nobody_ready_skips_with_a_reason(deployment: Deployment) -> None:
     data = _tick(deployment)
     assert data.run_requests == []
     assert data.skip_message and str(sensors.MIN_NEW_INTERACTIONS) in data.skip_message
+
+
+@pytest.mark.parametrize(
+    ("ended", "asked_again"), [(dg.DagsterRunStatus.CANCELED, True), (dg.DagsterRunStatus.FAILURE, False)]
+)
+def test_learners_a_canceled_run_left_are_asked_for_again(
+    deployment: Deployment, ended: dg.DagsterRunStatus, asked_again: bool
+) -> None:
+    # Run monitoring cancels a run whose Celery worker died; a run that failed its learners ran to the end.
+    [learner] = ids_in_bucket(30, 1)
+    _setup(deployment, {learner: ENOUGH})
+    [first] = _tick(deployment).run_requests
+    job = deployment.defs.resolve_job_def("train_learners")
+    run = deployment.instance.create_run_for_job(job, tags=first.tags)
+    instance = deployment.instance
+    (instance.report_run_canceled if ended == dg.DagsterRunStatus.CANCELED else instance.report_run_failed)(run)
+    [again] = _tick(deployment).run_requests
+    assert (again.run_key != first.run_key) == asked_again  # the daemon launches a key once

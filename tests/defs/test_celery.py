@@ -318,3 +318,61 @@ def test_two_workers_share_a_week_of_training(
 
 def settings_home() -> str:  # the DAGSTER_HOME the environment above names
     return os.environ["DAGSTER_HOME"]
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_s_run_is_canceled_and_its_learners_trained_by_the_next(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aivo_fl.defs import sensors
+    from aivo_fl.operations.learners import clone_learners
+    from aivo_fl.operations.store import ModelStore
+
+    _redis_or_skip()
+    queue = f"aivo-test-{uuid.uuid4().hex[:10]}"
+    for name, value in _settings_environment(postgres_url, tmp_path, queue).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sensors, "LEARNERS_PER_RUN", 10)
+    settings = load_settings()
+    registry = ModelRegistry(settings.database_url)
+    migrate(registry.engine)
+    defs = build_definitions(settings)
+    with celery_workers(tmp_path, queue, 2) as workers, dg.DagsterInstance.from_config(settings_home()) as instance:
+        assert defs.resolve_job_def("train_main_model").execute_in_process(instance=instance).success
+        learners = simulate_new_learners(registry, 20)
+        assert not clone_learners(registry, ModelStore.from_settings(settings), learners).failures
+        requests = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        launches = [
+            subprocess.Popen([sys.executable, "-c", LAUNCH, json.dumps(dict(r.tags))], env=env, cwd=ROOT, text=True)
+            for r in requests
+        ]
+        # Both steps taken, one by each worker; the second worker dies in the middle of its step.
+        _wait_for(lambda: all("received" in w.log.read_text(errors="replace") for w in workers), "both tasks")
+        os.killpg(workers[1].pid, signal.SIGKILL)
+        _wait_for(lambda: any(p.poll() is not None for p in launches), "the surviving worker's run")
+        [stuck] = [p for p in launches if p.poll() is None]
+        time.sleep(5)
+        assert stuck.poll() is None  # its run waits for a result that never comes
+        # What run monitoring does past the run's max runtime: terminate the run's process.
+        stuck.send_signal(signal.SIGINT)
+        stuck.wait(RUN_TIMEOUT)
+        statuses = sorted(r.status for r in instance.get_runs(dg.RunsFilter(job_name="train_learners")))
+        assert statuses == sorted([dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.CANCELED])
+        trained = _sessions_per_learner(registry)
+        assert 0 < len(trained) < len(learners) and set(trained.values()) == {1}
+
+        # The next tick asks for the learners the dead worker left; the surviving worker trains them.
+        [again] = tick_sensor(defs, instance, "learner_activity_sensor").run_requests
+        [run_id] = _launch_together([again], {"PYTHONPATH": str(ROOT)})
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert _workers_of(instance, run_id) == {f"{workers[0].worker_name}@{os.uname().nodename}"}
+        assert _sessions_per_learner(registry) == dict.fromkeys(learners, 1)  # nobody trained twice
+    registry.engine.dispose()
