@@ -91,7 +91,7 @@ def _environment(root: Path, url: str, queue: str) -> dict[str, str]:
 def celery_workers(root: Path, queue: str, count: int) -> Iterator[list[str]]:
     """`count` workers on `queue`, one thread each; their names once all are ready."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     started = []
     try:
         for _ in range(count):
@@ -113,8 +113,9 @@ def celery_workers(root: Path, queue: str, count: int) -> Iterator[list[str]]:
         yield [f"{name}@{os.uname().nodename}" for _, name, _ in started]
     finally:
         for process, _, _ in started:
-            os.killpg(process.pid, 15)
-            process.wait(60)
+            if process.poll() is None:
+                os.killpg(process.pid, 15)
+                process.wait(60)
 
 
 def train_learners_job() -> Any:

@@ -13,9 +13,9 @@ from aivo_fl.defs.run_tags import RUN_TAG, RunKind
 
 # dagster.yaml limits runs carrying this tag to one at a time (the asset's pool guards the step too).
 AGGREGATION_RUN_TAG = "aivo/aggregation"
-# Run monitoring (deploy/dagster.yaml) cancels a learner run still going after this long: a run whose
-# Celery worker died waits for a result that never comes, and a canceled run's learners are asked
-# for again. Two runs share at most every learner, ~5 minutes of training for 50,000 on one core.
+# Run monitoring (deploy/dagster.yaml) ends a learner run still going after this long: a run whose
+# Celery worker died waits for a result that never comes, and the learners it left are asked for
+# again. Two runs share at most every learner, ~5 minutes of training for 50,000 on one core.
 LEARNER_RUN_MAX_SECONDS = 3600
 
 train_main_model_job = dg.define_asset_job(

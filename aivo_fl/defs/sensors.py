@@ -269,19 +269,29 @@ def learner_activity_sensor(context: dg.SensorEvaluationContext, reg: ModelRegis
     groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in runs.in_flight}
     if not groups:
         return dg.SkipReason(f"{len(learners)} learner(s) ready, all in buckets with a training run in flight")
-    requests = bucket_requests("train", groups, runs.in_flight, _training_salt(runs, newest))
+    requests = bucket_requests("train", groups, runs.in_flight, _training_salt(context.instance, runs, newest))
     return dg.SensorResult(run_requests=requests)
 
 
-def _training_salt(runs: BucketRuns, newest: Mapping[str, int]) -> Callable[[range, list[str]], str]:
+def _training_salt(
+    instance: dg.DagsterInstance, runs: BucketRuns, newest: Mapping[str, int]
+) -> Callable[[range, list[str]], str]:
     """The newest interaction of the run's learners: new activity makes a fresh key, the same does
-    not. A canceled run of the range (run monitoring ends a run whose Celery worker died) adds its
-    id, so the learners it left are asked for again; a run that failed them is not retried until
-    they have new activity."""
+    not. A run of the range that ended before its step did (its Celery worker died and run
+    monitoring ended it) adds its id, so the learners it left are asked for again; a run whose step
+    failed them is not retried until they have new activity."""
 
     def salt(span: range, learners: list[str]) -> str:
-        latest = (runs.latest_ended.get(bucket) for bucket in span)
-        canceled = {run.run_id for run in latest if run is not None and run.status == dg.DagsterRunStatus.CANCELED}
-        return ",".join([str(max(newest[k] for k in learners)), *sorted(canceled)])
+        latest = {runs.latest_ended[b].run_id: runs.latest_ended[b] for b in span if b in runs.latest_ended}
+        unfinished = [run_id for run_id, run in latest.items() if _left_unfinished(instance, run)]
+        return ",".join([str(max(newest[k] for k in learners)), *sorted(unfinished)])
 
     return salt
+
+
+def _left_unfinished(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether a run ended without its step's outcome: neither a step success nor a step failure."""
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        return False
+    outcomes = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    return not instance.get_records_for_run(run.run_id, of_type=outcomes, limit=1).records

@@ -104,13 +104,9 @@ def test_nobody_ready_skips_with_a_reason(deployment: Deployment) -> None:
     assert data.skip_message and str(sensors.MIN_NEW_INTERACTIONS) in data.skip_message
 
 
-@pytest.mark.parametrize(
-    ("ended", "asked_again"), [(dg.DagsterRunStatus.CANCELED, True), (dg.DagsterRunStatus.FAILURE, False)]
-)
-def test_learners_a_canceled_run_left_are_asked_for_again(
-    deployment: Deployment, ended: dg.DagsterRunStatus, asked_again: bool
-) -> None:
-    # Run monitoring cancels a run whose Celery worker died; a run that failed its learners ran to the end.
+@pytest.mark.parametrize("ended", [dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE])
+def test_learners_a_run_left_unfinished_are_asked_for_again(deployment: Deployment, ended: dg.DagsterRunStatus) -> None:
+    # A run whose Celery worker died ends, by run monitoring, without its step's outcome.
     [learner] = ids_in_bucket(30, 1)
     _setup(deployment, {learner: ENOUGH})
     [first] = _tick(deployment).run_requests
@@ -119,4 +115,14 @@ def test_learners_a_canceled_run_left_are_asked_for_again(
     instance = deployment.instance
     (instance.report_run_canceled if ended == dg.DagsterRunStatus.CANCELED else instance.report_run_failed)(run)
     [again] = _tick(deployment).run_requests
-    assert (again.run_key != first.run_key) == asked_again  # the daemon launches a key once
+    assert again.run_key != first.run_key  # the daemon launches a key once
+
+
+def test_learners_a_run_failed_are_not_retried_until_new_activity(deployment: Deployment) -> None:
+    [learner] = ids_in_bucket(30, 1)
+    _setup(deployment, {learner: ENOUGH})
+    [first] = _tick(deployment).run_requests
+    # The step ran to its end and failed (here: switched off), as a run failing its learners does.
+    assert not deployment.with_settings(use_federated_learning=False).run("train_learners", tags=first.tags).success
+    [again] = _tick(deployment).run_requests
+    assert again.run_key == first.run_key
