@@ -199,7 +199,7 @@ def test_celery_worker_executes_cloning_and_aggregation(cluster: Cluster, tmp_pa
 
         requests = tick_sensor(defs, instance, "new_learner_sensor").run_requests
         assert requests
-        for request in requests:  # one run per stretch of the learners' buckets
+        for request in requests:  # one run over the learners' buckets
             cloned = _execute(clone_learners_job, instance, cluster.log, tags=request.tags)
             assert cloned.success, cluster.log.read_text(errors="replace")[-3000:]
             assert _celery_workers(cloned) == {f"{cluster.worker_name}@{os.uname().nodename}"}
