@@ -23,6 +23,7 @@ BENCHMARKS = (
     "local_training",
     "fl_quality",
     "privacy",
+    "population",
 )
 
 
