@@ -1,4 +1,4 @@
-"""What a `learner_training` bucket tells about the app's rows: counts of skipped rows by reason and
+"""What a `learner_training` run tells about the app's rows: counts of skipped rows by reason and
 of learners left for a later week, never a learner's own count; such learners do not fail the run."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def trained(deployment: Deployment, trained_main: TrainedMain) -> Deployment:
     return deployment.with_main_version(trained_main)
 
 
-def test_a_bucket_counts_skipped_rows_by_reason_and_waiting_learners(trained: Deployment) -> None:
+def test_a_training_run_counts_skipped_rows_by_reason_and_waiting_learners(trained: Deployment) -> None:
     d = trained
     nan, label, sparse = ids_in_bucket(BUCKET, 3)
     for learner, count in ((nan, 60), (label, 60), (sparse, 6)):
@@ -45,9 +45,9 @@ def test_a_bucket_counts_skipped_rows_by_reason_and_waiting_learners(trained: De
     result = d.run("train_learners", tags=request.tags)
 
     assert result.success  # a learner waiting for usable rows is not a failure
-    [bucket] = result.asset_materializations_for_node("learner_training")
-    assert bucket.partition == bucket_key(BUCKET)
-    metadata = {k: v.value for k, v in bucket.metadata.items()}
+    [done] = result.asset_materializations_for_node("learner_training")
+    metadata = {k: v.value for k, v in done.metadata.items()}
+    assert metadata["buckets"] == bucket_key(BUCKET)
     assert (metadata["trained"], metadata["failed"], metadata["not_trained"], metadata["rebuilt"]) == (2, 0, 1, 0)
     assert metadata["skipped_rows"] == dict.fromkeys(ROW_PROBLEMS, 0) | {
         "features_non_finite": 2,
