@@ -3,6 +3,8 @@ rows, model files and manifests, the settings.
 
 Two profiles: `quick` (the default, what `make test` runs) and `nightly` (`make fuzz`: minutes,
 HYPOTHESIS_PROFILE=nightly). No example database: the suite writes nothing in the working tree.
+Floats are drawn without subnormals: a test process that trained first runs with torch's
+flush-to-zero set (aivo_fl/ml/runtime.py), where hypothesis cannot draw them.
 """
 
 from __future__ import annotations

@@ -14,9 +14,16 @@ from hypothesis import strategies as st
 from aivo_fl.ml.interactions import FEATURE_LIMIT, ROW_PROBLEMS, BadFeatures, check_rows, decode_feature_row
 from aivo_fl.ml.samples import HEAD_CLASSES, NUM_FEATURES
 
-ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=32)
-IN_RANGE = st.floats(-FEATURE_LIMIT, FEATURE_LIMIT, width=32)
-SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=32, allow_subnormal=False)
+IN_RANGE = st.floats(-FEATURE_LIMIT, FEATURE_LIMIT, width=32, allow_subnormal=False)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_subnormal=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+)
 
 # Features as the app may store them: packed bytes (right or wrong length, any bit pattern), arrays
 # of numbers (right or wrong length), JSON text (valid or not), or something else altogether.
@@ -33,7 +40,7 @@ FEATURES = st.one_of(
     st.text(max_size=40),
     st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner)),
 )
-LABELS = st.integers(-3, 7) | st.none() | st.booleans() | st.floats() | st.text(max_size=3)
+LABELS = st.integers(-3, 7) | st.none() | st.booleans() | st.floats(allow_subnormal=False) | st.text(max_size=3)
 WHEN = st.none() | st.just(datetime(2026, 12, 1, tzinfo=UTC))
 ROW = st.tuples(FEATURES, LABELS, LABELS, LABELS, WHEN)
 

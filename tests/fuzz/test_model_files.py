@@ -27,7 +27,9 @@ def _header(header: Any, data: bytes) -> bytes:
 
 
 # Weights: valid files, valid files cut or flipped, hand-made headers, garbage.
-VALID = st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=25, max_size=25).map(
+VALID = st.lists(
+    st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=False), min_size=25, max_size=25
+).map(
     lambda v: encode_tensors(
         {"difficulty.weight": np.asarray(v[:20], np.float32).reshape(5, 4), "difficulty.bias": np.asarray(v[20:])}
     )
