@@ -91,7 +91,6 @@ def world_of(seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs)
         generate_curriculum(2_000, seed=10_000 + seed),
         generate_curriculum(2_000, seed=20_000 + seed),
         seed,
-        central_epochs=3 if quick else 4,
     )
 
 

@@ -20,7 +20,7 @@ from aivo_fl.ml.model import CurriculumNet, freeze_trunk, frozen_layers_for
 from aivo_fl.ml.privacy.ledger import compose_rounds
 from aivo_fl.ml.round.backtrack import MAX_HALVINGS
 from aivo_fl.ml.round.gate import Tolerances
-from aivo_fl.ml.round.gather import LearnerUpdate
+from aivo_fl.ml.round.gather import LearnerUpdate, NoEligibleLearners
 from aivo_fl.ml.round.options import AnchorOptions, PrivacySettings, RoundOptions
 from aivo_fl.ml.samples import HEAD_CLASSES, Samples
 from aivo_fl.ml.simulation.central import Choice, choose_settings, pooled_training, train_central
@@ -31,9 +31,8 @@ from aivo_fl.ml.simulation.evaluation import (
     gap_closed,
     learner_counts,
     per_learner,
-    train_oracle,
 )
-from aivo_fl.ml.simulation.population import Interactions, Population
+from aivo_fl.ml.simulation.population import Interactions, Population, concat_interactions
 from aivo_fl.ml.simulation.server import SimulatedServer
 from aivo_fl.ml.simulation.week import Tensors, train_active_learners
 from aivo_fl.ml.training.local import LocalTrainingConfig, personal_tensors
@@ -46,7 +45,7 @@ YEAR = 52
 TUNING_SEEDS: tuple[int, ...] = (1, 2)
 REPORTED_SEEDS: tuple[int, ...] = (3, 4, 5, 6, 7)
 # Rounds at which the central yardsticks are trained on the data produced so far (plus the last).
-CHECKPOINTS: tuple[int, ...] = (4, 13, 26, 39, 52)
+CHECKPOINTS: tuple[int, ...] = (13, 26, 52)
 FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)
 # The privacy configurations compared, as the environment's settings (explicit, so a shell's .env
 # cannot change them): `aivo_fl.config.load_settings(**overrides).privacy()` turns one into knobs.
@@ -119,19 +118,42 @@ class World:
 
 
 def oracle_interactions(population: Population, weeks: int) -> Interactions:
-    """The oracles' data: every week's training interactions of the training learners, pooled."""
+    """The yardsticks' data: every week's training interactions of the training learners, pooled."""
     return pooled_training(population, weeks)
 
 
+def _prefix(pooled: Interactions, rows: int) -> Samples:
+    # Weeks are pooled in order, so the data up to a round is a prefix (a view, not a copy).
+    return pooled.samples.subset(slice(0, rows))  # type: ignore[arg-type]
+
+
 def _yardsticks(
-    main: CurriculumNet, population: Population, weeks: int, choice: Choice, seed: int
+    main: CurriculumNet, pooled: Interactions, ends: dict[int, int], choice: Choice, depth: str, seed: int
 ) -> tuple[dict[int, CurriculumNet], dict[int, CurriculumNet]]:
+    """Per checkpoint round: the strongest central model and the head-matched oracle (the clones'
+    layers at their best epoch count), trained on the pooled training data up to that round."""
     strongest, matched = {}, {}
-    for r in checkpoints(weeks):
-        pooled = oracle_interactions(population, r).samples
-        strongest[r], _ = train_central(main, pooled, choice.settings, seed=seed)
-        matched[r] = train_oracle(main, pooled)
+    for r, rows in ends.items():
+        strongest[r], _ = train_central(main, _prefix(pooled, rows), choice.settings, seed=seed)
+        same = choice.per_depth[depth] == choice.settings
+        matched[r] = strongest[r] if same else train_central(main, _prefix(pooled, rows), choice.per_depth[depth])[0]
     return strongest, matched
+
+
+def _cohort_counts(
+    main: CurriculumNet, population: Population, strongest: dict[int, CurriculumNet], matched: dict[int, CurriculumNet]
+) -> dict[str, Counts]:
+    cohort_data = population.evaluation_cohort
+    samples = cohort_data.samples
+    bayes = np.stack([samples.targets[h] == samples.bayes_labels[h] for h in HEAD_CLASSES], axis=1)
+    cohort = {
+        "round 0": learner_counts(main, cohort_data),
+        "bayes": per_learner(bayes, cohort_data.learner, cohort_data.learners),
+    }
+    for r in strongest:
+        cohort[f"strongest@{r}"] = learner_counts(strongest[r], cohort_data)
+        cohort[f"matched@{r}"] = learner_counts(matched[r], cohort_data)
+    return cohort
 
 
 def build_world(
@@ -143,25 +165,24 @@ def build_world(
     curriculum_val: Samples,
     curriculum_test: Samples,
     seed: int = 0,
-    central_epochs: int = 4,
+    central_epochs: int = 3,
 ) -> World:
     """``main`` (trained on ``curriculum``) at personalization ``depth``; the yardsticks trained on
-    ``population``'s training data up to each checkpoint round."""
+    ``population``'s training data up to each checkpoint round, their settings chosen on all of it."""
     main = copy.deepcopy(main)
     main.frozen_layers = frozen_layers_for(depth)
     freeze_trunk(main)
-    choice = choose_settings(main, oracle_interactions(population, weeks), central_epochs, seed)
-    strongest, matched = _yardsticks(main, population, weeks, choice, seed)
-    cohort_data = population.evaluation_cohort
-    cohort = {"round 0": learner_counts(main, cohort_data)}
-    bayes = np.stack([cohort_data.samples.targets[h] == cohort_data.samples.bayes_labels[h] for h in HEAD_CLASSES], 1)
-    cohort["bayes"] = per_learner(bayes, cohort_data.learner, cohort_data.learners)
-    for r in strongest:
-        cohort[f"strongest@{r}"] = learner_counts(strongest[r], cohort_data)
-        cohort[f"matched@{r}"] = learner_counts(matched[r], cohort_data)
+    parts = [population.week(w).train() for w in range(1, weeks + 1)]
+    ends = {r: sum(len(p) for p in parts[:r]) for r in checkpoints(weeks)}
+    pooled = concat_interactions(parts)
+    del parts
+    choice = choose_settings(main, pooled, central_epochs, seed)
+    strongest, matched = _yardsticks(main, pooled, ends, choice, depth, seed)
+    del pooled
     # The training split the main model was fitted on (train_model's own split), never validation or test.
     defaults = TrainingConfig()
     train = split_curriculum(curriculum, defaults.val_fraction, defaults.test_fraction, seed).train
+    cohort = _cohort_counts(main, population, strongest, matched)
     return World(
         population, weeks, main, curriculum_val, train, curriculum_test, choice, strongest, matched, cohort, seed
     )
@@ -193,17 +214,22 @@ def _week(
     now = FIRST_WEEK + timedelta(weeks=week)
     ids = world.population.ids
     deltas = {ids[i]: {k: v.numpy() for k, v in d.items()} for i, d in zip(update.learners, update.deltas, strict=True)}
-    judged = server.round(
-        _offered(ids, update.learners, update.samples, server.version, now),
-        {ids[i]: samples for i, samples in data.evaluation().by_learner().items()},
-        knobs.options(),
-        privacy,
-        now,
-        rng,
-        tolerances=Tolerances(curriculum=knobs.curriculum_tolerance),
-        halvings=knobs.halvings,
-        in_memory=deltas,
-    )
+    try:
+        judged = server.round(
+            _offered(ids, update.learners, update.samples, server.version, now),
+            {ids[i]: samples for i, samples in data.evaluation().by_learner().items()},
+            knobs.options(),
+            privacy,
+            now,
+            rng,
+            tolerances=Tolerances(curriculum=knobs.curriculum_tolerance),
+            halvings=knobs.halvings,
+            in_memory=deltas,
+        )
+    except NoEligibleLearners as refused:  # as in the product: no round this week, nothing released
+        return {"learners": len(update.learners), "included": 0, "accepted": False, "gate_reason": str(refused)}, (
+            data.evaluation()
+        )
     result = judged.result
     row = {
         "learners": len(update.learners),
@@ -273,6 +299,7 @@ def run_configuration(
         row, heldout = _week(world, server, offsets, week, privacy, knobs, rng)
         pooled, personal = _personalized(world, week, server.active, offsets, heldout)
         scores, measured = _scores(world, server.active, week)
+        row.setdefault("epsilon", rows[-1]["epsilon"] if privacy.enabled else None)
         rows.append({"round": week, **scores, **row, **pooled, "seconds": time.perf_counter() - started})
         per_round.append({**measured, "personalized": personal})
         if on_row is not None:
