@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import resource
 import time
 from collections.abc import Sequence
@@ -139,7 +140,10 @@ def run(
     rounds = rounds or (4 if quick else YEAR)
     started = time.perf_counter()
     per_seed = [run_seed(s, quick, n_learners, rounds, knobs, configurations) for s in seeds]
-    return {
+    if os.environ.get("FL_QUALITY_RAW"):  # keep the raw measurements (to re-summarize without re-running)
+        with open(os.environ["FL_QUALITY_RAW"], "wb") as raw:
+            pickle.dump(per_seed, raw)
+    result = {
         "benchmark": "fl_quality",
         "kind": kind,
         "seeds": list(seeds),
@@ -157,6 +161,9 @@ def run(
         "load_average_1min": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
+    png = output_stem(result).with_suffix(".png")
+    plot(result, png)
+    return {**result, "plot": str(png.relative_to(RESULTS.parent))}
 
 
 def output_stem(result: dict[str, Any]) -> Path:
@@ -169,8 +176,6 @@ def output_stem(result: dict[str, Any]) -> Path:
 def write(result: dict[str, Any]) -> Path:
     stem = output_stem(result)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    result = {**result, "plot": str(stem.with_suffix(".png").relative_to(RESULTS.parent))}
-    plot(result, stem.with_suffix(".png"))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
     return stem.with_suffix(".json")
 
