@@ -45,8 +45,18 @@ def accuracy(model: CurriculumNet, samples: Samples, head: str = PRIMARY_HEAD) -
 
 
 def correct_heads(model: CurriculumNet, samples: Samples) -> np.ndarray:
-    """(n, heads) bool in HEAD_CLASSES order: which of ``samples`` the model gets right, per head."""
-    return np.stack([correct(model, samples, head) for head in HEAD_CLASSES], axis=1)
+    """(n, heads) bool in HEAD_CLASSES order: which of ``samples`` the model gets right, per head
+    (one forward pass for all heads)."""
+    if len(samples) == 0:
+        return np.zeros((0, len(HEAD_CLASSES)), dtype=bool)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.ascontiguousarray(samples.features, dtype=np.float32)))
+    finally:
+        model.train(was_training)
+    return np.stack([logits[h].argmax(dim=1).numpy() == samples.targets[h] for h in HEAD_CLASSES], axis=1)
 
 
 def per_learner(hits: np.ndarray, rows: np.ndarray, learners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

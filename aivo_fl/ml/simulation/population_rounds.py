@@ -297,7 +297,10 @@ def run_configuration(
     for week in range(1, world.weeks + 1):
         started = time.perf_counter()
         row, heldout = _week(world, server, offsets, week, privacy, knobs, rng)
-        pooled, personal = _personalized(world, week, server.active, offsets, heldout)
+        # Clones are scored at the checkpoints only: one model per learner is the costly part.
+        pooled, personal = (
+            _personalized(world, week, server.active, offsets, heldout) if week in world.strongest else ({}, {})
+        )
         scores, measured = _scores(world, server.active, week)
         row.setdefault("epsilon", rows[-1]["epsilon"] if privacy.enabled else None)
         rows.append({"round": week, **scores, **row, **pooled, "seconds": time.perf_counter() - started})
