@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import pickle
 import resource
@@ -95,21 +96,35 @@ def world_of(seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs)
     )
 
 
+# The world a forked worker runs its configuration on (inherited, never pickled).
+_SHARED: dict[str, Any] = {}
+
+
+def _run_one(name: str) -> tuple[str, dict[str, Any]]:
+    world, knobs = _SHARED["world"], _SHARED["knobs"]
+    began = time.perf_counter()
+    result = run_configuration(
+        world, privacy_of(name), knobs, on_row=lambda r: print(row_line(world.seed, name, r), flush=True)
+    )
+    return name, {**result, "seconds": time.perf_counter() - began}
+
+
 def run_seed(
-    seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs, configurations: Sequence[str]
+    seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs, configurations: Sequence[str], workers: int
 ) -> dict[str, Any]:
+    """The seed's world once, then its configurations, each in its own forked process when
+    ``workers`` > 1 (one thread each: the configurations are independent)."""
     started = time.perf_counter()
     world = world_of(seed, quick, n_learners, rounds, knobs)
     setup = time.perf_counter() - started
     print(f"seed {seed}: world and yardsticks in {setup:.0f} s; strongest central model {world.central}", flush=True)
     print_row_header()
-    runs = {}
-    for name in configurations:
-        began = time.perf_counter()
-        runs[name] = run_configuration(
-            world, privacy_of(name), knobs, on_row=lambda r, n=name: print(row_line(seed, n, r), flush=True)
-        )
-        runs[name]["seconds"] = time.perf_counter() - began
+    _SHARED.update(world=world, knobs=knobs)
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(configurations))) as pool:
+            runs = dict(pool.map(_run_one, configurations, chunksize=1))
+    else:
+        runs = dict(_run_one(name) for name in configurations)
     return {"seed": seed, "world": world, "setup_seconds": setup, "configurations": runs}
 
 
@@ -131,6 +146,7 @@ def run(
     knobs: Knobs | None = None,
     n_learners: int | None = None,
     configurations: Sequence[str] = tuple(CONFIGURATIONS),
+    workers: int = len(CONFIGURATIONS),
 ) -> dict[str, Any]:
     kind = check_seeds(seeds)
     configure_cpu(1)
@@ -139,7 +155,7 @@ def run(
     n_learners = n_learners or (1_000 if quick else 10_000)
     rounds = rounds or (4 if quick else YEAR)
     started = time.perf_counter()
-    per_seed = [run_seed(s, quick, n_learners, rounds, knobs, configurations) for s in seeds]
+    per_seed = [run_seed(s, quick, n_learners, rounds, knobs, configurations, workers) for s in seeds]
     if os.environ.get("FL_QUALITY_RAW"):  # keep the raw measurements (to re-summarize without re-running)
         with open(os.environ["FL_QUALITY_RAW"], "wb") as raw:
             pickle.dump(per_seed, raw)
@@ -158,6 +174,11 @@ def run(
         "total_seconds": time.perf_counter() - started,
         # Peak resident memory of this process (Linux reports KiB) and the machine's load while it ran.
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # CPU time of the run and its workers: on a shared machine the wall clock measures the others too.
+        "cpu_seconds": sum(
+            u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        ),
         "load_average_1min": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
@@ -187,6 +208,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help=f"every reported seed {REPORTED_SEEDS}")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=len(CONFIGURATIONS), help="configurations run at once")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     args = parser.parse_args()
     seeds = REPORTED_SEEDS if args.full else (args.seeds or REPORTED_SEEDS[:1])
@@ -196,7 +218,7 @@ def main() -> None:
         parser.error(str(error))
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    result = run(args.quick, seeds, args.rounds, configurations=args.configurations)
+    result = run(args.quick, seeds, args.rounds, configurations=args.configurations, workers=args.workers)
     print(table(result))
     print(f"written {write(result)}")
 

@@ -246,7 +246,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     setup = ", ".join(f"{s:.0f}" for s in result["setup_seconds"])
     lines.append(
         f"\n{result['total_seconds']:.0f} s in all (setup per seed {setup} s); "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB; "
+        f"{result['cpu_seconds']:.0f} CPU-seconds; peak RSS {result['peak_rss_mb']:.0f} MB "
+        f"(a configuration's worker {result['peak_rss_worker_mb']:.0f} MB); "
         f"load average {result['load_average_1min']:.1f} on {result['cpus']} CPUs"
     )
     return lines

@@ -33,6 +33,7 @@ class CentralSettings:
     epochs: int = 3
     # Large batches: the pooled year is ~1.2 million interactions; at 1,024 an epoch of the full
     # network costs ~2.4 s per 100,000 on one core (256: 6.4 s), and the data are plentiful.
+    # A small pool (a quick run) trains at smaller batches: see train_central.
     learning_rate: float = 2e-3
     batch_size: int = 1_024
     weight_decay: float = 0.01
@@ -73,6 +74,8 @@ def train_central(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, settings.learning_rate, settings.weight_decay)
     x, y = samples_to_tensors(pooled)
+    # At most `batch_size`, and at least ~200 steps an epoch when the pool is small (quick runs).
+    batch_size = max(1, min(settings.batch_size, len(pooled) // 200))
     scores: list[float] = []
     best: dict[str, torch.Tensor] | None = None
 
@@ -92,7 +95,7 @@ def train_central(
         x,
         y,
         epochs=settings.epochs,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         # Constant: epoch k of the choice is epoch k of the final fit.
         lr_at=lambda _epoch: settings.learning_rate,
         seed=seed,
