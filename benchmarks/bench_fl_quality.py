@@ -20,7 +20,7 @@ oracle (the clones' layers only) and the personalized Bayes ceiling. The curricu
 test split that neither the gate nor tuning sees.
 
     python -m benchmarks fl_quality [--quick]
-    python -m benchmarks.bench_fl_quality [--quick] [--rounds N] [--seeds S ...] [--full]
+    python -m benchmarks.bench_fl_quality [--quick] [--rounds N] [--seeds S ...] [--full] [--depth guide]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from aivo_fl.config import load_settings
-from aivo_fl.ml.model import CurriculumNet
+from aivo_fl.ml.model import PERSONALIZATION_DEPTHS, CurriculumNet
 from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.runtime import configure_cpu
 from aivo_fl.ml.samples import Samples
@@ -121,8 +121,10 @@ def run_seed(
     print_row_header()
     _SHARED.update(world=world, knobs=knobs)
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(configurations))) as pool:
-            runs = dict(pool.map(_run_one, configurations, chunksize=1))
+        pool = multiprocessing.get_context("fork").Pool(min(workers, len(configurations)))
+        runs = dict(pool.map(_run_one, configurations, chunksize=1))
+        pool.close()
+        pool.join()  # reaped, so their CPU time and memory count in RUSAGE_CHILDREN
     else:
         runs = dict(_run_one(name) for name in configurations)
     return {"seed": seed, "world": world, "setup_seconds": setup, "configurations": runs}
@@ -188,10 +190,12 @@ def run(
 
 
 def output_stem(result: dict[str, Any]) -> Path:
+    depth = "" if result["knobs"]["depth"] == Knobs.depth else f"_{result['knobs']['depth']}"
+    quick = "_quick" if result["quick"] else ""
     if result["kind"] == "tuning":
         seeds = "-".join(str(s) for s in result["seeds"])
-        return TUNING_RESULTS / f"fl_quality_seeds{seeds}_r{result['rounds']}{'_quick' if result['quick'] else ''}"
-    return RESULTS / f"fl_quality{'_quick' if result['quick'] else ''}"
+        return TUNING_RESULTS / f"fl_quality_seeds{seeds}_r{result['rounds']}{depth}{quick}"
+    return RESULTS / f"fl_quality{depth}{quick}"
 
 
 def write(result: dict[str, Any]) -> Path:
@@ -208,6 +212,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help=f"every reported seed {REPORTED_SEEDS}")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--depth", default=Knobs.depth, choices=sorted(PERSONALIZATION_DEPTHS))
     parser.add_argument("--workers", type=int, default=len(CONFIGURATIONS), help="configurations run at once")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     args = parser.parse_args()
@@ -218,7 +223,8 @@ def main() -> None:
         parser.error(str(error))
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    result = run(args.quick, seeds, args.rounds, configurations=args.configurations, workers=args.workers)
+    knobs = Knobs(depth=args.depth)
+    result = run(args.quick, seeds, args.rounds, knobs, configurations=args.configurations, workers=args.workers)
     print(table(result))
     print(f"written {write(result)}")
 
