@@ -93,6 +93,7 @@ def _configuration(per_seed: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return {
         "privacy": runs[0]["privacy"],
         "rounds": rows,
+        "accuracy": rows[-1]["cold_start"]["mean"],  # what bench_privacy reads
         "epsilon_1": None if None in e1 else float(np.mean(e1)),
         "epsilon_52": None if None in e52 else float(np.mean(e52)),
         "seconds": [run["seconds"] for run in runs],
