@@ -225,6 +225,7 @@ def _week(
             tolerances=Tolerances(curriculum=knobs.curriculum_tolerance),
             halvings=knobs.halvings,
             in_memory=deltas,
+            faults=world.population.faults(week),
         )
     except NoEligibleLearners as refused:  # as in the product: no round this week, nothing released
         return {"learners": len(update.learners), "included": 0, "accepted": False, "gate_reason": str(refused)}, (
