@@ -20,7 +20,7 @@ oracle (the clones' layers only) and the personalized Bayes ceiling. The curricu
 test split that neither the gate nor tuning sees.
 
     python -m benchmarks fl_quality [--quick]
-    python -m benchmarks.bench_fl_quality [--quick] [--rounds N] [--seeds S ...] [--full] [--depth guide]
+    python -m benchmarks.bench_fl_quality [--quick] [--rounds N] [--seeds S ...] [--full] [--learners N] [--depth guide]
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def output_stem(result: dict[str, Any]) -> Path:
     if result["kind"] == "tuning":
         seeds = "-".join(str(s) for s in result["seeds"])
         return TUNING_RESULTS / f"fl_quality_seeds{seeds}_r{result['rounds']}{depth}{quick}"
-    return RESULTS / f"fl_quality{depth}{quick}"
+    size = "" if result["learners"] == (1_000 if result["quick"] else 10_000) else f"_{result['learners']}"
+    return RESULTS / f"fl_quality{depth}{size}{quick}"
 
 
 def write(result: dict[str, Any]) -> Path:
@@ -212,6 +213,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help=f"every reported seed {REPORTED_SEEDS}")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--learners", type=int, default=None, help="population size (default 10,000; quick 1,000)")
     parser.add_argument("--depth", default=Knobs.depth, choices=sorted(PERSONALIZATION_DEPTHS))
     parser.add_argument("--workers", type=int, default=len(CONFIGURATIONS), help="configurations run at once")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
@@ -221,10 +223,10 @@ def main() -> None:
         check_seeds(seeds)
     except ValueError as error:
         parser.error(str(error))
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    if (args.rounds is not None and args.rounds < 1) or (args.learners is not None and args.learners < 100):
+        parser.error("--rounds must be >= 1 and --learners >= 100")
     knobs = Knobs(depth=args.depth)
-    result = run(args.quick, seeds, args.rounds, knobs, configurations=args.configurations, workers=args.workers)
+    result = run(args.quick, seeds, args.rounds, knobs, args.learners, args.configurations, args.workers)
     print(table(result))
     print(f"written {write(result)}")
 
