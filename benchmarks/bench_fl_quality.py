@@ -47,6 +47,8 @@ from aivo_fl.ml.simulation.population import Population, PopulationConfig
 from aivo_fl.ml.simulation.population_rounds import CONFIGURATIONS, YEAR, Knobs, build_world, run_configuration
 from aivo_fl.ml.simulation.world import generate_curriculum
 from aivo_fl.ml.training.main_model import TrainingConfig, train_model
+from benchmarks.report import Column, machine, machine_line
+from benchmarks.report import table as report_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOT_PATH = RESULTS / "fl_quality.png"
@@ -101,8 +103,6 @@ def run(
         for name in configurations
     }
     result = {
-        "benchmark": "fl_quality",
-        "quick": quick,
         "learners": n_learners,
         "evaluation_learners": len(world.population.eval_learners),
         "weeks": weeks,
@@ -117,7 +117,6 @@ def run(
         "configurations": results,
         "plot": str(plot_path),
     }
-    _print(result)
     _plot(result, plot_path)
     return result
 
@@ -144,20 +143,41 @@ def _row(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def _print(result: dict[str, Any]) -> None:
-    print(
-        f"\n{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
+COLUMNS = (
+    Column("configuration", "configuration"),
+    Column("round", "round"),
+    Column("cold_start", "cold start", "{:.2%}"),
+    Column("personalized_clones", "clones", "{:.2%}"),
+    Column("personalized_main", "main", "{:.2%}"),
+    Column("curriculum", "curric.", "{:.2%}"),
+    Column("epsilon", "epsilon", "{:.3g}"),
+    Column("gap_closed", "gap to oracle closed", "{:.0%}"),
+    Column("gate", "gate"),
+    Column("seconds", "s", "{:.1f}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    """Every round of every configuration against the central oracle (the plain baseline); epsilon "-"
+    means no guarantee (deltas released without noise)."""
+    rows = [
+        {"configuration": name, **r, "gate": "" if r["round"] == 0 else ("ok" if r["accepted"] else "reject")}
+        for name, c in result["configurations"].items()
+        for r in c["rounds"]
+    ]
+    title = (
+        f"{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
         f"{result['weeks']} weekly rounds; knobs {result['knobs']}; oracle {result['oracle']:.2%} "
-        f"(its curriculum accuracy {result['oracle_curriculum']:.2%}); {result['total_seconds']:.0f} s in all"
+        f"(its curriculum accuracy {result['oracle_curriculum']:.2%}); {result['total_seconds']:.0f} s in all, "
+        f"load average {result['load_average_1min']:.1f}"
     )
-    print(HEADER)
+    out = [report_table(rows, COLUMNS, title)]
     for name, c in result["configurations"].items():
-        for r in c["rounds"]:
-            print(_row(name, r))
-        print(
+        out.append(
             f"{name:<18} epsilon after 1 round {_fmt(c['epsilon_1'], '{:.3g}')}, after {YEAR} "
             f"{_fmt(c['epsilon_52'], '{:.3g}')} (delta {c['privacy']['delta']:g})"
         )
+    return "\n".join(out)
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
@@ -192,6 +212,9 @@ def main() -> None:
     args = parser.parse_args()
     stem = RESULTS / f"fl_quality_{args.depth}{'_quick' if args.quick else ''}"
     result = run(args.quick, Knobs(depth=args.depth), None, None, args.configurations, stem.with_suffix(".png"))
+    result = {"benchmark": "fl_quality", "quick": args.quick, **result, "machine": machine()}
+    print(table(result))
+    print(machine_line(result["machine"]))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
 
 

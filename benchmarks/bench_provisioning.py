@@ -25,6 +25,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ import dagster as dg
 
 from aivo_fl.defs import sensors
 from benchmarks.bench_sensor import add_learners, execute_requests, trained_deployment
+from benchmarks.report import Column, run_and_report
+from benchmarks.report import table as report_table
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "provisioning.json"
 GOAL_SECONDS_100K = 300  # the goal: 100,000 learners in under 5 minutes on 2 cores
 
 
@@ -138,32 +140,26 @@ def run(
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         sensors.BUCKETS_PER_RUN = default
-    result = {
-        "benchmark": "provisioning",
-        "quick": quick,
-        "goal_seconds_100k": GOAL_SECONDS_100K,
-        "cpus": os.cpu_count(),
-        "rows": rows,
-    }
-    _print_table(result)
-    return result
+    return {"goal_seconds_100k": GOAL_SECONDS_100K, "cpus": os.cpu_count(), "rows": rows}
 
 
-def _print_table(result: dict[str, Any]) -> None:
-    print("\nProvisioning new learners (sensor ticks + cloning runs + rows + files), SQLite registry and instance")
-    header = (
-        f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} "
-        f"{'runs':>5} {'buckets':>7} {'events':>7} {'ms/event':>8} {'load':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in result["rows"]:
-        load = "-".join(f"{x:.1f}" for x in r["load_average_1m"])
-        print(
-            f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['dagster_seconds']:>10.1f} "
-            f"{r['ratio_dagster_to_plain']:>6.2f}x {r['dagster_overhead_ms_per_learner']:>19.2f} {r['runs']:>5} "
-            f"{r['buckets_covered']:>7} {r['events']:>7} {r['overhead_ms_per_event']:>8.1f} {load:>9}"
-        )
+COLUMNS = (
+    Column("learners", "learners", "{:,}"),
+    Column("plain_seconds", "plain s", "{:.1f}"),
+    Column("dagster_seconds", "Dagster s", "{:.1f}"),
+    Column("ratio_dagster_to_plain", "Dagster/plain", "{:.2f}x"),
+    Column("dagster_overhead_ms_per_learner", "overhead ms/learner", "{:.2f}"),
+    Column("runs", "runs"),
+    Column("buckets_covered", "buckets"),
+    Column("events", "events", "{:,}"),
+    Column("overhead_ms_per_event", "ms/event", "{:.1f}"),
+    Column("load_average_1m", "load", "{0[0]:.1f}-{0[1]:.1f}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    title = "Provisioning new learners (sensor ticks + cloning runs + rows + files), SQLite registry and instance"
+    return report_table(result["rows"], COLUMNS, title)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,10 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 200, 10,000 and 100,000)")
     parser.add_argument("--buckets-per-run", type=int, nargs="+", help="compare run sizes (default: the sensor's)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, sizes=args.sizes, buckets_per_run=args.buckets_per_run)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {RESULTS_PATH}")
+    run_one = partial(run, sizes=args.sizes, buckets_per_run=args.buckets_per_run)
+    run_and_report("provisioning", run_one, table, args.quick)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from benchmarks.bench_sensor import add_learners, execute_requests, trained_deployment
+from benchmarks.report import Column, run_and_report
+from benchmarks.report import table as report_table
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "training_runs.json"
 LOOP_SAMPLE = 500
 INTERACTIONS = 30
 TEMPLATES = 1_000
@@ -158,21 +159,26 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
     for count in sizes or ([100] if quick else [10_000, 100_000]):
         rows.append(measure(count))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "training_runs", "quick": quick, "cpus": os.cpu_count(), "rows": rows}
-    print("\nLocal training (activity sensor ticks + training runs + sessions + delta files), SQLite")
-    header = (
-        f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} {'runs':>5}"
-        f" {'1-by-1 learners/s':>17} {'batched/1-by-1':>14}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['dagster_seconds']:>10.1f} "
-            f"{r['ratio_dagster_to_plain']:>6.2f}x {r['dagster_overhead_ms_per_learner']:>19.2f} {r['runs']:>5}"
-            f" {r['one_at_a_time_learners_per_s']:>17.1f} {r['batched_over_one_at_a_time']:>13.1f}x"
-        )
-    return result
+    return {"cpus": os.cpu_count(), "rows": rows}
+
+
+COLUMNS = (
+    Column("learners", "learners", "{:,}"),
+    Column("plain_seconds", "plain s", "{:.1f}"),
+    Column("dagster_seconds", "Dagster s", "{:.1f}"),
+    Column("ratio_dagster_to_plain", "Dagster/plain", "{:.2f}x"),
+    Column("dagster_overhead_ms_per_learner", "overhead ms/learner", "{:.2f}"),
+    Column("runs", "runs"),
+    Column("events", "events", "{:,}"),
+    Column("one_at_a_time_learners_per_s", "1-by-1 learners/s", "{:.1f}"),
+    Column("batched_over_one_at_a_time", "batched/1-by-1", "{:.1f}x"),
+    Column("load_average_1m", "load", "{0[0]:.1f}-{0[1]:.1f}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    title = "Local training (activity sensor ticks + training runs + sessions + clone files), SQLite"
+    return report_table(result["rows"], COLUMNS, title)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,10 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, sizes=args.sizes)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {RESULTS_PATH}")
+    run_and_report("training_runs", partial(run, sizes=args.sizes), table, args.quick)
 
 
 if __name__ == "__main__":
