@@ -29,7 +29,7 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -65,30 +65,30 @@ _F32 = np.dtype("<f4")
 Shapes = Mapping[str, tuple[int, ...]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per file a round reads: a plain slotted class is the cheapest to build
 class CloneFile:
     """A verified clone file: its data section as one float32 vector and where each tensor lies."""
 
     flat: np.ndarray  # read-only view of the file's bytes
-    spans: dict[str, tuple[int, int, tuple[int, ...]]]  # full tensor name -> (first, last element, shape)
-    metadata: dict[str, Any]
+    spans: Mapping[str, tuple[int, int, tuple[int, ...]]]  # full tensor name -> (first, last element, shape)
+    update: tuple[int, int] | None  # the update's elements, when they lie back to back in name order
+    metadata_text: bytes | memoryview  # the header's metadata object, parsed on use (a round never needs it)
     path: str
 
-    @cached_property
+    @property
     def manifest(self) -> dict[str, Any]:
-        """The clone's manifest (parsed on first use: the round never needs it)."""
         try:
-            return _manifest(self.metadata)
+            return _manifest(_metadata_object(bytes(self.metadata_text)))
         except _Bad as bad:
             raise FileRejected(bad.reason, self.path, bad.detail) from None
 
     def update_vector(self) -> np.ndarray:
         """The update's tensors in name order as one vector (a view when they lie that way, as written)."""
+        if self.update is not None:
+            return self.flat[self.update[0] : self.update[1]]
         spans = sorted((name, first, last) for name, (first, last, _) in self.spans.items() if name.startswith(UPDATE))
         if not spans:
             raise FileRejected(NO_UPDATE, self.path, "the clone has no update")
-        if all(a[2] == b[1] for a, b in pairwise(spans)):
-            return self.flat[spans[0][1] : spans[-1][2]]
         return np.concatenate([self.flat[first:last] for _, first, last in spans])
 
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
@@ -98,6 +98,40 @@ class CloneFile:
             for name, (first, last, shape) in self.spans.items()
             if name.startswith(prefix)
         }
+
+
+@dataclass(frozen=True)
+class _Canonical:
+    """What the writer puts before the hash for tensors of these shapes, and where they lie."""
+
+    prefix: bytes  # {<tensor table>,"__metadata__":{"sha256":"
+    after_hash: bytes  # ","format":"aivo-fl-clone","format_version":"1","manifest":"
+    spans: dict[str, tuple[int, int, tuple[int, ...]]]
+    data_bytes: int
+    update: tuple[int, int] | None
+
+
+@lru_cache(maxsize=16)
+def _canonical(expected: tuple[tuple[str, tuple[int, ...]], ...]) -> _Canonical:
+    spans, position = {}, 0
+    for name, shape in sorted(expected):
+        size = math.prod(shape)
+        spans[name] = (position, position + size, shape)
+        position += size
+    return _Canonical(
+        _table_prefix(expected) + b'{"sha256":"',
+        f'","format":"{CLONE_FORMAT}","format_version":"{CLONE_FORMAT_VERSION}","manifest":"'.encode(),
+        spans,
+        position * _F32.itemsize,
+        _update_span(spans),
+    )
+
+
+def _update_span(spans: Mapping[str, tuple[int, int, tuple[int, ...]]]) -> tuple[int, int] | None:
+    ordered = sorted((name, first, last) for name, (first, last, _) in spans.items() if name.startswith(UPDATE))
+    if not ordered or any(a[2] != b[1] for a, b in pairwise(ordered)):
+        return None
+    return ordered[0][1], ordered[-1][2]
 
 
 class _Bad(Exception):
@@ -152,17 +186,13 @@ def read_clone_file(
     root: Path | str, directory: Path | str, expected: tuple[tuple[str, tuple[int, ...]], ...] | None
 ) -> CloneFile:
     """:func:`read_clone` with the file's tensors already spelled out (:func:`clone_shapes`)."""
-    limit = MAX_CLONE_BYTES if expected is None else 8 + MAX_HEADER_BYTES + _data_bytes(expected)
+    limit = MAX_CLONE_BYTES if expected is None else 8 + MAX_HEADER_BYTES + _canonical(expected).data_bytes
     dir_fd = open_store_directory(root, directory)
     try:
         raw = read_at(dir_fd, CLONE_NAME, limit, root, directory)
     finally:
         os.close(dir_fd)
     return parse_clone(raw, expected, os.path.join(directory, CLONE_NAME))
-
-
-def _data_bytes(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
-    return sum(math.prod(shape) for _, shape in shapes) * _F32.itemsize
 
 
 def parse_clone(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None, path: str) -> CloneFile:
@@ -182,39 +212,61 @@ def _parse(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None,
     data_start = 8 + header_len
     if data_start > len(raw):
         raise _Bad(TRUNCATED, f"header claims {header_len} bytes, the file has {len(raw) - 8}")
-    header = raw[8:data_start]
-    prefix = _table_prefix(expected) if expected is not None else None
-    if prefix is not None and header.startswith(prefix):
-        metadata = _metadata(header[len(prefix) :].rstrip(b" "))
-        spans = _canonical_spans(expected)  # type: ignore[arg-type]
+    canonical = _canonical(expected) if expected is not None else None
+    if canonical is not None and _is_canonical(raw, data_start, canonical):
+        # The exact table of these shapes, then the hash, the format and a string closed by "}}:
+        # the tensors are pinned byte for byte, nothing to parse. The manifest text is parsed by
+        # whoever reads the manifest.
+        at = 8 + len(canonical.prefix)
+        claimed, spans, update = raw[at : at + 64], canonical.spans, canonical.update
+        end = data_start - 1  # the header's closing brace, after at most 7 spaces of padding
+        while raw[end] == 0x20:
+            end -= 1
+        metadata_text = memoryview(raw)[at - len(b'{"sha256":"') : end]
+        data_bytes = canonical.data_bytes
     else:
-        table = _full_header(header)
-        metadata = table.pop("__metadata__", None)
-        if not isinstance(metadata, dict):
-            raise _Bad(BAD_MANIFEST, "no __metadata__")
-        spans = _checked_table(table, expected)
-    data_bytes = max((last for _, last, _ in spans.values()), default=0) * _F32.itemsize
+        claimed, spans, metadata_text = _full_parse(raw[8:data_start], expected)
+        update, data_bytes = _update_span(spans), max((s[1] for s in spans.values()), default=0) * _F32.itemsize
     if data_bytes != len(raw) - data_start:
         reason = TRUNCATED if data_bytes > len(raw) - data_start else OVERSIZED
         raise _Bad(reason, f"tensors take {data_bytes} bytes, the file has {len(raw) - data_start}")
-    view = memoryview(raw)[data_start:]
-    actual = hashlib.sha256(view).hexdigest()
-    if actual != metadata.get("sha256"):
-        raise _Bad(HASH_MISMATCH, f"sha256 {actual[:12]}…, header says {str(metadata.get('sha256'))[:12]}…")
+    actual = hashlib.sha256(memoryview(raw)[data_start:]).hexdigest().encode()
+    if actual != claimed:
+        raise _Bad(HASH_MISMATCH, f"sha256 {actual[:12].decode()}…, header says {claimed[:12]!r}…")
+    flat = np.frombuffer(raw, dtype=_F32, count=data_bytes // _F32.itemsize, offset=data_start)
+    return CloneFile(flat, spans, update, metadata_text, path)
+
+
+def _is_canonical(raw: bytes, data_start: int, canonical: _Canonical) -> bool:
+    after = 8 + len(canonical.prefix) + 64
+    if not (raw.startswith(canonical.prefix, 8) and raw.startswith(canonical.after_hash, after)):
+        return False
+    # The header ends with the manifest string and two braces, then at most 7 spaces of padding.
+    return raw[max(after, data_start - 10) : data_start].rstrip(b" ").endswith(b'"}}')
+
+
+def _full_parse(
+    header: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None
+) -> tuple[bytes, dict[str, tuple[int, int, tuple[int, ...]]], bytes]:
+    """Any other header: parsed whole (duplicate keys refused) and checked; (claimed hash, spans,
+    metadata text)."""
+    table = _full_header(header)
+    metadata = table.pop("__metadata__", None)
+    if not isinstance(metadata, dict):
+        raise _Bad(BAD_MANIFEST, "no __metadata__")
+    spans = _checked_table(table, expected)
     if metadata.get("format") != CLONE_FORMAT or metadata.get("format_version") != CLONE_FORMAT_VERSION:
         raise _Bad(
             BAD_MANIFEST,
             f"unsupported format {metadata.get('format')!r} v{metadata.get('format_version')!r}, "
             f"expected {CLONE_FORMAT!r} v{CLONE_FORMAT_VERSION}",
         )
-    return CloneFile(np.frombuffer(raw, dtype=_F32, count=data_bytes // 4, offset=data_start), spans, metadata, path)
+    claimed = metadata.get("sha256")
+    return (claimed if isinstance(claimed, str) else "").encode(), spans, json.dumps(metadata).encode()
 
 
-def _metadata(text: bytes) -> dict[str, Any]:
-    """The metadata object after the canonical table: ``{...}}``, nothing else."""
-    if not text.endswith(b"}"):
-        raise _Bad(NOT_SAFETENSORS, "header does not end with its metadata")
-    metadata = _strict_json(text[:-1])
+def _metadata_object(text: bytes) -> dict[str, Any]:
+    metadata = _strict_json(text)
     if not isinstance(metadata, dict):
         raise _Bad(BAD_MANIFEST, "__metadata__ is not an object")
     return metadata
@@ -239,16 +291,6 @@ def _strict_json(text: bytes) -> Any:
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _Bad(NOT_SAFETENSORS, "header is not JSON") from None
-
-
-@lru_cache(maxsize=16)
-def _canonical_spans(expected: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, tuple[int, int, tuple[int, ...]]]:
-    spans, position = {}, 0
-    for name, shape in sorted(expected):
-        size = math.prod(shape)
-        spans[name] = (position, position + size, shape)
-        position += size
-    return spans
 
 
 def _checked_table(
