@@ -16,6 +16,7 @@ session's record, the bytes of ``train_learner``), and every variant reads those
 
     python -m benchmarks aggregation            # 10,000 and 100,000 learners (about 10 minutes)
     python -m benchmarks aggregation --quick    # 1,000 learners
+    python -m benchmarks.bench_aggregation --sizes 10000
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +195,8 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
         row["vs_read_files"] = row["updates_per_second"] / same["read_files"]["updates_per_second"]
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    sizes = (1_000,) if quick else (10_000, 100_000)
+def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
+    sizes = sizes or ([1_000] if quick else [10_000, 100_000])
     try:
         python: Path | None = flower_python()
         flower_error = None
@@ -273,12 +275,13 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "INDEX", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.worker[0], Path(args.worker[1]), args.worker[2])))
         return
-    run_and_report("aggregation", run, table, args.quick)
+    run_and_report("aggregation", partial(run, sizes=args.sizes), table, args.quick)
 
 
 if __name__ == "__main__":

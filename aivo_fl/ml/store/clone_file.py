@@ -101,8 +101,10 @@ class CloneFile:
 
 
 @dataclass(frozen=True)
-class _Canonical:
+class CloneLayout:
     """What the writer puts before the hash for tensors of these shapes, and where they lie."""
+
+    expected: tuple[tuple[str, tuple[int, ...]], ...]  # every tensor's name and shape
 
     prefix: bytes  # {<tensor table>,"__metadata__":{"sha256":"
     after_hash: bytes  # ","format":"aivo-fl-clone","format_version":"1","manifest":"
@@ -111,14 +113,20 @@ class _Canonical:
     update: tuple[int, int] | None
 
 
+def clone_layout(heads: Shapes) -> CloneLayout:
+    """The layout of a clone file whose personal tensors have these shapes (built once per model)."""
+    return _canonical(clone_shapes(heads))
+
+
 @lru_cache(maxsize=16)
-def _canonical(expected: tuple[tuple[str, tuple[int, ...]], ...]) -> _Canonical:
+def _canonical(expected: tuple[tuple[str, tuple[int, ...]], ...]) -> CloneLayout:
     spans, position = {}, 0
     for name, shape in sorted(expected):
         size = math.prod(shape)
         spans[name] = (position, position + size, shape)
         position += size
-    return _Canonical(
+    return CloneLayout(
+        expected,
         _table_prefix(expected) + b'{"sha256":"',
         f'","format":"{CLONE_FORMAT}","format_version":"{CLONE_FORMAT_VERSION}","manifest":"'.encode(),
         spans,
@@ -179,31 +187,29 @@ def clone_shapes(heads: Shapes) -> tuple[tuple[str, tuple[int, ...]], ...]:
 def read_clone(root: Path | str, directory: Path | str, heads: Shapes | None = None) -> CloneFile:
     """``directory/clone.safetensors``, verified; with ``heads`` (the model's personal shapes), checked
     against them too. Raises :class:`FileRejected` with a stable reason (MISSING if there is none)."""
-    return read_clone_file(root, directory, clone_shapes(heads) if heads is not None else None)
+    return read_clone_file(root, directory, clone_layout(heads) if heads is not None else None)
 
 
-def read_clone_file(
-    root: Path | str, directory: Path | str, expected: tuple[tuple[str, tuple[int, ...]], ...] | None
-) -> CloneFile:
-    """:func:`read_clone` with the file's tensors already spelled out (:func:`clone_shapes`)."""
-    limit = MAX_CLONE_BYTES if expected is None else 8 + MAX_HEADER_BYTES + _canonical(expected).data_bytes
+def read_clone_file(root: Path | str, directory: Path | str, layout: CloneLayout | None) -> CloneFile:
+    """:func:`read_clone` with the file's layout already built (:func:`clone_layout`)."""
+    limit = MAX_CLONE_BYTES if layout is None else 8 + MAX_HEADER_BYTES + layout.data_bytes
     dir_fd = open_store_directory(root, directory)
     try:
         raw = read_at(dir_fd, CLONE_NAME, limit, root, directory)
     finally:
         os.close(dir_fd)
-    return parse_clone(raw, expected, os.path.join(directory, CLONE_NAME))
+    return parse_clone(raw, layout, os.path.join(directory, CLONE_NAME))
 
 
-def parse_clone(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None, path: str) -> CloneFile:
+def parse_clone(raw: bytes, layout: CloneLayout | None, path: str) -> CloneFile:
     """Check and decode a clone file's bytes (see the module docstring); raises :class:`FileRejected`."""
     try:
-        return _parse(raw, expected, path)
+        return _parse(raw, layout, path)
     except _Bad as bad:
         raise FileRejected(bad.reason, path, bad.detail) from None
 
 
-def _parse(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None, path: str) -> CloneFile:
+def _parse(raw: bytes, canonical: CloneLayout | None, path: str) -> CloneFile:
     if len(raw) < 8:
         raise _Bad(TRUNCATED, f"{len(raw)} bytes, shorter than a safetensors header")
     (header_len,) = struct.unpack_from("<Q", raw)
@@ -212,7 +218,6 @@ def _parse(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None,
     data_start = 8 + header_len
     if data_start > len(raw):
         raise _Bad(TRUNCATED, f"header claims {header_len} bytes, the file has {len(raw) - 8}")
-    canonical = _canonical(expected) if expected is not None else None
     if canonical is not None and _is_canonical(raw, data_start, canonical):
         # The exact table of these shapes, then the hash, the format and a string closed by "}}:
         # the tensors are pinned byte for byte, nothing to parse. The manifest text is parsed by
@@ -225,6 +230,7 @@ def _parse(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None,
         metadata_text = memoryview(raw)[at - len(b'{"sha256":"') : end]
         data_bytes = canonical.data_bytes
     else:
+        expected = canonical.expected if canonical is not None else None
         claimed, spans, metadata_text = _full_parse(raw[8:data_start], expected)
         update, data_bytes = _update_span(spans), max((s[1] for s in spans.values()), default=0) * _F32.itemsize
     if data_bytes != len(raw) - data_start:
@@ -237,7 +243,7 @@ def _parse(raw: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None,
     return CloneFile(flat, spans, update, metadata_text, path)
 
 
-def _is_canonical(raw: bytes, data_start: int, canonical: _Canonical) -> bool:
+def _is_canonical(raw: bytes, data_start: int, canonical: CloneLayout) -> bool:
     after = 8 + len(canonical.prefix) + 64
     if not (raw.startswith(canonical.prefix, 8) and raw.startswith(canonical.after_hash, after)):
         return False

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from aivo_fl.ml.aggregation.base import Block, Delta, block_of, vector_norm
-from aivo_fl.ml.store.clone_file import CLONE_NAME, UPDATE, CloneFile, clone_shapes, read_clone_file
+from aivo_fl.ml.store.clone_file import CLONE_NAME, UPDATE, CloneFile, clone_layout, read_clone_file
 from aivo_fl.ml.store.safe_files import (
     HASH_MISMATCH,
     MISSING,
@@ -187,7 +187,7 @@ class DeltaReader:
     def __init__(self, store_root: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
         self.store_root = os.fspath(store_root)
         self._expected = tuple(sorted((name, tuple(shape)) for name, shape in expected.items()))
-        self._clone = clone_shapes(dict(self._expected))
+        self._clone = clone_layout(dict(self._expected))
 
     def flat(self, path: Path | str) -> np.ndarray:
         """The delta's tensors in name order as one float32 vector (the layout of
@@ -230,7 +230,7 @@ def _read(
     """The update at ``path`` (a clone file's, or an older delta file) and its values as one vector."""
     directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
     if name == CLONE_NAME:
-        clone: CloneFile = read_clone_file(store_root, directory, clone_shapes(expected))
+        clone: CloneFile = read_clone_file(store_root, directory, clone_layout(expected))
         return clone.tensors(UPDATE), clone.update_vector()
     raw, _ = read_verified(store_root, directory, name)
     return _decode(raw, expected, path)
