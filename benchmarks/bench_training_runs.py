@@ -89,14 +89,14 @@ def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
     return settings, registry, store, defs
 
 
-def _plain(count: int, one_at_a_time: bool = False) -> float:
+def _plain(count: int, one_at_a_time: bool = False) -> tuple[float, float]:
     from aivo_fl.operations.learners import train_learner_locally, train_learners_locally
 
     with tempfile.TemporaryDirectory() as tmp:
         settings, registry, store, _ = _deployment(Path(tmp), count)
         learners = [learner for learner, _, _ in registry.learners_with_new_interactions(20)]
         options = {"epochs": settings.local_epochs, "proximal_mu": settings.local_proximal_mu, "num_threads": 1}
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if one_at_a_time:
             for learner in learners:
                 train_learner_locally(registry, store, learner, **options)
@@ -104,12 +104,12 @@ def _plain(count: int, one_at_a_time: bool = False) -> float:
             failures = train_learners_locally(registry, store, learners, **options).failures
             if failures:
                 raise RuntimeError(f"plain training: {len(failures)} failures, e.g. {next(iter(failures.items()))}")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         sessions = registry.get_statistics()["totalTrainingSessions"]
         registry.engine.dispose()
     if sessions != count:
         raise RuntimeError(f"plain training: {sessions} sessions for {count} learners")
-    return seconds
+    return seconds, cpu
 
 
 def _dagster(count: int) -> dict[str, Any]:
@@ -119,24 +119,24 @@ def _dagster(count: int) -> dict[str, Any]:
         _, registry, _, defs = _deployment(Path(tmp), count)
         job = defs.resolve_job_def("train_learners")
         runs = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while requests := list(tick_sensor(defs, instance, "learner_activity_sensor").run_requests or []):
             runs += execute_requests(job, instance, requests)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         sessions = registry.get_statistics()["totalTrainingSessions"]
         events = sum(len(instance.all_logs(r.run_id)) for r in instance.get_runs())
         registry.engine.dispose()
     if sessions != count:
         raise RuntimeError(f"dagster training: {sessions} sessions for {count} learners")
-    return {"seconds": seconds, "runs": runs, "events": events}
+    return {"seconds": seconds, "cpu_seconds": cpu, "runs": runs, "events": events}
 
 
 def measure(count: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    plain = _plain(count)
+    plain, plain_cpu = _plain(count)
     dagster = _dagster(count)
     loop_count = min(count, LOOP_SAMPLE)
-    loop = _plain(loop_count, one_at_a_time=True)
+    loop, _ = _plain(loop_count, one_at_a_time=True)
     return {
         "learners": count,
         "plain_seconds": plain,
@@ -145,6 +145,11 @@ def measure(count: int) -> dict[str, Any]:
         "dagster_learners_per_s": count / dagster["seconds"],
         "dagster_overhead_ms_per_learner": 1000 * (dagster["seconds"] - plain) / count,
         "ratio_dagster_to_plain": dagster["seconds"] / plain,
+        # CPU time of this process (all its threads): what a core spends, whatever the machine's load.
+        "plain_cpu_seconds": plain_cpu,
+        "dagster_cpu_seconds": dagster["cpu_seconds"],
+        "plain_cpu_ms_per_learner": 1000 * plain_cpu / count,
+        "dagster_cpu_ms_per_learner": 1000 * dagster["cpu_seconds"] / count,
         "one_at_a_time_learners": loop_count,
         "one_at_a_time_learners_per_s": loop_count / loop,
         "batched_over_one_at_a_time": (count / plain) / (loop_count / loop),
@@ -167,6 +172,8 @@ COLUMNS = (
     Column("plain_seconds", "plain s", "{:.1f}"),
     Column("dagster_seconds", "Dagster s", "{:.1f}"),
     Column("ratio_dagster_to_plain", "Dagster/plain", "{:.2f}x"),
+    Column("plain_cpu_ms_per_learner", "plain CPU ms/learner", "{:.2f}"),
+    Column("dagster_cpu_ms_per_learner", "Dagster CPU ms/learner", "{:.2f}"),
     Column("dagster_overhead_ms_per_learner", "overhead ms/learner", "{:.2f}"),
     Column("runs", "runs"),
     Column("events", "events", "{:,}"),
