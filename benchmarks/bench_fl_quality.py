@@ -57,6 +57,7 @@ from aivo_fl.ml.simulation.population_rounds import (
 from aivo_fl.ml.simulation.world import generate_curriculum
 from aivo_fl.ml.training.main_model import TrainingConfig, train_model
 from benchmarks.fl_quality_report import plot, print_row_header, row_line, summarize, table
+from benchmarks.report import machine, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TUNING_RESULTS = RESULTS / "fl_quality_tuning"
@@ -227,7 +228,9 @@ def main() -> None:
         parser.error("--rounds must be >= 1 and --learners >= 100")
     knobs = Knobs(depth=args.depth)
     result = run(args.quick, seeds, args.rounds, knobs, args.learners, args.configurations, args.workers)
+    result = {**result, "machine": machine()}
     print(table(result))
+    print(machine_line(result["machine"]))
     print(f"written {write(result)}")
 
 

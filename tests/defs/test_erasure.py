@@ -1,5 +1,5 @@
 """Complete erasure: a learner deleted in the app leaves no row, file or log line behind, and no
-Dagster partition or run tag ever held the id (learner assets are partitioned by hash bucket)."""
+Dagster run tag or materialization ever held the id (learner runs name ranges of hash buckets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from aivo_fl.ml.store.cloning import DELTA_NAME
+from aivo_fl.defs.run_tags import BUCKETS_TAG
+from aivo_fl.ml.store.clone_file import CLONE_NAME
 from aivo_fl.registry.erasure import pseudonym
 from aivo_fl.registry.schema import Learner, utcnow
 from tests.app_side import contribution_reasons, delete_learner_in_app
@@ -49,7 +50,7 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
     gone, contributor, neighbour = learners[3], learners[5], learners[4]
     assert small.registry.get_personalized_model(gone).base_model == "aivo-x"  # AIVO_BASE_MODEL_NAME
     # A damaged delta: the round excludes the learner by name, so its id reaches the aggregation log.
-    (small.store.learner_dir(gone) / DELTA_NAME).write_bytes(b"not safetensors")
+    (small.store.learner_dir(gone) / CLONE_NAME).write_bytes(b"not safetensors")
     small.run("federated_aggregation")  # promoted or rejected by the gate: either way the round is recorded
     assert len(small.registry.get_federated_updates()) == 1
     log = small.settings.aggregation_log_path
@@ -78,7 +79,7 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
         assert files_mentioning(small.store.main_root.parent, learner_id) == []
         assert learner_id not in log.read_text()
         assert learner_id not in str([run.tags for run in small.instance.get_runs()])
-    ranges = [run.tags[key] for run in small.instance.get_runs() for key in run.tags if "partition_range" in key]
+    ranges = [run.tags[BUCKETS_TAG] for run in small.instance.get_runs() if BUCKETS_TAG in run.tags]
     assert ranges and all(value.startswith("bucket-") for value in ranges)
     assert pseudonym(gone, "test-erasure-key") in log.read_text()  # the pseudonym instead
     assert small.store.learner_dir(neighbour).is_dir()

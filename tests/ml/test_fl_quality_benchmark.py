@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -125,7 +126,7 @@ def test_each_configuration_runs_its_rounds_and_reports_them(world: bench.World,
         assert all(r["epsilon"] is None for r in rows[1:]) and result["epsilon_52"] is None
         return
     # A week with fewer than min_learners drawn has no round (the product refuses it): nothing released.
-    for before, after in zip(rows[:-1], rows[1:], strict=True):
+    for before, after in itertools.pairwise(rows):
         assert after["epsilon"] > before["epsilon"] if after["included"] else after["epsilon"] == before["epsilon"]
     assert result["epsilon_52"] > rows[-1]["epsilon"]
     if privacy.sample_rate == 1.0 and privacy.clip_target_quantile is None:  # plain Gaussian rounds
