@@ -7,23 +7,17 @@ it is tried again for smaller parts: reading and recording once per learner, tra
 fails are reported; the others are read, trained and recorded as usual.
 
 The database going away is not a learner's fault: once a per-learner retry finds it unreachable
-the batch stops (DatabaseUnavailable, a transient failure the run retries), after making sure no
-file written for an unrecorded session is trusted by a later read.
+the batch stops (DatabaseUnavailable, a transient failure the run retries).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy.exc as sa_exc
 
 from aivo_fl.ml.samples import LearnerData
-from aivo_fl.ml.store.cloning import DELTA_NAME
-from aivo_fl.ml.store.learner_ids import learner_dir
 from aivo_fl.ml.training.clones import TrainedLearners, TrainingSessionResult, train_learners
 from aivo_fl.ml.training.local import LocalTrainingConfig
 from aivo_fl.operations.store import ModelStore
@@ -109,24 +103,16 @@ def train_isolated(
 
 
 def record_isolated(
-    registry: ModelRegistry, store: ModelStore, results: Sequence[TrainingSessionResult], failures: dict[str, Exception]
+    registry: ModelRegistry, results: Sequence[TrainingSessionResult], failures: dict[str, Exception]
 ) -> list[tuple[int, TrainingSessionResult]]:
     """Record the sessions (one transaction, else one per learner): (session id, result) of those
-    recorded. An unrecorded learner's new delta is removed, so no round takes it for the update
-    of an older session: the learner keeps its trained clone and sends an update next time."""
-    recorded: list[tuple[TrainingSessionResult, int]] = []
-    try:
-        recorded = each_or_batch(
-            results,
-            lambda part: registry.record_training_sessions([session_input(r) for r in part]),
-            lambda r: r.learner_id,
-            failures,
-        )
-    finally:
-        done = {r.learner_id for r, _ in recorded}
-        for result in results:
-            if result.learner_id not in done:
-                _discard_delta(store.learners_root, result.learner_id)
+    recorded. An unrecorded learner keeps its trained clone and has no session for it."""
+    recorded = each_or_batch(
+        results,
+        lambda part: registry.record_training_sessions([session_input(r) for r in part]),
+        lambda r: r.learner_id,
+        failures,
+    )
     return [(session_id, result) for result, session_id in recorded]
 
 
@@ -140,11 +126,6 @@ def register_isolated(
         return list(ids)
 
     each_or_batch(list(models), register, str, failures)
-
-
-def _discard_delta(learners_root: Path, learner_id: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(learner_dir(learners_root, learner_id) / DELTA_NAME)
 
 
 def session_input(result: TrainingSessionResult) -> TrainingSessionInput:

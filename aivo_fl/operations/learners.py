@@ -15,6 +15,7 @@ from aivo_fl.ml.interactions import describe_skipped
 from aivo_fl.ml.model import ArchitectureSummary
 from aivo_fl.ml.samples import Samples
 from aivo_fl.ml.store.artifacts import ArtifactError
+from aivo_fl.ml.store.clone_file import NOT_SAFETENSORS
 from aivo_fl.ml.store.cloning import CloneInfo, clone_for_learner, directory_size, read_learner_manifest, remove_learner
 from aivo_fl.ml.store.learner_ids import InvalidLearnerId, validate_learner_id
 from aivo_fl.ml.store.safe_files import BAD_MANIFEST, HASH_MISMATCH, MISSING, NOT_IN_MANIFEST, TRUNCATED
@@ -205,7 +206,7 @@ def _train_batch(
         done.rebuilt.update(rebuilt)
     done.failures.update(batch.failures)
     os.sync()
-    recorded = record_isolated(registry, store, batch.results, done.failures)
+    recorded = record_isolated(registry, batch.results, done.failures)
     # A rebased clone's row follows it to its new source version.
     rebased = {
         result.learner_id: {**models[result.learner_id].metadata, "sourceVersion": result.source_version}
@@ -259,8 +260,9 @@ def _too_few(learner_id: str, usable: int, skipped: dict[str, int]) -> str:
 
 
 # Why a clone is rebuilt from the active main version instead of failing every later training:
-# its files were left inconsistent (a crash between writes, a lost flush) or its weights are not finite.
-REPAIRABLE = {HASH_MISMATCH, TRUNCATED, MISSING, BAD_MANIFEST, NOT_IN_MANIFEST}
+# its own files were left inconsistent or torn (a crash between writes, a lost flush) or its weights
+# are not finite.
+REPAIRABLE = {HASH_MISMATCH, TRUNCATED, MISSING, BAD_MANIFEST, NOT_IN_MANIFEST, NOT_SAFETENSORS}
 
 
 def _damage(store: ModelStore, learner_id: str, exc: Exception) -> str | None:

@@ -23,8 +23,7 @@ from aivo_fl.ml.interactions import (
     LABEL_OUT_OF_RANGE,
     ROW_PROBLEMS,
 )
-from aivo_fl.ml.store.artifacts import save_artifact
-from aivo_fl.ml.store.cloning import HEADS_NAME, learner_heads
+from aivo_fl.ml.store.cloning import learner_heads, save_trained_clone
 from aivo_fl.operations.app_simulation import simulate_new_learners
 from aivo_fl.operations.learners import clone_learners, train_learner_locally, train_learners_locally
 from aivo_fl.operations.store import ModelStore
@@ -160,11 +159,10 @@ def test_stats_counts_the_rows_training_skips_by_reason(world: World) -> None:
 
 def overwrite_heads(world: World, learner: str, value: float) -> None:
     """What a clone trained before the finite checks could hold: personal layers all `value`, its
-    manifest consistent with them (the hash matches: only the numbers are wrong)."""
+    file consistent with them (written by the store's own writer: only the numbers are wrong)."""
     heads, manifest = learner_heads(world.store.main_root, world.store.learners_root, learner)
-    save_artifact(
-        world.store.learner_dir(learner), {k: np.full_like(v, value) for k, v in heads.items()}, manifest, HEADS_NAME
-    )
+    bad = {k: np.full_like(v, value) for k, v in heads.items()}
+    save_trained_clone(world.store.learner_dir(learner), bad, {k: np.zeros_like(v) for k, v in heads.items()}, manifest)
 
 
 def test_a_clone_holding_nan_weights_is_rebuilt_from_the_active_main_version(world: World) -> None:
