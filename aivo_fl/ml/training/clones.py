@@ -140,17 +140,10 @@ def train_learners(
     # writers overlap those waits; the tensors are encoded under the GIL either way.
     with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="clone-writer") as pool:
         writes = []
-        for i, prepared in enumerate(ready):
-            learner_id = prepared.data.learner_id
-            measured = (before[i], after[i]) if len(prepared.data.heldout) else ()
-            try:
-                check_trained(learner_id, trained[i], updates[i], measured)
-            except ValueError as exc:  # nothing written: the learner keeps its previous clone
-                out.failures[learner_id] = exc
-                continue
+        for i in _finite(ready, trained, updates, (before, after), out.failures):
+            prepared, metrics = ready[i], (before[i], after[i])
             heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
             delta = {k: v.numpy().astype(np.float32, copy=True) for k, v in updates[i].items()}
-            metrics = (before[i], after[i])
             writes.append(
                 (prepared, pool.submit(_finish, prepared, heads, delta, metrics, config, started_at, sync=sync))
             )
@@ -160,6 +153,27 @@ def train_learners(
         except OSError as exc:
             out.failures[prepared.data.learner_id] = exc
     return out
+
+
+def _finite(
+    ready: Sequence[_Prepared],
+    trained: Sequence[dict[str, torch.Tensor]],
+    updates: Sequence[dict[str, torch.Tensor]],
+    metrics: tuple[Sequence[dict[str, dict[str, float]]], Sequence[dict[str, dict[str, float]]]],
+    failures: dict[str, Exception],
+) -> list[int]:
+    """The learners whose training is finite throughout; the others into `failures`, nothing of
+    theirs written (each keeps its previous clone)."""
+    keep = []
+    for i, prepared in enumerate(ready):
+        measured = (metrics[0][i], metrics[1][i]) if len(prepared.data.heldout) else ()
+        try:
+            check_trained(prepared.data.learner_id, trained[i], updates[i], measured)
+        except ValueError as exc:
+            failures[prepared.data.learner_id] = exc
+            continue
+        keep.append(i)
+    return keep
 
 
 def train_learner(
