@@ -72,6 +72,7 @@ class FederatedUpdateInput:
     clip_target_quantile: float | None = None
     quantile_noise_multiplier: float | None = None
     clip_quantile_estimate: float | None = None
+    gate_noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ def _update_row(update: FederatedUpdateInput, update_id: str, aggregated_at: dat
         clipTargetQuantile=update.clip_target_quantile,
         quantileNoiseMultiplier=update.quantile_noise_multiplier,
         clipQuantileEstimate=update.clip_quantile_estimate,
+        gateNoiseMultiplier=update.gate_noise_multiplier,
     )
 
 
@@ -288,4 +290,5 @@ def _privacy_dict(row: FederatedUpdate) -> dict[str, Any]:
         "clipTargetQuantile": row.clipTargetQuantile,
         "quantileNoiseMultiplier": row.quantileNoiseMultiplier,
         "clipQuantileEstimate": row.clipQuantileEstimate,
+        "gateNoiseMultiplier": row.gateNoiseMultiplier,
     }
