@@ -64,6 +64,7 @@ def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: 
         "curriculumAccuracyAfter": verdict.curriculum_accuracy_after,
         "curriculumReference": verdict.curriculum_reference,
         "heldoutSamples": verdict.heldout_samples,  # None under DP
+        "performanceImprovement": verdict.performance_improvement,  # points: privatized under DP
         "improvementNoiseStd": verdict.improvement_noise_std,  # points; 0: exact
         "improvementSource": improvement_source(result, verdict),
         "aggregateNorm": result.aggregate_norm,
@@ -273,9 +274,20 @@ def _report_privacy(result: RoundResult, privacy: PrivacySettings, report: Repor
     if result.dry_run:
         report(
             f"[dry run] Nothing is released and no privacy budget is spent: the round would spend epsilon "
-            f"{p.epsilon_round:.4g}. No verdict on the candidate ({NOT_JUDGED}); the real round's gate decides "
-            "on its charged, noised figures."
+            f"{p.epsilon_round:.4g}. No verdict on the candidate ({NOT_JUDGED})."
         )
+        report(f"[dry run] Planner: {_planner_view(privacy, record.population or 0)}")
+
+
+def _planner_view(privacy: PrivacySettings, population: int) -> str:
+    """The planner's advice for this population: for the deployment's target, else for its budget
+    (or epsilon 2) over 52 rounds."""
+    from aivo_fl.ml.privacy.planner import plan
+
+    target = privacy.target_epsilon or privacy.epsilon_budget or 2.0
+    rounds = privacy.target_rounds if privacy.target_epsilon else 52
+    found = plan(target, rounds, max(population, 1), privacy.delta, adaptive=privacy.clip_target_quantile is not None)
+    return found.line()
 
 
 def recorded_privacy(result: RoundResult) -> dict[str, Any]:
@@ -384,15 +396,16 @@ def _run_round(
     judged_step = run_round(read.state, options, privacy, judging, now, rng)
     result, candidate, verdict = judged_step.result, judged_step.candidate, judged_step.verdict
     _report_round(result, privacy, options, report)
-    _report_anchor(result, report)
-    _report_gate(verdict, report)
+    if judged_step.tries:  # 0: not judged (a dry run under DP)
+        _report_anchor(result, report)
+        _report_gate(verdict, report)
     if judged_step.step_scale < 1.0:
         report(f"Backtracking: the full server step was refused; promoted at {judged_step.step_scale:g} of it.")
     candidate_version = next_free_version(registry, store, active.version, "minor")
     if options.dry_run:
         outcome = f"promote it as {candidate_version}" if verdict.accepted else f"reject it ({verdict.reason})"
         if verdict.private is not None:
-            outcome = f"{'pass' if verdict.accepted else 'fail'} the curriculum guard (server-held data only)"
+            outcome = "be judged by the gate on its charged, noised figures (no verdict here)"
         report(f"[dry run] The round would {outcome}. Nothing was written.")
         return AggregationOutcome(
             result, verdict, active.version, None, candidate_version, None, read.already_aggregated, True

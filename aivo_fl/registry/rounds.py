@@ -166,9 +166,10 @@ class Rounds(RegistryBase):
                 for number, r in enumerate(rows, 1)
             ]
 
-    def contribution_counts(self, update_id: str) -> dict[str | None, int]:
+    def contribution_counts(self, update_id: str, *, before_draw: bool = False) -> dict[str | None, int]:
         """How many learners a round took (key None) and left out, by reason: counted in the database,
-        so no learner id leaves it."""
+        so no learner id leaves it. ``before_draw``: only those left out before the draw (never in the
+        population, not charged): under DP the draw's size is not released."""
         reason = FederatedUpdateContribution.excludedReason
         query = (
             sa.select(reason, sa.func.count())
@@ -176,6 +177,8 @@ class Rounds(RegistryBase):
             .where(FederatedUpdate.updateId == update_id)
             .group_by(reason)
         )
+        if before_draw:
+            query = query.where(FederatedUpdateContribution.charged.is_(False))
         with self._session() as session:
             return {r: int(n) for r, n in session.execute(query)}
 

@@ -22,7 +22,16 @@ from aivo_fl.ml.privacy.gate_query import accuracy_changes, noised_changes
 from aivo_fl.ml.round.anchor import anchor_round
 from aivo_fl.ml.round.backtrack import MAX_HALVINGS, Backtracked, backtrack, candidate_steps, first_accepted
 from aivo_fl.ml.round.candidate import RoundResult, RoundState
-from aivo_fl.ml.round.gate import CONTRIBUTORS, EvaluationSet, GateResult, PrivateChange, Tolerances, gate, with_heads
+from aivo_fl.ml.round.gate import (
+    CONTRIBUTORS,
+    EvaluationSet,
+    GateResult,
+    PrivateChange,
+    Tolerances,
+    federated_accuracy,
+    gate,
+    with_heads,
+)
 from aivo_fl.ml.round.options import AnchorOptions
 from aivo_fl.ml.samples import PRIMARY_HEAD, Samples
 
@@ -81,6 +90,8 @@ def judge_round(
         return candidate, gate(judging.active, candidate, judging.trained, judging.evaluation, judging.tolerances)
 
     record = result.privacy.record
+    if record.dp_enabled and result.dry_run:
+        return Backtracked(result, judging.active, not_judged(judging), 0)
     if record.dp_enabled:
         steps = candidate_steps(result, state.base_heads, state.optimizer_state, halvings)
         models = [candidate_of(s.candidate_heads) for s in steps]
@@ -92,18 +103,26 @@ def judge_round(
     return replace(judged, result=replace(judged.result, candidate_heads=heads, curriculum_anchor=anchored))
 
 
+NOT_JUDGED = "not judged: under differential privacy a dry run releases nothing that depends on learners' data"
+
+
+def not_judged(judging: Judging) -> GateResult:
+    """A dry run's verdict under DP: none. Even the curriculum accuracy of a candidate built from the
+    learners' un-noised updates would release them uncharged; only the active version's is shown."""
+    active = federated_accuracy(judging.active, [judging.evaluation.curriculum])
+    reference = federated_accuracy(judging.trained, [judging.evaluation.curriculum])
+    return GateResult(False, NOT_JUDGED, {}, None, None, active, active, reference, None, PrivateChange(None, 0.0))
+
+
 def private_verdicts(
     models: Sequence[CurriculumNet], judging: Judging, result: RoundResult, rng: np.random.Generator
 ) -> list[tuple[CurriculumNet, GateResult]]:
     """Each candidate's verdict, its contributing-learners part from ONE noised query over all of them."""
     record = result.privacy.record
-    if result.dry_run:
-        views = [PrivateChange(None, 0.0)] * len(models)
-    else:
-        sets = judging.evaluation.learners.get(CONTRIBUTORS, [])
-        changes = learner_changes(judging.active, models, sets)
-        released = noised_changes(changes, record.gate_noise_multiplier or 0.0, record.denominator or 1.0, rng)
-        views = [PrivateChange(change, released.noise_std) for change in released.means]
+    sets = judging.evaluation.learners.get(CONTRIBUTORS, [])
+    changes = learner_changes(judging.active, models, sets)
+    released = noised_changes(changes, record.gate_noise_multiplier or 0.0, record.denominator or 1.0, rng)
+    views = [PrivateChange(change, released.noise_std) for change in released.means]
     return [
         (model, gate(judging.active, model, judging.trained, judging.evaluation, judging.tolerances, view))
         for model, view in zip(models, views, strict=True)
