@@ -88,8 +88,12 @@ PRIVACY_RESOURCE_DESCRIPTION = (
 
 
 def privacy_resource(settings: Settings) -> dg.ResourceDefinition:
-    """The privacy knobs as a resource without a config schema: run config naming it is refused."""
-    return dg.ResourceDefinition.hardcoded_resource(settings.privacy(), PRIVACY_RESOURCE_DESCRIPTION)
+    """The privacy knobs as a resource whose config schema is empty: run config giving it any value is
+    refused by Dagster's config validation, before the run starts."""
+    privacy = settings.privacy()
+    return dg.ResourceDefinition(
+        resource_fn=lambda _: privacy, config_schema={}, description=PRIVACY_RESOURCE_DESCRIPTION
+    )
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):
