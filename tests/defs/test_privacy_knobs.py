@@ -9,9 +9,6 @@ from aivo_fl.defs.asset_checks import privacy_verdict
 from aivo_fl.ml.round.options import PrivacySettings
 from tests.defs.conftest import SQLITE_ONLY, Deployment
 
-pytestmark = SQLITE_ONLY
-
-
 def _summary(epsilon: float | None, budget: float | None, warning: str | None) -> dict[str, object]:
     over = budget is not None and (epsilon is None or epsilon > budget)
     return {"worstCaseLearnerEpsilon": epsilon, "epsilonBudget": budget, "overBudget": over, "warning": warning}
@@ -39,6 +36,7 @@ def test_the_privacy_check_warns_and_errs_for_what_is_true() -> None:
     assert verdict(None, None)[:2] == (False, dg.AssetCheckSeverity.WARN)
 
 
+@SQLITE_ONLY
 def test_privacy_knobs_cannot_be_changed_from_run_config(deployment: Deployment) -> None:
     """The launchpad and `dagster job execute` send run config; the privacy resource has none."""
     job = deployment.defs.resolve_job_def("federated_aggregation")
