@@ -9,6 +9,7 @@ from aivo_fl.defs.asset_checks import privacy_verdict
 from aivo_fl.ml.round.options import PrivacySettings
 from tests.defs.conftest import SQLITE_ONLY, Deployment
 
+
 def _summary(epsilon: float | None, budget: float | None, warning: str | None) -> dict[str, object]:
     over = budget is not None and (epsilon is None or epsilon > budget)
     return {"worstCaseLearnerEpsilon": epsilon, "epsilonBudget": budget, "overBudget": over, "warning": warning}
