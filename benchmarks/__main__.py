@@ -22,6 +22,7 @@ BENCHMARKS = (
     "local_training",
     "fl_quality",
     "privacy",
+    "population",
 )
 
 

@@ -38,7 +38,8 @@ def test_train_main_model_prints_the_guide_output_and_records_a_dagster_run(
         "  - Final Accuracy: ",
         "  - Validation Loss: ",
         "  - Validation Accuracy: ",
-        "  - Bayes Ceiling: ",
+        "  - Test Accuracy: ",
+        "  - Bayes Ceiling (test): ",
         "✓ Model saved to models/main-aivo/1.0.0",
         "✓ Registered version 1.0.0",
     ):

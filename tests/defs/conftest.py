@@ -40,6 +40,12 @@ class Deployment:
     def with_main_version(self, trained: TrainedMain) -> Deployment:
         """The session's trained main version installed as 1.0.0, as a `train_main_model` run would leave it."""
         trained.install(self.registry, self.store)
+        # The training job also materializes the active version's asset, so the UI names 1.0.0.
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            instance=self.instance, asset_selection=[dg.AssetKey("active_main_version")], raise_on_error=True
+        )
+        assert result.success
         return self
 
 

@@ -158,7 +158,7 @@ def test_week_training_keeps_offsets_and_sends_a_step_normalized_fit_from_main()
 def test_oracle_sees_exactly_the_training_learners_data_and_beats_round_zero(trained_small) -> None:
     main = copy.deepcopy(trained_small[0])
     population = Population(POPULATION)
-    weeks = [population.week(w).train() for w in (1, 2)]
+    weeks = [population.week(w).train() for w in (1, 2, 3, 4)]
     pooled = concat_samples([w.samples for w in weeks])
     assert not set(np.concatenate([w.learner for w in weeks]).tolist()) & set(population.eval_learners.tolist())
     assert len(pooled) == sum(len(w) for w in weeks)
@@ -178,7 +178,7 @@ def test_personalized_accuracy_compares_clones_and_main_on_the_same_interactions
     main = copy.deepcopy(trained_small[0])
     population = Population(POPULATION)
     week = population.week(1)
-    update = train_active_learners(main, week.train(), {}, LocalTrainingConfig(epochs=5))
+    update = train_active_learners(main, week.train(), {}, LocalTrainingConfig(epochs=20))
     base = personal_tensors(main)
     personal = {i: {k: base[k] + o[k] for k in o} for i, o in update.offsets.items()}
     result = personalized_accuracy(main, personal, week.evaluation())

@@ -175,7 +175,7 @@ def test_the_round_anchors_its_candidate_on_the_curriculum_training_split_and_re
     active = cohort.registry.get_active_version()
     assert active is not None
     train, val = curriculum_splits(active, cohort.store)
-    assert len(train) == 4000 and len(val) == 1000  # the main model's own split of its 5,000 samples
+    assert len(train) == 3500 and len(val) == 750  # the main model's own 70/15/15 split of its 5,000 samples
     assert not {s.tobytes() for s in train.features} & {s.tobytes() for s in val.features}
 
     plain = aggregate(cohort, NO_DP, dry_run=True, anchor=None)

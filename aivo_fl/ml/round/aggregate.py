@@ -47,16 +47,20 @@ class DeltaFiles:
 
 @dataclass(frozen=True)
 class DeltasInMemory:
-    """The included updates' deltas held in memory (a simulation's: learner id -> delta)."""
+    """The included updates' deltas held in memory (a simulation's: learner id -> delta); one not
+    held is read from its file under ``store_root``."""
 
     infos: Sequence[Update]
     by_learner: Mapping[str, Delta]
     shapes: Mapping[str, tuple[int, ...]]
     block_bytes: int
+    store_root: Path
+    max_norm: float
 
     def deltas(self) -> Iterator[Delta]:
         for update in self.infos:
-            yield self.by_learner[update.learner_id]
+            held = self.by_learner.get(update.learner_id)
+            yield held if held is not None else load_delta(update.path, self.store_root, self.shapes, self.max_norm)[0]
 
     def blocks(self, scales: Sequence[float]) -> Iterator[tuple[Block, np.ndarray]]:
         for block in plan_blocks(self.shapes, max(1, self.block_bytes // (8 * len(self.infos)))):

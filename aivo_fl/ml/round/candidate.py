@@ -60,7 +60,8 @@ class RoundState:
     learners_root: Path  # every offered delta file must lie inside it (the learners' model store)
     privacy_history: PrivacyHistory = field(default_factory=PrivacyHistory)
     optimizer_state: State = field(default_factory=dict)  # the base version's server-optimizer state
-    # learner id -> delta, held in memory (a simulation of thousands of learners); None: the files
+    # learner id -> delta, held in memory (a simulation of thousands of learners); None: the files.
+    # A learner whose delta is not held is read from its file under ``learners_root``.
     in_memory: Mapping[str, Delta] | None = None
 
 
@@ -182,9 +183,10 @@ def _read_and_account(
 
 
 def _source(state: RoundState, acc: FlatSum) -> FlatSource:
+    files = FilesOf(DeltaReader(state.learners_root, acc.shapes))
     if state.in_memory is None:
-        return FilesOf(DeltaReader(state.learners_root, acc.shapes))
-    return InMemory(state.in_memory, acc.shapes, acc.layout)
+        return files
+    return InMemory(state.in_memory, acc.shapes, acc.layout, files)
 
 
 def _folding(
@@ -243,4 +245,6 @@ def _blocks_of(state: RoundState, included: Sequence[Update], options: RoundOpti
     shapes = shapes_of(state.base_heads)
     if state.in_memory is None:
         return DeltaFiles(included, state.learners_root, shapes, options.max_delta_norm, options.block_bytes)
-    return DeltasInMemory(included, state.in_memory, shapes, options.block_bytes)
+    return DeltasInMemory(
+        included, state.in_memory, shapes, options.block_bytes, state.learners_root, options.max_delta_norm
+    )

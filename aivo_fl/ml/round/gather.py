@@ -150,14 +150,18 @@ class FilesOf:
 
 @dataclass(frozen=True)
 class InMemory:
-    """Deltas held in memory: learner id -> delta (a simulation's)."""
+    """Deltas held in memory: learner id -> delta (a simulation's). A delta not held is read from
+    its file by ``files``, under every check (a simulation's uploads that went wrong)."""
 
     by_learner: Mapping[str, Delta]
     shapes: Mapping[str, tuple[int, ...]]
     layout: Layout
+    files: FlatSource
 
     def flat(self, update: Update) -> np.ndarray:
-        delta = self.by_learner[update.learner_id]
+        delta = self.by_learner.get(update.learner_id)
+        if delta is None:
+            return self.files.flat(update)
         if shapes_of(delta) != dict(self.shapes):
             raise ValueError(
                 f"in-memory delta of {update.learner_id} has shapes {shapes_of(delta)}, expected {self.shapes}"

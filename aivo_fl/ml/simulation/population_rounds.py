@@ -152,6 +152,7 @@ def _week(
         tolerances=Tolerances(curriculum=knobs.curriculum_tolerance),
         halvings=knobs.halvings,
         in_memory=deltas,
+        faults=world.population.faults(week),
     )
     result = judged.result
     return {

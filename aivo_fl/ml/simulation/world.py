@@ -71,6 +71,14 @@ _MODALITY_SCALE = 2.0
 _SUCCESS_SCALE = 2.5
 
 
+# Learner factors by index (ability, engagement, then the two preferences), and the spread of a
+# learner's own mean state around the population's: a population reads who a learner is from these.
+ABILITY, ENGAGEMENT, PREFERENCES = 0, _ENGAGEMENT, slice(2, 4)
+
+
+PERSONAL_MEAN_STD = 0.5
+
+
 @dataclass(frozen=True)
 class _World:
     mixing_learner: np.ndarray  # (4, 128)
@@ -158,8 +166,14 @@ def _sample(rng: np.random.Generator, n: int, shift: _Shift) -> Samples:
     world = _world()
     lat_l = shift.learner_mean + shift.learner_std * rng.standard_normal((n, _N_LEARNER_FACTORS))
     lat_c = shift.content_mean + shift.content_std * rng.standard_normal((n, _N_CONTENT_FACTORS))
-    features = np.concatenate([lat_l @ world.mixing_learner, lat_c @ world.mixing_content], axis=1)
-    features = (features + _FEATURE_NOISE * rng.standard_normal(features.shape)).astype(np.float32)
+    # Built in place in the noise's buffer: the same numbers as mixing + noise, without three
+    # temporaries the size of a 10,000-learner week.
+    half = NUM_FEATURES // 2
+    features = rng.standard_normal((n, NUM_FEATURES))
+    features *= _FEATURE_NOISE
+    features[:, :half] += lat_l @ world.mixing_learner
+    features[:, half:] += lat_c @ world.mixing_content
+    features = features.astype(np.float32)
 
     logits = _teacher_logits(features, shift.logit_offsets, shift.struggle)
     targets: dict[str, np.ndarray] = {}
@@ -213,7 +227,7 @@ def _personal_shifts(rng: np.random.Generator, n: int) -> _Shift:
     """`n` learners' shifts, one row each: the shared shift plus a personal one."""
     cohort = _cohort_shift()
     # A learner's own state sits around a personal mean and varies less than the whole population.
-    learner_mean = cohort.learner_mean + rng.normal(0.0, 0.5, (n, _N_LEARNER_FACTORS))
+    learner_mean = cohort.learner_mean + rng.normal(0.0, PERSONAL_MEAN_STD, (n, _N_LEARNER_FACTORS))
     # Wants harder (+) / easier (-) than the teacher suggests: shifts the target level by this much.
     calibration = rng.normal(0.0, 0.2, (n, 1))
     modality = rng.normal(0.0, 0.8, (n, HEAD_CLASSES["modality"]))
