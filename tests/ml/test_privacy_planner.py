@@ -49,3 +49,16 @@ def test_an_unreachable_target_names_the_population_it_needs() -> None:
     assert f"needs about {small.population_needed:,} eligible learners" in small.line()
     assert "\n" not in small.line()
     assert plan(2.0, 52, small.population_needed, 1e-6, sample_rates=RATES).recommended is not None
+
+
+def test_a_target_sets_each_rounds_noise_and_rate_and_a_small_population_is_refused() -> None:
+    from aivo_fl.config import load_settings
+    from aivo_fl.ml.round.accounting import PrivacyPlanOutOfReach, planned_settings
+
+    privacy = load_settings(_env_file=None, PRIVACY_PRESET="user-level").privacy()
+    planned = planned_settings(privacy, 50_000)
+    expected = plan(2.0, 52, 50_000, 1e-6).recommended
+    assert expected is not None
+    assert (planned.noise_multiplier, planned.sample_rate) == (expected.noise_multiplier, expected.sample_rate)
+    with pytest.raises(PrivacyPlanOutOfReach, match=r"needs about .* eligible learners.*small-schools"):
+        planned_settings(privacy, 2_000)
