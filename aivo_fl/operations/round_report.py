@@ -102,8 +102,10 @@ def _figures(r: RoundSummary, counts: dict[str | None, int], private: bool) -> l
     )
     improvement = m.get("performanceImprovement")
     std = m.get("improvementNoiseStd") or 0.0
-    learners_change = "-" if improvement is None else f"{improvement:+.2f} points" + (
-        f" (privatized, noise std {std:.2f})" if std else " (exact: no DP)"
+    learners_change = (
+        "-"
+        if improvement is None
+        else f"{improvement:+.2f} points" + (f" (privatized, noise std {std:.2f})" if std else " (exact: no DP)")
     )
     return [
         "| figure | value |",

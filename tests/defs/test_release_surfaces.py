@@ -103,5 +103,5 @@ def test_no_release_surface_names_a_drawn_learner_or_shows_an_exact_learner_figu
     for name, text in surfaces.items():
         for shown in (f"{100 * exact:.2f}%", f"{exact:.4f}", f"{100 * exact:.2f},", f"{100 * exact:.2f}}}"):
             assert shown not in text, f"{name} shows the exact held-out accuracy {shown}"
-        assert "\"accuracy_before_pct\"" not in text and "accuracyBefore\": 0" not in text, name
+        assert '"accuracy_before_pct"' not in text and 'accuracyBefore": 0' not in text, name
     assert "No verdict on the candidate" in dry.stdout and "Planner:" in dry.stdout

@@ -138,9 +138,7 @@ def learner_changes(active: CurriculumNet, models: Sequence[CurriculumNet], sets
     targets = np.concatenate([s.targets[PRIMARY_HEAD] for s in sets])
     owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
     totals = np.bincount(owner, minlength=len(sets))
-    correct = [
-        np.bincount(owner, weights=_hits(m, features, targets), minlength=len(sets)) for m in [active, *models]
-    ]
+    correct = [np.bincount(owner, weights=_hits(m, features, targets), minlength=len(sets)) for m in [active, *models]]
     return accuracy_changes(correct, totals)
 
 
