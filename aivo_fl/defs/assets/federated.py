@@ -152,7 +152,10 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
 def _learner_figures(s: dict[str, Any]) -> dict[str, Any]:
     """The learners' part of the gate as released: privatized (with its noise std) under DP, exact
     without; labelled which. The curriculum figures beside it are server-held data."""
-    figures: dict[str, Any] = {"learner_figures": s["improvementSource"]}
+    figures: dict[str, Any] = {
+        "learner_figures": s["improvementSource"],
+        "curriculum_figures": "server-held: the curriculum's validation split, no learner data",
+    }
     if s["performanceImprovement"] is not None:
         figures["performance_improvement_points"] = rounded(s["performanceImprovement"], 2)
         figures["performance_improvement_noise_std_points"] = rounded(s["improvementNoiseStd"], 3)
