@@ -182,7 +182,7 @@ def _shown(eps: float | None) -> str:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"\nEpsilon over {WEEKS} weekly rounds, {POPULATION:,} learners (dp-accounting RDP)")
+    print(f"\nEpsilon over {WEEKS} weekly rounds, {POPULATION:,} learners (user-level: {PLANNED_POPULATION:,}; PLD)")
     header = (
         f"{'configuration':<18} {'z':>5} {'q':>5} {'adaptive':>8} {'delta':>7} "
         f"{'eps 1':>12} {'eps 52':>12} {'accuracy':>9}"
