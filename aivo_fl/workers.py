@@ -1,4 +1,9 @@
-"""Past one machine: the Celery executor that sends each step of a launched run to a worker.
+"""Where a launched run's steps execute: in the run's own process, or past one machine on Celery workers.
+
+Without `CELERY_BROKER_URL` every run executes its steps in its own process (Dagster's in-process
+executor): the run launcher's one process per run, no second process per step importing torch and
+Dagster again. A run's few steps (cloning or training one range of buckets, or a round and its
+checks) gain nothing from running side by side; the sensors' runs do (two at most per tick).
 
 With `CELERY_BROKER_URL` set, the runs Dagster launches (sensors, the schedule, the UI) are
 orchestrated where they start and every step executes on whichever Celery worker takes it from
@@ -22,10 +27,10 @@ from aivo_fl.config import Settings
 BROKER_VARIABLE = "CELERY_BROKER_URL"
 
 
-def build_executor(settings: Settings) -> dg.ExecutorDefinition | None:
-    """The Celery executor when a broker is configured, else None (Dagster's default, in-process steps)."""
+def build_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """The Celery executor when a broker is configured, else the in-process executor."""
     if settings.celery_broker_url is None:
-        return None
+        return dg.in_process_executor
     # Through the environment when it is there, so the UI shows the variable's name, never a password.
     broker: object = (
         {"env": BROKER_VARIABLE} if BROKER_VARIABLE in os.environ else settings.celery_broker_url.get_secret_value()

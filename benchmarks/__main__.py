@@ -17,6 +17,7 @@ BENCHMARKS = (
     "aggregation",
     "sensor",
     "provisioning",
+    "workers",
     "training_runs",
     "export",
     "local_training",

@@ -1,33 +1,34 @@
 """Sensors: provision clones for new learners, retrain learners with new activity.
 
-Both ask for learner buckets, never for learners: a tick groups the learners needing work by
-bucket (`aivo_fl.ml.store.learner_buckets`) and asks for a few runs, each over a contiguous range of
-buckets (single-run backfill), and a run handles every learner of its buckets that needs it. A
-bucket covered by a queued or running run of the same job is not asked for until that run ends,
-so nobody is handled twice at once.
+Both ask for a couple of runs per tick at most, however many learners need work and wherever their
+hash buckets fall: a run covers a contiguous range of buckets (its `aivo/buckets` tag,
+`defs/partitions.py`) and handles every learner of those buckets that needs the work when it
+starts. A tick cuts the buckets needing work into at most MAX_RUNS_PER_TICK ranges, one per
+LEARNERS_PER_RUN learners. A bucket covered by a queued or running run of the same job is not asked
+for until that run ends, so nobody is handled twice at once.
 """
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from aivo_fl.defs.jobs import clone_learners_job, train_learners_job
+from aivo_fl.defs.partitions import EVERY_BUCKET, bucket_span_tag, parse_bucket_span
 from aivo_fl.defs.resources import DISABLED_REASON, FederatedSettingsResource, RegistryResource
-from aivo_fl.defs.run_tags import BUCKETS_TAG, bucket_range
+from aivo_fl.defs.run_tags import BUCKETS_TAG
 from aivo_fl.ml.store.learner_buckets import bucket_index, bucket_key, bucket_of, group_by_bucket
 from aivo_fl.operations.cohorts import MIN_NEW_INTERACTIONS, valid_ids
 from aivo_fl.registry import ModelRegistry
 
-# Buckets per run. A run writes two events per bucket (planned, materialized), ~2,050 for all
-# 1,024; four runs cover them all for 33 more events, a killed run loses a quarter, and several
-# workers can share the work.
-BUCKETS_PER_RUN = 256
-# Untouched buckets bridged to merge two ranges into one run: a run's own cost (~11 events: start,
-# resources, step, success) is what about five buckets cost (bench_provisioning measures both).
-MAX_GAP = 5
+# Runs a tick asks for, at most: each is a process (the run launcher's, or a Celery task) that
+# imports torch and Dagster, so a tick's cost is fixed whatever the learners' buckets.
+MAX_RUNS_PER_TICK = 2
+# Learners that make a second run of a tick worth its process: the work is then shared by two
+# cores or two Celery workers (cloning 1,000 learners takes ~1.5 s, training them ~10 s).
+LEARNERS_PER_RUN = 1_000
 # Learners scanned per tick; a larger backlog is paged through with the cursor. Runs handle whole
 # buckets, so one page usually already names every bucket of a large backlog.
 SCAN_LIMIT = 20_000
@@ -45,18 +46,25 @@ IN_FLIGHT = [
 ]
 ENDED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
+# Partition tags of runs from when the learner assets were partitioned by bucket.
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 PARTITION = "dagster/partition"
 
 
 def run_buckets(run: dg.DagsterRun) -> range:
-    """The buckets a run covers, from its partition tags (nothing for runs from before buckets)."""
-    start, end = run.tags.get(RANGE_START, run.tags.get(PARTITION)), run.tags.get(RANGE_END, run.tags.get(PARTITION))
+    """The buckets a run covers: its `aivo/buckets` range, else its partition tags (runs from the
+    partitioned assets; none for those from before buckets), else every bucket (the UI's launch)."""
     try:
-        return range(bucket_index(start), bucket_index(end) + 1) if start and end else range(0)
+        if BUCKETS_TAG in run.tags:
+            return parse_bucket_span(run.tags[BUCKETS_TAG])
+        single = run.tags.get(PARTITION)
+        start, end = run.tags.get(RANGE_START, single), run.tags.get(RANGE_END, single)
+        if start and end:
+            return range(bucket_index(start), bucket_index(end) + 1)
     except ValueError:
         return range(0)
+    return EVERY_BUCKET
 
 
 @dataclass
@@ -76,37 +84,50 @@ def bucket_runs(instance: dg.DagsterInstance, job: dg.JobDefinition) -> BucketRu
     return runs
 
 
-def stretches(buckets: Iterable[int], blocked: Collection[int] = ()) -> list[range]:
-    """Sorted buckets as contiguous ranges of at most BUCKETS_PER_RUN, bridging gaps of up to
-    MAX_GAP buckets when none of them is `blocked` (covered by a run in flight)."""
-    ranges: list[range] = []
-    for bucket in sorted(set(buckets)):
-        if ranges:
-            last = ranges[-1]
-            gap = range(last.stop, bucket)
-            if len(gap) <= MAX_GAP and bucket - last.start < BUCKETS_PER_RUN and not any(b in blocked for b in gap):
-                ranges[-1] = range(last.start, bucket + 1)
-                continue
-        ranges.append(range(bucket, bucket + 1))
-    return ranges
+def _balanced(piece: list[int], groups: Mapping[int, Sequence[str]]) -> list[list[int]]:
+    """`piece` (sorted buckets) cut into consecutive parts of about LEARNERS_PER_RUN learners each,
+    at most MAX_RUNS_PER_TICK parts, with about as many learners in each."""
+    total = sum(len(groups[b]) for b in piece)
+    count = min(MAX_RUNS_PER_TICK, -(-total // LEARNERS_PER_RUN), len(piece))
+    parts: list[list[int]] = [[]]
+    done = 0
+    for bucket in piece:
+        if parts[-1] and len(parts) < count and done * count >= total * len(parts):
+            parts.append([])
+        parts[-1].append(bucket)
+        done += len(groups[bucket])
+    return parts
+
+
+def cut(groups: Mapping[int, Sequence[str]], blocked: Collection[int] = ()) -> list[range]:
+    """The buckets of `groups` as at most MAX_RUNS_PER_TICK ranges. A range bridges any gap that
+    holds no `blocked` bucket (covered by a run in flight, or where a learner was given up on);
+    a stretch of more than LEARNERS_PER_RUN learners is cut in balanced parts; the ranges with the
+    most learners go first and the rest wait for a later tick."""
+    pieces: list[list[int]] = []
+    for bucket in sorted(groups):
+        if pieces and not any(b in blocked for b in range(pieces[-1][-1] + 1, bucket)):
+            pieces[-1].append(bucket)
+        else:
+            pieces.append([bucket])
+    parts = [part for piece in pieces for part in _balanced(piece, groups)]
+    parts.sort(key=lambda part: -sum(len(groups[b]) for b in part))
+    return sorted((range(part[0], part[-1] + 1) for part in parts[:MAX_RUNS_PER_TICK]), key=lambda span: span.start)
 
 
 def bucket_requests(
     prefix: str, groups: dict[int, list[str]], blocked: Collection[int], salt: Callable[[range, list[str]], str]
 ) -> list[dg.RunRequest]:
-    """A run request per stretch of buckets. The run key names the range and hashes its learners
-    and `salt(range, learners)`: the same work asked for again gets the same key, so the daemon
+    """A run request per range of `cut`. The run key names the range and hashes its learners and
+    `salt(range, learners)`: the same work asked for again gets the same key, so the daemon
     launches it once, and a changed salt makes a fresh key."""
     requests = []
-    for span in stretches(groups, blocked):
+    for span in cut(groups, blocked):
         learners = sorted(learner for bucket in span for learner in groups.get(bucket, []))
         start, end = bucket_key(span[0]), bucket_key(span[-1])
         digest = hashlib.sha256("\n".join([*learners, salt(span, learners)]).encode()).hexdigest()[:16]
         requests.append(
-            dg.RunRequest(
-                run_key=f"{prefix}:{start}..{end}:{len(learners)}:{digest}",
-                tags={RANGE_START: start, RANGE_END: end, BUCKETS_TAG: bucket_range(start, end)},
-            )
+            dg.RunRequest(run_key=f"{prefix}:{start}..{end}:{len(learners)}:{digest}", tags=bucket_span_tag(span))
         )
     return requests
 
@@ -244,10 +265,33 @@ def learner_activity_sensor(context: dg.SensorEvaluationContext, reg: ModelRegis
     if not learners:
         return dg.SkipReason(f"No learner has {MIN_NEW_INTERACTIONS}+ new interactions")
     newest = {learner: latest for learner, _, latest in ready}
-    in_flight = bucket_runs(context.instance, train_learners_job).in_flight
-    groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in in_flight}
+    runs = bucket_runs(context.instance, train_learners_job)
+    groups = {b: ids for b, ids in group_by_bucket(learners).items() if b not in runs.in_flight}
     if not groups:
         return dg.SkipReason(f"{len(learners)} learner(s) ready, all in buckets with a training run in flight")
-    # The newest interaction of the run's learners: new activity makes a fresh key, the same does not.
-    requests = bucket_requests("train", groups, in_flight, lambda _, ids: str(max(newest[k] for k in ids)))
+    requests = bucket_requests("train", groups, runs.in_flight, _training_salt(context.instance, runs, newest))
     return dg.SensorResult(run_requests=requests)
+
+
+def _training_salt(
+    instance: dg.DagsterInstance, runs: BucketRuns, newest: Mapping[str, int]
+) -> Callable[[range, list[str]], str]:
+    """The newest interaction of the run's learners: new activity makes a fresh key, the same does
+    not. A run of the range that ended before its step did (its Celery worker died and run
+    monitoring ended it) adds its id, so the learners it left are asked for again; a run whose step
+    failed them is not retried until they have new activity."""
+
+    def salt(span: range, learners: list[str]) -> str:
+        latest = {runs.latest_ended[b].run_id: runs.latest_ended[b] for b in span if b in runs.latest_ended}
+        unfinished = [run_id for run_id, run in latest.items() if _left_unfinished(instance, run)]
+        return ",".join([str(max(newest[k] for k in learners)), *sorted(unfinished)])
+
+    return salt
+
+
+def _left_unfinished(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether a run ended without its step's outcome: neither a step success nor a step failure."""
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        return False
+    outcomes = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    return not instance.get_records_for_run(run.run_id, of_type=outcomes, limit=1).records

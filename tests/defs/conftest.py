@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 
 from aivo_fl.config import Settings
 from aivo_fl.definitions import build_definitions
-from aivo_fl.defs import sensors
 from aivo_fl.operations.store import ModelStore
 from aivo_fl.registry import ModelRegistry, migrate
 from tests.trained import TrainedMain
@@ -71,16 +69,6 @@ def deployment(tmp_path: Path, database_url: str) -> Iterator[Deployment]:
     with dg.instance_for_test() as instance:
         yield Deployment(settings, build_definitions(settings), instance, registry, ModelStore.from_settings(settings))
     registry.engine.dispose()
-
-
-@contextmanager
-def whole_stretches() -> Iterator[None]:
-    """Runs bridge every gap within their 256 buckets: 20 learners take 4 runs per sensor tick instead
-    of 19, each run a real one (how the sensors cut runs is tested in test_sensors.py and
-    test_activity_sensor_split.py)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sensors, "MAX_GAP", sensors.BUCKETS_PER_RUN)
-        yield
 
 
 def ids_in_bucket(bucket: int, count: int, prefix: str = "learner") -> list[str]:

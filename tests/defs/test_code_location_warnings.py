@@ -21,16 +21,3 @@ def _stderr_of(script: str) -> str:
 def test_loading_the_definitions_warns_about_nothing_beta() -> None:
     stderr = _stderr_of("from aivo_fl.definitions import discovered_definitions; discovered_definitions()")
     assert "BetaWarning" not in stderr, stderr
-
-
-def test_the_filter_is_what_silences_it_and_only_that_warning() -> None:
-    """Without the filter Dagster warns (so the test above can fail), and the filter leaves other
-    beta warnings, and the same warning outside the learner assets, alone."""
-    stderr = _stderr_of(
-        "import dagster as dg, warnings\n"
-        "from aivo_fl.defs.assets.learners import BACKFILL_POLICY_BETA\n"
-        "dg.asset(backfill_policy=dg.BackfillPolicy.single_run())\n"
-        "warnings.warn(dg.BetaWarning('Parameter `other` of function `asset` is currently in beta'))\n"
-    )
-    assert stderr.count("BetaWarning") == 2, stderr
-    assert "Parameter `backfill_policy` of function `asset` is currently in beta" in stderr

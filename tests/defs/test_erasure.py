@@ -1,5 +1,5 @@
 """Complete erasure: a learner deleted in the app leaves no row, file or log line behind, and no
-Dagster partition or run tag ever held the id (learner assets are partitioned by hash bucket)."""
+Dagster run tag or materialization ever held the id (learner runs name ranges of hash buckets)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from pydantic import SecretStr
 
+from aivo_fl.defs.run_tags import BUCKETS_TAG
 from aivo_fl.ml.store.cloning import DELTA_NAME
 from aivo_fl.registry.erasure import pseudonym
 from aivo_fl.registry.schema import Learner, utcnow
@@ -78,7 +79,7 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
         assert files_mentioning(small.store.main_root.parent, learner_id) == []
         assert learner_id not in log.read_text()
         assert learner_id not in str([run.tags for run in small.instance.get_runs()])
-    ranges = [run.tags[key] for run in small.instance.get_runs() for key in run.tags if "partition_range" in key]
+    ranges = [run.tags[BUCKETS_TAG] for run in small.instance.get_runs() if BUCKETS_TAG in run.tags]
     assert ranges and all(value.startswith("bucket-") for value in ranges)
     assert pseudonym(gone, "test-erasure-key") in log.read_text()  # the pseudonym instead
     assert small.store.learner_dir(neighbour).is_dir()

@@ -1,4 +1,4 @@
-"""The new-learner sensor, ticked on a real temporary instance: it asks for learner buckets."""
+"""The new-learner sensor, ticked on a real temporary instance: a couple of runs over ranges of learner buckets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from aivo_fl.defs import sensors
+from aivo_fl.defs.partitions import EVERY_BUCKET, run_bucket_span
 from aivo_fl.defs.resources import DISABLED_REASON
+from aivo_fl.defs.run_tags import BUCKETS_TAG
 from aivo_fl.defs.ticks import tick_sensor
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.registry.schema import Learner
@@ -24,7 +26,8 @@ def tick(deployment: Deployment, name: str, cursor: str | None = None) -> dg.Sen
 
 
 def ranges(data: dg.SensorExecutionData) -> list[tuple[str, str]]:
-    return [(r.tags[sensors.RANGE_START], r.tags[sensors.RANGE_END]) for r in data.run_requests]
+    spans = [run_bucket_span(r.tags) for r in data.run_requests]
+    return [(bucket_key(span[0]), bucket_key(span[-1])) for span in spans]
 
 
 def add(deployment: Deployment, ids: list[str]) -> list[str]:
@@ -47,39 +50,47 @@ def test_one_new_learner_one_run_over_its_bucket(deployment: Deployment) -> None
     [learner] = add_learners(deployment, 1)
     deployment.registry.add_learner("no-baseline-yet", baseline_completed_at=None)
     [request] = tick(deployment, "new_learner_sensor").run_requests
-    key = bucket_key(bucket_of(learner))
-    assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == key
+    assert request.tags[BUCKETS_TAG] == bucket_key(bucket_of(learner)) and request.partition_key is None
     assert learner not in json.dumps(request.tags) and learner not in request.run_key  # no learner id in Dagster
 
 
-def test_learners_are_grouped_by_bucket_small_gaps_bridged(deployment: Deployment) -> None:
-    gap = sensors.MAX_GAP
-    first, near, far = 10, 10 + gap + 1, 10 + gap + 1 + gap + 2  # near: a gap of MAX_GAP; far: one more
-    add(deployment, ids_in_bucket(first, 2) + ids_in_bucket(near, 1) + ids_in_bucket(far, 3))
-    data = tick(deployment, "new_learner_sensor")
-    assert ranges(data) == [(bucket_key(first), bucket_key(near)), (bucket_key(far), bucket_key(far))]
-    assert len({r.run_key for r in data.run_requests}) == 2
+def test_scattered_learners_are_one_run_over_their_span(deployment: Deployment) -> None:
+    ids = add(deployment, ids_in_bucket(10, 2) + ids_in_bucket(500, 1, "m") + ids_in_bucket(1000, 3, "z"))
+    [request] = tick(deployment, "new_learner_sensor").run_requests
+    assert request.tags[BUCKETS_TAG] == "bucket-0010..bucket-1000"
+    assert request.run_key.startswith(f"clone:bucket-0010..bucket-1000:{len(ids)}:")
 
 
-def test_a_long_stretch_is_cut_at_the_run_size(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sensors, "BUCKETS_PER_RUN", 4)
+def test_a_tick_asks_for_two_runs_at_most_balanced_by_learners(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sensors, "LEARNERS_PER_RUN", 2)
     for bucket in range(10):
-        add(deployment, ids_in_bucket(bucket, 1, prefix=f"b{bucket}"))
+        add(deployment, ids_in_bucket(bucket * 3, 1, prefix=f"b{bucket}"))
     assert ranges(tick(deployment, "new_learner_sensor")) == [
-        (bucket_key(0), bucket_key(3)),
-        (bucket_key(4), bucket_key(7)),
-        (bucket_key(8), bucket_key(9)),
+        (bucket_key(0), bucket_key(12)),
+        (bucket_key(15), bucket_key(27)),
     ]
 
 
-def test_thousands_of_learners_are_a_few_runs_over_every_bucket(deployment: Deployment) -> None:
+def test_thousands_of_learners_are_two_runs_over_every_bucket(deployment: Deployment) -> None:
     with deployment.registry.engine.begin() as conn:
         conn.execute(
             sa.insert(Learner),
             [{"id": f"learner-{i:05d}", "baselineCompletedAt": NOW, "createdAt": NOW} for i in range(5_000)],
         )
+    first, second = [run_bucket_span(r.tags) for r in tick(deployment, "new_learner_sensor").run_requests]
+    assert (first.start, first.stop, second.stop) == (0, second.start, len(EVERY_BUCKET))
+    assert 400 < len(first) < 624  # about as many learners in each half
+
+
+def test_a_range_never_spans_a_bucket_with_a_run_in_flight(deployment: Deployment) -> None:
+    job = deployment.defs.resolve_job_def("clone_learners")
+    deployment.instance.create_run_for_job(job, tags={BUCKETS_TAG: "bucket-0400..bucket-0410"})
+    add(deployment, ids_in_bucket(100, 1) + ids_in_bucket(300, 1, "m") + ids_in_bucket(405, 1, "w"))
+    add(deployment, ids_in_bucket(700, 2, "z"))
     data = tick(deployment, "new_learner_sensor")
-    assert ranges(data) == [(bucket_key(s), bucket_key(s + 255)) for s in range(0, 1024, 256)]
+    assert ranges(data) == [(bucket_key(100), bucket_key(300)), (bucket_key(700), bucket_key(700))]
 
 
 def test_asked_again_with_the_same_key_and_not_at_all_while_a_run_is_in_flight(deployment: Deployment) -> None:
@@ -135,7 +146,12 @@ def test_switched_off_everything_skips_with_the_reason(deployment: Deployment) -
         assert data.skip_message == DISABLED_REASON
 
 
-def test_runs_from_before_buckets_cover_no_bucket() -> None:
+def test_the_buckets_a_run_covers_old_and_new() -> None:
+    ranged = dg.DagsterRun(job_name="clone_learners", tags={BUCKETS_TAG: "bucket-0003..bucket-0005"})
+    assert list(sensors.run_buckets(ranged)) == [3, 4, 5]
+    assert sensors.run_buckets(dg.DagsterRun(job_name="clone_learners")) == EVERY_BUCKET  # the UI's Materialize
+    garbled = dg.DagsterRun(job_name="clone_learners", tags={BUCKETS_TAG: "bucket-0005..bucket-0003"})
+    assert sensors.run_buckets(garbled) == range(0)
     # An instance upgraded from per-learner partitions still holds runs whose range tags are learner ids.
     old = dg.DagsterRun(job_name="clone_learners", tags={sensors.RANGE_START: "learner-1", sensors.RANGE_END: "x-2"})
     assert sensors.run_buckets(old) == range(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aivo_fl.defs import sensors
+from aivo_fl.defs.run_tags import BUCKETS_TAG
 from aivo_fl.defs.ticks import tick_sensor
 from aivo_fl.ml.store.learner_buckets import bucket_key, bucket_of
 from aivo_fl.registry.schema import utcnow
@@ -41,16 +42,20 @@ def test_one_bad_file_fails_that_learner_only_and_it_is_asked_for_again(trained:
     first = d.run("clone_learners", tags=request.tags)
     assert not first.success
     assert _with_model(d, ids) == [ids[0], ids[2]]  # the batch went on
-    # The bucket is materialized all the same, its metadata saying who failed and why.
-    [bucket] = first.asset_materializations_for_node("learner_models")
-    assert bucket.partition == bucket_key(BUCKET)
-    assert (bucket.metadata["cloned"].value, bucket.metadata["failed"].value) == (2, 1)
-    assert list(bucket.metadata["failures"].value) == [ids[1]]
-    assert bucket.metadata["source_version"].value == "1.0.0"
+    # The run's materialization is recorded all the same, counting the failure by its reason.
+    [done] = first.asset_materializations_for_node("learner_models")
+    assert done.partition is None
+    assert (done.metadata["cloned"].value, done.metadata["failed"].value) == (2, 1)
+    assert (done.metadata["buckets"].value, done.metadata["buckets_handled"].value) == (bucket_key(BUCKET), 1)
+    [(reason, count)] = done.metadata["failures_by_reason"].value.items()
+    assert count == 1
+    assert "<learner>" in reason and ids[1] not in str(done.metadata)  # no learner id in Dagster's storage
+    assert done.metadata["source_version"].value == "1.0.0"
+    assert done.metadata["learners_with_model"].value == 2
 
     retry = tick_sensor(d.defs, d.instance, "new_learner_sensor")
     [again] = retry.run_requests
-    assert again.tags[sensors.RANGE_START] == again.tags[sensors.RANGE_END] == bucket_key(BUCKET)
+    assert again.tags[BUCKETS_TAG] == bucket_key(BUCKET)
     assert again.run_key != request.run_key
     assert d.run("clone_learners", tags=again.tags).success
     assert _with_model(d, ids) == ids
@@ -70,7 +75,7 @@ def test_retries_are_bounded_and_the_reason_is_visible(trained: Deployment) -> N
         data = tick_sensor(d.defs, d.instance, "new_learner_sensor", cursor)
         cursor = data.cursor
         [request] = data.run_requests  # both learners, one run over their bucket
-        assert (request.tags[sensors.RANGE_START], request.tags[sensors.RANGE_END]) == (bucket_key(BUCKET),) * 2
+        assert request.tags[BUCKETS_TAG] == bucket_key(BUCKET)
         run_keys.append(request.run_key)
         assert not off.run("clone_learners", tags=request.tags).success
     assert len(set(run_keys)) == len(run_keys)  # a fresh run key each time, or the daemon would drop it
@@ -83,7 +88,7 @@ def test_retries_are_bounded_and_the_reason_is_visible(trained: Deployment) -> N
     # A newcomer in another bucket is still cloned; the given-up learners are not asked for.
     [newcomer] = _learners(d, ids_in_bucket(BUCKET + 1, 1, prefix="newcomer"))
     [request] = tick_sensor(d.defs, d.instance, "new_learner_sensor", given_up.cursor).run_requests
-    assert request.tags[sensors.RANGE_START] == request.tags[sensors.RANGE_END] == bucket_key(bucket_of(newcomer))
+    assert request.tags[BUCKETS_TAG] == bucket_key(bucket_of(newcomer))
     assert d.run("clone_learners", tags=request.tags).success
     assert _with_model(d, [*ids, newcomer]) == [newcomer]
 
@@ -103,12 +108,12 @@ def test_a_failed_run_pushed_out_of_the_runs_read_is_still_retried(
     monkeypatch.setattr(sensors, "HISTORY", 1)
     far = BUCKET + 500
     [other] = _learners(d, ids_in_bucket(far, 1))
-    only_far = {sensors.RANGE_START: bucket_key(far), sensors.RANGE_END: bucket_key(far)}
+    only_far = {BUCKETS_TAG: bucket_key(far)}
     assert d.run("clone_learners", tags=only_far).success
     assert _with_model(d, [learner, other]) == [other]
 
     [again] = tick_sensor(d.defs, d.instance, "new_learner_sensor", counted.cursor).run_requests
-    assert again.tags[sensors.RANGE_START] == again.tags[sensors.RANGE_END] == bucket_key(BUCKET)
+    assert again.tags[BUCKETS_TAG] == bucket_key(BUCKET)
     assert again.run_key != first.run_requests[0].run_key  # not the failed run's key: the daemon launches it
     assert d.run("clone_learners", tags=again.tags).success
     assert _with_model(d, [learner]) == [learner]
