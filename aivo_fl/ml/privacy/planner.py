@@ -131,6 +131,27 @@ def plan(
 ) -> Plan:
     if not (target_epsilon > 0 and rounds >= 1 and population >= 1):
         raise ValueError("the plan needs a target epsilon > 0, rounds >= 1 and a population >= 1")
+    args = (target_epsilon, rounds, population, delta, sample_rates, max_relative_noise)
+    rows = _rows(*args, adaptive)
+    useful = [r for r in rows if r.useful]
+    recommended = min(useful, key=lambda r: r.sample_rate) if useful else None
+    needed = None
+    if recommended is None:
+        # A cohort of a handful leaves adaptive clipping's count almost unnoised: no noise on the update
+        # reaches the target; the fixed-clip rows still say how many learners the target needs.
+        needed = _population_needed(rows or _rows(*args, False), max_relative_noise)
+    return Plan(target_epsilon, rounds, delta, population, max_relative_noise, tuple(rows), recommended, needed)
+
+
+def _rows(
+    target_epsilon: float,
+    rounds: int,
+    population: int,
+    delta: float,
+    sample_rates: Sequence[float],
+    max_relative_noise: float,
+    adaptive: bool,
+) -> list[PlanRow]:
     rows = []
     for rate in sample_rates:
         z = noise_for_target(target_epsilon, rate, population, rounds, delta, adaptive)
@@ -139,16 +160,11 @@ def plan(
         cohort = expected_cohort(rate, population)
         epsilon = year_epsilon(z, rate, population, rounds, delta, adaptive)
         rows.append(PlanRow(rate, z, cohort, z / cohort, epsilon, z / cohort <= max_relative_noise))
-    useful = [r for r in rows if r.useful]
-    recommended = min(useful, key=lambda r: r.sample_rate) if useful else None
-    needed = None if recommended else _population_needed(rows, population, max_relative_noise)
-    return Plan(target_epsilon, rounds, delta, population, max_relative_noise, tuple(rows), recommended, needed)
+    return rows
 
 
-def _population_needed(rows: Sequence[PlanRow], population: int, max_relative_noise: float) -> int:
+def _population_needed(rows: Sequence[PlanRow], max_relative_noise: float) -> int:
     """z barely depends on N (only through the count query's noise), so at rate q the noise bound
     needs about z / (q x bound) learners; the smallest over the rates, rounded up to a hundred."""
-    if not rows:
-        return population * 10
     best = min(r.noise_multiplier / (r.sample_rate * max_relative_noise) for r in rows)
     return int(math.ceil(best / 100.0) * 100)
