@@ -10,7 +10,7 @@ import argparse
 import importlib
 import time
 
-from benchmarks.report import run_and_report, write_result
+from benchmarks.report import run_and_report
 
 BENCHMARKS = (
     "training",
@@ -39,10 +39,7 @@ def main() -> None:
         started = time.perf_counter()
         print(f"\n=== benchmark: {name} ===", flush=True)
         module = importlib.import_module(f"benchmarks.bench_{name}")
-        if hasattr(module, "table"):
-            run_and_report(name, module.run, module.table, args.quick)
-        else:  # TRANSITIONAL: until every benchmark has moved to benchmarks.report
-            write_result(name, module.run(quick=args.quick))
+        run_and_report(name, module.run, module.table, args.quick)
         print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -11,7 +11,10 @@ every client's reply before aggregating:
   ``Array`` plus a ``MetricRecord`` of ``num-examples``), what ``flwr.serverapp.strategy.FedAvg``
   (the Message API, current in flwr 1.42) calls;
 * ``numpy_mean``: a sample-weighted ``np.average`` over the stacked deltas;
-* ``read_files``: only open and read each learner's delta and manifest (no parsing, no checks).
+* ``read_files``: only open and read each learner's clone file (no parsing, no checks).
+
+A learner's update is the ``update.*`` tensors of its one clone file (``clone.safetensors``, see
+``aivo_fl/ml/store/clone_file.py``); the baselines load those with ``safetensors`` as any reader would.
 
     python benchmarks/aggregation_baselines.py METHOD INDEX.json heap|time   # prints one JSON line
 """
@@ -30,32 +33,35 @@ from typing import Any
 
 import numpy as np
 
-DELTA_NAME = "delta.safetensors"  # aivo_fl.ml.store.cloning.DELTA_NAME (no aivo_fl import here)
-MANIFEST_NAME = "manifest.json"
+CLONE_NAME = "clone.safetensors"  # aivo_fl.ml.store.clone_file.CLONE_NAME (no aivo_fl import here)
+UPDATE = "update."
 
-Offered = list[tuple[Path, int]]  # (delta file, num_samples) per learner
+Offered = list[tuple[Path, int]]  # (clone file, num_samples) per learner
 
 
 def read_index(index: Path) -> Offered:
     """The learners offered to the round: written once by the benchmark, read outside the timing."""
     data = json.loads(index.read_text())
     root = Path(data["learners_root"])
-    return [(root / learner / DELTA_NAME, samples) for learner, samples in data["learners"]]
+    return [(root / learner / CLONE_NAME, samples) for learner, samples in data["learners"]]
+
+
+def _update(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {name[len(UPDATE) :]: value for name, value in load_file(str(path)).items() if name.startswith(UPDATE)}
 
 
 def _load(path: Path) -> list[np.ndarray]:
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path))
+    tensors = _update(path)
     return [tensors[name] for name in sorted(tensors)]
 
 
 def read_files(offered: Offered) -> int:
     total = 0
     for path, _ in offered:
-        for name in (MANIFEST_NAME, DELTA_NAME):
-            with open(path.parent / name, "rb") as fh:
-                total += len(fh.read())
+        with open(path, "rb") as fh:
+            total += len(fh.read())
     return total
 
 
@@ -77,9 +83,7 @@ def flower_fedavg(offered: Offered) -> Any:
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
     def reply(path: Path, n: int) -> RecordDict:
-        from safetensors.numpy import load_file
-
-        arrays = ArrayRecord({name: Array(value) for name, value in sorted(load_file(str(path)).items())})
+        arrays = ArrayRecord({name: Array(value) for name, value in sorted(_update(path).items())})
         return RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n})})
 
     replies = [reply(path, n) for path, n in offered]

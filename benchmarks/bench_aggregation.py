@@ -1,8 +1,8 @@
 """Aggregation from disk at 10,000 and 100,000 learners: aivo-fl's round against Flower, side by side.
 
 The learner store is written once per size, as local training leaves it (a copy-on-write clone by
-``clone_for_learner``, then the heads, the delta and the manifest with the session's record, the
-bytes of ``train_learner``), and every variant reads those same files, each in its own subprocess
+``clone_for_learner``, then the one clone file with the heads, the update and the manifest with the
+session's record, the bytes of ``train_learner``), and every variant reads those same files, each in its own subprocess
 (independent memory figures):
 
 * ``aivo-fl, DP on``: ``build_candidate`` with the product's privacy defaults (fedavg, clip 1.0,
@@ -16,6 +16,7 @@ bytes of ``train_learner``), and every variant reads those same files, each in i
 
     python -m benchmarks aggregation            # 10,000 and 100,000 learners (about 10 minutes)
     python -m benchmarks aggregation --quick    # 1,000 learners
+    python -m benchmarks.bench_aggregation --sizes 10000
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.aggregation_baselines import MANIFEST_NAME, measure, read_index
+from benchmarks.aggregation_baselines import measure, read_index
+from benchmarks.report import Column, run_and_report
+from benchmarks.report import table as report_table
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "aggregation.json"
 FLOWER_VENV = ROOT / ".venv-flower"
 FLWR_VERSION = "1.42.0"
 _NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -52,7 +55,7 @@ LABELS = {
     "flower_aggregate": "Flower: load all + aggregate()",
     "flower_fedavg": "Flower: load all + FedAvg's aggregate_arrayrecords()",
     "numpy_mean": "numpy: load all + np.average",
-    "read_files": "just read the files (delta + manifest)",
+    "read_files": "just read the files (one per learner)",
 }
 
 
@@ -83,26 +86,21 @@ def write_learners(root: Path, n: int, seed: int = 0) -> Path:
 def _write_trained(
     directory: Path, learner: str, start: dict[str, np.ndarray], delta: dict[str, np.ndarray], samples: int
 ) -> None:
-    """The files ``train_learner`` leaves (``_save_trained``: heads, delta, manifest listing both with
-    the session's record), the same bytes, without its fsyncs (which only make them durable: 5 ms a
-    file here, 25 minutes for 100,000 learners)."""
-    from aivo_fl.ml.store.artifacts import encode_tensors, file_record, manifest_bytes
-    from aivo_fl.ml.store.cloning import COPY_ON_WRITE, DELTA_NAME, HEADS_NAME
+    """The file ``train_learner`` leaves (``save_trained_clone``: heads, update and the manifest with
+    the session's record in one file), the same bytes, without the batch's flush (which only makes
+    them durable)."""
+    from aivo_fl.ml.store.clone_file import CLONE_NAME
+    from aivo_fl.ml.store.cloning import save_trained_clone
+    from aivo_fl.ml.store.safe_files import MANIFEST_NAME
     from aivo_fl.ml.training.clones import TrainingSessionResult
 
     heads = {k: start[k] + delta[k] for k in start}
-    files = {DELTA_NAME: encode_tensors(delta), HEADS_NAME: encode_tensors(heads)}
     clone = json.loads((directory / MANIFEST_NAME).read_bytes())
     session = TrainingSessionResult(
-        learner, VERSION, None, samples, 5, 1.1, 0.5, 1.0, 0.55, 0.5, directory / DELTA_NAME,
+        learner, VERSION, None, samples, 5, 1.1, 0.5, 1.0, 0.55, 0.5, directory / CLONE_NAME,
         _NOW - timedelta(hours=2), _NOW - timedelta(hours=1), 0.2,
     )  # fmt: skip
-    manifest = {k: v for k, v in clone.items() if k != COPY_ON_WRITE}
-    manifest |= {"files": {name: file_record(data) for name, data in files.items()}}
-    manifest["last_training"] = session.to_json()
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-    (directory / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+    save_trained_clone(directory, heads, delta, {**clone, "last_training": session.to_json()}, sync=False)
 
 
 def _round_of(index: Path, dp: bool) -> Callable[[int | None], Any]:
@@ -197,8 +195,8 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
         row["vs_read_files"] = row["updates_per_second"] / same["read_files"]["updates_per_second"]
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    sizes = (1_000,) if quick else (10_000, 100_000)
+def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
+    sizes = sizes or ([1_000] if quick else [10_000, 100_000])
     try:
         python: Path | None = flower_python()
         flower_error = None
@@ -216,7 +214,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     _ratios(rows)
     result = {
         "cohort_rounds": _cohort_results(quick),
-        "quick": quick,
         "head_parameters": int(sum(np.prod(s) for s in _head_shapes().values())),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -225,7 +222,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         "setup": setups,
         "aggregation": rows,
     }
-    _print_table(result)
     return result
 
 
@@ -235,49 +231,57 @@ def _cohort_results(quick: bool) -> list[dict[str, Any]]:
     return simulate_rounds(n_learners=6, rounds=2) if quick else simulate_rounds(n_learners=12, rounds=5)
 
 
-def _print_table(result: dict[str, Any]) -> None:
-    print(f"Aggregation from disk ({result['head_parameters']} float32 parameters per delta)")
-    print(
-        f"{'learners':>8} {'method':<52} {'upd/s':>8} {'seconds':>8} {'heap MB':>8} {'RSS+ MB':>8} "
-        f"{'vs Flower':>9} {'vs read':>7}"
-    )
-    for r in result["aggregation"]:
-        flower = "-" if r["vs_flower"] is None else f"{r['vs_flower']:.2f}x"
-        print(
-            f"{r['learners']:>8} {LABELS[r['method']]:<52} {r['updates_per_second']:>8.0f} {r['seconds']:>8.2f} "
-            f"{r['peak_heap_mb']:>8.1f} {r['rss_growth_mb']:>8.1f} {flower:>9} {r['vs_read_files']:>6.2f}x"
-        )
+COLUMNS = (
+    Column("learners", "learners", "{:,}"),
+    Column("label", "method"),
+    Column("updates_per_second", "upd/s", "{:,.0f}"),
+    Column("seconds", "seconds", "{:.2f}"),
+    Column("peak_heap_mb", "heap MB", "{:.1f}"),
+    Column("rss_growth_mb", "RSS+ MB", "{:.1f}"),
+    Column("vs_flower", "vs Flower", "{:.2f}x"),
+    Column("vs_read_files", "vs read", "{:.2f}x"),
+    Column("read_time_ratio", "time / read time", "{:.2f}x"),
+)
+COHORT_COLUMNS = (
+    Column("round", "round"),
+    Column("main_accuracy_before", "main before", "{:.3f}"),
+    Column("main_accuracy_after", "candidate", "{:.3f}"),
+    Column("accepted", "accepted"),
+    Column("main_accuracy_on_learners", "main", "{:.3f}"),
+    Column("personalized_accuracy", "personal", "{:.3f}"),
+    Column("curriculum_accuracy", "curric.", "{:.3f}"),
+    Column("epsilon_round", "epsilon", "{:.3g}"),
+    Column("epsilon_total", "eps total", "{:.3g}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        {**r, "label": LABELS[r["method"]], "read_time_ratio": 1 / r["vs_read_files"]} for r in result["aggregation"]
+    ]
     before, after = result["load_average_before"], result["load_average_after"]
-    print(f"load average {before[0]:.1f} before, {after[0]:.1f} after, on {result['cpus']} CPUs")
-    print("\nCohort rounds (primary head; 'main' is the active version after the round, on the learners' held-out")
-    print("data; 'candidate' is the round's candidate on the same data; 'curric.': active version, curriculum)")
-    print(
-        f"{'round':>5} {'main before':>11} {'candidate':>9} {'accepted':>8} {'main':>6} {'personal':>8} "
-        f"{'curric.':>7} {'epsilon':>9} {'eps total':>9}"
+    title = f"Aggregation from disk ({result['head_parameters']} float32 parameters per update)"
+    out = [report_table(rows, COLUMNS, title)]
+    out.append(f"load average {before[0]:.1f} before, {after[0]:.1f} after, on {result['cpus']} CPUs")
+    out.append(
+        "\nCohort rounds (primary head; 'main' is the active version after the round, on the learners' held-out\n"
+        "data; 'candidate' is the round's candidate on the same data; 'curric.': active version, curriculum;\n"
+        "epsilon '-': DP off)"
     )
-    for r in result["cohort_rounds"]:
-        print(
-            f"{r['round']:>5} {r['main_accuracy_before']:>11.3f} {r['main_accuracy_after']:>9.3f} "
-            f"{r['accepted']!s:>8} {r['main_accuracy_on_learners']:>6.3f} {r['personalized_accuracy']:>8.3f} "
-            f"{r['curriculum_accuracy']:>7.3f} {_eps(r['epsilon_round']):>9} {_eps(r['epsilon_total']):>9}"
-        )
-
-
-def _eps(value: float | None) -> str:
-    return "off" if value is None else f"{value:.3g}"
+    out.append(report_table(result["cohort_rounds"], COHORT_COLUMNS))
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "INDEX", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.worker[0], Path(args.worker[1]), args.worker[2])))
         return
-    result = run(quick=args.quick)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH}")
+    run_and_report("aggregation", partial(run, sizes=args.sizes), table, args.quick)
 
 
 if __name__ == "__main__":

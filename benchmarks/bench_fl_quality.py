@@ -1,35 +1,35 @@
-"""Does federated learning improve the main model? Measured against a central oracle, per round.
+"""What federated learning buys a new learner, measured so that it cannot be tuned to.
 
-A seeded population of 10,000 learners (``--quick``: 1,000) goes through 12 weekly rounds (quick:
-4) under three configurations: the guide's defaults (DP on, z = 0.1, every learner, clip 1.0), the
-``PRIVACY_PRESET=user-level`` preset, and no DP. Each week the active learners train their personal
-layers locally, all at once (:func:`aivo_fl.ml.simulation.week.train_active_learners`: the clone
-from main + its kept personalization, the update it sends from main, with the proximal term);
-then the product's own round runs on their deltas held in memory:
-:func:`aivo_fl.ml.round.candidate.build_candidate` (screening, Poisson sampling, fixed denominator,
-budgets, adaptive clipping, DpClipped, server optimizer), then
-:func:`aivo_fl.ml.round.judge.judge_round`: the server's anchoring of each candidate to its
-curriculum's training split (:mod:`aivo_fl.ml.round.anchor`), the gate on the contributors'
-held-out interactions and the curriculum validation set, and backtracking (a refused step is
-retried at 1/2, 1/4, 1/8), exactly as in production.
+Per seed (population, evaluation cohort, round-0 main model and all round randomness follow it), a
+population of 10,000 learners (``--quick``: 1,000) goes through 52 weekly rounds (``--rounds``;
+quick: 4) under three configurations: the guide's defaults (DP on, z = 0.1, every learner, clip
+1.0), the ``PRIVACY_PRESET=user-level`` preset, and no DP. Each week the active learners train at
+once (:func:`aivo_fl.ml.simulation.week.train_active_learners`), then the product's round runs on
+their deltas through :class:`~aivo_fl.ml.simulation.server.SimulatedServer`, that is
+:func:`aivo_fl.ml.round.run.run_round` with the product's gate on the drawn learners' held-out
+interactions and the curriculum validation split.
 
-Per round: cold start (the main model on a fixed evaluation cohort that never trains: what a new
-learner gets), personalized (each contributor's clone on its own held-out interactions, next to the
-main model on the same data), curriculum accuracy, epsilon (worst-case learner, the real accountant
-over the recorded rounds) and gap closed = (cold - round 0) / (oracle - round 0). The oracle is the
-same model with the same trainable layers trained centrally, without privacy, on the pooled
-training interactions of every week's training learners (never the evaluation cohort).
+Protocol (:mod:`aivo_fl.ml.simulation.population_rounds`): knobs are frozen in code and chosen on
+TUNING_SEEDS only; a reported run uses REPORTED_SEEDS (``--full``: all of them; default: the first).
+Every figure is a mean over the seeds with a 95% bootstrap interval (seeds, then learners within a
+seed, resampled: :mod:`aivo_fl.ml.simulation.intervals`); differences between configurations are
+paired (same seeds, same learners). Yardsticks on the evaluation cohort: the strongest central model
+(:mod:`aivo_fl.ml.simulation.central`: depth and epochs chosen on a validation split of training
+learners, trained on the pooled training data up to each checkpoint round), the head-matched
+oracle (the clones' layers only) and the personalized Bayes ceiling. The curriculum is judged on a
+test split that neither the gate nor tuning sees.
 
     python -m benchmarks fl_quality [--quick]
-    python -m benchmarks.bench_fl_quality --depth guide --configurations "user-level preset" "no DP"
+    python -m benchmarks.bench_fl_quality [--quick] [--rounds N] [--seeds S ...] [--full] [--learners N] [--depth guide]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import multiprocessing
 import os
+import pickle
 import resource
 import time
 from collections.abc import Sequence
@@ -44,155 +44,194 @@ from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.runtime import configure_cpu
 from aivo_fl.ml.samples import Samples
 from aivo_fl.ml.simulation.population import Population, PopulationConfig
-from aivo_fl.ml.simulation.population_rounds import CONFIGURATIONS, YEAR, Knobs, build_world, run_configuration
+from aivo_fl.ml.simulation.population_rounds import (
+    CONFIGURATIONS,
+    REPORTED_SEEDS,
+    TUNING_SEEDS,
+    YEAR,
+    Knobs,
+    World,
+    build_world,
+    run_configuration,
+)
 from aivo_fl.ml.simulation.world import generate_curriculum
 from aivo_fl.ml.training.main_model import TrainingConfig, train_model
+from benchmarks.fl_quality_report import plot, print_row_header, row_line, summarize, table
+from benchmarks.report import machine, machine_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PLOT_PATH = RESULTS / "fl_quality.png"
+TUNING_RESULTS = RESULTS / "fl_quality_tuning"
 
 
-def curriculum_of(quick: bool, seed: int = 0) -> Samples:
+def curriculum_of(quick: bool, seed: int) -> Samples:
     return generate_curriculum(3_000 if quick else 10_000, seed=seed)
 
 
-def train_round0(quick: bool, seed: int = 0) -> CurriculumNet:
-    """The curriculum-trained main model every configuration starts from."""
+def train_round0(quick: bool, seed: int) -> CurriculumNet:
+    """The curriculum-trained main model every configuration of a seed starts from."""
     config = TrainingConfig(epochs=10 if quick else 30, seed=seed, log_every=10**6, num_threads=1)
     main, _ = train_model(curriculum_of(quick, seed), config)
     return main
 
 
-def population_of(n_learners: int, seed: int = 0) -> Population:
+def population_of(n_learners: int, seed: int) -> Population:
     return Population(PopulationConfig(n_learners=n_learners, eval_learners=max(n_learners // 20, 20), seed=seed))
 
 
 def privacy_of(configuration: str) -> PrivacySettings:
-    return load_settings(**CONFIGURATIONS[configuration]).privacy()
+    return load_settings(_env_file=None, **CONFIGURATIONS[configuration]).privacy()
+
+
+def world_of(seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs) -> World:
+    # Curriculum, its validation split (the gate's) and its test split (judged, never selected on)
+    # are separate draws of the same fixed world.
+    return build_world(
+        train_round0(quick, seed),
+        population_of(n_learners, seed),
+        rounds,
+        knobs.depth,
+        curriculum_of(quick, seed),
+        generate_curriculum(2_000, seed=10_000 + seed),
+        generate_curriculum(2_000, seed=20_000 + seed),
+        seed,
+    )
+
+
+# The world a forked worker runs its configuration on (inherited, never pickled).
+_SHARED: dict[str, Any] = {}
+
+
+def _run_one(name: str) -> tuple[str, dict[str, Any]]:
+    world, knobs = _SHARED["world"], _SHARED["knobs"]
+    began = time.perf_counter()
+    result = run_configuration(
+        world, privacy_of(name), knobs, on_row=lambda r: print(row_line(world.seed, name, r), flush=True)
+    )
+    return name, {**result, "seconds": time.perf_counter() - began}
+
+
+def run_seed(
+    seed: int, quick: bool, n_learners: int, rounds: int, knobs: Knobs, configurations: Sequence[str], workers: int
+) -> dict[str, Any]:
+    """The seed's world once, then its configurations, each in its own forked process when
+    ``workers`` > 1 (one thread each: the configurations are independent)."""
+    started = time.perf_counter()
+    world = world_of(seed, quick, n_learners, rounds, knobs)
+    setup = time.perf_counter() - started
+    print(f"seed {seed}: world and yardsticks in {setup:.0f} s; strongest central model {world.central}", flush=True)
+    print_row_header()
+    _SHARED.update(world=world, knobs=knobs)
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(min(workers, len(configurations)))
+        runs = dict(pool.map(_run_one, configurations, chunksize=1))
+        pool.close()
+        pool.join()  # reaped, so their CPU time and memory count in RUSAGE_CHILDREN
+    else:
+        runs = dict(_run_one(name) for name in configurations)
+    return {"seed": seed, "world": world, "setup_seconds": setup, "configurations": runs}
+
+
+def check_seeds(seeds: Sequence[int]) -> str:
+    """'reported' or 'tuning'; a run never mixes them, and never uses an undeclared seed."""
+    if set(seeds) <= set(REPORTED_SEEDS):
+        return "reported"
+    if set(seeds) <= set(TUNING_SEEDS):
+        return "tuning"
+    raise ValueError(
+        f"seeds must all be reported seeds {REPORTED_SEEDS} or all tuning seeds {TUNING_SEEDS}, got {seeds}"
+    )
 
 
 def run(
     quick: bool = False,
+    seeds: Sequence[int] = REPORTED_SEEDS[:1],
+    rounds: int | None = None,
     knobs: Knobs | None = None,
     n_learners: int | None = None,
-    weeks: int | None = None,
     configurations: Sequence[str] = tuple(CONFIGURATIONS),
-    plot_path: Path = PLOT_PATH,
+    workers: int = len(CONFIGURATIONS),
 ) -> dict[str, Any]:
+    kind = check_seeds(seeds)
     configure_cpu(1)
     torch.manual_seed(0)
     knobs = knobs or Knobs()
     n_learners = n_learners or (1_000 if quick else 10_000)
-    weeks = weeks or (4 if quick else 12)
+    rounds = rounds or (4 if quick else YEAR)
     started = time.perf_counter()
-    curriculum = curriculum_of(quick)
-    world = build_world(
-        train_round0(quick),
-        population_of(n_learners),
-        weeks,
-        knobs.depth,
-        curriculum,
-        generate_curriculum(2_000, seed=1),
-    )
-    setup = time.perf_counter() - started
-    print(HEADER, flush=True)
-    results = {
-        name: run_configuration(world, privacy_of(name), knobs, on_row=lambda r, n=name: print(_row(n, r), flush=True))
-        for name in configurations
-    }
+    per_seed = [run_seed(s, quick, n_learners, rounds, knobs, configurations, workers) for s in seeds]
+    if os.environ.get("FL_QUALITY_RAW"):  # keep the raw measurements (to re-summarize without re-running)
+        with open(os.environ["FL_QUALITY_RAW"], "wb") as raw:
+            pickle.dump(per_seed, raw)
     result = {
         "benchmark": "fl_quality",
+        "kind": kind,
+        "seeds": list(seeds),
+        "tuning_seeds": list(TUNING_SEEDS),
+        "reported_seeds": list(REPORTED_SEEDS),
         "quick": quick,
         "learners": n_learners,
-        "evaluation_learners": len(world.population.eval_learners),
-        "weeks": weeks,
+        "evaluation_learners": len(per_seed[0]["world"].population.eval_learners),
+        "rounds": rounds,
         "knobs": knobs.describe(),
-        "oracle": world.oracle,
-        "oracle_curriculum": world.oracle_curriculum,
-        "setup_seconds": setup,
+        **summarize(per_seed, configurations),
         "total_seconds": time.perf_counter() - started,
         # Peak resident memory of this process (Linux reports KiB) and the machine's load while it ran.
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # CPU time of the run and its workers: on a shared machine the wall clock measures the others too.
+        "cpu_seconds": sum(
+            u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        ),
         "load_average_1min": os.getloadavg()[0],
-        "configurations": results,
-        "plot": str(plot_path),
+        "cpus": os.cpu_count(),
     }
-    _print(result)
-    _plot(result, plot_path)
-    return result
+    png = output_stem(result).with_suffix(".png")
+    plot(result, png)
+    return {**result, "plot": str(png.relative_to(RESULTS.parent))}
 
 
-def _fmt(value: float | None, pattern: str = "{:.2%}") -> str:
-    if value is None:
-        return "none"  # no guarantee: deltas released without noise
-    return "-" if isinstance(value, float) and math.isnan(value) else pattern.format(value)
+def output_stem(result: dict[str, Any]) -> Path:
+    depth = "" if result["knobs"]["depth"] == Knobs.depth else f"_{result['knobs']['depth']}"
+    quick = "_quick" if result["quick"] else ""
+    if result["kind"] == "tuning":
+        seeds = "-".join(str(s) for s in result["seeds"])
+        return TUNING_RESULTS / f"fl_quality_seeds{seeds}_r{result['rounds']}{depth}{quick}"
+    size = "" if result["learners"] == (1_000 if result["quick"] else 10_000) else f"_{result['learners']}"
+    return RESULTS / f"fl_quality{depth}{size}{quick}"
 
 
-HEADER = (
-    f"{'configuration':<18} {'round':>5} {'cold start':>10} {'clones':>7} {'main':>7} {'curric.':>7} "
-    f"{'epsilon':>9} {'gap':>6} {'gate':>6} {'s':>6}"
-)
-
-
-def _row(name: str, r: dict[str, Any]) -> str:
-    gate_verdict = "" if r["round"] == 0 else ("ok" if r["accepted"] else "reject")
-    return (
-        f"{name:<18} {r['round']:>5} {_fmt(r['cold_start']):>10} "
-        f"{_fmt(r.get('personalized_clones', math.nan)):>7} {_fmt(r.get('personalized_main', math.nan)):>7} "
-        f"{_fmt(r['curriculum']):>7} {_fmt(r['epsilon'], '{:.3g}'):>9} {_fmt(r['gap_closed'], '{:.0%}'):>6} "
-        f"{gate_verdict:>6} {r['seconds']:>6.1f}"
-    )
-
-
-def _print(result: dict[str, Any]) -> None:
-    print(
-        f"\n{result['learners']:,} learners ({result['evaluation_learners']} held out for cold start), "
-        f"{result['weeks']} weekly rounds; knobs {result['knobs']}; oracle {result['oracle']:.2%} "
-        f"(its curriculum accuracy {result['oracle_curriculum']:.2%}); {result['total_seconds']:.0f} s in all"
-    )
-    print(HEADER)
-    for name, c in result["configurations"].items():
-        for r in c["rounds"]:
-            print(_row(name, r))
-        print(
-            f"{name:<18} epsilon after 1 round {_fmt(c['epsilon_1'], '{:.3g}')}, after {YEAR} "
-            f"{_fmt(c['epsilon_52'], '{:.3g}')} (delta {c['privacy']['delta']:g})"
-        )
-
-
-def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (cold, curriculum) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, c in result["configurations"].items():
-        rounds = [r["round"] for r in c["rounds"]]
-        cold.plot(rounds, [100 * r["cold_start"] for r in c["rounds"]], marker="o", label=name)
-        curriculum.plot(rounds, [100 * r["curriculum"] for r in c["rounds"]], marker="o", label=name)
-    cold.axhline(100 * result["oracle"], color="black", linestyle="--", label="central oracle")
-    cold.set(title="cold start (held-out learners)", xlabel="weekly round", ylabel="accuracy (%)")
-    curriculum.set(title="curriculum validation", xlabel="weekly round", ylabel="accuracy (%)")
-    cold.legend(fontsize=8)
-    fig.suptitle(f"{result['learners']:,} learners, {result['weeks']} rounds, depth {result['knobs']['depth']}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def write(result: dict[str, Any]) -> Path:
+    stem = output_stem(result)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    return stem.with_suffix(".json")
 
 
 def main() -> None:
-    """Another depth or a subset of configurations: ``python -m benchmarks.bench_fl_quality --depth
-    guide --configurations "user-level preset" "no DP"`` writes results/fl_quality_<depth>.json/png."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    """Seeds: --seeds (all reported or all tuning seeds), --full (every reported seed)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--full", action="store_true", help=f"every reported seed {REPORTED_SEEDS}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--learners", type=int, default=None, help="population size (default 10,000; quick 1,000)")
     parser.add_argument("--depth", default=Knobs.depth, choices=sorted(PERSONALIZATION_DEPTHS))
+    parser.add_argument("--workers", type=int, default=len(CONFIGURATIONS), help="configurations run at once")
     parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     args = parser.parse_args()
-    stem = RESULTS / f"fl_quality_{args.depth}{'_quick' if args.quick else ''}"
-    result = run(args.quick, Knobs(depth=args.depth), None, None, args.configurations, stem.with_suffix(".png"))
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+    seeds = REPORTED_SEEDS if args.full else (args.seeds or REPORTED_SEEDS[:1])
+    try:
+        check_seeds(seeds)
+    except ValueError as error:
+        parser.error(str(error))
+    if (args.rounds is not None and args.rounds < 1) or (args.learners is not None and args.learners < 100):
+        parser.error("--rounds must be >= 1 and --learners >= 100")
+    knobs = Knobs(depth=args.depth)
+    result = run(args.quick, seeds, args.rounds, knobs, args.learners, args.configurations, args.workers)
+    result = {**result, "machine": machine()}
+    print(table(result))
+    print(machine_line(result["machine"]))
+    print(f"written {write(result)}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from aivo_fl.ml.simulation.world import generate_curriculum
 from aivo_fl.ml.training.batched import train_many
 from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, personal_tensors, train_one
 from aivo_fl.ml.training.main_model import TrainingConfig, train_model
+from benchmarks.report import Column, cli
+from benchmarks.report import table as report_table
 
 CONFIG = LocalTrainingConfig()
 
@@ -155,7 +157,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     speed_population = Population(PopulationConfig(n_learners=n_speed, eval_learners=n_speed // 20))
     speed = [_speed(main, speed_population, d, loop_sample) for d in sorted(PERSONALIZATION_DEPTHS)]
-    _print(speed, trained.val_accuracy)
     return {
         "config": {"local": CONFIG.__dict__, "speed_learners": n_speed},
         "main_val_accuracy": trained.val_accuracy,
@@ -165,19 +166,28 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def _print(speed: list[dict[str, Any]], main_val: float) -> None:
-    print(
-        f"local training: {CONFIG.epochs} epochs, batch {CONFIG.batch_size}, SGD lr {CONFIG.learning_rate}, "
-        f"mu {CONFIG.proximal_mu}; main model val accuracy {main_val:.2%}"
+COLUMNS = (
+    Column("depth", "depth"),
+    Column("trainable_params", "trainable", "{:,}"),
+    Column("learners", "learners", "{:,}"),
+    Column("batched_learners_per_s", "batched/s", "{:.0f}"),
+    Column("loop_learners_per_s", "loop/s", "{:.0f}"),
+    Column("speedup", "batched/loop", "{:.1f}x"),
+    Column("batched_over_floor", "x FLOP floor", "{:.1f}x"),
+    Column("batched_over_matmul_floor", "x matmul floor", "{:.1f}x"),
+    Column("max_abs_difference", "max |diff|", "{:.1e}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    local = result["config"]["local"]
+    title = (
+        f"local training: {local['epochs']} epochs, batch {local['batch_size']}, SGD lr {local['learning_rate']}, "
+        f"mu {local['proximal_mu']}; main model val accuracy {result['main_val_accuracy']:.2%}; "
+        f"load average {result['load_average_1min']:.1f}"
     )
-    print(
-        f"{'depth':<6} {'trainable':>9} {'learners':>8} {'batched/s':>10} {'loop/s':>8} {'speedup':>8} "
-        f"{'x floor':>8} {'% of floor':>10} {'x matmuls':>9} {'max |diff|':>10}"
-    )
-    for r in speed:
-        print(
-            f"{r['depth']:<6} {r['trainable_params']:>9,} {r['learners']:>8} {r['batched_learners_per_s']:>10.0f} "
-            f"{r['loop_learners_per_s']:>8.0f} {r['speedup']:>7.1f}x {r['batched_over_floor']:>7.1f}x "
-            f"{100 / r['batched_over_floor']:>9.1f}% {r['batched_over_matmul_floor']:>8.1f}x "
-            f"{r['max_abs_difference']:>10.1e}"
-        )
+    return report_table(result["speed"], COLUMNS, title)
+
+
+if __name__ == "__main__":
+    cli("local_training", run, table, __doc__)

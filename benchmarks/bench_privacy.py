@@ -30,6 +30,8 @@ from aivo_fl.ml.privacy import mechanism as privacy
 from aivo_fl.ml.privacy.adaptive_clipping import DEFAULT_INITIAL_CLIP_NORM
 from aivo_fl.ml.privacy.ledger import RoundPrivacy, compose_rounds, learner_totals, planned_round
 from aivo_fl.ml.privacy.planner import plan
+from benchmarks.report import Column, cli
+from benchmarks.report import table as report_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOT_PATH = RESULTS / "privacy_epsilon.png"
@@ -161,8 +163,6 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
         )
     result = {
-        "benchmark": "privacy",
-        "quick": quick,
         "population": POPULATION,
         "weeks": WEEKS,
         "rows": rows,
@@ -173,7 +173,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         "plot": str(PLOT_PATH),
     }
     _plot(curves, {r["configuration"]: r["delta"] for r in rows})
-    _print(result)
     return result
 
 
@@ -181,32 +180,38 @@ def _shown(eps: float | None) -> str:
     return "no guarantee" if eps is None else f"{eps:.3g}"
 
 
-def _print(result: dict[str, Any]) -> None:
-    print(f"\nEpsilon over {WEEKS} weekly rounds, {POPULATION:,} learners (user-level: {PLANNED_POPULATION:,}; PLD)")
-    header = (
-        f"{'configuration':<18} {'z':>5} {'q':>5} {'adaptive':>8} {'delta':>7} "
-        f"{'eps 1':>12} {'eps 52':>12} {'accuracy':>9}"
+COLUMNS = (
+    Column("configuration", "configuration"),
+    Column("noise_multiplier", "z", "{:g}"),
+    Column("sample_rate", "q", "{:g}"),
+    Column("adaptive_clipping", "adaptive"),
+    Column("delta", "delta", "{:g}"),
+    Column("epsilon_1", "eps 1", "{:.3g}"),
+    Column("epsilon_52", "eps 52", "{:.3g}"),
+    Column("accuracy", "accuracy", "{:.2%}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    """Epsilon per configuration ("-": no guarantee, or accuracy pending), the candidates, the ledger's cost."""
+    title = f"Epsilon over {WEEKS} weekly rounds, {POPULATION:,} learners (user-level: {PLANNED_POPULATION:,}; PLD)"
+    out = [report_table(result["rows"], COLUMNS, title)]
+    out.append(
+        f"\nCandidates (52 rounds, adaptive clipping, delta {TARGET_DELTA:g}; target epsilon <= {TARGET_EPSILON:g})"
     )
-    print(header)
-    print("-" * len(header))
-    for r in result["rows"]:
-        z = "-" if r["noise_multiplier"] is None else f"{r['noise_multiplier']:g}"
-        acc = "pending" if r["accuracy"] is None else f"{r['accuracy']:.2%}"
-        print(
-            f"{r['configuration']:<18} {z:>5} {r['sample_rate']:>5g} {'yes' if r['adaptive_clipping'] else 'no':>8} "
-            f"{r['delta']:>7g} {_shown(r['epsilon_1']):>12} {_shown(r['epsilon_52']):>12} {acc:>9}"
-        )
-    print(f"\nCandidates (52 rounds, adaptive clipping, delta {TARGET_DELTA:g}; target epsilon <= {TARGET_EPSILON:g})")
     for c in result["candidates"]:
         ok = "ok" if c["epsilon_52"] <= TARGET_EPSILON else "over"
-        print(f"  q={c['q']:<5g} z={c['z']:<4g} cohort~{c['expected_cohort']:>6,.0f}  eps={c['epsilon_52']:6.3f}  {ok}")
+        out.append(
+            f"  q={c['q']:<5g} z={c['z']:<4g} cohort~{c['expected_cohort']:>6,.0f}  eps={c['epsilon_52']:6.3f}  {ok}"
+        )
     led = result["ledger"]
-    print(
+    out.append(
         f"\nPer-learner ledger, {led['learners']:,} learners ({led['distinct_histories']} distinct histories): "
         f"{led['cached_seconds']:.2f} s cached vs {led['baseline_seconds_extrapolated']:.1f} s composing each learner "
         f"({led['baseline_seconds_per_learner'] * 1e3:.1f} ms/learner, measured on a sample): {led['speedup']:.0f}x"
     )
-    print(f"Plot: {result['plot']}")
+    out.append(f"Plot: {result['plot']}")
+    return "\n".join(out)
 
 
 def _plot(curves: dict[str, list[float | None]], deltas: dict[str, float]) -> None:
@@ -232,3 +237,7 @@ def _plot(curves: dict[str, list[float | None]], deltas: dict[str, float]) -> No
     PLOT_PATH.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT_PATH, dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    cli("privacy", run, table, __doc__)

@@ -11,8 +11,6 @@ one-run-per-learner sensor would request, and a naive clone that copies the whol
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 import tracemalloc
@@ -22,7 +20,9 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "sensor.json"
+from benchmarks.report import Column, cli
+from benchmarks.report import table as report_table
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -145,44 +145,28 @@ def measure(count: int, clone: bool) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     plan = [(100, True), (1_000, False)] if quick else [(100, True), (1_000, True), (10_000, True)]
-    rows = [measure(count, clone) for count, clone in plan]
-    result = {"benchmark": "sensor", "quick": quick, "rows": rows}
-    _print_table(result)
-    return result
+    return {"rows": [measure(count, clone) for count, clone in plan]}
 
 
-def _print_table(result: dict[str, Any]) -> None:
-    print("\nNew-learner sensor: one tick, then the requested cloning runs (in-process, SQLite registry)")
-    header = (
-        f"{'learners':>9} {'runs':>5} {'vs 1/learner':>12} {'tick s':>7} {'tick MiB':>8} "
-        f"{'clone s':>8} {'ms/learner':>10} {'no-Dagster ms':>13} {'full-copy ms':>12} "
-        f"{'bytes/learner':>13} {'vs full copy':>12}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in result["rows"]:
-        clone = (
-            f"{r['cloning_seconds']:>8.1f} {r['cloning_ms_per_learner']:>10.1f} "
-            f"{r['heads_clone_ms_per_learner_no_dagster']:>13.1f} {r['naive_clone_ms_per_learner_no_dagster']:>12.1f} "
-            f"{r['bytes_per_learner']:>13,} {r['bytes_ratio_vs_naive']:>11.0f}x"
-            if "cloning_seconds" in r
-            else f"{'-':>8} {'-':>10} {'-':>13} {'-':>12} {'-':>13} {'-':>12}"
-        )
-        print(
-            f"{r['learners']:>9,} {r['runs_requested']:>5} {r['run_reduction']:>11.0f}x "
-            f"{r['tick_seconds']:>7.2f} {r['tick_peak_mib']:>8.1f} {clone}"
-        )
+COLUMNS = (
+    Column("learners", "learners", "{:,}"),
+    Column("runs_requested", "runs"),
+    Column("run_reduction", "vs 1 run/learner", "{:.0f}x"),
+    Column("tick_seconds", "tick s", "{:.2f}"),
+    Column("tick_peak_mib", "tick MiB", "{:.1f}"),
+    Column("cloning_seconds", "clone s", "{:.1f}"),
+    Column("cloning_ms_per_learner", "ms/learner", "{:.1f}"),
+    Column("heads_clone_ms_per_learner_no_dagster", "no-Dagster ms", "{:.1f}"),
+    Column("naive_clone_ms_per_learner_no_dagster", "full-copy ms", "{:.1f}"),
+    Column("bytes_per_learner", "bytes/learner", "{:,}"),
+    Column("bytes_ratio_vs_naive", "vs full copy", "{:.0f}x"),
+)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {RESULTS_PATH}")
+def table(result: dict[str, Any]) -> str:
+    title = "New-learner sensor: one tick, then the requested cloning runs (in-process, SQLite registry)"
+    return report_table(result["rows"], COLUMNS, title)
 
 
 if __name__ == "__main__":
-    main()
+    cli("sensor", run, table, __doc__)

@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from benchmarks.bench_sensor import add_learners, execute_requests, trained_deployment
+from benchmarks.report import Column, run_and_report
+from benchmarks.report import table as report_table
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "training_runs.json"
 LOOP_SAMPLE = 500
 INTERACTIONS = 30
 TEMPLATES = 1_000
@@ -88,14 +89,14 @@ def _deployment(root: Path, count: int) -> tuple[Any, Any, Any, Any]:
     return settings, registry, store, defs
 
 
-def _plain(count: int, one_at_a_time: bool = False) -> float:
+def _plain(count: int, one_at_a_time: bool = False) -> tuple[float, float]:
     from aivo_fl.operations.learners import train_learner_locally, train_learners_locally
 
     with tempfile.TemporaryDirectory() as tmp:
         settings, registry, store, _ = _deployment(Path(tmp), count)
         learners = [learner for learner, _, _ in registry.learners_with_new_interactions(20)]
         options = {"epochs": settings.local_epochs, "proximal_mu": settings.local_proximal_mu, "num_threads": 1}
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if one_at_a_time:
             for learner in learners:
                 train_learner_locally(registry, store, learner, **options)
@@ -103,12 +104,12 @@ def _plain(count: int, one_at_a_time: bool = False) -> float:
             failures = train_learners_locally(registry, store, learners, **options).failures
             if failures:
                 raise RuntimeError(f"plain training: {len(failures)} failures, e.g. {next(iter(failures.items()))}")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         sessions = registry.get_statistics()["totalTrainingSessions"]
         registry.engine.dispose()
     if sessions != count:
         raise RuntimeError(f"plain training: {sessions} sessions for {count} learners")
-    return seconds
+    return seconds, cpu
 
 
 def _dagster(count: int) -> dict[str, Any]:
@@ -118,24 +119,24 @@ def _dagster(count: int) -> dict[str, Any]:
         _, registry, _, defs = _deployment(Path(tmp), count)
         job = defs.resolve_job_def("train_learners")
         runs = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         while requests := list(tick_sensor(defs, instance, "learner_activity_sensor").run_requests or []):
             runs += execute_requests(job, instance, requests)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         sessions = registry.get_statistics()["totalTrainingSessions"]
         events = sum(len(instance.all_logs(r.run_id)) for r in instance.get_runs())
         registry.engine.dispose()
     if sessions != count:
         raise RuntimeError(f"dagster training: {sessions} sessions for {count} learners")
-    return {"seconds": seconds, "runs": runs, "events": events}
+    return {"seconds": seconds, "cpu_seconds": cpu, "runs": runs, "events": events}
 
 
 def measure(count: int) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    plain = _plain(count)
+    plain, plain_cpu = _plain(count)
     dagster = _dagster(count)
     loop_count = min(count, LOOP_SAMPLE)
-    loop = _plain(loop_count, one_at_a_time=True)
+    loop, _ = _plain(loop_count, one_at_a_time=True)
     return {
         "learners": count,
         "plain_seconds": plain,
@@ -144,6 +145,11 @@ def measure(count: int) -> dict[str, Any]:
         "dagster_learners_per_s": count / dagster["seconds"],
         "dagster_overhead_ms_per_learner": 1000 * (dagster["seconds"] - plain) / count,
         "ratio_dagster_to_plain": dagster["seconds"] / plain,
+        # CPU time of this process (all its threads): what a core spends, whatever the machine's load.
+        "plain_cpu_seconds": plain_cpu,
+        "dagster_cpu_seconds": dagster["cpu_seconds"],
+        "plain_cpu_ms_per_learner": 1000 * plain_cpu / count,
+        "dagster_cpu_ms_per_learner": 1000 * dagster["cpu_seconds"] / count,
         "one_at_a_time_learners": loop_count,
         "one_at_a_time_learners_per_s": loop_count / loop,
         "batched_over_one_at_a_time": (count / plain) / (loop_count / loop),
@@ -158,21 +164,28 @@ def run(quick: bool = False, sizes: list[int] | None = None) -> dict[str, Any]:
     for count in sizes or ([100] if quick else [10_000, 100_000]):
         rows.append(measure(count))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "training_runs", "quick": quick, "cpus": os.cpu_count(), "rows": rows}
-    print("\nLocal training (activity sensor ticks + training runs + sessions + delta files), SQLite")
-    header = (
-        f"{'learners':>9} {'plain s':>8} {'Dagster s':>10} {'ratio':>7} {'overhead ms/learner':>19} {'runs':>5}"
-        f" {'1-by-1 learners/s':>17} {'batched/1-by-1':>14}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['learners']:>9,} {r['plain_seconds']:>8.1f} {r['dagster_seconds']:>10.1f} "
-            f"{r['ratio_dagster_to_plain']:>6.2f}x {r['dagster_overhead_ms_per_learner']:>19.2f} {r['runs']:>5}"
-            f" {r['one_at_a_time_learners_per_s']:>17.1f} {r['batched_over_one_at_a_time']:>13.1f}x"
-        )
-    return result
+    return {"cpus": os.cpu_count(), "rows": rows}
+
+
+COLUMNS = (
+    Column("learners", "learners", "{:,}"),
+    Column("plain_seconds", "plain s", "{:.1f}"),
+    Column("dagster_seconds", "Dagster s", "{:.1f}"),
+    Column("ratio_dagster_to_plain", "Dagster/plain", "{:.2f}x"),
+    Column("plain_cpu_ms_per_learner", "plain CPU ms/learner", "{:.2f}"),
+    Column("dagster_cpu_ms_per_learner", "Dagster CPU ms/learner", "{:.2f}"),
+    Column("dagster_overhead_ms_per_learner", "overhead ms/learner", "{:.2f}"),
+    Column("runs", "runs"),
+    Column("events", "events", "{:,}"),
+    Column("one_at_a_time_learners_per_s", "1-by-1 learners/s", "{:.1f}"),
+    Column("batched_over_one_at_a_time", "batched/1-by-1", "{:.1f}x"),
+    Column("load_average_1m", "load", "{0[0]:.1f}-{0[1]:.1f}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    title = "Local training (activity sensor ticks + training runs + sessions + clone files), SQLite"
+    return report_table(result["rows"], COLUMNS, title)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,10 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", type=int, nargs="+", help="learner counts (default 10,000 and 100,000)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, sizes=args.sizes)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {RESULTS_PATH}")
+    run_and_report("training_runs", partial(run, sizes=args.sizes), table, args.quick)
 
 
 if __name__ == "__main__":

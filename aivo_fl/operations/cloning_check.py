@@ -10,13 +10,13 @@ import torch
 
 from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.model import is_personal
-from aivo_fl.ml.store.artifacts import load_artifact, load_main_model
+from aivo_fl.ml.store.artifacts import load_main_model
 from aivo_fl.ml.store.cloning import (
     CloneInfo,
     clone_for_learner,
     load_learner_model,
-    read_learner_manifest,
     remove_learner,
+    stored_tensor_names,
     weight_delta,
 )
 from aivo_fl.operations.errors import OperationFailed, diagnose
@@ -143,10 +143,7 @@ def _frozen_split(store: ModelStore, learner_id: str) -> None:
     wrong = [name for name, p in model.named_parameters() if p.requires_grad != is_personal(model, name)]
     if wrong:
         raise RuntimeError(f"parameters with the wrong frozen/trainable state: {wrong}")
-    directory = store.learner_dir(learner_id)
-    stored = []
-    for weights in read_learner_manifest(store.learners_root, learner_id)["files"]:  # verified reads
-        stored.extend(load_artifact(store.learners_root, directory, weights)[0])
+    stored = stored_tensor_names(store.learners_root, learner_id)  # verified reads
     if any(not is_personal(model, name) for name in stored):
         raise RuntimeError("the clone stores frozen weights")
 

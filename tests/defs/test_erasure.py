@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from aivo_fl.defs.run_tags import BUCKETS_TAG
-from aivo_fl.ml.store.cloning import DELTA_NAME
+from aivo_fl.ml.store.clone_file import CLONE_NAME
 from aivo_fl.registry.erasure import pseudonym
 from aivo_fl.registry.schema import Learner, utcnow
 from tests.app_side import contribution_reasons, delete_learner_in_app
@@ -50,7 +50,7 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
     gone, contributor, neighbour = learners[3], learners[5], learners[4]
     assert small.registry.get_personalized_model(gone).base_model == "aivo-x"  # AIVO_BASE_MODEL_NAME
     # A damaged delta: the round excludes the learner by name, so its id reaches the aggregation log.
-    (small.store.learner_dir(gone) / DELTA_NAME).write_bytes(b"not safetensors")
+    (small.store.learner_dir(gone) / CLONE_NAME).write_bytes(b"not safetensors")
     small.run("federated_aggregation")  # promoted or rejected by the gate: either way the round is recorded
     assert len(small.registry.get_federated_updates()) == 1
     log = small.settings.aggregation_log_path

@@ -10,9 +10,9 @@ from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.model import architecture_summary, build_model, frozen_layers_for, is_personal
 from aivo_fl.ml.simulation.world import generate_learner
 from aivo_fl.ml.store.artifacts import MAIN_WEIGHTS_NAME, load_main_model, main_head_tensors, main_version_dir
+from aivo_fl.ml.store.clone_file import CLONE_NAME
 from aivo_fl.ml.store.cloning import (
     COPY_ON_WRITE,
-    HEADS_NAME,
     clone_for_learner,
     learner_heads,
     load_learner_model,
@@ -98,8 +98,8 @@ def test_copy_on_write_clones_diverge_on_first_training_without_touching_main(tm
     train_learner(main_store, learners, trained.learner_id, trained.train, trained.heldout, "1.0.0")
 
     own, manifest = learner_heads(main_store, learners, trained.learner_id)
-    assert COPY_ON_WRITE not in manifest and HEADS_NAME in manifest["files"]  # its own heads now
-    assert (learners / trained.learner_id / HEADS_NAME).is_file()
+    assert COPY_ON_WRITE not in manifest and "last_training" in manifest  # its own heads now
+    assert [p.name for p in (learners / trained.learner_id).iterdir()] == [CLONE_NAME]
     assert any(not np.array_equal(own[k], main_heads[k]) for k in main_heads)
     assert delta_norm(weight_delta(main_store, learners, trained.learner_id)) > 0
     # The other clone and the main version are exactly as they were.

@@ -11,6 +11,7 @@ from aivo_fl.ml.model import evaluate, samples_to_tensors, trunk_state
 from aivo_fl.ml.samples import PRIMARY_HEAD
 from aivo_fl.ml.simulation.world import generate_cohort, generate_learner
 from aivo_fl.ml.store.artifacts import ArtifactError, load_main_model, main_head_tensors, save_main_model
+from aivo_fl.ml.store.clone_file import CLONE_NAME
 from aivo_fl.ml.store.cloning import (
     DELTA_NAME,
     clone_for_learner,
@@ -38,7 +39,8 @@ def test_trains_personal_layers_only_and_writes_delta(tmp_path: Path, depth_stor
     for key, value in trunk_state(model).items():
         np.testing.assert_array_equal(value, trunk_before[key])  # bit-identical
     assert result.samples == 150 and result.epochs == 5 and result.rebased_from is None
-    assert result.delta_path == learners.resolve() / data.learner_id / DELTA_NAME
+    assert result.delta_path == learners.resolve() / data.learner_id / CLONE_NAME
+    assert [p.name for p in result.delta_path.parent.iterdir()] == [CLONE_NAME]  # one file per trained clone
     expected = weight_delta(main_store, learners, data.learner_id)
     stored, norm = load_delta(result.delta_path, learners, shapes_of(expected), 1e3)  # hash-checked
     assert norm == pytest.approx(result.delta_norm, rel=1e-6)
@@ -101,7 +103,9 @@ def test_rebase_keeps_personalization(tmp_path: Path, trained_small) -> None:
         # the main model and keeps what is its own.
         np.testing.assert_allclose(heads[key], new_main[key] + personal_heads[key] - old_main[key], atol=1e-6)
         np.testing.assert_allclose(offset[key], personal_heads[key] - old_main[key], atol=1e-6)
-    assert not (learners / data.learner_id / DELTA_NAME).exists()  # the stale delta is dropped
+    assert not (learners / data.learner_id / DELTA_NAME).exists()  # the stale update is dropped
+    with pytest.raises(ArtifactError, match="no update"):
+        load_delta(learners / data.learner_id / CLONE_NAME, learners, shapes_of(heads), 1e3)
 
     # The next delta is the learner's data fitted from the new main, step-normalized: neither the
     # carried offset nor the clone's own progress is sent.

@@ -10,6 +10,7 @@ from aivo_fl.ml.model import head_state
 from aivo_fl.ml.round.gather import NoEligibleLearners
 from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.ml.store.artifacts import ArtifactError, load_main_model
+from aivo_fl.ml.store.clone_file import CLONE_NAME
 from aivo_fl.ml.store.safe_files import read_manifest
 from aivo_fl.operations.aggregation import (
     SERVER_STATE_NAME,
@@ -76,14 +77,14 @@ def test_a_round_started_elsewhere_holds_the_lease(cohort: Cohort) -> None:
 
 
 def test_corrupt_delta_files_are_excluded_with_their_reason_and_the_round_goes_on(cohort: Cohort) -> None:
-    flipped = cohort.store.learner_dir(cohort.learners[1]) / "delta.safetensors"
+    flipped = cohort.store.learner_dir(cohort.learners[1]) / CLONE_NAME
     broken = {
         cohort.learners[0]: b"",  # truncated to nothing
         cohort.learners[1]: flipped.read_bytes()[:-1] + bytes([flipped.read_bytes()[-1] ^ 1]),  # one bit flipped
     }
     for learner_id, content in broken.items():
-        (cohort.store.learner_dir(learner_id) / "delta.safetensors").write_bytes(content)
-    (cohort.store.learner_dir(cohort.learners[2]) / "delta.safetensors").unlink()
+        (cohort.store.learner_dir(learner_id) / CLONE_NAME).write_bytes(content)
+    (cohort.store.learner_dir(cohort.learners[2]) / CLONE_NAME).unlink()
     outcome = aggregate(cohort)
     excluded = {c.learner_id: c.excluded_reason for c in outcome.round.excluded}
     assert set(excluded) == {cohort.learners[0], cohort.learners[1], cohort.learners[2]}

@@ -14,7 +14,8 @@ import torch
 
 from aivo_fl.ml.model import build_model, head_state
 from aivo_fl.ml.store.artifacts import ArtifactError, main_head_tensors
-from aivo_fl.ml.store.cloning import HEADS_NAME, load_learner_model
+from aivo_fl.ml.store.clone_file import CLONE_NAME
+from aivo_fl.ml.store.cloning import load_learner_model
 from aivo_fl.ml.store.export import load_exported_state
 from aivo_fl.ml.store.learner_ids import InvalidLearnerId
 from aivo_fl.operations.app_simulation import simulate_new_learners
@@ -100,10 +101,10 @@ def test_unknown_or_path_like_learners_are_refused_and_nothing_is_written(
 
 
 def test_a_tampered_clone_is_refused(trained: Trained, tmp_path: Path) -> None:
-    heads = trained.store.learner_dir(trained.learner) / HEADS_NAME
-    data = bytearray(heads.read_bytes())
+    clone = trained.store.learner_dir(trained.learner) / CLONE_NAME
+    data = bytearray(clone.read_bytes())
     data[-4:] = b"\x00\x00\x80\x7f"  # one weight becomes +inf, same size
-    heads.write_bytes(bytes(data))
+    clone.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         export_learner_model(trained.registry, trained.store, trained.learner, "int8", tmp_path)
     assert not list(tmp_path.glob("*.int8.safetensors*"))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from aivo_fl.ml.model import CurriculumNet, freeze_trunk, samples_to_tensors
-from aivo_fl.ml.samples import PRIMARY_HEAD, Samples
+from aivo_fl.ml.samples import HEAD_CLASSES, PRIMARY_HEAD, Samples
 from aivo_fl.ml.simulation.population import Interactions
 from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, train_one
 
@@ -42,6 +42,37 @@ def correct(model: CurriculumNet, samples: Samples, head: str = PRIMARY_HEAD) ->
 def accuracy(model: CurriculumNet, samples: Samples, head: str = PRIMARY_HEAD) -> float:
     hits = correct(model, samples, head)
     return float(hits.mean()) if len(hits) else float("nan")
+
+
+def correct_heads(model: CurriculumNet, samples: Samples) -> np.ndarray:
+    """(n, heads) bool in HEAD_CLASSES order: which of ``samples`` the model gets right, per head
+    (one forward pass for all heads)."""
+    if len(samples) == 0:
+        return np.zeros((0, len(HEAD_CLASSES)), dtype=bool)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.ascontiguousarray(samples.features, dtype=np.float32)))
+    finally:
+        model.train(was_training)
+    return np.stack([logits[h].argmax(dim=1).numpy() == samples.targets[h] for h in HEAD_CLASSES], axis=1)
+
+
+def per_learner(hits: np.ndarray, rows: np.ndarray, learners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``hits`` (n, k) by learner: ((len(learners), k) correct, (len(learners),) totals), where
+    ``rows`` names each row's learner and ``learners`` (sorted) fixes the order."""
+    index = np.searchsorted(learners, rows)
+    if len(rows) and not np.array_equal(learners[np.minimum(index, len(learners) - 1)], rows):
+        raise ValueError("per_learner: a row's learner is not among `learners`")
+    correct_sums = np.zeros((len(learners), hits.shape[1]))
+    np.add.at(correct_sums, index, hits)
+    return correct_sums, np.bincount(index, minlength=len(learners)).astype(np.float64)
+
+
+def learner_counts(model: CurriculumNet, interactions: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """Per learner (in ``interactions.learners`` order), per head: correct predictions and interactions."""
+    return per_learner(correct_heads(model, interactions.samples), interactions.learner, interactions.learners)
 
 
 def cold_start_accuracy(main: CurriculumNet, evaluation_cohort: Interactions) -> float:
@@ -74,6 +105,21 @@ def personalized_accuracy(
         return PersonalizedAccuracy(float("nan"), float("nan"), 0, 0)
     learners = len(set(heldout.learners.tolist()) & set(personal))
     return PersonalizedAccuracy(hits_clone / total, hits_main / total, learners, total)
+
+
+def clone_hits(
+    main: CurriculumNet, personal: Mapping[int, Mapping[str, torch.Tensor]], heldout: Interactions
+) -> tuple[Interactions, np.ndarray]:
+    """The held-out rows of learners who have a clone, and (rows, heads) which of them each learner's
+    own clone (main + its personal tensors) gets right."""
+    index = np.flatnonzero(np.isin(heldout.learner, np.fromiter(personal, dtype=np.int64, count=len(personal))))
+    rows = Interactions(heldout.samples.subset(index), heldout.learner[index], heldout.heldout[index])
+    clone = copy.deepcopy(main)
+    hits = []
+    for learner, samples in rows.by_learner().items():
+        clone.load_state_dict(dict(personal[learner]), strict=False)
+        hits.append(correct_heads(clone, samples))
+    return rows, np.concatenate(hits) if hits else np.zeros((0, len(HEAD_CLASSES)), dtype=bool)
 
 
 def gap_closed(cold_start: float, round0: float, oracle: float) -> float:

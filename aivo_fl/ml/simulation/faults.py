@@ -5,7 +5,7 @@ real week also brings, and leaves the refusing to the product's round:
 
 * a **late** update was trained days ago against the version active then (a device that was
   offline) and is only offered now: the round's metadata screen refuses it as stale;
-* a **broken** upload is written as a real delta file with its manifest, then damaged as uploads
+* a **broken** upload is written as a real clone file (its update, the manifest in its header), then damaged as uploads
   get damaged (a flipped byte, a cut-off transfer, a file that never landed): the round reads it
   through :class:`~aivo_fl.ml.store.deltas.DeltaReader` and refuses it with the file check's reason.
 
@@ -23,9 +23,7 @@ import numpy as np
 
 from aivo_fl.ml.aggregation.base import Delta
 from aivo_fl.ml.round.gather import LearnerUpdate
-from aivo_fl.ml.store.artifacts import encode_tensors, file_record, manifest_bytes
-from aivo_fl.ml.store.cloning import DELTA_NAME
-from aivo_fl.ml.store.safe_files import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from aivo_fl.ml.store.clone_file import CLONE_NAME, encode_clone
 
 # How an upload breaks (what the simulation does to the file, not what the round will say).
 FLIPPED_BYTE = "flipped byte"
@@ -74,14 +72,14 @@ def with_faults(
 
 
 def _write_damaged(uploads: Path, learner_id: str, delta: Delta, damage: str) -> Path:
-    """The delta file and manifest local training would write, then the damage done to the file."""
+    """The clone file local training would write (the learner's own tensors are not the round's
+    business: zeros here), then the damage done to the file."""
     directory = uploads / learner_id
     directory.mkdir(parents=True, exist_ok=True)
-    data = encode_tensors({k: np.asarray(v, dtype=np.float32) for k, v in delta.items()})
-    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": "learner-clone"}
-    manifest["files"] = {DELTA_NAME: file_record(data)}
-    (directory / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
-    path = directory / DELTA_NAME
+    update = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
+    personal = {k: np.zeros_like(v) for k, v in update.items()}
+    data = encode_clone(personal, update, {"kind": "learner-clone", "learner_id": learner_id})
+    path = directory / CLONE_NAME
     if damage == FLIPPED_BYTE:
         flipped = bytearray(data)
         flipped[-1] ^= 0x01  # last byte of the last tensor: the file still parses, only its hash tells

@@ -1,7 +1,10 @@
 """Per-learner clones: only the personal (trainable) tensors are stored; the rest is read from the main version.
 
-Learner store layout: <learners_root>/<learner_id>/manifest.json, + heads.safetensors and
-delta.safetensors once the learner has trained locally.
+Learner store layout: <learners_root>/<learner_id>/manifest.json for a clone that never trained;
+once it trains, <learners_root>/<learner_id>/clone.safetensors alone (personal tensors, the
+update and the manifest in one file, :mod:`aivo_fl.ml.store.clone_file`). A clone written by an
+older release (manifest.json + heads.safetensors + delta.safetensors) is read as it is and
+rewritten as one file by its next training.
 
 A new clone is copy-on-write: its heads are byte for byte its source main version's, so it is
 only a manifest recording that version and the SHA-256 of its weight file. Reads of its heads
@@ -40,22 +43,26 @@ from aivo_fl.ml.store.artifacts import (
     main_head_tensors,
     main_version_dir,
     manifest_bytes,
-    save_artifact,
     validate_version,
     write_file_atomic,
 )
+from aivo_fl.ml.store.clone_file import CLONE_NAME, CloneFile, Shapes, encode_clone, read_clone
+from aivo_fl.ml.store.clone_file import PERSONAL as PERSONAL_PREFIX
 from aivo_fl.ml.store.learner_ids import learner_dir, validate_learner_id
 from aivo_fl.ml.store.safe_files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     HASH_MISMATCH,
     MANIFEST_NAME,
+    MISSING,
     FileRejected,
     read_manifest,
 )
 
+# The older layout's files, still read (see the module docstring).
 HEADS_NAME = "heads.safetensors"
 DELTA_NAME = "delta.safetensors"
+LEGACY_FILES = (DELTA_NAME, HEADS_NAME, MANIFEST_NAME)
 # Manifest flag of a clone whose heads are still its source main version's (no heads file yet).
 COPY_ON_WRITE = "copy_on_write"
 
@@ -173,16 +180,48 @@ def _clone_dir(learners_root: Path, learner_id: str) -> Path:
     return directory
 
 
+def _trained_clone(learners_root: Path, directory: Path, heads: Shapes | None = None) -> CloneFile | None:
+    """The clone's one file, verified, or None if it has not trained since the one-file layout."""
+    try:
+        return read_clone(learners_root, directory, heads)
+    except FileRejected as exc:
+        if exc.reason == MISSING and exc.path == str(directory / CLONE_NAME):
+            return None
+        raise
+
+
 def read_learner_manifest(learners_root: Path, learner_id: str) -> dict[str, Any]:
     directory = _clone_dir(learners_root, learner_id)
-    return _clone_manifest_of(directory, learner_id, read_manifest(learners_root, directory))
+    trained = _trained_clone(learners_root, directory)
+    manifest = trained.manifest if trained is not None else read_manifest(learners_root, directory)
+    return _clone_manifest_of(directory, learner_id, manifest)
+
+
+def stored_tensor_names(learners_root: Path, learner_id: str) -> list[str]:
+    """The names of the personal tensors the clone stores itself (none while copy-on-write)."""
+    directory = _clone_dir(learners_root, learner_id)
+    trained = _trained_clone(learners_root, directory)
+    if trained is not None:
+        return sorted(trained.tensors(PERSONAL_PREFIX))
+    stored: list[str] = []
+    for weights in read_learner_manifest(learners_root, learner_id)["files"]:  # verified reads
+        stored.extend(load_artifact(learners_root, directory, weights)[0])
+    return sorted(stored)
 
 
 def learner_heads(
-    main_root: Path, learners_root: Path, learner_id: str
+    main_root: Path, learners_root: Path, learner_id: str, shapes: Shapes | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The learner's verified head tensors (its own, or its source version's if copy-on-write) and manifest."""
+    """The learner's verified head tensors (its own, or its source version's if copy-on-write) and manifest.
+
+    ``shapes`` (the model's personal tensors) lets a one-file clone's header be checked without
+    parsing its tensor table; the shapes are checked either way by whoever loads the heads.
+    """
     directory = _clone_dir(learners_root, learner_id)
+    trained = _trained_clone(learners_root, directory, shapes)
+    if trained is not None:
+        heads = {name: tensor.copy() for name, tensor in trained.tensors(PERSONAL_PREFIX).items()}
+        return heads, _clone_manifest_of(directory, learner_id, trained.manifest)
     manifest = _clone_manifest_of(directory, learner_id, read_manifest(learners_root, directory))
     if HEADS_NAME in manifest["files"] or not manifest.get(COPY_ON_WRITE):
         heads, manifest = load_artifact(learners_root, directory, HEADS_NAME)
@@ -253,7 +292,7 @@ def rebased(
     old, new = _verified_main(main_root, old_version), _verified_main(main_root, validate_version(new_version))
     moved = {"created_at": manifest.get("created_at"), "rebased_from": old_version}
     now = datetime.now(UTC).isoformat()
-    if HEADS_NAME not in manifest["files"] and manifest.get(COPY_ON_WRITE):
+    if manifest.get(COPY_ON_WRITE) and HEADS_NAME not in manifest.get("files", {}):
         return {k: v.copy() for k, v in new.heads.items()}, _copy_on_write_manifest(
             new, learner_id, **moved, rebased_at=now
         )
@@ -270,7 +309,6 @@ def rebased(
         **moved,
         "personalisation_kept": same_trunk,
         "rebased_at": now,
-        "files": {},  # forget the old delta's record; only the heads are current
     }
     return moved_heads, new_manifest
 
@@ -278,13 +316,37 @@ def rebased(
 def rebase_clone(main_root: Path, learners_root: Path, learner_id: str, new_version: str) -> dict[str, Any]:
     """Move a clone onto `new_version` on disk (see :func:`rebased`). Returns the new manifest.
 
-    A stale delta (relative to the old version) is dropped.
+    A stale update (relative to the old version) is dropped: the clone file keeps its personal
+    tensors only until the next training.
     """
     directory = learner_dir(learners_root, learner_id)
     heads, manifest = rebased(main_root, learner_id, *learner_heads(main_root, learners_root, learner_id), new_version)
     if manifest.get(COPY_ON_WRITE):
         write_file_atomic(directory / MANIFEST_NAME, manifest_bytes(manifest))
+        for name in (CLONE_NAME, HEADS_NAME, DELTA_NAME):
+            (directory / name).unlink(missing_ok=True)
     else:
-        save_artifact(directory, heads, manifest, HEADS_NAME)
-    (directory / DELTA_NAME).unlink(missing_ok=True)
+        save_trained_clone(directory, heads, {}, manifest)
     return read_learner_manifest(learners_root, learner_id)
+
+
+def save_trained_clone(
+    directory: Path,
+    personal: dict[str, np.ndarray],
+    update: dict[str, np.ndarray],
+    manifest: dict[str, Any],
+    *,
+    sync: bool = True,
+) -> bytes:
+    """Write the clone as its one file (temp file + rename in its folder; ``sync`` as
+    :func:`write_file_atomic`), then drop the files of the layouts it replaces. Returns the bytes.
+
+    The one file is complete before anything is removed, and it wins over whatever is left, so a
+    crash in between loses nothing.
+    """
+    fields = {k: v for k, v in manifest.items() if k not in (COPY_ON_WRITE, "files", "format", "format_version")}
+    data = encode_clone(personal, update, fields)
+    write_file_atomic(directory / CLONE_NAME, data, sync=sync)
+    for name in LEGACY_FILES:
+        (directory / name).unlink(missing_ok=True)
+    return data

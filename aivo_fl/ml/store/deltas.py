@@ -1,4 +1,8 @@
-"""Read learner delta files defensively, and fast.
+"""Read learner updates defensively, and fast.
+
+A trained clone is one file holding its update (:mod:`aivo_fl.ml.store.clone_file`); a clone of
+the older layout has a delta file beside a manifest, read as described here. Both come through
+the same entry points, chosen by the file's name.
 
 A delta file comes from a learner's device or worker, so it is untrusted input. It is read through
 :mod:`aivo_fl.ml.store.safe_files` (a regular file inside the learners' store, no link anywhere below the
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from aivo_fl.ml.aggregation.base import Block, Delta, block_of, vector_norm
+from aivo_fl.ml.store.clone_file import CLONE_NAME, UPDATE, CloneFile, clone_layout, read_clone_file
 from aivo_fl.ml.store.safe_files import (
     HASH_MISMATCH,
     MISSING,
@@ -182,11 +187,14 @@ class DeltaReader:
     def __init__(self, store_root: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
         self.store_root = os.fspath(store_root)
         self._expected = tuple(sorted((name, tuple(shape)) for name, shape in expected.items()))
+        self._clone = clone_layout(dict(self._expected))
 
     def flat(self, path: Path | str) -> np.ndarray:
         """The delta's tensors in name order as one float32 vector (the layout of
         :func:`aivo_fl.ml.aggregation.base.flat_layout`); raises :class:`DeltaRejected`."""
         directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
+        if name == CLONE_NAME:
+            return read_clone_file(self.store_root, directory, self._clone).update_vector()
         raw, _ = read_verified(self.store_root, directory, name)
         flat, (_, _, reorder) = _decode_flat(raw, self._expected, path)
         if reorder is None:  # safetensors writes tensors in name order: the common case
@@ -208,13 +216,24 @@ def load_delta(
 ) -> tuple[Delta, float]:
     """One validated delta and its L2 norm; raises :class:`DeltaRejected` with a stable reason.
 
-    ``path`` is ``<learner folder>/delta.safetensors``; the folder's ``manifest.json`` (written by
-    local training) holds its size and sha256, and the folder must lie inside ``store_root``.
+    ``path`` is ``<learner folder>/clone.safetensors`` (or an older clone's ``delta.safetensors``,
+    whose size and sha256 are in the folder's ``manifest.json``); the folder must lie inside
+    ``store_root``.
     """
-    directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
-    raw, _ = read_verified(store_root, directory, name)
-    delta, flat = _decode(raw, expected, path)
+    delta, flat = _read(path, store_root, expected)
     return delta, checked_norm(delta, vector_norm(flat), path, max_norm)
+
+
+def _read(
+    path: Path | str, store_root: Path | str, expected: Mapping[str, tuple[int, ...]]
+) -> tuple[Delta, np.ndarray]:
+    """The update at ``path`` (a clone file's, or an older delta file) and its values as one vector."""
+    directory, name = os.path.split(os.fspath(path))  # strings: this runs for every learner
+    if name == CLONE_NAME:
+        clone: CloneFile = read_clone_file(store_root, directory, clone_layout(expected))
+        return clone.tensors(UPDATE), clone.update_vector()
+    raw, _ = read_verified(store_root, directory, name)
+    return _decode(raw, expected, path)
 
 
 def checked_norm(delta: Mapping[str, np.ndarray], norm: float, path: Path, max_norm: float) -> float:
@@ -233,9 +252,7 @@ def read_block(path: Path, store_root: Path, shapes: Mapping[str, tuple[int, ...
     The file is read again under every check of :func:`load_delta` (it may have been replaced since
     validation: a changed file fails its hash), so a round's memory stays one file plus the block.
     """
-    path = Path(path)
-    raw, _ = read_verified(store_root, path.parent, path.name)
-    delta, _ = _decode(raw, shapes, path)
+    delta, _ = _read(path, store_root, shapes)
     out = block_of(delta, block)
     if not np.all(np.isfinite(out)):  # the manifest may have been rewritten along with the file
         raise DeltaRejected(NON_FINITE, path, "changed after validation")

@@ -1,8 +1,9 @@
-"""Local fine-tuning of learners' clones, many at once: their personal layers, deltas written atomically."""
+"""Local fine-tuning of learners' clones, many at once: their personal layers, each clone written as one file."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,22 +16,9 @@ from aivo_fl.ml.aggregation.base import delta_norm
 from aivo_fl.ml.model import mean_loss, samples_to_tensors
 from aivo_fl.ml.runtime import configure_cpu
 from aivo_fl.ml.samples import PRIMARY_HEAD, LearnerData, Samples
-from aivo_fl.ml.store.artifacts import (
-    ArtifactError,
-    encode_tensors,
-    file_record,
-    load_main_model,
-    save_artifact,
-    validate_version,
-    write_file_atomic,
-)
-from aivo_fl.ml.store.cloning import (
-    COPY_ON_WRITE,
-    DELTA_NAME,
-    HEADS_NAME,
-    learner_heads,
-    rebased,
-)
+from aivo_fl.ml.store.artifacts import ArtifactError, load_main_model, validate_version
+from aivo_fl.ml.store.clone_file import CLONE_NAME
+from aivo_fl.ml.store.cloning import learner_heads, rebased, save_trained_clone
 from aivo_fl.ml.store.learner_ids import learner_dir
 from aivo_fl.ml.training.batched import evaluate_many, train_personal_and_update
 from aivo_fl.ml.training.local import LearnerBatch, LocalTrainingConfig, learner_key, personal_tensors
@@ -65,6 +53,8 @@ class TrainingSessionResult:
         return out
 
 
+WRITERS = 8  # threads writing a batch's clone files (see train_learners)
+
 # What one learner's data or files can be wrong with; anything else is not the learner's and fails the batch.
 LEARNER_ERRORS = (ArtifactError, OSError, ValueError)
 
@@ -90,14 +80,14 @@ def _prepare(
     if len(data.train) == 0:
         raise ValueError(f"learner {data.learner_id!r}: no training samples")
     directory = learner_dir(learners_root, data.learner_id)  # validates the id before any file is touched
-    start, manifest = learner_heads(main_root, learners_root, data.learner_id)
+    start, manifest = learner_heads(main_root, learners_root, data.learner_id, shapes)
     rebased_from = None
     if manifest["source_version"] != active_version:  # the clone is behind: it moves, keeping what is its own
         rebased_from = manifest["source_version"]
         start, manifest = rebased(main_root, data.learner_id, start, manifest, active_version)
     found = {k: tuple(v.shape) for k, v in start.items()}
     if found != shapes:
-        raise ArtifactError(f"{directory / HEADS_NAME}: personal tensors {found}, expected {shapes}")
+        raise ArtifactError(f"{directory}: personal tensors {found}, expected {shapes}")
     return _Prepared(data, directory, rebased_from, manifest, start)
 
 
@@ -143,11 +133,19 @@ def train_learners(
     before = evaluate_many(model, heldouts, starts)
     trained, updates = train_personal_and_update(model, batches, starts, config)
     after = evaluate_many(model, heldouts, trained)
-    for i, prepared in enumerate(ready):
-        heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
-        delta = {k: v.numpy().astype(np.float32, copy=True) for k, v in updates[i].items()}
+    # Writing a clone waits on the disk, not the CPU (creating a file, and freeing the blocks of
+    # the one it replaces: milliseconds each on a disk mounted with online discard), so a few
+    # writers overlap those waits; the tensors are encoded under the GIL either way.
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="clone-writer") as pool:
+        writes = []
+        for i, prepared in enumerate(ready):
+            heads = {k: v.numpy().astype(np.float32, copy=True) for k, v in trained[i].items()}
+            delta = {k: v.numpy().astype(np.float32, copy=True) for k, v in updates[i].items()}
+            metrics = (before[i], after[i])
+            writes.append(pool.submit(_finish, prepared, heads, delta, metrics, config, started_at, sync=sync))
+    for prepared, write in zip(ready, writes, strict=True):
         try:
-            out.results.append(_finish(prepared, heads, delta, (before[i], after[i]), config, started_at, sync=sync))
+            out.results.append(write.result())
         except OSError as exc:
             out.failures[prepared.data.learner_id] = exc
     return out
@@ -182,10 +180,8 @@ def _finish(
     *,
     sync: bool,
 ) -> TrainingSessionResult:
-    """Write the delta, the heads and the manifest; the session's result."""
+    """Write the clone (heads, update and manifest in one file); the session's result."""
     directory, (before, after) = prepared.directory, metrics
-    delta_bytes = encode_tensors(delta)
-    write_file_atomic(directory / DELTA_NAME, delta_bytes, sync=sync)
     finished_at = datetime.now(UTC)
     result = TrainingSessionResult(
         learner_id=prepared.data.learner_id,
@@ -198,28 +194,11 @@ def _finish(
         loss_after=mean_loss(after),
         accuracy_after=after[PRIMARY_HEAD]["accuracy"],
         delta_norm=delta_norm(delta),
-        delta_path=directory / DELTA_NAME,
+        delta_path=directory / CLONE_NAME,
         started_at=started_at,  # the batch's start: the learners trained together
         finished_at=finished_at,
         seconds=(finished_at - started_at).total_seconds(),
     )
-    _save_trained(directory, heads, prepared.manifest, delta_bytes, result, sync=sync)
+    manifest = {**prepared.manifest, "last_training": result.to_json()}
+    save_trained_clone(directory, heads, delta, manifest, sync=sync)
     return result
-
-
-def _save_trained(
-    directory: Path,
-    heads: dict[str, np.ndarray],
-    manifest: dict[str, Any],
-    delta_bytes: bytes,
-    result: TrainingSessionResult,
-    *,
-    sync: bool,
-) -> None:
-    # Manifest is written last (inside save_artifact), so it only ever points at complete files.
-    new_manifest = {
-        **{k: v for k, v in manifest.items() if k != COPY_ON_WRITE},  # its own heads from now on
-        "files": {DELTA_NAME: file_record(delta_bytes)},
-        "last_training": result.to_json(),
-    }
-    save_artifact(directory, heads, new_manifest, HEADS_NAME, sync=sync)
