@@ -49,18 +49,32 @@ _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
 AUTO_CLIP = "auto"
 INITIAL_AUTO_CLIP_NORM = 1.0  # CLIP_NORM=auto starts here; later rounds follow CLIP_TARGET_QUANTILE
 
-# PRIVACY_PRESET=user-level: user-level DP-FedAvg with Poisson sampling and adaptive clipping.
-# dp-accounting's RDP accountant: 52 weekly rounds at q=0.1, z=1.0 (plus the adaptive-clipping
-# count at the noise the preset uses for 1,000 expected learners) cost epsilon 6.84 at delta 1e-6;
-# `python -m benchmarks privacy` recomputes it. On 10,000 learners a round averages ~1,000 of them.
+# PRIVACY_PRESET: user-level DP-FedAvg with Poisson sampling, adaptive clipping and the private gate.
+# `user-level`: epsilon <= 2 over 52 weekly rounds at delta 1e-6 (PLD accountant); each round takes
+#   its noise multiplier and sample rate from the planner (aivo_fl.ml.privacy.planner) for the
+#   population it sees, and the budget stops the rounds once the year's epsilon is spent. A population
+#   too small for the target is refused with the population it would need (`aivo-fl privacy-plan`).
+# `user-level-epsilon-8-small-schools`: the previous preset, for populations the planner refuses: noise
+#   1.0 at q = 0.1, epsilon 6.5 over 52 rounds at delta 1e-6 (PLD, gate included), budget 8. Weak
+#   privacy, named so; `python -m benchmarks privacy` recomputes both.
 PRIVACY_PRESETS: dict[str, dict[str, Any]] = {
     "user-level": {
+        "enable_differential_privacy": True,
+        "clip_norm": AUTO_CLIP,
+        "clip_target_quantile": 0.5,
+        "privacy_delta": 1e-6,
+        "privacy_target_epsilon": 2.0,
+        "privacy_target_rounds": 52,
+        "privacy_epsilon_budget": 2.0,
+    },
+    "user-level-epsilon-8-small-schools": {
         "enable_differential_privacy": True,
         "noise_multiplier": 1.0,
         "learner_sample_rate": 0.1,
         "clip_norm": AUTO_CLIP,
         "clip_target_quantile": 0.5,
         "privacy_delta": 1e-6,
+        "privacy_epsilon_budget": 8.0,
     },
 }
 
@@ -115,7 +129,9 @@ class Settings(BaseSettings):
     local_proximal_mu: float = Field(0.1, alias="LOCAL_PROXIMAL_MU", ge=0)
     local_epochs: int = Field(5, alias="LOCAL_EPOCHS", gt=0)
     enable_differential_privacy: bool = Field(True, alias="ENABLE_DIFFERENTIAL_PRIVACY")
-    privacy_preset: Literal["user-level"] | None = Field(None, alias="PRIVACY_PRESET")
+    privacy_preset: Literal["user-level", "user-level-epsilon-8-small-schools"] | None = Field(
+        None, alias="PRIVACY_PRESET"
+    )
     # Finite only (CLIP_NORM's own validator too): an infinite knob would switch clipping or noise
     # off while epsilon is still charged.
     noise_multiplier: float = Field(0.1, alias="NOISE_MULTIPLIER", ge=0, allow_inf_nan=False)
@@ -127,6 +143,11 @@ class Settings(BaseSettings):
     privacy_learner_epsilon_budget: float | None = Field(
         None, alias="PRIVACY_LEARNER_EPSILON_BUDGET", gt=0, allow_inf_nan=False
     )
+    # Set: each round's noise multiplier and sample rate come from the planner, for this epsilon over
+    # PRIVACY_TARGET_ROUNDS rounds at the population the round sees (NOISE_MULTIPLIER and
+    # LEARNER_SAMPLE_RATE are then not used).
+    privacy_target_epsilon: float | None = Field(None, alias="PRIVACY_TARGET_EPSILON", gt=0, allow_inf_nan=False)
+    privacy_target_rounds: int = Field(52, alias="PRIVACY_TARGET_ROUNDS", ge=1)
     # Unset: the CPUs this process may use split between the runs Dagster may run at once
     # (aivo_fl.ml.runtime.cpu_threads); set: this many, capped at the CPUs allowed.
     torch_num_threads: int | None = Field(None, alias="TORCH_NUM_THREADS", gt=0)
@@ -243,6 +264,7 @@ class Settings(BaseSettings):
     @field_validator(
         "privacy_epsilon_budget",
         "privacy_learner_epsilon_budget",
+        "privacy_target_epsilon",
         "alert_webhook_url",
         "erasure_key",
         "privacy_preset",
@@ -302,6 +324,8 @@ class Settings(BaseSettings):
             learner_epsilon_budget=self.privacy_learner_epsilon_budget,
             sample_rate=self.learner_sample_rate,
             clip_target_quantile=target_quantile,
+            target_epsilon=self.privacy_target_epsilon,
+            target_rounds=self.privacy_target_rounds,
         )
 
     @cached_property

@@ -1,8 +1,11 @@
-"""Privacy over a year of weekly rounds: the guide's defaults, the user-level preset, no DP.
+"""Privacy over a year of weekly rounds: the guide's defaults, the user-level preset (epsilon 2,
+planned for 50,000 learners), the small-school preset (epsilon 8), no DP.
 
-Epsilon comes from dp-accounting's RDP accountant through the same ledger the product uses
+Epsilon comes from dp-accounting's PLD accountant through the same ledger the product uses
 (:mod:`aivo_fl.ml.privacy.ledger`), for rounds planned exactly as a round plans them
-(:func:`planned_round`) on a 10,000-learner population. Also measured: what the per-learner
+(:func:`planned_round`, the private gate's query included) on a 10,000-learner population (the
+user-level preset on the 50,000 its planner needs). ``gate_cost``: each configuration's year with
+and without the gate's query. Also measured: what the per-learner
 ledger costs at 10,000 learners (cached per distinct history) against composing every learner
 separately, and a plot of epsilon over the year (``benchmarks/results/privacy_epsilon.png``).
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from aivo_fl.config import PRIVACY_PRESETS
 from aivo_fl.ml.privacy import mechanism as privacy
 from aivo_fl.ml.privacy.adaptive_clipping import DEFAULT_INITIAL_CLIP_NORM
 from aivo_fl.ml.privacy.ledger import RoundPrivacy, compose_rounds, learner_totals, planned_round
+from aivo_fl.ml.privacy.planner import plan
 from benchmarks.report import Column, cli
 from benchmarks.report import table as report_table
 
@@ -32,31 +38,54 @@ PLOT_PATH = RESULTS / "privacy_epsilon.png"
 # Hook for the accuracy column: {"configurations": {"<name>": {"accuracy": 0.53, ...}}}.
 ACCURACY_PATH = RESULTS / "fl_quality.json"
 POPULATION = 10_000
+PLANNED_POPULATION = 50_000  # the user-level preset's: 10,000 learners are out of its reach
 WEEKS = 52
 TARGET_EPSILON, TARGET_DELTA = 8.0, 1e-6
 
 
+@cache
 def configurations() -> dict[str, dict[str, Any]]:
-    preset = PRIVACY_PRESETS["user-level"]
-    adaptive = preset["clip_norm"] == "auto"
+    small = PRIVACY_PRESETS["user-level-epsilon-8-small-schools"]
+    user = PRIVACY_PRESETS["user-level"]
+    target, rounds, delta = user["privacy_target_epsilon"], user["privacy_target_rounds"], user["privacy_delta"]
+    planned = plan(target, rounds, PLANNED_POPULATION, delta)
+    assert planned.recommended is not None
+    adaptive = dict(clip_norm=DEFAULT_INITIAL_CLIP_NORM, target_quantile=0.5)
     return {
         "guide defaults": dict(
             dp_enabled=True, noise_multiplier=0.1, clip_norm=1.0, sample_rate=1.0, delta=1e-5, target_quantile=None
         ),
         "user-level preset": dict(
-            dp_enabled=preset["enable_differential_privacy"],
-            noise_multiplier=preset["noise_multiplier"],
-            clip_norm=DEFAULT_INITIAL_CLIP_NORM if adaptive else preset["clip_norm"],
-            sample_rate=preset["learner_sample_rate"],
-            delta=preset["privacy_delta"],
-            target_quantile=preset["clip_target_quantile"] if adaptive else None,
+            dp_enabled=True,
+            noise_multiplier=planned.recommended.noise_multiplier,
+            sample_rate=planned.recommended.sample_rate,
+            delta=user["privacy_delta"],
+            population=PLANNED_POPULATION,
+            **adaptive,
+        ),
+        "small-school preset": dict(
+            dp_enabled=True,
+            noise_multiplier=small["noise_multiplier"],
+            sample_rate=small["learner_sample_rate"],
+            delta=small["privacy_delta"],
+            **adaptive,
         ),
         "no DP": dict(dp_enabled=False, noise_multiplier=0.0, clip_norm=1.0, sample_rate=1.0, delta=1e-5),
     }
 
 
-def year_of_rounds(config: dict[str, Any], weeks: int = WEEKS) -> list[RoundPrivacy]:
-    return [planned_round(f"week-{w + 1}", population=POPULATION, **config) for w in range(weeks)]
+def year_of_rounds(config: dict[str, Any], weeks: int = WEEKS, gate: bool = True) -> list[RoundPrivacy]:
+    config = {"population": POPULATION} | config
+    rounds = [planned_round(f"week-{w + 1}", **config) for w in range(weeks)]
+    return rounds if gate else [replace(r, gate_noise_multiplier=None) for r in rounds]
+
+
+def gate_cost(config: dict[str, Any]) -> dict[str, float | None]:
+    """The year's epsilon with and without the private gate's query."""
+    delta = config["delta"]
+    with_gate = compose_rounds(year_of_rounds(config), delta).epsilon
+    without = compose_rounds(year_of_rounds(config, gate=False), delta).epsilon
+    return {"epsilon_52": with_gate, "epsilon_52_without_gate": without}
 
 
 def epsilon_curve(rounds: list[RoundPrivacy]) -> list[float | None]:
@@ -88,7 +117,7 @@ def ledger_cost(learners: int, baseline_sample: int) -> dict[str, Any]:
     """Per-learner ledger: learners join in different weeks (52 distinct histories), preset rounds."""
     rounds = year_of_rounds(configurations()["user-level preset"])
     ledgers = {f"learner-{i}": rounds[i % WEEKS :] for i in range(learners)}
-    privacy._epsilon_of_counts.cache_clear()  # cold: nothing computed before counts
+    privacy._pld_epsilon_of_counts.cache_clear()  # cold: nothing computed before counts
     started = time.perf_counter()
     totals = learner_totals(ledgers, TARGET_DELTA)
     cached = time.perf_counter() - started
@@ -97,7 +126,7 @@ def ledger_cost(learners: int, baseline_sample: int) -> dict[str, Any]:
     started = time.perf_counter()
     for history in sample:
         counts = Counter(r.event() for r in history)
-        privacy._epsilon_of_counts.__wrapped__(tuple(counts.items()), TARGET_DELTA)
+        privacy._pld_epsilon_of_counts.__wrapped__(tuple(counts.items()), TARGET_DELTA)
     per_learner = (time.perf_counter() - started) / len(sample)
     return {
         "learners": learners,
@@ -125,6 +154,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "configuration": name,
                 "noise_multiplier": config["noise_multiplier"] if config["dp_enabled"] else None,
                 "sample_rate": config["sample_rate"],
+                "population": config.get("population", POPULATION),
                 "adaptive_clipping": config.get("target_quantile") is not None,
                 "delta": config["delta"],
                 "epsilon_1": curve[0],
@@ -138,6 +168,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "rows": rows,
         "curves": curves,
         "candidates": candidate_grid(quick),
+        "gate_cost": {name: gate_cost(c) for name, c in configurations().items() if c["dp_enabled"]},
         "ledger": ledger_cost(2_000 if quick else POPULATION, 5 if quick else 20),
         "plot": str(PLOT_PATH),
     }
@@ -163,7 +194,8 @@ COLUMNS = (
 
 def table(result: dict[str, Any]) -> str:
     """Epsilon per configuration ("-": no guarantee, or accuracy pending), the candidates, the ledger's cost."""
-    out = [report_table(result["rows"], COLUMNS, f"Epsilon over {WEEKS} weekly rounds, {POPULATION:,} learners")]
+    title = f"Epsilon over {WEEKS} weekly rounds, {POPULATION:,} learners (user-level: {PLANNED_POPULATION:,}; PLD)"
+    out = [report_table(result["rows"], COLUMNS, title)]
     out.append(
         f"\nCandidates (52 rounds, adaptive clipping, delta {TARGET_DELTA:g}; target epsilon <= {TARGET_EPSILON:g})"
     )

@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=13)
     parser.add_argument("--learners", type=int, default=2_000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--configurations", nargs="+", default=["no DP", "user-level preset"])
+    parser.add_argument("--configurations", nargs="+", default=["no DP", "small-school preset"])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(TUNING_SEEDS))
     args = parser.parse_args()
     if not set(args.seeds) <= set(TUNING_SEEDS):

@@ -114,7 +114,7 @@ def score_active_version(
         "version": active.version,
         "cold_start": accuracy(model, cohort),
         "curriculum": accuracy(model, curriculum_validation_split(active, store)),
-        "epsilon": privacy["epsilonSpent"] if privacy["rounds"] else 0.0,
+        "epsilon": privacy["worstCaseLearnerEpsilon"] if privacy["rounds"] else 0.0,
         "delta": privacy["delta"],
     }
 

@@ -9,11 +9,11 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from aivo_fl.cli import demo_command, export_command, pipeline_commands, registry_commands
+from aivo_fl.cli import demo_command, export_command, pipeline_commands, privacy_commands, registry_commands
 from aivo_fl.redaction import HidePasswords, hide_password
 
 # Each command module adds its sub-commands; `func` on the parsed namespace runs one.
-COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command]
+COMMAND_MODULES = [registry_commands, pipeline_commands, demo_command, export_command, privacy_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

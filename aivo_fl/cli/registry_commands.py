@@ -132,20 +132,21 @@ def _print_privacy(privacy: dict[str, Any]) -> None:
     print_fields(
         f"Differential privacy (recomposed from {privacy['rounds']} recorded round(s))",
         [
-            ("Epsilon spent", _epsilon_text(privacy["epsilonSpent"], privacy["delta"])),
+            ("Worst-case learner epsilon", _epsilon_text(privacy["worstCaseLearnerEpsilon"], privacy["delta"])),
             ("Epsilon budget", "none set" if budget is None else f"{budget:g}"),
             ("Rounds with noise", f"{privacy['noisedRounds']} of {privacy['rounds']}"),
             ("Last round's noise multiplier", privacy["noiseMultiplier"]),
             ("Last round's clip norm", privacy["clipNorm"]),
             ("Last round's sample rate", privacy["sampleRate"]),
-            ("Largest learner epsilon", _epsilon_text(privacy["maxLearnerEpsilon"], privacy["delta"])),
+            ("RDP cross-check", _epsilon_text(privacy["rdpCrossCheck"], privacy["delta"])),
             ("Next round", "differential privacy ON" if privacy["enabled"] else "differential privacy OFF"),
             ("Accountant", privacy["accountant"]),
         ],
     )
+    print(f"  ({privacy['headline']})")
     if privacy["overBudget"]:
-        spent = _epsilon_text(privacy["epsilonSpent"], privacy["delta"])
-        print(f"✗ Over budget: epsilon spent {spent} is past PRIVACY_EPSILON_BUDGET {budget:g}")
+        spent = _epsilon_text(privacy["worstCaseLearnerEpsilon"], privacy["delta"])
+        print(f"✗ Over budget: worst-case learner epsilon {spent} is past PRIVACY_EPSILON_BUDGET {budget:g}")
     if privacy["warning"]:
         print(f"⚠ {privacy['warning']}")
 
@@ -164,8 +165,23 @@ def _privacy_line(recorded: dict[str, Any]) -> str:
     return f"noise multiplier {recorded['noiseMultiplier']:g}, {clip}, {sampled}, delta {recorded['delta']:g}"
 
 
+WITHHELD = "withheld: differential privacy (the draw stays in the registry)"
+
+
+def released_update(update: dict[str, Any]) -> dict[str, Any]:
+    """A recorded round as the CLI releases it: under DP the learners it drew or charged are counts
+    withheld or given as the public population, never ids (they stay in the registry)."""
+    if not update["privacy"]["dpEnabled"]:
+        return update
+    return update | {
+        "contributingLearners": WITHHELD,
+        "chargedLearners": WITHHELD,
+        "eligiblePopulation": update["privacy"].get("eligiblePopulation"),
+    }
+
+
 def cmd_history(args: argparse.Namespace) -> int:
-    updates = open_registry(load_settings()).get_federated_updates()
+    updates = [released_update(u) for u in open_registry(load_settings()).get_federated_updates()]
     if args.json:
         print_json(updates)
         return 0
@@ -176,9 +192,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         improvement = update["performanceImprovement"]
         print(f"Update {update['updateId']}:")
         print(f"  - Date: {update['aggregatedAt']}")
-        print(f"  - Learners: {len(update['contributingLearners'])}")
+        learners = update["contributingLearners"]
+        print(f"  - Learners: {learners if isinstance(learners, str) else len(learners)}")
         print(f"  - Strategy: {update['aggregationStrategy']}")
-        print(f"  - Improvement: {'-' if improvement is None else f'{improvement:+.2f} points'}")
+        print(f"  - Improvement: {_improvement_text(improvement, update['metrics'])}")
         if update["accuracyBefore"] is not None:
             print(f"  - Accuracy: {update['accuracyBefore']:.2%} -> {update['accuracyAfter']:.2%} (learners' held-out)")
         print(f"  - Privacy: {_privacy_line(update['privacy'])}")
@@ -189,6 +206,13 @@ def cmd_history(args: argparse.Namespace) -> int:
         if update["rejectionReason"]:
             print(f"  - Reason: {update['rejectionReason']}")
     return 0
+
+
+def _improvement_text(improvement: float | None, metrics: dict[str, Any]) -> str:
+    if improvement is None:
+        return "-"
+    std = metrics.get("improvementNoiseStd") or 0.0
+    return f"{improvement:+.2f} points" + (f" (privatized, noise std {std:.2f} points)" if std else "")
 
 
 def cmd_eligible(args: argparse.Namespace) -> int:

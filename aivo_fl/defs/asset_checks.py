@@ -7,9 +7,10 @@ import dagster as dg
 from aivo_fl.defs.assets.federated import federated_main_model
 from aivo_fl.defs.assets.main_model import main_model
 from aivo_fl.defs.readable import tiny
-from aivo_fl.defs.resources import FederatedSettingsResource, RegistryResource
+from aivo_fl.defs.resources import RegistryResource
+from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.round.status import RoundStatus
-from aivo_fl.operations.privacy_report import privacy_summary
+from aivo_fl.operations.privacy_report import HEADLINE_MEANING, privacy_summary
 
 # The main model's test accuracy must come within this many points of the Bayes ceiling.
 MAX_GAP_POINTS = 2.0
@@ -70,23 +71,33 @@ def candidate_not_degraded(context: dg.AssetCheckExecutionContext) -> dg.AssetCh
     if metadata is None:
         return dg.AssetCheckResult(passed=False, description="federated_main_model has not been materialized")
     rejected = metadata["status"] == RoundStatus.REJECTED
+    figures = (
+        "performance_improvement_points",
+        "performance_improvement_noise_std_points",
+        "curriculum_accuracy_after_pct",
+    )
     return dg.AssetCheckResult(
         passed=not rejected,
         severity=dg.AssetCheckSeverity.ERROR,
         description=metadata["rejection_reason"] if rejected else f"{metadata['status']}: no degradation",
-        metadata={
-            key: float(metadata[key])
-            for key in ("accuracy_before_pct", "accuracy_after_pct", "performance_improvement_points")
-        },
+        metadata={key: float(metadata[key]) for key in figures if key in metadata}
+        | {"learner_figures": str(metadata.get("learner_figures", "-"))},
     )
 
 
-@dg.asset_check(asset=federated_main_model, description="total epsilon within PRIVACY_EPSILON_BUDGET")
+@dg.asset_check(
+    asset=federated_main_model,
+    description="worst-case learner epsilon within PRIVACY_EPSILON_BUDGET and the meaningful range (epsilon <= 10)",
+)
 def privacy_budget_not_exceeded(
-    registry: RegistryResource, federated_settings: FederatedSettingsResource
+    context: dg.AssetCheckExecutionContext,
+    registry: RegistryResource,
+    privacy: dg.ResourceParam[PrivacySettings],
 ) -> dg.AssetCheckResult:
-    """Reads the recorded ledger: every round as it really ran, a round without noise as "no guarantee"."""
-    privacy = federated_settings.privacy()
+    """Reads the recorded ledger: every round as it really ran, a round without noise as "no guarantee".
+
+    Over the budget: ERROR. Beyond the meaningful range, no guarantee, or no budget set: a WARN
+    result with the reason (and a WARNING log line), so the check is never green for nothing."""
     summary = privacy_summary(
         registry.get_registry(),
         enabled=privacy.enabled,
@@ -94,20 +105,35 @@ def privacy_budget_not_exceeded(
         epsilon_budget=privacy.epsilon_budget,
         learner_epsilon_budget=privacy.learner_epsilon_budget,
     )
+    passed, severity, description = privacy_verdict(summary)
+    if severity == dg.AssetCheckSeverity.WARN and not passed:
+        context.log.warning(f"Privacy: {description}")
+    headline = summary["worstCaseLearnerEpsilon"]
     budget = summary["epsilonBudget"]
-
-    def shown(epsilon: float | None) -> float | str:
-        return "no guarantee" if epsilon is None else round(epsilon, 3)
-
     return dg.AssetCheckResult(
-        passed=not summary["overBudget"],
-        description=summary["warning"] or ("no budget set" if budget is None else None),
+        passed=passed,
+        severity=severity,
+        description=description,
         metadata={
-            "epsilon_spent": shown(summary["epsilonSpent"]),
+            "worst_case_learner_epsilon": "no guarantee" if headline is None else round(headline, 3),
+            "worst_case_learner_epsilon_means": HEADLINE_MEANING,
             "epsilon_budget": budget if budget is not None else "none",
+            "reason": description,
             "recorded_rounds": summary["rounds"],
             "noised_rounds": summary["noisedRounds"],
-            "max_learner_epsilon": shown(summary["maxLearnerEpsilon"]),
+            "accountant": "PLD (dp-accounting)",
             "delta": tiny(summary["delta"]),
         },
     )
+
+
+def privacy_verdict(summary: dict[str, Any]) -> tuple[bool, dg.AssetCheckSeverity, str]:
+    """(passed, severity, description) of the privacy check from the recomposed ledger."""
+    headline = summary["worstCaseLearnerEpsilon"]
+    shown = "no guarantee" if headline is None else f"{headline:.3g}"
+    if summary["overBudget"]:
+        budget = summary["epsilonBudget"]
+        return False, dg.AssetCheckSeverity.ERROR, f"worst-case learner epsilon {shown} is past the budget {budget:g}"
+    if summary["warning"]:
+        return False, dg.AssetCheckSeverity.WARN, summary["warning"]
+    return True, dg.AssetCheckSeverity.WARN, f"worst-case learner epsilon {shown}, within the budget"

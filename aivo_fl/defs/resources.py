@@ -8,9 +8,8 @@ from typing import TypeVar
 
 import dagster as dg
 
-from aivo_fl.config import AUTO_CLIP, DEFAULT_BASE_MODEL, Settings
+from aivo_fl.config import DEFAULT_BASE_MODEL, Settings
 from aivo_fl.defs.secrets import database_url_reference, secret_reference
-from aivo_fl.ml.round.options import PrivacySettings
 from aivo_fl.ml.runtime import cpu_threads
 from aivo_fl.operations.alerts import Alert, Delivery, send_alert
 from aivo_fl.operations.faults import crash_point
@@ -64,18 +63,10 @@ class ModelStoreResource(dg.ConfigurableResource):
 
 
 class FederatedSettingsResource(dg.ConfigurableResource):
-    """The master switch, the differential-privacy knobs and the server optimizer (from `Settings`)."""
+    """The master switch and the server optimizer (from `Settings`). The differential-privacy knobs
+    are NOT here: they are the `privacy` resource, which has no run config (:func:`privacy_resource`)."""
 
     use_federated_learning: bool
-    enable_differential_privacy: bool
-    noise_multiplier: float
-    clip_norm: float  # under CLIP_NORM=auto, the first round's
-    adaptive_clipping: bool  # CLIP_NORM=auto (Dagster config cannot hold "float or auto")
-    clip_target_quantile: float
-    learner_sample_rate: float
-    privacy_delta: float
-    privacy_epsilon_budget: float | None
-    privacy_learner_epsilon_budget: float | None
     server_optimizer: str
     server_learning_rate: float | None
 
@@ -86,13 +77,23 @@ class FederatedSettingsResource(dg.ConfigurableResource):
 
     def settings(self) -> Settings:
         """These fields as `Settings`, what the operations layer reads (the others keep their defaults)."""
-        fields = self.model_dump()
-        if fields.pop("adaptive_clipping"):
-            fields["clip_norm"] = AUTO_CLIP
-        return Settings.model_construct(**fields)
+        return Settings.model_construct(**self.model_dump())
 
-    def privacy(self) -> PrivacySettings:
-        return self.settings().privacy()
+
+PRIVACY_RESOURCE_DESCRIPTION = (
+    "The deployment's differential-privacy knobs, from its environment (ENABLE_DIFFERENTIAL_PRIVACY, "
+    "NOISE_MULTIPLIER, CLIP_NORM, LEARNER_SAMPLE_RATE, PRIVACY_*): the accountant assumes every round ran "
+    "with them, so no run config (launchpad, `dagster job execute`) can change them."
+)
+
+
+def privacy_resource(settings: Settings) -> dg.ResourceDefinition:
+    """The privacy knobs as a resource whose config schema is empty: run config giving it any value is
+    refused by Dagster's config validation, before the run starts."""
+    privacy = settings.privacy()
+    return dg.ResourceDefinition(
+        resource_fn=lambda _: privacy, config_schema={}, description=PRIVACY_RESOURCE_DESCRIPTION
+    )
 
 
 class TrainingSettingsResource(dg.ConfigurableResource):
@@ -170,7 +171,9 @@ def _from_settings(kind: type[R], settings: Settings, **differing: object) -> R:
     return kind(**{name: getattr(settings, name) for name in kind.model_fields if name not in differing}, **differing)
 
 
-def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.ConfigurableResource]:
+def build_resources(
+    settings: Settings, *, echo: bool = False
+) -> dict[str, dg.ConfigurableResource | dg.ResourceDefinition]:
     return {
         # The UI and run storage see the variable's name, never the password.
         "registry": RegistryResource(
@@ -185,12 +188,8 @@ def build_resources(settings: Settings, *, echo: bool = False) -> dict[str, dg.C
             learner_models_path=str(settings.learner_models_path),
             base_model_name=settings.base_model_name,
         ),
-        "federated_settings": _from_settings(
-            FederatedSettingsResource,
-            settings,
-            clip_norm=settings.privacy_clip()[0],
-            adaptive_clipping=settings.clip_norm == AUTO_CLIP,
-        ),
+        "federated_settings": _from_settings(FederatedSettingsResource, settings),
+        "privacy": privacy_resource(settings),
         "training_settings": _from_settings(TrainingSettingsResource, settings),
         "alerts": AlertsResource(
             webhook_url=secret_reference("ALERT_WEBHOOK_URL", settings.alert_webhook_url),

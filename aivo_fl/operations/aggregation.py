@@ -63,11 +63,38 @@ def round_figures(result: RoundResult, verdict: GateResult, already_aggregated: 
         "curriculumAccuracyBefore": verdict.curriculum_accuracy_before,
         "curriculumAccuracyAfter": verdict.curriculum_accuracy_after,
         "curriculumReference": verdict.curriculum_reference,
-        "heldoutSamples": verdict.heldout_samples,
+        "heldoutSamples": verdict.heldout_samples,  # None under DP
+        "performanceImprovement": verdict.performance_improvement,  # points: privatized under DP
+        "improvementNoiseStd": verdict.improvement_noise_std,  # points; 0: exact
+        "improvementSource": improvement_source(result, verdict),
         "aggregateNorm": result.aggregate_norm,
         "stepScale": result.step_scale,  # the server step's accepted scale (backtracking; 1 = full step)
         "curriculumAnchor": result.curriculum_anchor,  # None: the candidate was not anchored
     }
+
+
+PRIVATIZED = "privatized: the drawn learners' clipped accuracy changes, summed with Gaussian noise, charged"
+EXACT = "exact: learners' held-out data, differential privacy off (no guarantee)"
+NOT_JUDGED = "not judged: a dry run under differential privacy releases nothing from learners' data"
+
+
+def improvement_source(result: RoundResult, verdict: GateResult) -> str:
+    """What the learners' figure of a round is computed from: one of the three labels above."""
+    if verdict.private is None:
+        return EXACT
+    return NOT_JUDGED if verdict.private.change is None else PRIVATIZED
+
+
+def released_exclusions(result: RoundResult) -> dict[str, int]:
+    """Exclusions by reason, as counts. Under DP only those decided before the draw (learners never
+    in the round's population, so not charged): who was drawn, or how many, is not released."""
+    counts: dict[str, int] = {}
+    dp = result.privacy.record.dp_enabled
+    for c in result.excluded:
+        if dp and c.charged:
+            continue
+        counts[c.excluded_reason or ""] = counts.get(c.excluded_reason or "", 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -104,8 +131,10 @@ class AggregationOutcome:
             "rejectionReason": g.reason,
             "strategy": r.strategy,
             "learningRate": r.learning_rate,
-            "contributingLearners": [c.learner_id for c in r.included],
-            "excludedLearners": {c.learner_id: c.excluded_reason for c in r.excluded},
+            # The draw stays in the registry: under DP not even its size is released (the expected
+            # cohort is, in ``privacy``), and exclusions are counts.
+            "contributing": None if r.privacy.record.dp_enabled else len(r.included),
+            "excludedByReason": released_exclusions(r),
             "accuracyBefore": g.heldout_accuracy_before,
             "accuracyAfter": g.heldout_accuracy_after,
             "performanceImprovement": g.performance_improvement,
@@ -211,35 +240,54 @@ def _privacy_history(registry: ModelRegistry, learner_ids: Iterable[str]) -> Pri
 
 
 def _report_round(result: RoundResult, privacy: PrivacySettings, options: RoundOptions, report: Report) -> None:
+    dp = result.privacy.record.dp_enabled
+    taking_part = "the drawn learners" if dp else f"{len(result.included)} contributing"
     report(
         f"Strategy: {result.strategy}, server optimizer {result.server_optimizer} (learning rate "
-        f"{result.learning_rate:g}), min learners {options.min_learners}: {len(result.included)} contributing, "
-        f"{len(result.excluded)} excluded"
+        f"{result.learning_rate:g}), min learners {options.min_learners}: {taking_part}"
     )
-    for c in result.excluded:
-        report(f"  - excluded {c.learner_id}: {c.excluded_reason}")
+    for reason, count in released_exclusions(result).items():
+        report(f"  - excluded before the draw: {count} ({reason})")
     _report_privacy(result, privacy, report)
 
 
 def _report_privacy(result: RoundResult, privacy: PrivacySettings, report: Report) -> None:
     p = result.privacy
-    sampled = f"{len(p.included)} of {len(p.charged)} eligible learners drawn at sample rate {privacy.sample_rate:g}"
     if not privacy.enabled:
-        report(f"Differential privacy: OFF (no clipping, no noise, no privacy guarantee); {sampled}")
+        drawn = f"{len(p.included)} of {len(p.charged)} eligible learners drawn at sample rate {privacy.sample_rate:g}"
+        report(f"Differential privacy: OFF (no clipping, no noise, no privacy guarantee); {drawn}")
         return
     clip = f"clip norm {result.clip_norm:.4g}"
     if privacy.clip_target_quantile is not None:
         clip += f" (adaptive, target quantile {privacy.clip_target_quantile:g})"
     total = "no guarantee" if p.epsilon_total is None else f"{p.epsilon_total:.4g}"
+    record = p.record
     report(
-        f"Differential privacy: noise multiplier {privacy.noise_multiplier:g}, {clip}; {sampled}, denominator "
-        f"{p.denominator:.4g} (expected cohort); epsilon this round {p.epsilon_round:.4g}, worst-case total "
-        f"{total} at delta {privacy.delta:g} (RDP accountant over the recorded rounds)"
+        f"Differential privacy: noise multiplier {record.noise_multiplier:g}, {clip}, gate query noise multiplier "
+        f"{record.gate_noise_multiplier:.3g}; {len(p.charged) + len(p.out_of_budget)} eligible learners sampled at "
+        f"rate {record.sample_rate:g}, denominator {p.denominator:.4g} (expected cohort); epsilon this round "
+        f"{p.epsilon_round:.4g}, worst-case learner epsilon {total} at delta {record.delta:g} (PLD accountant over "
+        "the recorded rounds)"
     )
     if p.warning:
         report(f"⚠ {p.warning}")
     if result.dry_run:
-        report("[dry run] The candidate was built without DP noise: nothing is released, no privacy budget is spent.")
+        report(
+            f"[dry run] Nothing is released and no privacy budget is spent: the round would spend epsilon "
+            f"{p.epsilon_round:.4g}. No verdict on the candidate ({NOT_JUDGED})."
+        )
+        report(f"[dry run] Planner: {_planner_view(privacy, record.population or 0)}")
+
+
+def _planner_view(privacy: PrivacySettings, population: int) -> str:
+    """The planner's advice for this population: for the deployment's target, else for its budget
+    (or epsilon 2) over 52 rounds."""
+    from aivo_fl.ml.privacy.planner import plan
+
+    target = privacy.target_epsilon or privacy.epsilon_budget or 2.0
+    rounds = privacy.target_rounds if privacy.target_epsilon else 52
+    found = plan(target, rounds, max(population, 1), privacy.delta, adaptive=privacy.clip_target_quantile is not None)
+    return found.line()
 
 
 def recorded_privacy(result: RoundResult) -> dict[str, Any]:
@@ -256,6 +304,7 @@ def recorded_privacy(result: RoundResult) -> dict[str, Any]:
         "clip_target_quantile": r.target_quantile,
         "quantile_noise_multiplier": r.quantile_noise_multiplier,
         "clip_quantile_estimate": r.clip_quantile_estimate,
+        "gate_noise_multiplier": r.gate_noise_multiplier,
         "epsilon_round": result.privacy.epsilon_round,
         "epsilon_total": result.privacy.epsilon_total,
     }
@@ -286,6 +335,20 @@ def _report_anchor(result: RoundResult, report: Report) -> None:
 
 
 def _report_gate(verdict: GateResult, report: Report) -> None:
+    curriculum = (
+        f"curriculum {verdict.curriculum_accuracy_before:.2%} -> {verdict.curriculum_accuracy_after:.2%} (trained "
+        f"version: {verdict.curriculum_reference:.2%}; server-held data)"
+    )
+    if verdict.private is not None:
+        change = verdict.private.change
+        learners = (
+            "learners' held-out accuracy not judged (dry run)"
+            if change is None
+            else f"learners' held-out accuracy {100 * change:+.2f} points (privatized mean, noise std "
+            f"{100 * verdict.private.noise_std:.2f} points)"
+        )
+        report(f"Validation: {learners}; {curriculum}")
+        return
     report(
         f"Validation: learners' held-out accuracy {verdict.heldout_accuracy_before:.2%} -> "
         f"{verdict.heldout_accuracy_after:.2%} ({verdict.performance_improvement:+.2f} points, "
@@ -333,13 +396,16 @@ def _run_round(
     judged_step = run_round(read.state, options, privacy, judging, now, rng)
     result, candidate, verdict = judged_step.result, judged_step.candidate, judged_step.verdict
     _report_round(result, privacy, options, report)
-    _report_anchor(result, report)
-    _report_gate(verdict, report)
+    if judged_step.tries:  # 0: not judged (a dry run under DP)
+        _report_anchor(result, report)
+        _report_gate(verdict, report)
     if judged_step.step_scale < 1.0:
         report(f"Backtracking: the full server step was refused; promoted at {judged_step.step_scale:g} of it.")
     candidate_version = next_free_version(registry, store, active.version, "minor")
     if options.dry_run:
         outcome = f"promote it as {candidate_version}" if verdict.accepted else f"reject it ({verdict.reason})"
+        if verdict.private is not None:
+            outcome = "be judged by the gate on its charged, noised figures (no verdict here)"
         report(f"[dry run] The round would {outcome}. Nothing was written.")
         return AggregationOutcome(
             result, verdict, active.version, None, candidate_version, None, read.already_aggregated, True
@@ -372,7 +438,9 @@ def _version_metrics(judged: Judged) -> dict[str, Any]:
     active, verdict = judged.active.metrics, judged.verdict
     return {
         "validationAccuracy": verdict.curriculum_accuracy_after,
-        "federatedAccuracy": verdict.heldout_accuracy_after,
+        "federatedAccuracy": verdict.heldout_accuracy_after,  # None under DP (not released)
+        "performanceImprovement": verdict.performance_improvement,
+        "improvementNoiseStd": verdict.improvement_noise_std,
         "curriculumPath": active.get("curriculumPath"),
         "dataSeed": active.get("dataSeed", 0),
         "validationFraction": active.get("validationFraction", 0.2),
@@ -386,7 +454,6 @@ def _round_metrics(judged: Judged, options: RoundOptions) -> dict[str, Any]:
         **round_figures(judged.result, judged.verdict, judged.read.already_aggregated),
         "maxStaleDays": options.max_stale_days,
         "minLearners": options.min_learners,
-        "learnerEpsilons": judged.result.privacy.learner_epsilons,
     }
 
 

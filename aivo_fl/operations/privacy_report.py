@@ -18,10 +18,18 @@ from aivo_fl.ml.privacy.ledger import (
     ledger_delta,
     worst_learner,
 )
-from aivo_fl.ml.privacy.mechanism import epsilon_warning
+from aivo_fl.ml.privacy.mechanism import epsilon_warning, rdp_epsilon_for_events
 from aivo_fl.registry import ModelRegistry
 
-ACCOUNTANT = "dp-accounting RDP: PoissonSampled(sampleRate, Gaussian(noise multiplier)) per recorded round"
+ACCOUNTANT = (
+    "dp-accounting PLD: PoissonSampled(sampleRate, Gaussian(z)) per recorded round, z the update query, adaptive "
+    "clipping's count and the private gate's query composed"
+)
+# The one headline figure, named the same on every surface (stats, Dagster metadata and checks, reports).
+HEADLINE = "worst-case learner epsilon"
+HEADLINE_MEANING = (
+    "every recorded round composed: the epsilon of a learner eligible in all of them, which bounds every learner"
+)
 
 
 def recorded_rounds(registry: ModelRegistry) -> list[RoundPrivacy]:
@@ -44,10 +52,13 @@ def ledger_figures(
     """The figures that depend on the recorded rounds only (what ``history --json`` re-derives)."""
     delta = ledger_delta(rounds, fallback_delta)
     total = compose_rounds(rounds, delta)
-    worst_id, worst = worst_learner(learner_totals(ledgers, delta))
+    _, worst = worst_learner(learner_totals(ledgers, delta))
     last = rounds[-1] if rounds else None
+    events = [r.event() for r in rounds]
     return {
-        "epsilonSpent": total.epsilon,
+        "worstCaseLearnerEpsilon": total.epsilon,
+        # The looser RDP figure for the same rounds: a cross-check of the PLD accountant.
+        "rdpCrossCheck": None if total.epsilon is None else rdp_epsilon_for_events([e for e in events if e], delta),
         "noGuarantee": total.no_guarantee_reason,
         "delta": delta,
         "rounds": total.rounds,
@@ -56,8 +67,9 @@ def ledger_figures(
         "noiseMultiplier": last.noise_multiplier if last else None,
         "clipNorm": last.clip_norm if last else None,
         "sampleRate": last.sample_rate if last else None,
-        "maxLearnerEpsilon": worst.epsilon if worst else 0.0,
-        "maxLearnerEpsilonLearner": worst_id,
+        # Enforcement only (PRIVACY_LEARNER_EPSILON_BUDGET): the largest epsilon a learner in the registry
+        # has really spent; no learner is named.
+        "largestLearnerEpsilon": worst.epsilon if worst else 0.0,
     }
 
 
@@ -76,7 +88,8 @@ def privacy_summary(
     rounds = recorded_rounds(registry)
     figures = ledger_figures(rounds, learner_ledgers(registry, rounds), delta)
     budget = epsilon_budget
-    total = LedgerTotal(figures["epsilonSpent"], figures["delta"], figures["rounds"], figures["noisedRounds"])
+    headline = figures["worstCaseLearnerEpsilon"]
+    total = LedgerTotal(headline, figures["delta"], figures["rounds"], figures["noisedRounds"])
     return {
         "enabled": enabled,
         **figures,
@@ -84,11 +97,24 @@ def privacy_summary(
         "overBudget": total.over(budget),
         "learnerEpsilonBudget": learner_epsilon_budget,
         "accountant": ACCOUNTANT,
-        "warning": summary_warning(figures),
+        "headline": f"{HEADLINE}: {HEADLINE_MEANING}",
+        "warning": summary_warning(figures, budget),
     }
 
 
-def summary_warning(figures: Mapping[str, Any]) -> str | None:
+def summary_warning(figures: Mapping[str, Any], budget: float | None = None) -> str | None:
+    """Why the privacy figures do not mean what an operator hopes: no guarantee, an epsilon beyond
+    the meaningful range, or no budget that would ever stop the rounds."""
     if figures["noGuarantee"]:
         return f"No privacy guarantee: {figures['noGuarantee']}."
-    return epsilon_warning(figures["epsilonSpent"], figures["delta"]) if figures["rounds"] else None
+    if not figures["rounds"]:
+        return None
+    too_large = epsilon_warning(figures["worstCaseLearnerEpsilon"], figures["delta"])
+    if too_large:
+        return too_large
+    if budget is None:
+        return (
+            f"No budget set: PRIVACY_EPSILON_BUDGET is unset, so nothing stops the {HEADLINE} from growing with "
+            "every round; set it (PRIVACY_PRESET=user-level sets 2)."
+        )
+    return None

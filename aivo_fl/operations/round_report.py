@@ -60,14 +60,15 @@ def build_round_report(registry: ModelRegistry, update_id: str) -> RoundReport:
     rounds = registry.round_summaries()
     this = next(r for r in rounds if r.update_id == update_id)
     png = render_rounds(round_points(rounds[: this.number]), this.number)
-    counts = registry.contribution_counts(update_id)
+    private = this.epsilon_round is not None  # DP with noise: the draw's size is not released
+    counts = registry.contribution_counts(update_id, before_draw=private)
     image = base64.b64encode(png).decode("ascii")
     lines = [
         f"### Round {this.number}: {_outcome(this)}",
         "",
         f"![rounds 1 to {this.number}](data:image/png;base64,{image})",
         "",
-        *_figures(this, counts),
+        *_figures(this, counts, private),
         "",
         *_exclusions(counts),
         "",
@@ -86,21 +87,34 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _figures(r: RoundSummary, counts: dict[str | None, int]) -> list[str]:
+def _figures(r: RoundSummary, counts: dict[str | None, int], private: bool) -> list[str]:
     m = r.metrics
     epsilon = (
         "no guarantee (released without noise)"
         if r.epsilon_total is None
-        else f"{r.epsilon_round:.3g} this round, {r.epsilon_total:.3g} worst-case total"
+        else f"{r.epsilon_round:.3g} this round, worst-case learner epsilon {r.epsilon_total:.3g}"
     )
     excluded = sum(n for reason, n in counts.items() if reason is not None)
+    taken = (
+        f"drawn: withheld (differential privacy), {excluded:,} left out before the draw"
+        if private
+        else f"{counts.get(None, 0):,} {CONTRIBUTED}, {excluded:,} left out"
+    )
+    improvement = m.get("performanceImprovement")
+    std = m.get("improvementNoiseStd") or 0.0
+    learners_change = (
+        "-"
+        if improvement is None
+        else f"{improvement:+.2f} points" + (f" (privatized, noise std {std:.2f})" if std else " (exact: no DP)")
+    )
     return [
         "| figure | value |",
         "|---|---|",
         f"| curriculum validation accuracy | {_percent(m.get('curriculumAccuracyBefore'))} -> "
         f"{_percent(m.get('curriculumAccuracyAfter'))} (trained version {_percent(m.get('curriculumReference'))}) |",
+        f"| learners' held-out accuracy change | {learners_change} |",
         f"| epsilon | {epsilon} |",
-        f"| learners | {counts.get(None, 0):,} {CONTRIBUTED}, {excluded:,} left out |",
+        f"| learners | {taken} |",
     ]
 
 

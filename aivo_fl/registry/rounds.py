@@ -76,6 +76,7 @@ class FederatedUpdateInput:
     clip_target_quantile: float | None = None
     quantile_noise_multiplier: float | None = None
     clip_quantile_estimate: float | None = None
+    gate_noise_multiplier: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,10 @@ class Rounds(RegistryBase):
                 for number, r in enumerate(rows, 1)
             ]
 
-    def contribution_counts(self, update_id: str) -> dict[str | None, int]:
+    def contribution_counts(self, update_id: str, *, before_draw: bool = False) -> dict[str | None, int]:
         """How many learners a round took (key None) and left out, by reason: counted in the database,
-        so no learner id leaves it."""
+        so no learner id leaves it. ``before_draw``: only those left out before the draw (never in the
+        population, not charged): under DP the draw's size is not released."""
         reason = FederatedUpdateContribution.excludedReason
         query = (
             sa.select(reason, sa.func.count())
@@ -228,6 +230,8 @@ class Rounds(RegistryBase):
             .where(FederatedUpdate.updateId == update_id)
             .group_by(reason)
         )
+        if before_draw:
+            query = query.where(FederatedUpdateContribution.charged.is_(False))
         with self._session() as session:
             return {r: int(n) for r, n in session.execute(query)}
 
@@ -304,6 +308,7 @@ def _update_row(update: FederatedUpdateInput, update_id: str, aggregated_at: dat
         clipTargetQuantile=update.clip_target_quantile,
         quantileNoiseMultiplier=update.quantile_noise_multiplier,
         clipQuantileEstimate=update.clip_quantile_estimate,
+        gateNoiseMultiplier=update.gate_noise_multiplier,
     )
 
 
@@ -341,4 +346,5 @@ def _privacy_dict(row: FederatedUpdate) -> dict[str, Any]:
         "clipTargetQuantile": row.clipTargetQuantile,
         "quantileNoiseMultiplier": row.quantileNoiseMultiplier,
         "clipQuantileEstimate": row.clipQuantileEstimate,
+        "gateNoiseMultiplier": row.gateNoiseMultiplier,
     }

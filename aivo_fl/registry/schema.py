@@ -201,6 +201,8 @@ class FederatedUpdate(Base):
     clipTargetQuantile: Mapped[float | None] = mapped_column(sa.Float)
     quantileNoiseMultiplier: Mapped[float | None] = mapped_column(sa.Float)
     clipQuantileEstimate: Mapped[float | None] = mapped_column(sa.Float)
+    # The private gate's query (revision 0003), charged with the round.
+    gateNoiseMultiplier: Mapped[float | None] = mapped_column(sa.Float)
 
     __table_args__ = (sa.Index("FederatedUpdate_aggregatedAt_idx", "aggregatedAt"),)
 

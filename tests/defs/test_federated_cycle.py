@@ -104,8 +104,9 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     [update] = first.asset_materializations_for_node("federated_main_model")
     assert update.metadata["status"].value == "PROMOTED"
     assert update.metadata["new_version"].value == "1.1.0"
-    assert update.metadata["contributing_learners"].value == LEARNERS
-    assert update.metadata["epsilon_total"].value > 0
+    # DP is on (the guide's z = 0.1): the draw is not released, the headline epsilon is.
+    assert update.metadata["contributing_learners"].value == "withheld (DP)"
+    assert update.metadata["worst_case_learner_epsilon"].value > 0
     # What the round's accounting used, as numbers the UI plots; the same figures the registry recorded.
     [recorded] = deployment.registry.round_privacy_records()
     # Measured figures to four significant digits, the tiny delta as text ("1e-06", not "1.0000000E-6").
@@ -119,14 +120,19 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     ):
         assert update.metadata[key].value == shown(recorded["privacy"][field]), key
     assert recorded["privacy"]["eligiblePopulation"] == LEARNERS
-    for key in ("accuracy_before_pct", "accuracy_after_pct", "performance_improvement_points"):
-        assert round(update.metadata[key].value, 2) == update.metadata[key].value
+    assert "accuracy_before_pct" not in update.metadata  # exact learner figures: DP off only
+    assert update.metadata["learner_figures"].value.startswith("privatized")
+    for key in ("performance_improvement_points", "performance_improvement_noise_std_points"):
+        assert round(update.metadata[key].value, 3) == update.metadata[key].value
     assert _check(first, "candidate_not_degraded").passed
-    assert _check(first, "privacy_budget_not_exceeded").passed
+    # epsilon far beyond the meaningful range, and no budget: a warning, never a green check
+    privacy = _check(first, "privacy_budget_not_exceeded")
+    assert not privacy.passed and privacy.severity == dg.AssetCheckSeverity.WARN
+    assert "far too large" in privacy.description
     # The round's report: this round, its figures and exclusions, a picture; no learner named.
     report = update.metadata["round_report"].value
     assert report.startswith("### Round 1: promoted 1.0.0 -> 1.1.0") and "data:image/png;base64," in report
-    assert f"| learners | {LEARNERS} contributed, 0 left out |" in report
+    assert "| learners | drawn: withheld (differential privacy), 0 left out before the draw |" in report
     assert not any(learner in report for learner in learners)
     tags = deployment.instance.get_run_by_id(first.run_id).tags
     assert (tags[RUN_TAG], tags[OUTCOME_TAG], tags[VERSIONS_TAG]) == (RunKind.ROUND, "promoted", "1.0.0 -> 1.1.0")

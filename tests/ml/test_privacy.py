@@ -7,11 +7,12 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.pld import PLDAccountant
 from scipy import stats
 
 from aivo_fl.ml.aggregation.strategies import DpClipped, FedAvg, Median, Weighted
 from aivo_fl.ml.privacy.mechanism import (
+    PLD_DISCRETIZATION,
     PrivacyEvent,
     clip_delta,
     dp_weight,
@@ -116,7 +117,9 @@ def test_dp_refuses_robust_strategies_and_bad_knobs() -> None:
 
 
 def _library_epsilon(events: list[dp_accounting.DpEvent], delta: float) -> float:
-    accountant = RdpAccountant()
+    """dp-accounting's PLD accountant called directly (the product composes unsampled Gaussians in
+    closed form first, so those agree to the PLD's discretization, not bit for bit)."""
+    accountant = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     for event in events:
         accountant.compose(event)
     return accountant.get_epsilon(delta)
@@ -128,10 +131,10 @@ def _round_epsilon(noise_multiplier: float, delta: float = 1e-5) -> float:
 
 def test_epsilon_matches_the_accountant_called_directly() -> None:
     one = _library_epsilon([dp_accounting.GaussianDpEvent(1.1)], 1e-5)
-    assert _round_epsilon(1.1, 1e-5) == pytest.approx(one, rel=1e-12)
+    assert _round_epsilon(1.1, 1e-5) == pytest.approx(one, rel=1e-3)
     events = [PrivacyEvent(1.1), PrivacyEvent(0.8), PrivacyEvent(1.1), PrivacyEvent(2.0)]
     direct = _library_epsilon([dp_accounting.GaussianDpEvent(e.noise_multiplier) for e in events], 1e-6)
-    assert epsilon_for_events(events, 1e-6) == pytest.approx(direct, rel=1e-9)
+    assert epsilon_for_events(events, 1e-6) == pytest.approx(direct, rel=1e-3)
     assert epsilon_for_events(events, 1e-6) > epsilon_for_events(events[:2], 1e-6) > one * 0.9
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dp_accounting
 import pytest
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.pld import PLDAccountant
 
 from aivo_fl.ml.privacy import mechanism as privacy
 from aivo_fl.ml.privacy.ledger import (
@@ -16,7 +16,7 @@ from aivo_fl.ml.privacy.ledger import (
     ledger_delta,
     worst_learner,
 )
-from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
+from aivo_fl.ml.privacy.mechanism import PLD_DISCRETIZATION, PrivacyBudgetExceeded
 
 DELTA = 1e-6
 
@@ -35,7 +35,9 @@ MIXED = [
 
 
 def _independent(rounds: list[tuple[float, float]], delta: float) -> float:
-    accountant = RdpAccountant()
+    """dp-accounting's PLD accountant, one event per round (the ledger composes unsampled rounds as
+    one Gaussian first: equal up to the PLD's discretization)."""
+    accountant = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     for z, q in rounds:
         gaussian = dp_accounting.GaussianDpEvent(z)
         accountant.compose(gaussian if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian))
@@ -46,7 +48,7 @@ def test_changing_settings_compose_exactly_the_recorded_events() -> None:
     adaptive_z = (1.0**-2 + 2.0**-2) ** -0.5
     expected = _independent([(0.1, 1.0), (1.0, 0.1), (1.3, 0.2), (adaptive_z, 0.1), (1.0, 0.1)], DELTA)
     total = compose_rounds(MIXED, DELTA)
-    assert total.epsilon == pytest.approx(expected, rel=1e-9)
+    assert total.epsilon == pytest.approx(expected, rel=1e-3)
     assert total.rounds == total.noised_rounds == 5 and total.no_guarantee_reason is None
     # ... and each round on its own
     assert compose_rounds(MIXED[2:3], DELTA).epsilon == pytest.approx(_independent([(1.3, 0.2)], DELTA), rel=1e-9)
@@ -84,11 +86,11 @@ def test_a_round_without_noise_means_no_guarantee() -> None:
 
 
 def test_learners_are_charged_per_distinct_history_once() -> None:
-    privacy._epsilon_of_counts.cache_clear()
+    privacy._pld_epsilon_of_counts.cache_clear()
     ledgers = {f"l{i}": MIXED[: 1 + i % 3] for i in range(3_000)}  # 3 distinct histories
     ledgers["off"] = [MIXED[0], _round(9, None)]
     totals = learner_totals(ledgers, DELTA)
-    assert privacy._epsilon_of_counts.cache_info().misses == 3
+    assert privacy._pld_epsilon_of_counts.cache_info().misses == 3
     assert totals["l2"].epsilon == pytest.approx(compose_rounds(MIXED[:3], DELTA).epsilon)
     assert totals["l0"].epsilon < totals["l1"].epsilon < totals["l2"].epsilon
     assert worst_learner(totals) == ("off", totals["off"])
@@ -106,7 +108,8 @@ def test_budget_refusal_names_spent_round_and_budget() -> None:
     history = MIXED[1:3]
     nxt = _round(6, 1.0, 0.1)
     spent, this_round, after = check_budget(history, nxt, budget=None)
-    assert spent.epsilon < after.epsilon and this_round.epsilon == pytest.approx(_independent([(1.0, 0.1)], DELTA))
+    assert spent.epsilon < after.epsilon
+    assert this_round.epsilon == pytest.approx(_independent([(1.0, 0.1)], DELTA), rel=1e-9)
     with pytest.raises(PrivacyBudgetExceeded) as info:
         check_budget(history, nxt, budget=after.epsilon - 0.01)
     message = str(info.value)

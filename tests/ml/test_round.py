@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from aivo_fl.ml.model import CurriculumNet, head_state
+from aivo_fl.ml.privacy.adaptive_clipping import combined_noise_multiplier
+from aivo_fl.ml.privacy.gate_query import gate_noise_multiplier
 from aivo_fl.ml.privacy.ledger import RoundPrivacy
 from aivo_fl.ml.privacy.mechanism import BUDGET_SPENT, PrivacyBudgetExceeded, PrivacyEvent, epsilon_for_events
 from aivo_fl.ml.round.accounting import PrivacyHistory
@@ -202,6 +204,11 @@ def _history(rounds: int, learners: dict[str, int]) -> PrivacyHistory:
     return PrivacyHistory(records, {learner: records[:n] for learner, n in learners.items()})
 
 
+# A DP round's event: the update query at z = 1 composed with the private gate's query.
+Z_WITH_GATE = combined_noise_multiplier(1.0, gate_noise_multiplier(1.0))
+THIS = PrivacyEvent(Z_WITH_GATE)
+
+
 def test_dp_round_clips_noises_and_accounts(tmp_path: Path) -> None:
     updates = [_update(tmp_path, i, delta=_delta(i, scale=1.0 if i == 0 else 0.01), num_samples=300) for i in range(4)]
     privacy = PrivacySettings(enabled=True, noise_multiplier=1.0, clip_norm=0.5)
@@ -210,10 +217,11 @@ def test_dp_round_clips_noises_and_accounts(tmp_path: Path) -> None:
     assert result.contributions[0].clipped and not result.contributions[1].clipped
     assert result.privacy.denominator == 4.0 and result.noise_std == pytest.approx(0.5 / 4.0)
     assert [c.weight for c in result.included] == pytest.approx([0.25] * 4)  # capped weights / D
-    assert result.privacy_record.event() == PrivacyEvent(1.0, 1.0)
-    assert result.privacy.epsilon_round == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)]))
-    assert result.privacy.epsilon_total == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 6))  # worst case
-    assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(epsilon_for_events([PrivacyEvent(1.0)] * 3))
+    assert result.privacy_record.event() == PrivacyEvent(Z_WITH_GATE, 1.0)
+    assert result.privacy.epsilon_round == pytest.approx(epsilon_for_events([PrivacyEvent(Z_WITH_GATE)]))
+    assert result.privacy.epsilon_total == pytest.approx(epsilon_for_events([*[PrivacyEvent(1.0)] * 5, THIS]))  # worst
+    learner_0 = epsilon_for_events([*[PrivacyEvent(1.0)] * 2, THIS])
+    assert result.privacy.learner_epsilons["learner-0"] == pytest.approx(learner_0)
     assert result.privacy.learner_epsilons["learner-1"] == pytest.approx(result.privacy.epsilon_total)
     assert result.privacy.learner_epsilons["learner-2"] == pytest.approx(result.privacy.epsilon_round)
     assert result.privacy.epsilon_total > 10 and "far too large" in (result.privacy.warning or "")
@@ -259,7 +267,7 @@ def test_dry_run_builds_the_candidate_without_noise_and_releases_nothing(tmp_pat
     again = _run(updates, _options(dry_run=True), privacy=privacy, seed=2)
     real = _run(updates, privacy=privacy, seed=1)
     assert dry.privacy_record is None and dry.noise_std is None and dry.dry_run
-    assert real.privacy_record.event() == PrivacyEvent(1.0) and real.noise_std == pytest.approx(1.0 / 3)
+    assert real.privacy_record.event() == PrivacyEvent(Z_WITH_GATE) and real.noise_std == pytest.approx(1.0 / 3)
     assert dry.privacy.epsilon_round == real.privacy.epsilon_round and len(dry.included) == 3
     for name in SHAPES:  # no noise: the seed does not matter, and the noisy release differs
         np.testing.assert_array_equal(dry.candidate_heads[name], again.candidate_heads[name])

@@ -86,12 +86,15 @@ def test_corrupt_delta_files_are_excluded_with_their_reason_and_the_round_goes_o
         (cohort.store.learner_dir(learner_id) / CLONE_NAME).write_bytes(content)
     (cohort.store.learner_dir(cohort.learners[2]) / CLONE_NAME).unlink()
     outcome = aggregate(cohort)
-    excluded = outcome.summary()["excludedLearners"]
+    excluded = {c.learner_id: c.excluded_reason for c in outcome.round.excluded}
     assert set(excluded) == {cohort.learners[0], cohort.learners[1], cohort.learners[2]}
     assert excluded[cohort.learners[2]].startswith("missing file")
     assert excluded[cohort.learners[0]] == "truncated"
     assert excluded[cohort.learners[1]] == "hash mismatch"
     assert len(outcome.round.included) == LEARNERS - 3
+    # Released: counts by reason (read before the draw at sample rate 1), no learner named.
+    released = outcome.summary()["excludedByReason"]
+    assert released["truncated"] == released["hash mismatch"] == 1 and sum(released.values()) == 3
     [update] = cohort.registry.get_federated_updates()
     recorded = contribution_reasons(cohort.registry, update["updateId"])
     assert {k for k, v in recorded.items() if v} == set(excluded)
@@ -103,7 +106,10 @@ def test_dry_run_writes_nothing_spends_nothing_and_says_so(cohort: Cohort) -> No
     outcome = aggregate(cohort, report=lines.append, dry_run=True)
     assert outcome.dry_run and outcome.update_id is None and outcome.round.privacy_record is None
     assert outcome.summary()["epsilonRound"] > 0  # what a real round would cost, reported ...
-    assert "without DP noise: nothing is released, no privacy budget is spent" in "\n".join(lines)
+    said = "\n".join(lines)
+    assert "Nothing is released and no privacy budget is spent" in said and "No verdict on the candidate" in said
+    assert outcome.summary()["performanceImprovement"] is None and outcome.summary()["accuracyBefore"] is None
+    assert "Planner: " in said  # the planner's view for this population
     assert sorted(p.name for p in cohort.store.main_root.iterdir()) == before
     assert cohort.registry.get_federated_updates() == []
     assert cohort.registry.round_privacy_records() == []  # ... and not spent

@@ -18,8 +18,10 @@ def _round(i: int, z: float | None = 1.1, q: float = 0.1, delta: float | None = 
     )
 
 
-def _reference_epsilon(rounds: list[RoundPrivacy], delta: float) -> float:
-    accountant = dp_accounting.rdp.RdpAccountant()
+def _reference_epsilon(rounds: list[RoundPrivacy], delta: float, rdp: bool = False) -> float:
+    """dp-accounting called directly: PLD (the product's accountant) or RDP (its cross-check)."""
+    pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+    accountant = dp_accounting.rdp.RdpAccountant() if rdp else pld
     for r in rounds:
         accountant.compose(
             dp_accounting.PoissonSampledDpEvent(r.sample_rate, dp_accounting.GaussianDpEvent(r.noise_multiplier))
@@ -34,30 +36,33 @@ def test_epsilon_and_worst_learner_match_an_independent_accountant() -> None:
 
     assert figures["delta"] == DELTA  # the recorded delta, not the fallback
     assert figures["rounds"] == figures["noisedRounds"] == 5
-    assert figures["epsilonSpent"] == pytest.approx(_reference_epsilon(rounds, DELTA), rel=1e-9)
-    assert figures["maxLearnerEpsilonLearner"] == "veteran"
-    assert figures["maxLearnerEpsilon"] == pytest.approx(_reference_epsilon(rounds, DELTA), rel=1e-9)
+    assert figures["worstCaseLearnerEpsilon"] == pytest.approx(_reference_epsilon(rounds, DELTA), rel=1e-9)
+    assert figures["rdpCrossCheck"] == pytest.approx(_reference_epsilon(rounds, DELTA, rdp=True), rel=1e-9)
+    assert figures["rdpCrossCheck"] > figures["worstCaseLearnerEpsilon"]  # PLD is tighter
+    # The veteran was eligible in every round: the largest real learner is the worst case (no id shown).
+    assert figures["largestLearnerEpsilon"] == pytest.approx(figures["worstCaseLearnerEpsilon"])
+    assert "maxLearnerEpsilonLearner" not in figures
     # The latest round's settings are reported, not the first's.
     assert figures["noiseMultiplier"] == 0.8 and figures["sampleRate"] == 0.2
     # A newcomer charged for fewer rounds has spent strictly less.
     newcomer = ledger_figures(rounds[-2:], {"newcomer": rounds[-2:]}, fallback_delta=DELTA)
-    assert 0 < newcomer["epsilonSpent"] < figures["epsilonSpent"]
+    assert 0 < newcomer["worstCaseLearnerEpsilon"] < figures["worstCaseLearnerEpsilon"]
 
 
 def test_a_round_released_without_noise_means_no_guarantee_and_says_which() -> None:
     rounds = [_round(0), _round(1, z=None)]
     figures = ledger_figures(rounds, {"a": rounds}, fallback_delta=DELTA)
-    assert figures["epsilonSpent"] is None
+    assert figures["worstCaseLearnerEpsilon"] is None
     assert "round-1" in figures["noGuarantee"]
-    assert figures["maxLearnerEpsilonLearner"] == "a" and figures["maxLearnerEpsilon"] is None
+    assert figures["largestLearnerEpsilon"] is None
     warning = summary_warning(figures)
     assert warning is not None and warning.startswith("No privacy guarantee")
 
 
 def test_an_empty_registry_reports_nothing_spent(registry: ModelRegistry) -> None:
     summary = privacy_summary(registry, enabled=True, delta=DELTA, epsilon_budget=4.0, learner_epsilon_budget=None)
-    assert summary["rounds"] == 0 and summary["epsilonSpent"] == 0.0
+    assert summary["rounds"] == 0 and summary["worstCaseLearnerEpsilon"] == 0.0
     assert summary["overBudget"] is False
     assert summary["warning"] is None
     assert summary["delta"] == DELTA  # fallback until a round records one
-    assert summary["maxLearnerEpsilonLearner"] is None
+    assert summary["largestLearnerEpsilon"] == 0.0

@@ -50,7 +50,7 @@ def test_sampled_round_records_its_ledger_and_the_budget_refuses_before_release(
     drawn = [c for c in outcome.round.contributions if c.excluded_reason != NOT_SAMPLED]
     assert 0 < len(drawn) < LEARNERS and reasons.count(NOT_SAMPLED) == LEARNERS - len(drawn)
     assert sorted(update["contributingLearners"]) == sorted(c.learner_id for c in drawn if c.excluded_reason is None)
-    spent = _summary(cohort)["epsilonSpent"]
+    spent = _summary(cohort)["worstCaseLearnerEpsilon"]
     assert spent == pytest.approx(outcome.round.privacy.epsilon_total)
 
     # A budget the next round would cross: refused before anything is drawn or written.

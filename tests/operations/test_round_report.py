@@ -75,10 +75,11 @@ def test_the_report_shows_the_rounds_so_far_and_counts_exclusions_by_reason(regi
     text = report.markdown
     assert text.startswith("### Round 2: rejected, 1.1.0 stays active (Performance degradation: curriculum)")
     assert "| curriculum validation accuracy | 89.12% -> 81.01% (trained version 89.67%) |" in text
-    assert "| epsilon | 0.8 this round, 1.6 worst-case total |" in text
-    assert "| learners | 2 contributed, 3 left out |" in text
+    assert "| epsilon | 0.8 this round, worst-case learner epsilon 1.6 |" in text
+    # Under DP neither who nor how many were drawn: only those left out before the draw, counted.
+    assert "| learners | drawn: withheld (differential privacy), 2 left out before the draw |" in text
     # Stale by 9 and by 12 days are one reason; counts, no names.
-    assert "| stale: trained N days ago | 2 |" in text and "| not sampled this round | 1 |" in text
+    assert "| stale: trained N days ago | 2 |" in text and "not sampled" not in text
     for secret in ("learner-", "43.21", "45.67", "2.46", "learnerEpsilons"):
         assert secret not in text, secret
     # The picture is embedded as a PNG that decodes, about 900 x 330 pixels.

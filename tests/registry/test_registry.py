@@ -316,6 +316,7 @@ def test_privacy_ledger_records_what_each_round_used_and_whom_it_charged(registr
         "clipTargetQuantile": 0.5,
         "quantileNoiseMultiplier": 0.3,
         "clipQuantileEstimate": 0.62,
+        "gateNoiseMultiplier": None,  # a round recorded without the private gate
     }
     assert records[2]["privacy"]["dpEnabled"] is False  # a round without noise is recorded, not dropped
     # charged: the population (sampled or not), never those left out before sampling

@@ -20,15 +20,20 @@ from aivo_fl.defs.retries import TRANSIENT_RETRY, fail_fast_unless_transient
 from aivo_fl.defs.run_tags import OUTCOME_TAG, TRIGGER_TAG, VERSIONS_TAG, round_versions
 from aivo_fl.ml.aggregation.strategies import STRATEGIES
 from aivo_fl.ml.privacy.mechanism import PrivacyBudgetExceeded
+from aivo_fl.ml.round.accounting import PrivacyPlanOutOfReach
 from aivo_fl.ml.round.gather import NoEligibleLearners
-from aivo_fl.ml.round.options import RoundOptions
+from aivo_fl.ml.round.options import PrivacySettings, RoundOptions
 from aivo_fl.operations.aggregation import round_options, run_federated_aggregation
 from aivo_fl.operations.round_report import build_round_report
 from aivo_fl.operations.run_log import appending_to
 
 AGGREGATION_POOL = "aggregation"
 _DEFAULTS = RoundOptions()
-REFUSALS = {NoEligibleLearners: "no_eligible_learners", PrivacyBudgetExceeded: "privacy_budget_exceeded"}
+REFUSALS = {
+    NoEligibleLearners: "no_eligible_learners",
+    PrivacyBudgetExceeded: "privacy_budget_exceeded",
+    PrivacyPlanOutOfReach: "privacy_plan_out_of_reach",
+}
 
 
 class AggregationConfig(dg.Config):
@@ -67,6 +72,7 @@ def federated_main_model(
     registry: RegistryResource,
     model_store: ModelStoreResource,
     federated_settings: FederatedSettingsResource,
+    privacy: dg.ResourceParam[PrivacySettings],
     reporter: ReporterResource,
 ) -> Iterator[dg.MaterializeResult]:
     """The main model after aggregating the learners' deltas (DP-FedAvg), validated before promotion.
@@ -85,7 +91,7 @@ def federated_main_model(
             outcome = run_federated_aggregation(
                 registry.get_registry(),
                 model_store.get_store(),
-                federated_settings.privacy(),
+                privacy,  # the deployment's, from its environment: no run config reaches it
                 config.round_options(federated_settings),
                 report=report,
                 holder=f"dagster-run:{context.run.run_id}",
@@ -131,17 +137,32 @@ def _metadata(s: dict[str, Any]) -> dict[str, Any]:
         "server_learning_rate": s["learningRate"],
         "server_step_scale": s["stepScale"],  # < 1: backtracking halved a refused step
         "curriculum_anchor_samples": (s["curriculumAnchor"] or {}).get("samples", 0),  # 0: not anchored
-        "contributing_learners": len(s["contributingLearners"]),
-        "excluded_learners": dg.MetadataValue.json(s["excludedLearners"]),
-        "accuracy_before_pct": percent(s["accuracyBefore"]),
-        "accuracy_after_pct": percent(s["accuracyAfter"]),
+        # Under DP the draw stays in the registry: neither who nor how many were drawn is released.
+        "contributing_learners": s["contributing"] if s["contributing"] is not None else "withheld (DP)",
+        "excluded_before_draw": dg.MetadataValue.json(s["excludedByReason"]),  # counts by reason
+        **_learner_figures(s),
         "curriculum_accuracy_before_pct": percent(s["curriculumAccuracyBefore"]),
         "curriculum_accuracy_after_pct": percent(s["curriculumAccuracyAfter"]),
         "curriculum_reference_pct": percent(s["curriculumReference"]),
-        "performance_improvement_points": rounded(s["performanceImprovement"], 2),
         "rejection_reason": s["rejectionReason"] or "-",
         **privacy_metadata(s["privacy"], s["epsilonRound"], s["epsilonTotal"]),
     }
+
+
+def _learner_figures(s: dict[str, Any]) -> dict[str, Any]:
+    """The learners' part of the gate as released: privatized (with its noise std) under DP, exact
+    without; labelled which. The curriculum figures beside it are server-held data."""
+    figures: dict[str, Any] = {
+        "learner_figures": s["improvementSource"],
+        "curriculum_figures": "server-held: the curriculum's validation split, no learner data",
+    }
+    if s["performanceImprovement"] is not None:
+        figures["performance_improvement_points"] = rounded(s["performanceImprovement"], 2)
+        figures["performance_improvement_noise_std_points"] = rounded(s["improvementNoiseStd"], 3)
+    if s["accuracyBefore"] is not None:  # exact figures: DP off only
+        figures["accuracy_before_pct"] = percent(s["accuracyBefore"])
+        figures["accuracy_after_pct"] = percent(s["accuracyAfter"])
+    return figures
 
 
 def privacy_metadata(recorded: dict[str, Any], epsilon_round: float | None, epsilon_total: float | None) -> dict:
@@ -153,9 +174,11 @@ def privacy_metadata(recorded: dict[str, Any], epsilon_round: float | None, epsi
         "privacy_sample_rate": (recorded["sample_rate"], float),
         "privacy_eligible_learners": (recorded["eligible_population"], int),
         "privacy_denominator": (recorded["dp_denominator"], significant),
+        "privacy_gate_noise_multiplier": (recorded["gate_noise_multiplier"], significant),
         "privacy_delta": (recorded["privacy_delta"], tiny),
         "epsilon_round": (epsilon_round, partial(rounded, digits=3)),
-        "epsilon_total": (epsilon_total, partial(rounded, digits=3)),
+        # The headline, named the same everywhere: every recorded round composed (PLD).
+        "worst_case_learner_epsilon": (epsilon_total, partial(rounded, digits=3)),
     }
     numbers = {key: show(value) for key, (value, show) in shown.items() if value is not None}
     guarantee = "epsilon" if epsilon_total is not None else "none (released without noise)"

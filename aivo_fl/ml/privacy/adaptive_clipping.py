@@ -44,13 +44,13 @@ def quantile_noise_multiplier(expected_cohort: float) -> float:
     return 2.0 * count_noise_std(expected_cohort)
 
 
-def combined_noise_multiplier(noise_multiplier: float, quantile_multiplier: float | None) -> float:
-    """One Gaussian mechanism equivalent to the update query plus the count query."""
-    if quantile_multiplier is None:
-        return noise_multiplier
-    if noise_multiplier <= 0 or quantile_multiplier <= 0:
-        return 0.0  # either query released without noise: no guarantee
-    return (noise_multiplier**-2 + quantile_multiplier**-2) ** -0.5
+def combined_noise_multiplier(noise_multiplier: float, *others: float | None) -> float:
+    """One Gaussian mechanism equivalent to the update query plus the other Gaussian queries on the
+    same sampled learners (adaptive clipping's count, the private gate; None: that query is off)."""
+    multipliers = [noise_multiplier, *(z for z in others if z is not None)]
+    if any(z <= 0 for z in multipliers):
+        return 0.0  # a query released without noise: no guarantee
+    return sum(z**-2 for z in multipliers) ** -0.5
 
 
 def noised_fraction_below(

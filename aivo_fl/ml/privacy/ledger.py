@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aivo_fl.ml.privacy.adaptive_clipping import combined_noise_multiplier, quantile_noise_multiplier
+from aivo_fl.ml.privacy.gate_query import gate_noise_multiplier
 from aivo_fl.ml.privacy.mechanism import (
     DEFAULT_DELTA,
     PrivacyBudgetExceeded,
@@ -46,12 +47,13 @@ class RoundPrivacy:
     target_quantile: float | None = None  # None: fixed clip norm
     quantile_noise_multiplier: float | None = None  # adaptive clipping's count query
     clip_quantile_estimate: float | None = None  # its released estimate: moves the next clip norm
+    gate_noise_multiplier: float | None = None  # the private gate's query (None: a round before it)
 
     def event(self) -> PrivacyEvent | None:
         """The accountant's event, or None when the round gives no guarantee."""
         if not self.dp_enabled or not self.noise_multiplier:
             return None
-        z = combined_noise_multiplier(self.noise_multiplier, self.quantile_noise_multiplier)
+        z = combined_noise_multiplier(self.noise_multiplier, self.quantile_noise_multiplier, self.gate_noise_multiplier)
         return PrivacyEvent(z, self.sample_rate) if z > 0 else None
 
     @classmethod
@@ -69,6 +71,7 @@ class RoundPrivacy:
             target_quantile=raw.get("clipTargetQuantile"),
             quantile_noise_multiplier=raw.get("quantileNoiseMultiplier"),
             clip_quantile_estimate=raw.get("clipQuantileEstimate"),
+            gate_noise_multiplier=raw.get("gateNoiseMultiplier"),
         )
 
 
@@ -86,7 +89,8 @@ def planned_round(
     """What a round will use, known before any learner is drawn or any delta read.
 
     The denominator is the expected cohort ``sample_rate x population``; under adaptive clipping
-    the count query's noise is set from that same expected cohort.
+    the count query's noise is set from that same expected cohort. The private gate's query is
+    charged with the round (:mod:`aivo_fl.ml.privacy.gate_query`).
     """
     if not dp_enabled:
         return RoundPrivacy(round_id, False, sample_rate=sample_rate, population=population)
@@ -102,6 +106,7 @@ def planned_round(
         delta=delta,
         target_quantile=target_quantile,
         quantile_noise_multiplier=quantile_noise_multiplier(cohort) if target_quantile is not None else None,
+        gate_noise_multiplier=gate_noise_multiplier(noise_multiplier),
     )
 
 

@@ -92,6 +92,32 @@ class Draw:
     after: LedgerTotal
 
 
+class PrivacyPlanOutOfReach(ValueError):
+    """The planner finds no useful noise and sample rate for the target at this population."""
+
+
+def planned_settings(privacy: PrivacySettings, population: int) -> PrivacySettings:
+    """``privacy`` with the planner's noise multiplier and sample rate for its target epsilon at
+    ``population`` (unchanged without a target, or with DP off). Raises PrivacyPlanOutOfReach."""
+    if privacy.target_epsilon is None or not privacy.enabled:
+        return privacy
+    from aivo_fl.ml.privacy.planner import plan  # the accountant's heavy import, only when planning
+
+    found = plan(
+        privacy.target_epsilon,
+        privacy.target_rounds,
+        max(population, 1),
+        privacy.delta,
+        adaptive=privacy.clip_target_quantile is not None,
+    )
+    if found.recommended is None:
+        raise PrivacyPlanOutOfReach(
+            f"{found.line()}; for a small school use PRIVACY_PRESET=user-level-epsilon-8-small-schools"
+        )
+    chosen = found.recommended
+    return replace(privacy, noise_multiplier=chosen.noise_multiplier, sample_rate=chosen.sample_rate)
+
+
 def draw_round(
     privacy: PrivacySettings, history: PrivacyHistory, eligible: Sequence[Update], rng: np.random.Generator
 ) -> Draw:

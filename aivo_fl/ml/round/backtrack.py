@@ -6,13 +6,16 @@ retry, one such round freezes the lineage, since every later candidate overshoot
 Backtracking rebuilds the candidate from the SAME aggregate with the server step scaled by 1/2,
 1/4, ... and promotes the first that passes.
 
-Privacy: every retry is post-processing of the aggregate the round already released (same noise,
-same data, same accounting), so backtracking spends no extra privacy budget.
+Privacy: every retry's candidate is post-processing of the aggregate the round already released
+(same noise, same data). Under DP the gate judges every step at once on ONE privatized query, the
+drawn learners' accuracy changes for all of them (:mod:`aivo_fl.ml.privacy.gate_query`), charged
+with the round; backtracking then picks the first step that passes on those released figures
+(:func:`first_accepted`). Without DP the steps are judged one after another (:func:`backtrack`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,6 +54,22 @@ def rescaled(result: RoundResult, base_heads: Mapping[str, np.ndarray], state: S
     optimizer = server_optimizer(result.server_optimizer, result.learning_rate * scale)
     moved = step(result.aggregate, [], base_heads, optimizer, state)
     return replace(result, candidate_heads=moved.heads, optimizer_state=moved.optimizer_state, step_scale=scale)
+
+
+def candidate_steps(
+    result: RoundResult, base_heads: Mapping[str, np.ndarray], state: State, halvings: int = MAX_HALVINGS
+) -> list[RoundResult]:
+    """The full step and its halvings (1, 1/2, 1/4, ...), each rebuilt from the same aggregate."""
+    return [result] + [rescaled(result, base_heads, state, 0.5**i) for i in range(1, halvings + 1)]
+
+
+def first_accepted(steps: Sequence[RoundResult], judged: Sequence[tuple[CurriculumNet, GateResult]]) -> Backtracked:
+    """The first step whose verdict accepts; else the full step's rejection (all judged already)."""
+    for tries, (step_result, (candidate, verdict)) in enumerate(zip(steps, judged, strict=True), start=1):
+        if verdict.accepted:
+            return Backtracked(step_result, candidate, verdict, tries)
+    candidate, verdict = judged[0]
+    return Backtracked(steps[0], candidate, verdict, len(steps))
 
 
 def backtrack(

@@ -28,6 +28,7 @@ from aivo_fl.ml.round.accounting import (
     PrivacyHistory,
     account_round,
     draw_round,
+    planned_settings,
     population_of,
     settle,
 )
@@ -139,6 +140,7 @@ class _Read:
     refused: dict[int, str]
     accounted: PrivacyAccount
     acc: FlatSum  # the sum strategy's running sum of the included updates (unused by robust ones)
+    privacy: PrivacySettings  # the round's knobs (the planner's noise and sample rate under a target)
 
 
 def _read_and_account(
@@ -153,6 +155,7 @@ def _read_and_account(
     """
     shapes = shapes_of(state.base_heads)
     screened = screen(state.offered, state.base_version, state.lineage, options, now)
+    privacy = planned_settings(privacy, len(screened.candidates))
     acc = FlatSum(shapes)
     source = _source(state, acc)
     coefficient = _folding(options, privacy, state.privacy_history)
@@ -161,7 +164,8 @@ def _read_and_account(
     if privacy.sample_rate < 1.0:
         draw = draw_round(privacy, history, screened.candidates, rng)
         usable, refused = read_updates(draw.drawn, source, options.max_delta_norm, acc, coefficient)
-        return _Read(screened, usable, refused, settle(draw, usable, history, privacy, rng, release=release), acc)
+        accounted = settle(draw, usable, history, privacy, rng, release=release)
+        return _Read(screened, usable, refused, accounted, acc, privacy)
     # Learners past their own budget are known from the metadata (but still read, for their report).
     expected_out = {u.learner_id for u in population_of(privacy, history, screened.candidates)[1]}
     usable, refused = read_updates(screened.candidates, source, options.max_delta_norm, acc, coefficient, expected_out)
@@ -175,7 +179,7 @@ def _read_and_account(
         _, changed = read_updates(accounted.included, source, options.max_delta_norm, acc, coefficient)
         if changed:
             raise ValueError(f"delta file(s) changed during the round: {sorted(changed.values())}")
-    return _Read(screened, usable, refused, accounted, acc)
+    return _Read(screened, usable, refused, accounted, acc, privacy)
 
 
 def _source(state: RoundState, acc: FlatSum) -> FlatSource:
@@ -206,7 +210,7 @@ def build_candidate(
     strategy = strategy_named(options.strategy, options.trim_fraction)
     optimizer = server_optimizer(options.server_optimizer, options.learning_rate)
     read = _read_and_account(state, options, privacy, now, rng)
-    accounted = read.accounted
+    accounted, privacy = read.accounted, read.privacy
     if len(accounted.included) < options.min_learners:
         raise NoEligibleLearners(
             len(accounted.included), read.screened.trained_in_window, options.min_learners, options.max_stale_days

@@ -73,3 +73,7 @@ class PrivacySettings:
     sample_cap: int = DEFAULT_SAMPLE_CAP
     sample_rate: float = 1.0
     clip_target_quantile: float | None = None
+    # Set: ``noise_multiplier`` and ``sample_rate`` are the planner's for this epsilon over
+    # ``target_rounds`` rounds at the round's population (:func:`aivo_fl.ml.round.accounting.planned_settings`).
+    target_epsilon: float | None = None
+    target_rounds: int = 52

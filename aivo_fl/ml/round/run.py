@@ -35,4 +35,4 @@ def run_round(
     """Build the candidate (gather, account, aggregate, server step), then judge it (anchor, gate,
     backtracking). Raises what :func:`~aivo_fl.ml.round.candidate.build_candidate` raises."""
     result = build_candidate(state, options, privacy, now, rng)
-    return judge_round(result, state, judging_for(result), options.anchor, halvings)
+    return judge_round(result, state, judging_for(result), options.anchor, halvings, rng)

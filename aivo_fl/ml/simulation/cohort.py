@@ -76,19 +76,26 @@ def _train_learners(
 
 
 def _summary(
-    server: SimulatedServer, learners_root: Path, learners: list[LearnerData], judged: Any, before: str
+    server: SimulatedServer,
+    learners_root: Path,
+    learners: list[LearnerData],
+    judged: Any,
+    before: tuple[str, CurriculumNet],
 ) -> dict[str, Any]:
+    """The simulation's own measures (it holds every learner's data; nothing here is released)."""
     result, verdict = judged.result, judged.verdict
     heldouts = [learner.heldout for learner in learners]
     assert server.main_root is not None
+    after = federated_accuracy(server.active, heldouts)
     return {
-        "version_before": before,
+        "version_before": before[0],
         "version_after": server.version,
         "accepted": verdict.accepted,
         "gate_reason": verdict.reason,
-        "main_accuracy_before": verdict.heldout_accuracy_before,
-        "main_accuracy_after": verdict.heldout_accuracy_after,
-        "main_accuracy_on_learners": federated_accuracy(server.active, heldouts),
+        "gate_change_points": verdict.performance_improvement,  # privatized under DP
+        "main_accuracy_before": federated_accuracy(before[1], heldouts),
+        "main_accuracy_after": after,
+        "main_accuracy_on_learners": after,
         "personalized_accuracy": _personalized_accuracy(server.main_root, learners_root, learners),
         "curriculum_accuracy": federated_accuracy(server.active, [server.curriculum_val]),
         "curriculum_reference": verdict.curriculum_reference,
@@ -137,7 +144,7 @@ def simulate_rounds(
         for round_no in range(1, rounds + 1):
             started = time.perf_counter()
             updates = _train_learners(server, learners_root, learners, round_no, rounds, local_epochs)
-            before = server.version
+            before = (server.version, server.active)
             judged = server.round(
                 updates,
                 {learner.learner_id: learner.heldout for learner in learners},
