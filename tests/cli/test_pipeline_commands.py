@@ -122,7 +122,7 @@ def test_demo_runs_the_whole_cycle(run_cli: RunCli) -> None:
     assert result.stdout.count("=== Federated Aggregation ===") == 2
     assert "Learner models:        12" in result.stdout
     assert "Training sessions:     24" in result.stdout
-    assert "Epsilon spent:" in result.stdout
+    assert "Worst-case learner epsilon:" in result.stdout
     table = result.stdout.split("8. Per round", 1)[1].splitlines()
     rows = [line.split() for line in table if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1", "2"] and rows[0][1] == "1.0.0"

@@ -18,12 +18,12 @@ def test_migrate_twice_is_a_no_op_the_second_time(run_cli: RunCli, database_url:
     env = {"DATABASE_URL": database_url}
     first = run_cli("migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert "Migrated base -> 0002" in first.stdout
+    assert "Migrated base -> 0003" in first.stdout
     second = run_cli("migrate", env=env)
     assert second.returncode == 0, second.stderr
-    assert "Already at revision 0002; nothing to do" in second.stdout
+    assert "Already at revision 0003; nothing to do" in second.stdout
     down = run_cli("migrate", "--revision", "base", env=env)
-    assert "Migrated 0002 -> base" in down.stdout
+    assert "Migrated 0003 -> base" in down.stdout
 
 
 def test_stats_json_on_an_empty_registry_is_all_zeros(run_cli: RunCli, database_url: str) -> None:

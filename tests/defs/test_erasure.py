@@ -49,12 +49,13 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
     learners, _ = _clone_and_train(small)
     gone, contributor, neighbour = learners[3], learners[5], learners[4]
     assert small.registry.get_personalized_model(gone).base_model == "aivo-x"  # AIVO_BASE_MODEL_NAME
-    # A damaged delta: the round excludes the learner by name, so its id reaches the aggregation log.
+    # A damaged delta: the round excludes the learner. Under DP the aggregation log releases the
+    # exclusion as a count, never the id (docs/privacy.md); the registry keeps who it was.
     (small.store.learner_dir(gone) / CLONE_NAME).write_bytes(b"not safetensors")
     small.run("federated_aggregation")  # promoted or rejected by the gate: either way the round is recorded
     assert len(small.registry.get_federated_updates()) == 1
     log = small.settings.aggregation_log_path
-    assert gone in log.read_text()
+    assert gone not in log.read_text()
     contributions = {
         u["updateId"]: len(contribution_reasons(small.registry, u["updateId"]))
         for u in small.registry.get_federated_updates()
@@ -62,7 +63,7 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
     rounds, charged = small.registry.round_privacy_records(), small.registry.learner_charged_rounds()
     assert tick(small, "deleted_learner_sensor").skip_message == "No deleted learners to erase"
 
-    delete_learner_in_app(small.registry, gone)  # excluded from the round: named in the log
+    delete_learner_in_app(small.registry, gone)  # excluded from the round: named in the registry only
     delete_learner_in_app(small.registry, contributor)  # contributed: charged in the privacy ledger
     [request] = tick(small, "deleted_learner_sensor").run_requests
     result = small.run("erase_learners", tags=request.tags)
@@ -81,7 +82,6 @@ def test_erase_learners_job_removes_everything_but_the_pseudonymous_audit_trail(
         assert learner_id not in str([run.tags for run in small.instance.get_runs()])
     ranges = [run.tags[BUCKETS_TAG] for run in small.instance.get_runs() if BUCKETS_TAG in run.tags]
     assert ranges and all(value.startswith("bucket-") for value in ranges)
-    assert pseudonym(gone, "test-erasure-key") in log.read_text()  # the pseudonym instead
     assert small.store.learner_dir(neighbour).is_dir()
     assert small.registry.get_personalized_model(neighbour) is not None
     assert gone not in [e.learner_id for e in small.registry.get_eligible_for_aggregation(7)]

@@ -156,7 +156,8 @@ def test_whole_cycle_materializes_and_records_everything(deployment: Deployment)
     assert second.success
     [update] = second.asset_materializations_for_node("federated_main_model")
     assert update.metadata["server_learning_rate"].value == 1e-6
-    assert update.metadata["server_step_scale"].value == 1.0  # the full step passed: no backtracking
+    # The private gate decides on noised figures: even a negligible step may be halved by the noise.
+    assert update.metadata["server_step_scale"].value in (1.0, 0.5, 0.25, 0.125)
 
     stats = deployment.registry.get_statistics()
     assert stats == {
