@@ -108,7 +108,7 @@ def test_privacy_budget_exceeded(after_demo: AfterDemo) -> None:
 
 def test_gate_rejection_in_the_guides_words_and_verbose_shows_more(after_demo: AfterDemo) -> None:
     # A huge server step wrecks the candidate: the gate rejects it.
-    one_line(after_demo("run-federated-aggregation", "--learning-rate", "100"), 1, "Performance degradation: ")
+    one_line(after_demo("run-federated-aggregation", "--learning-rate", "5000"), 1, "Performance degradation: ")
     verbose = after_demo("--verbose", "run-federated-aggregation", "--min-learners", "100")
     assert verbose.returncode == 1
     assert len(verbose.stderr.splitlines()) > 1
